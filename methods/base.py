@@ -1,0 +1,189 @@
+"""The one small interface every fine-tuning method implements.
+
+A method is a class with a pydantic ``Config`` (its hyperparameters, each with a
+description and a default) and a handful of hooks that the trainable calls at fixed
+points of the training loop. The loop itself lives in ``orchestrator.trainable``; a
+method never owns the loop, so every method is trained, evaluated and measured the
+same way and comparisons between arms stay fair.
+
+Order of the hooks in one trial::
+
+    model = method.build(base_model, ctx)              # wrap / inject adapters
+    groups = method.param_groups(model, weight_decay)  # what the optimizer holds
+    for each optimizer step:
+        out = model(**batch)                           # out.loss includes the task loss
+        loss = out.loss + (method.extra_loss(model, step) or 0)
+        loss.backward(); optimizer.step(); scheduler.step()
+        method.after_optimizer_step(model, step)       # gradients still present here
+        optimizer.zero_grad()
+    after each validation pass: method.after_evaluation(model, step, val_loss)
+    model = method.finalize(model)                     # prune / merge, once, after training
+    method.start_eval_stats(model); <evaluate>; method.end_eval_stats(model) -> dict
+    method.stats(model) -> dict                        # what the judge needs
+    method.write_artifacts(model, folder) -> files     # heatmaps etc.
+
+Hooks have safe defaults, so plain methods (``lora``, ``full``) implement ``build`` only.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:  # torch is heavy; the CLI validates specs without importing it
+    import torch
+    from torch import nn
+
+
+class MethodConfig(BaseModel):
+    """Base of every method's hyperparameters.
+
+    Unknown keys are errors (a typo in a hypothesis must not silently fall back to a
+    default). Give every field a ``Field(description=...)``: ``orchestrate methods``
+    prints it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Where training stands when a hook is called.
+
+    ``step`` is the number of optimizer steps already taken (0-based, the same
+    convention as peft's ``update_and_allocate(global_step)`` and HF's
+    ``state.global_step`` in ``on_optimizer_step``).
+    """
+
+    step: int
+    total_steps: int
+    epoch: int
+    steps_per_epoch: int
+
+    @property
+    def progress(self) -> float:
+        """Fraction of training done, in [0, 1]."""
+        return min(1.0, self.step / max(1, self.total_steps))
+
+
+@dataclass
+class BuildContext:
+    """What a method may know about the run when it builds its model.
+
+    ``target_modules`` is the task's default list of module-name suffixes to adapt
+    (e.g. ``["query", "value"]`` for BERT); a method's own ``target_modules`` field,
+    when set, wins. ``calibration_batches`` yields a few training batches on the
+    trial's device (LoRA-GA and other data-aware initialisations need them).
+    """
+
+    total_steps: int
+    steps_per_epoch: int
+    num_labels: int
+    target_modules: list[str]
+    seed: int
+    device: str = "cpu"
+    head_modules: list[str] = field(default_factory=lambda: ["classifier"])
+    calibration_batches: Callable[[], Iterable[dict[str, Any]]] | None = None
+    model_path: str | None = None  # where the base model was loaded from (QLoRA reloads it)
+
+
+class Method(abc.ABC):
+    """A fine-tuning method: a config class plus hooks into one fixed training loop.
+
+    Example::
+
+        @register
+        class LoRA(Method):
+            name = "lora"
+            Config = LoraMethodConfig
+
+            def build(self, model, ctx):
+                return peft.get_peft_model(model, peft.LoraConfig(r=self.config.r, ...))
+
+    Args:
+        config: validated hyperparameters (an instance of ``Config``).
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type[MethodConfig]]
+    summary: ClassVar[str] = ""
+    #: Decides per input which adapters run; budget constraints such as
+    #: ``flops_ratio <= 0.25`` are meant for these arms.
+    routed: ClassVar[bool] = False
+    #: Names of the extra metrics this method reports (from ``stats``,
+    #: ``end_eval_stats`` or ``after_evaluation``), with what each means. Claims may
+    #: name them; a claim naming a metric no arm reports is a validation error.
+    metrics: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "Method":
+        """Build from a flat dict of hyperparameters (as a search samples them)."""
+        return cls(cls.Config(**params))
+
+    # -- required -----------------------------------------------------------------
+    @abc.abstractmethod
+    def build(self, model: "nn.Module", ctx: BuildContext) -> "nn.Module":
+        """Return the adapted model; only parameters to train keep ``requires_grad``."""
+
+    # -- optional hooks -------------------------------------------------------------
+    def param_groups(self, model: "nn.Module", weight_decay: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups. Default: every trainable parameter, with no
+        weight decay on biases, norms and one-element parameters (gates, scales)."""
+        decay, no_decay = [], []
+        for name, param in model.named_parameters():
+            if not param.requires_grad:
+                continue
+            if param.ndim < 2 or "norm" in name.lower() or name.endswith(".bias"):
+                no_decay.append(param)
+            else:
+                decay.append(param)
+        groups = [{"params": decay, "weight_decay": weight_decay}]
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0})
+        return groups
+
+    def extra_loss(self, model: "nn.Module", step: StepInfo) -> "torch.Tensor | None":
+        """A term added to the task loss (regularisers, budget penalties)."""
+        return None
+
+    def after_optimizer_step(self, model: "nn.Module", step: StepInfo) -> None:
+        """Called after ``optimizer.step()`` and before ``zero_grad()``, once per
+        optimizer step (AdaLoRA's ``update_and_allocate``, ASA, proximal steps)."""
+
+    def after_evaluation(self, model: "nn.Module", step: StepInfo, val_loss: float) -> dict[str, float]:
+        """Called after each validation pass (plateau-triggered growth). Returns
+        metrics to report at this step (e.g. the current rank)."""
+        return {}
+
+    def finalize(self, model: "nn.Module") -> "nn.Module":
+        """Once, after training: prune, drop zero ranks, merge. Must keep outputs."""
+        return model
+
+    def start_eval_stats(self, model: "nn.Module") -> None:
+        """Reset per-example counters before an evaluation pass (routed methods)."""
+
+    def end_eval_stats(self, model: "nn.Module") -> dict[str, float]:
+        """Per-example statistics from the hard decisions of the evaluation pass just
+        run, e.g. ``active_layers`` and ``total_rank`` means."""
+        return {}
+
+    def stats(self, model: "nn.Module") -> dict[str, float]:
+        """Static numbers the judge may use (stored parameters, kept modules...)."""
+        return {}
+
+    def write_artifacts(self, model: "nn.Module", folder: Path) -> list[Path]:
+        """Write method-specific files (heatmap PNGs, rank patterns) into ``folder``."""
+        return []
+
+    def reference_target_modules(self, ctx: BuildContext) -> list[str]:
+        """Modules on which the unmerged LoRA-r8 FLOP reference is computed: the
+        method's own ``target_modules`` if it has that field, else the task's."""
+        own = getattr(self.config, "target_modules", None)
+        return list(own) if own else list(ctx.target_modules)

@@ -1,0 +1,189 @@
+"""``orchestrate``: the command line. Parses arguments, calls one stage, prints.
+
+Exit codes: 0 done (whatever the verdicts, unless ``--fail-on``), 1 a run that
+could not finish (every trial failed, a model that cannot load...), 2 bad input
+(``FILE:LINE: field: message`` on stderr, nothing started).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _load(path: str, profile: str | None):
+    from orchestrator.spec.loader import load_hypothesis
+
+    return load_hypothesis(path, profile)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from orchestrator.spec.errors import SpecError
+
+    status = EXIT_OK
+    for path in args.files:
+        try:
+            _load(path, None)
+            print(f"{path}: ok")
+        except SpecError as exc:
+            _err(str(exc))
+            status = EXIT_BAD_INPUT
+    return status
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from orchestrator.plan import make_plan
+
+    plan = make_plan(_load(args.file, args.profile))
+    if args.json:
+        print(json.dumps(plan.to_dict(), indent=2, default=str))
+        return EXIT_OK
+    from orchestrator.verdict_table import console
+
+    h = plan.hypothesis
+    out = console()
+    out.print(f"[bold]{h.name}[/] profile={plan.profile}  spec sha256 {plan.spec_sha256[:12]}")
+    out.print(f"task: {h.task.model} on {h.task.dataset} (max_length {h.task.max_length}, metric {h.task.metric})")
+    out.print(f"training: {h.training.epochs} epochs, batch {h.training.batch_size}, lr {h.training.lr}")
+    for arm in plan.arms:
+        out.print(f"\n[bold]arm {arm.arm}[/]: method {arm.method}{' (routed)' if arm.routed else ''}, space {arm.space_file or '-'}")
+        for name, spec in arm.params.items():
+            if name not in arm.fixed:
+                out.print(f"    search {name}: {_range(spec)}")
+        for name, value in arm.fixed.items():
+            out.print(f"    fixed  {name} = {value}")
+        if arm.points_to_evaluate:
+            out.print(f"    first point (paper defaults): {arm.points_to_evaluate[0]}")
+        out.print(f"    sampler {arm.sampler.describe()}; objectives {', '.join(f'{k} {v}' for k, v in arm.objectives.items())}")
+        out.print(f"    constraints {', '.join(map(str, arm.constraints)) or 'none'}; scheduler {arm.scheduler}")
+        resources = ", ".join(f"{k}={v}" for k, v in arm.resources.model_dump(exclude_none=True).items() if v)
+        out.print(f"    {arm.trials} trials, {arm.max_concurrent} at a time, each with {resources}")
+    out.print(f"\nconfirm: best config per arm x {h.confirm.seeds} fresh seeds on the {h.confirm.split} split")
+    for claim in plan.claims:
+        out.print(f"expected: {claim}")
+    return EXIT_OK
+
+
+def _range(spec) -> str:
+    if spec.type == "categorical":
+        return "{" + ",".join(map(str, spec.choices)) + "}"
+    scale = " log" if spec.log else ""
+    return f"[{spec.low:g},{spec.high:g}{scale}]" + (" when " + ",".join(f"{k}={v}" for k, v in spec.when.items()) if spec.when else "")
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from methods import available_methods, get_method
+
+    console = Console()
+    for name in available_methods():
+        try:
+            cls = get_method(name)
+        except Exception as exc:  # a broken optional dependency must not hide the others
+            console.print(f"[red]{name}[/]: unavailable ({exc})")
+            continue
+        table = Table(title=f"{name}{' (routed)' if cls.routed else ''}: {cls.summary}", title_justify="left")
+        for column in ("hyperparameter", "default", "meaning"):
+            table.add_column(column)
+        for field_name, field in cls.Config.model_fields.items():
+            table.add_row(field_name, repr(field.default), field.description or "")
+        console.print(table)
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from orchestrator.execute.ray_session import prepare_ray_environment
+
+    prepare_ray_environment(args.address)  # before anything imports ray
+    from orchestrator.execute.runner import AllTrialsFailedError, RunOptions, run_plan
+    from orchestrator.plan import make_plan
+    from orchestrator.tasks.datasets import DatasetUnavailableError
+    from orchestrator.tasks.models import ModelUnavailableError
+
+    loaded = _load(args.file, args.profile)
+    plan = make_plan(loaded)
+    options = RunOptions(
+        tracking_uri=args.tracking_uri, address=args.address, storage_path=args.storage_path,
+        state_dir=Path(args.state_dir), fresh=args.fresh, quiet=args.quiet,
+    )
+    try:
+        outcome = run_plan(plan, options)
+    except (AllTrialsFailedError, ModelUnavailableError, DatasetUnavailableError) as exc:
+        _err(f"orchestrate: {exc}")
+        return EXIT_FAILED
+    from orchestrator.verdict_table import print_verdicts
+
+    print_verdicts(outcome)
+    return _fail_on(args.fail_on, [v.verdict for v in outcome.verdicts])
+
+
+def _fail_on(fail_on: str | None, verdicts: list[str]) -> int:
+    if fail_on == "refuted" and "REFUTED" in verdicts:
+        return EXIT_FAILED
+    if fail_on == "inconclusive" and any(v != "SUPPORTED" for v in verdicts):
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orchestrate", description="Hypothesis-driven AutoML for parameter-efficient fine-tuning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check hypothesis files; exit 2 with FILE:LINE: field: message on errors")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("plan", help="print the compiled searches without running anything")
+    p.add_argument("file")
+    p.add_argument("--profile")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("run", help="search, confirm and judge a hypothesis")
+    p.add_argument("file")
+    p.add_argument("--profile", help="a profile of the file (smoke, paper, ...); default: the file as written")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local Ray on 127.0.0.1)")
+    p.add_argument("--storage-path", help="where Ray keeps checkpoints (shared FS or s3:// on a cluster)")
+    p.add_argument("--state-dir", default=".orchestrate", help="resume state, caches and local Ray storage")
+    p.add_argument("--fresh", action="store_true", help="start over instead of resuming an interrupted run")
+    p.add_argument("--quiet", action="store_true", help="no live progress display")
+    p.add_argument("--fail-on", choices=["refuted", "inconclusive"], help="non-zero exit for these verdicts (CI use)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("methods", help="list every method with its hyperparameters and defaults")
+    p.set_defaults(func=cmd_methods)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from orchestrator.spec.errors import SpecError
+
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SpecError as exc:
+        _err(str(exc))
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        _err("orchestrate: interrupted; run the same command again to resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

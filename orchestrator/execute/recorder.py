@@ -1,0 +1,198 @@
+"""Driver-side Ray Tune callback: every trial into MLflow, exactly once.
+
+Trials report to Ray Tune; this callback, running in the driver, turns those events
+into MLflow runs (so an embedded sqlite store works even when trials run on other
+nodes) and into the live progress table. The trial -> MLflow run id map is persisted
+through ``RunState`` so a resumed driver never creates a second run for a trial.
+
+Ray pickles ``RunConfig`` (callbacks included) into ``tuner.pkl``; the callback
+therefore holds only a key into ``_RECORDERS``, never a client or a live display.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ray.tune import Callback
+
+from orchestrator.execute.progress import ArmProgress
+from orchestrator.results import COMPLETED, FAILED, INFEASIBLE, STOPPED, TrialRecord
+from orchestrator.spec.checks import Constraint
+from orchestrator.tracking import ARM, LEVEL, Tracker
+
+if TYPE_CHECKING:
+    from orchestrator.execute.state import RunState
+
+_RECORDERS: dict[str, "TrialRecorder"] = {}
+HIDDEN_RESULT_KEYS = {
+    "timestamp", "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "time_since_restore",
+    "iterations_since_restore", "checkpoint_dir_name", "done", "training_iteration", "date", "config", "trial_id", "experiment_tag",
+}
+
+
+@dataclass
+class TrialRecorder:
+    """What the callback needs to record one arm's trials (search or confirm)."""
+
+    tracker: Tracker
+    experiment_id: str
+    parent_run_id: str
+    arm: str
+    kind: str  # "trial" | "confirm"
+    epochs: int
+    constraints: list[Constraint]
+    state: "RunState"
+    progress: ArmProgress | None
+    base_tags: dict[str, str]
+    name_params: list[str]
+    static_params: dict[str, Any] = field(default_factory=dict)  # confirm runs: the best config
+    records: dict[str, TrialRecord] = field(default_factory=dict)
+    counter: int = 0
+
+    # -- events ---------------------------------------------------------------------
+    def started(self, trial_id: str, config: dict[str, Any]) -> None:
+        params = {k: v for k, v in config.items() if not k.startswith("_")}
+        seed = config.get("_seed")
+        run_id = self.state.trial_run(self.arm, self.kind, trial_id)
+        if run_id is None or self.tracker.run_status(run_id) is None:
+            self.counter = len(self.state.trial_runs(self.arm, self.kind)) + 1
+            name = self._run_name(self.counter, params, seed)
+            tags = {**self.base_tags, LEVEL: self.kind, ARM: self.arm, "orchestrate.trial_id": trial_id}
+            if seed is not None:
+                tags["orchestrate.seed"] = str(seed)
+            run_id = self.tracker.start_run(self.experiment_id, name, tags, parent_id=self.parent_run_id)
+            self.tracker.log_params(run_id, self.static_params | params | ({"seed": seed} if seed is not None else {}))
+            self.state.set_trial_run(self.arm, self.kind, trial_id, run_id)
+        self.records[trial_id] = TrialRecord(trial_id, self.arm, self.kind, self.static_params | params, seed=seed, mlflow_run_id=run_id)
+        if self.progress:
+            self.progress.running += 1
+
+    def result(self, trial_id: str, result: dict[str, Any]) -> None:
+        record = self.records.get(trial_id)
+        if record is None:
+            return
+        metrics = {k: v for k, v in result.items() if k not in HIDDEN_RESULT_KEYS and _number(v)}
+        record.metrics.update(metrics)
+        self.tracker.log_metrics(record.mlflow_run_id, metrics, step=int(result.get("epoch", result.get("training_iteration", 0))))
+        if self.progress:
+            self.progress.offer(metrics.get(self.progress.metric))
+
+    def completed(self, trial_id: str, checkpoint_path: str | None) -> None:
+        record = self.records.get(trial_id)
+        if record is None:
+            return
+        epoch = int(record.metrics.get("epoch", 0))
+        record.status = COMPLETED if epoch >= self.epochs else STOPPED
+        if record.status == COMPLETED and self.constraints:
+            record.feasible = all(_number(record.metrics.get(c.metric)) and c.violation(record.metrics[c.metric]) <= 0 for c in self.constraints)
+            if not record.feasible:
+                record.status = INFEASIBLE
+        tags = {"orchestrate.status": record.status}
+        if record.status == STOPPED:
+            tags["orchestrate.stopped_early"] = f"after epoch {epoch} of {self.epochs}"
+        self.tracker.set_tags(record.mlflow_run_id, tags)
+        if checkpoint_path:
+            self.tracker.log_artifacts(record.mlflow_run_id, Path(checkpoint_path))
+        self.tracker.end_run(record.mlflow_run_id, "FINISHED")
+        self._count(record.status)
+
+    def errored(self, trial_id: str, error: str) -> None:
+        record = self.records.get(trial_id)
+        if record is None:
+            return
+        reason = _reason(error)  # the full trace goes to error.txt
+        record.status, record.error = FAILED, reason
+        self.tracker.set_tags(record.mlflow_run_id, {"orchestrate.status": FAILED, "orchestrate.error": reason})
+        self.tracker.log_text(record.mlflow_run_id, error, "error.txt")
+        self.tracker.end_run(record.mlflow_run_id, "FAILED")
+        self._count(FAILED)
+
+    # -- helpers ----------------------------------------------------------------------
+    def _count(self, status: str) -> None:
+        if not self.progress:
+            return
+        self.progress.running = max(0, self.progress.running - 1)
+        self.progress.done += 1
+        if status == FAILED:
+            self.progress.failed += 1
+        elif status == STOPPED:
+            self.progress.stopped += 1
+
+    def _run_name(self, number: int, params: dict[str, Any], seed: Any) -> str:
+        if self.kind == "confirm":
+            return f"{self.arm} confirm seed={seed}"
+        shown = [f"{k}={_short(params[k])}" for k in self.name_params if k in params][:4]
+        return " ".join([f"{self.arm} #{number}", *shown])
+
+
+class RecorderCallback(Callback):
+    """Forwards Ray Tune trial events to a registered ``TrialRecorder``."""
+
+    def __init__(self, recorder: TrialRecorder) -> None:
+        self.key = uuid.uuid4().hex
+        _RECORDERS[self.key] = recorder
+
+    @property
+    def recorder(self) -> TrialRecorder | None:
+        return _RECORDERS.get(self.key)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.recorder:
+            self.recorder.started(trial.trial_id, dict(trial.config))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if self.recorder:
+            self.recorder.result(trial.trial_id, result)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if not self.recorder:
+            return
+        checkpoint = trial.checkpoint
+        if checkpoint is None:
+            self.recorder.completed(trial.trial_id, None)
+            return
+        with checkpoint.as_directory() as folder:  # local path, or a download from s3:// etc.
+            self.recorder.completed(trial.trial_id, folder)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.recorder:
+            self.recorder.errored(trial.trial_id, _error_text(trial))
+
+    def release(self) -> None:
+        _RECORDERS.pop(self.key, None)
+
+
+def _error_text(trial: Any) -> str:
+    """Ray writes the error to the trial's local folder before this callback runs;
+    the copy in (possibly remote) storage comes later."""
+    text = None
+    try:
+        if trial.error_file and Path(trial.error_file).exists():
+            text = Path(trial.error_file).read_text()
+        else:
+            text = trial.get_error()
+    except Exception:  # storage gone: still record that it failed
+        text = None
+    return str(text) if text else "trial failed (no error text was saved)"
+
+
+def _reason(error: str) -> str:
+    """The exception line of a Ray trace, e.g. 'RuntimeError: injected failure at step 1'."""
+    lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*:", line) and "RayTaskError" not in line:
+            return line[:500]
+    return (lines[-1] if lines else "unknown error")[:500]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not (isinstance(value, float) and math.isinf(value))
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,259 @@
+"""Plan -> search every arm -> confirm the winners -> judge. The driver's whole job.
+
+Each step is persisted in ``RunState`` as soon as it finishes, so a rerun of the same
+command skips what is done: finished arms are not searched again, trials already in
+MLflow are never logged twice, and runs a killed driver left RUNNING are closed as
+KILLED before work resumes.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import platform
+import subprocess
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from orchestrator.execute.progress import Progress
+from orchestrator.execute.recorder import TrialRecorder
+from orchestrator.execute.state import RunState
+from orchestrator.plan import ArmPlan, Plan
+from orchestrator.results import COMPLETED, FAILED, INFEASIBLE, STOPPED, ArmOutcome, TrialRecord
+from orchestrator.tracking import ARM, LEVEL, Tracker
+from orchestrator.training import TrialSetup
+
+PACKAGES = ("torch", "transformers", "peft", "optuna", "optuna-integration", "botorch", "ray", "mlflow", "pydantic", "hypothesis-orchestrator")
+
+
+class AllTrialsFailedError(RuntimeError):
+    """Every trial of an arm failed: there is nothing to confirm or judge."""
+
+
+@dataclass
+class RunOptions:
+    tracking_uri: str | None = None
+    address: str | None = None
+    storage_path: str | None = None
+    state_dir: Path = Path(".orchestrate")
+    fresh: bool = False
+    quiet: bool = False
+
+
+@dataclass
+class RunOutcome:
+    plan: Plan
+    parent_run_id: str
+    experiment_id: str
+    arms: list[ArmOutcome]
+    verdicts: list[Any] = field(default_factory=list)
+
+
+def run_plan(plan: Plan, options: RunOptions) -> RunOutcome:
+    from orchestrator.execute.ray_session import ray_session
+    from orchestrator.tasks.prepare import prepare_task
+
+    h = plan.hypothesis
+    tracker = Tracker(options.tracking_uri)
+    experiment_id = tracker.experiment_id(h.name)
+    state_dir = options.state_dir.resolve()
+    state = RunState.open(state_dir / "state", h.name, plan.profile, plan.spec_sha256, options.fresh)
+    parent_id = _parent_run(tracker, experiment_id, plan, state)
+    storage = options.storage_path or str(state_dir / "ray")
+    data = prepare_task(h.task, Path(plan.spec_path).parent, state_dir / "cache")
+    arms: list[ArmOutcome] = []
+    progress = Progress(options.quiet)
+    try:
+        with ray_session(options.address) as where, progress:
+            import ray
+
+            progress.line(f"{h.name} [{plan.profile}] on {where}; MLflow {tracker.uri} run {parent_id}")
+            data_ref = ray.put(data)
+            for arm_plan in plan.arms:
+                arms.append(_run_arm(arm_plan, plan, data_ref, tracker, experiment_id, parent_id, state, storage, progress))
+        verdicts = _judge(plan, arms, tracker, parent_id)
+    except BaseException as exc:
+        _close_open_runs(tracker, state, parent_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    tracker.end_run(parent_id, "FINISHED")
+    state.set(finished=True)
+    return RunOutcome(plan, parent_id, experiment_id, arms, verdicts)
+
+
+def _parent_run(tracker: Tracker, experiment_id: str, plan: Plan, state: RunState) -> str:
+    existing = state.get("parent_run_id")
+    if existing and tracker.run_status(existing) is not None:
+        tracker.client.update_run(existing, status="RUNNING")
+        tracker.set_tags(existing, {"orchestrate.resumed": "true"})
+        return existing
+    h = plan.hypothesis
+    tags = {
+        LEVEL: "hypothesis", "orchestrate.hypothesis": h.name, "orchestrate.profile": plan.profile,
+        "orchestrate.spec_sha256": plan.spec_sha256, "orchestrate.spec_file": plan.spec_path,
+        "orchestrate.git_commit": _git_commit(), "mlflow.note.content": h.statement,
+    }
+    run_id = tracker.start_run(experiment_id, f"{h.name} [{plan.profile}]", tags)
+    tracker.log_params(run_id, {
+        "profile": plan.profile, "sampler": h.search.sampler, "trials_per_arm": h.search.trials_per_arm,
+        "confirm_seeds": h.confirm.seeds, "confirm_split": h.confirm.split, "confidence": h.judge.confidence,
+        "arms": ",".join(h.arms), "task_model": h.task.model, "task_dataset": h.task.dataset,
+        **{f"version.{name}": version for name, version in _versions().items()},
+    })
+    tracker.log_text(run_id, Path(plan.spec_path).read_text(), f"spec/{Path(plan.spec_path).name}")
+    tracker.log_text(run_id, json.dumps(plan.to_dict(), indent=1, default=str), "plan.json")
+    tracker.log_text(run_id, "\n".join(plan.claims), "expected.txt")
+    state.set(parent_run_id=run_id, experiment_id=experiment_id)
+    return run_id
+
+
+def _run_arm(arm_plan: ArmPlan, plan: Plan, data_ref: Any, tracker: Tracker, experiment_id: str, parent_id: str, state: RunState, storage: str, progress: Progress) -> ArmOutcome:
+    from orchestrator.execute.tuning import run_confirm, run_search
+
+    h = plan.hypothesis
+    arm = arm_plan.arm
+    arm_state = state.arm(arm)
+    arm_run = arm_state.get("arm_run_id")
+    if not arm_run or tracker.run_status(arm_run) is None:
+        arm_run = tracker.start_run(experiment_id, f"{arm} ({arm_plan.method})", {LEVEL: "arm", ARM: arm, "orchestrate.method": arm_plan.method}, parent_id)
+        tracker.log_params(arm_run, {"method": arm_plan.method, **{f"fixed.{k}": v for k, v in arm_plan.fixed.items()}, "space": arm_plan.space_file or "-"})
+        state.set_arm(arm, arm_run_id=arm_run)
+    else:
+        tracker.client.update_run(arm_run, status="RUNNING")
+    setup = TrialSetup(
+        arm=arm, method=arm_plan.method, model=h.task.model, metric=h.task.metric, training=h.training,
+        fixed=dict(arm_plan.fixed), target_modules=h.task.target_modules, threads=max(1, int(arm_plan.resources.cpu)),
+    )
+    run_name = f"{h.name}--{plan.profile}--{parent_id[:8]}"
+    base_tags = {"orchestrate.hypothesis": h.name, "orchestrate.method": arm_plan.method}
+    name_params = [k for k in arm_plan.params if k not in arm_plan.fixed]
+
+    if arm_state.get("search_done"):
+        trials = [TrialRecord(**t) for t in arm_state["trials"]]
+    else:
+        _close_stale(tracker, state.trial_runs(arm, "trial"))
+        state.arm(arm)["trial"] = {}
+        recorder = TrialRecorder(tracker, experiment_id, arm_run, arm, "trial", h.training.epochs, arm_plan.constraints, state,
+                                 progress.arm(arm, "search", arm_plan.trials, arm_plan.primary_metric, arm_plan.primary_mode), base_tags, name_params)
+        trials = run_search(arm_plan, setup, data_ref, recorder, storage, f"{run_name}--{arm}-search")
+        state.set_arm(arm, search_done=True, trials=[asdict(t) for t in trials])
+    best, reason = select_best(trials, arm_plan)
+    if best is None:
+        raise AllTrialsFailedError(f"arm {arm!r}: {reason}")
+    tracker.set_tags(arm_run, {"orchestrate.best_trial": best.trial_id, "orchestrate.best_reason": reason, "orchestrate.best_run": best.mlflow_run_id or ""})
+    tracker.log_metrics(arm_run, {f"best_{k}": v for k, v in best.metrics.items()} | _count_metrics(trials))
+    tracker.log_params(arm_run, {f"best.{k}": v for k, v in best.params.items()})
+
+    if arm_state.get("confirm_done"):
+        confirm = [TrialRecord(**t) for t in arm_state["confirm_records"]]
+    else:
+        _close_stale(tracker, state.trial_runs(arm, "confirm"))
+        state.arm(arm)["confirm"] = {}
+        seeds = [h.confirm.first_seed + i for i in range(h.confirm.seeds)]
+        recorder = TrialRecorder(tracker, experiment_id, arm_run, arm, "confirm", h.training.epochs, [], state,
+                                 progress.arm(arm, "confirm", len(seeds), f"test_{h.task.metric}", "max"),
+                                 base_tags | {"orchestrate.confirm_split": h.confirm.split}, [], static_params=dict(best.params))
+        confirm = run_confirm(arm_plan, setup, best.params, seeds, h.confirm.split, data_ref, recorder, storage, f"{run_name}--{arm}-confirm")
+        state.set_arm(arm, confirm_done=True, confirm_records=[asdict(t) for t in confirm])
+    finished = [c for c in confirm if c.status != FAILED]
+    tracker.log_metrics(arm_run, {"confirm_runs": len(finished), "confirm_failed": len(confirm) - len(finished)})
+    tracker.end_run(arm_run, "FINISHED")
+    return ArmOutcome(arm, arm_plan.method, trials, best, reason, confirm)
+
+
+def select_best(trials: list[TrialRecord], plan: ArmPlan) -> tuple[TrialRecord | None, str]:
+    """Best finished, feasible trial by the first objective; said plainly when the
+    choice had to fall back (no feasible trial) or is impossible (all failed)."""
+    metric, mode = plan.primary_metric, plan.primary_mode
+
+    def key(t: TrialRecord) -> float:
+        value = t.metrics.get(metric)
+        return float(value) if isinstance(value, (int, float)) and value == value else float("-inf") if mode == "max" else float("inf")
+
+    pick = max if mode == "max" else min
+    for statuses, reason in (
+        ((COMPLETED,), f"best {metric} ({mode}) among finished feasible trials"),
+        ((INFEASIBLE,), f"NO feasible trial: best {metric} among finished trials that violate {', '.join(map(str, plan.constraints))}"),
+        ((STOPPED,), f"no trial finished all epochs: best {metric} among early-stopped trials"),
+    ):
+        pool = [t for t in trials if t.status in statuses and metric in t.metrics]
+        if pool:
+            return pick(pool, key=key), reason
+    errors = collections.Counter((t.error or "unknown").strip().splitlines()[-1] for t in trials if t.status == FAILED)
+    cause = errors.most_common(1)[0][0] if errors else "no trial reported"
+    return None, f"all {len(trials)} trials failed; commonest cause ({errors.most_common(1)[0][1] if errors else 0}x): {cause}"
+
+
+def _judge(plan: Plan, arms: list[ArmOutcome], tracker: Tracker, parent_id: str) -> list[Any]:
+    from orchestrator.judge import judge_claims
+    from orchestrator.claims import parse_claim
+
+    samples: dict[str, dict[str, dict[int, float]]] = {}
+    for outcome in arms:
+        per_metric: dict[str, dict[int, float]] = collections.defaultdict(dict)
+        for run in outcome.confirm:
+            if run.status == FAILED:
+                continue
+            for name, value in run.metrics.items():
+                if isinstance(value, (int, float)):
+                    per_metric[name][int(run.seed if run.seed is not None else 0)] = float(value)
+        samples[outcome.arm] = dict(per_metric)
+    claims = [parse_claim(text) for text in plan.claims]
+    h = plan.hypothesis
+    verdicts = judge_claims(claims, samples, confidence=h.judge.confidence, family_wise=h.judge.family_wise) if claims else []
+    tags, metrics = {}, {}
+    for index, verdict in enumerate(verdicts):
+        tags[f"verdict.{index}"] = f"{verdict.verdict}: {verdict.claim}"
+        metrics[f"claim_{index}_estimate"] = verdict.estimate
+        metrics[f"claim_{index}_ci_low"] = verdict.ci_low
+        metrics[f"claim_{index}_ci_high"] = verdict.ci_high
+        metrics[f"claim_{index}_supported"] = 1.0 if verdict.verdict == "SUPPORTED" else 0.0
+    tracker.set_tags(parent_id, tags)
+    tracker.log_metrics(parent_id, {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v == v})
+    tracker.log_text(parent_id, json.dumps({"samples": samples, "verdicts": [v.model_dump() for v in verdicts]}, indent=1, default=str), "verdicts.json")
+    return verdicts
+
+
+def _count_metrics(trials: list[TrialRecord]) -> dict[str, float]:
+    counts = collections.Counter(t.status for t in trials)
+    return {"trials_completed": counts[COMPLETED], "trials_failed": counts[FAILED], "trials_stopped": counts[STOPPED], "trials_infeasible": counts[INFEASIBLE]}
+
+
+def _close_stale(tracker: Tracker, runs: dict[str, str]) -> None:
+    """Runs a killed driver left RUNNING are closed as KILLED (their trials rerun)."""
+    for run_id in runs.values():
+        if tracker.run_status(run_id) == "RUNNING":
+            tracker.set_tags(run_id, {"orchestrate.status": "KILLED"})
+            tracker.end_run(run_id, "KILLED")
+
+
+def _close_open_runs(tracker: Tracker, state: RunState, parent_id: str, status: str) -> None:
+    try:
+        for arm in state.data.get("arms", {}).values():
+            _close_stale(tracker, arm.get("trial", {}))
+            _close_stale(tracker, arm.get("confirm", {}))
+            if arm.get("arm_run_id") and tracker.run_status(arm["arm_run_id"]) == "RUNNING":
+                tracker.end_run(arm["arm_run_id"], status)
+        if tracker.run_status(parent_id) == "RUNNING":
+            tracker.end_run(parent_id, status)
+    except Exception:  # never mask the original interruption
+        pass
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out

@@ -1,0 +1,66 @@
+"""What a run has done so far, persisted after every change, so nothing is lost.
+
+One JSON file per (hypothesis, profile) under the state folder. It maps trials to
+their MLflow runs (a resumed driver never logs a trial twice), and marks which arms
+finished their search and confirmation (a rerun skips them). Written atomically
+(write to a temporary file, then rename), so a SIGKILL never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+class RunState:
+    def __init__(self, path: Path, data: dict[str, Any]) -> None:
+        self.path = path
+        self.data = data
+
+    @classmethod
+    def open(cls, folder: Path, hypothesis: str, profile: str, spec_sha256: str, fresh: bool) -> "RunState":
+        path = folder / f"{hypothesis}--{profile}.json"
+        if path.exists() and not fresh:
+            data = json.loads(path.read_text())
+            if data.get("spec_sha256") == spec_sha256 and not data.get("finished"):
+                return cls(path, data)
+        state = cls(path, {"spec_sha256": spec_sha256, "hypothesis": hypothesis, "profile": profile, "arms": {}, "finished": False})
+        state.previous = json.loads(path.read_text()) if path.exists() else None  # type: ignore[attr-defined]
+        state.save()
+        return state
+
+    @property
+    def resumed(self) -> bool:
+        return bool(self.data.get("parent_run_id")) and not hasattr(self, "previous")
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
+        os.replace(tmp, self.path)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def set(self, **values: Any) -> None:
+        self.data.update(values)
+        self.save()
+
+    def arm(self, arm: str) -> dict[str, Any]:
+        return self.data["arms"].setdefault(arm, {"trial": {}, "confirm": {}})
+
+    def set_arm(self, arm: str, **values: Any) -> None:
+        self.arm(arm).update(values)
+        self.save()
+
+    def trial_runs(self, arm: str, kind: str) -> dict[str, str]:
+        return self.arm(arm)[kind]
+
+    def trial_run(self, arm: str, kind: str, trial_id: str) -> str | None:
+        return self.trial_runs(arm, kind).get(trial_id)
+
+    def set_trial_run(self, arm: str, kind: str, trial_id: str, run_id: str) -> None:
+        self.trial_runs(arm, kind)[trial_id] = run_id
+        self.save()

@@ -1,0 +1,113 @@
+"""Run one arm's trials through Ray Tune: the search, then the confirmation runs.
+
+Only this module builds ``Tuner`` objects. Ray Tune owns scheduling, resources,
+retries and distribution; we pass it a searcher, a scheduler and a recorder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from orchestrator.execute.recorder import RecorderCallback, TrialRecorder
+from orchestrator.plan import ArmPlan
+from orchestrator.results import TrialRecord
+from orchestrator.samplers import build_sampler
+from orchestrator.spec.models import Resources
+from orchestrator.trainable import SEED_KEY, tune_entry
+from orchestrator.training import TrialSetup
+
+
+def resources_dict(resources: Resources) -> dict[str, float]:
+    out: dict[str, float] = {"cpu": resources.cpu, "gpu": resources.gpu}
+    if resources.memory_gb:
+        out["memory"] = resources.memory_gb * 2**30
+    out.update(resources.custom)
+    return out
+
+
+def _trainable(setup: TrialSetup, data_ref: Any, seed: int, resources: Resources) -> Any:
+    from ray import tune
+
+    return tune.with_resources(tune.with_parameters(tune_entry, setup=setup, data=data_ref, seed=seed), resources_dict(resources))
+
+
+def _run_config(name: str, storage: Path | str, callback: RecorderCallback, max_failures: int) -> Any:
+    from ray import tune
+
+    return tune.RunConfig(
+        name=name,
+        storage_path=str(storage),
+        callbacks=[callback],
+        failure_config=tune.FailureConfig(max_failures=max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        verbose=0,
+        log_to_file=False,
+    )
+
+
+def run_search(plan: ArmPlan, setup: TrialSetup, data_ref: Any, recorder: TrialRecorder, storage: Path | str, name: str) -> list[TrialRecord]:
+    """The arm's hyperparameter search; returns a record per trial."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from orchestrator.searcher import HonestOptunaSearch
+
+    metrics, modes = list(plan.objectives), list(plan.objectives.values())
+    searcher = HonestOptunaSearch(
+        space=plan.space(),
+        metric=metrics if len(metrics) > 1 else metrics[0],
+        mode=modes if len(modes) > 1 else modes[0],
+        sampler=build_sampler(plan.sampler),
+        points_to_evaluate=plan.points_to_evaluate or None,
+        constraints=plan.constraints,
+        epochs=setup.training.epochs,
+    )
+    epochs = setup.training.epochs
+    if plan.scheduler == "asha" and epochs > 1:
+        scheduler: Any = ASHAScheduler(
+            metric=plan.primary_metric, mode=plan.primary_mode, time_attr="training_iteration",
+            max_t=epochs, grace_period=1, reduction_factor=2,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    callback = RecorderCallback(recorder)
+    try:
+        tuner = tune.Tuner(
+            _trainable(setup, data_ref, recorder.state.get("search_seed", 0), plan.resources),
+            param_space={},
+            tune_config=tune.TuneConfig(
+                search_alg=searcher, scheduler=scheduler, num_samples=plan.trials,
+                max_concurrent_trials=plan.max_concurrent,
+                # one worker process serves several trials: no torch/transformers import per trial
+                reuse_actors=True,
+            ),
+            run_config=_run_config(name, storage, callback, max_failures=0),
+        )
+        tuner.fit()
+    finally:
+        callback.release()
+        if recorder.progress is not None:
+            recorder.progress.suggest_s = sum(searcher.suggest_seconds)
+    return list(recorder.records.values())
+
+
+def run_confirm(plan: ArmPlan, setup: TrialSetup, best_params: dict[str, Any], seeds: list[int], split: str, data_ref: Any, recorder: TrialRecorder, storage: Path | str, name: str) -> list[TrialRecord]:
+    """The best configuration again on fresh seeds, evaluated on ``split`` (the
+    held-out test split unless the hypothesis says otherwise)."""
+    from ray import tune
+
+    confirm_setup = replace(setup, fixed={**best_params, **setup.fixed}, final_split=split, confirm=True)
+    callback = RecorderCallback(recorder)
+    try:
+        tuner = tune.Tuner(
+            _trainable(confirm_setup, data_ref, seeds[0], plan.resources),
+            param_space={SEED_KEY: tune.grid_search(seeds)},
+            tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=plan.max_concurrent, reuse_actors=True),
+            run_config=_run_config(name, storage, callback, max_failures=1),
+        )
+        tuner.fit()
+    finally:
+        callback.release()
+    return list(recorder.records.values())

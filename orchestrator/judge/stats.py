@@ -1,0 +1,303 @@
+"""The numbers behind a verdict: estimates, t intervals, one-sided p-values, Holm, power.
+
+Pure functions on plain data; ``verdicts`` turns their output into sentences.
+scipy's ``special`` functions are used directly (not ``scipy.stats``): the calibration
+test judges tens of thousands of simulated claims, and the distribution objects are
+two orders of magnitude slower per call.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from scipy import special
+
+from orchestrator.claims import Claim, MetricRef
+
+Samples = dict[str, dict[str, dict[int, float]]]
+"""arm -> metric -> seed -> value, from the confirmation runs."""
+
+# Relative size under which a spread or a gap is floating-point noise, not data.
+ZERO_SPREAD = 1e-12
+EXACT_TOLERANCE = 1e-9
+POWER = 0.80
+
+PAIRED, ONE_SAMPLE, WELCH, EXACT = "paired t", "one-sample t", "Welch t", "exact (no variance)"
+
+
+@dataclass(frozen=True)
+class ReferenceData:
+    """The finite values of one reference that the claim uses, and what was left out."""
+
+    ref: MetricRef
+    values: dict[int, float]
+    excluded: dict[int, str]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """An estimate of ``V``, the claim's quantity without its constant.
+
+    ``se == 0`` means every seed gave the same value (an exact comparison); ``sd`` is
+    the spread of ``V`` for one seed of every arm, the unit of the standardized effect.
+    """
+
+    value: float
+    se: float
+    df: float
+    sd: float
+    method: str
+    n: dict[str, int]
+    arm_variances: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """Why no interval can be computed; ``value`` is a point estimate when one exists."""
+
+    reason: str
+    n: dict[str, int]
+    value: float | None = None
+
+
+def _is_finite(value: object) -> bool:
+    try:
+        return value is not None and math.isfinite(float(value))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
+def _metric_runs(arm_runs: object) -> dict[str, Mapping]:
+    """An arm's ``metric -> seed -> value`` with anything that is not a mapping dropped."""
+    if not isinstance(arm_runs, Mapping):
+        return {}
+    return {metric: by_seed for metric, by_seed in arm_runs.items() if isinstance(by_seed, Mapping)}
+
+
+def reference_data(claim: Claim, samples: Mapping) -> tuple[dict[MetricRef, ReferenceData], list[str]]:
+    """Values per reference on the seeds its arm can use, and problems that stop the judge.
+
+    Within one arm, only seeds where every referenced metric of that arm is finite are
+    used, so metrics of the same seed stay paired. Missing and non-finite values are
+    excluded and recorded with the reason.
+    """
+    data: dict[MetricRef, ReferenceData] = {}
+    problems: list[str] = []
+    references = claim.references()
+    for arm in claim.arms():
+        refs = [r for r in references if r.arm == arm]
+        arm_runs = _metric_runs(samples.get(arm) if isinstance(samples, Mapping) else None)
+        if not any(arm_runs.values()):
+            problems.append(f"no confirmation runs for arm {arm}")
+            continue
+        all_seeds = list(dict.fromkeys(s for by_seed in arm_runs.values() for s in by_seed))
+        finite: dict[MetricRef, dict] = {}
+        for ref in refs:
+            if ref.metric not in arm_runs:
+                known = ", ".join(sorted(map(str, arm_runs)))
+                problems.append(f"arm {arm} reports no metric '{ref.metric}' (it reports: {known})")
+            by_seed = arm_runs.get(ref.metric, {})
+            finite[ref] = {s: float(v) for s, v in by_seed.items() if _is_finite(v)}
+        usable = [s for s in all_seeds if all(s in finite[r] for r in refs)]
+        usable_set = set(usable)
+        for ref in refs:
+            by_seed = arm_runs.get(ref.metric, {})
+            excluded = {}
+            for s in all_seeds:
+                if s in usable_set:
+                    continue
+                if s not in by_seed:
+                    excluded[s] = "missing"
+                elif s not in finite[ref]:
+                    excluded[s] = "not finite"
+                else:
+                    excluded[s] = "another metric of this arm is missing on this seed"
+            data[ref] = ReferenceData(ref, {s: finite[ref][s] for s in usable}, excluded)
+            if ref.metric in arm_runs and not finite[ref]:
+                problems.append(f"no finite values of {ref}")
+    return data, problems
+
+
+def estimate(claim: Claim, data: Mapping[MetricRef, ReferenceData]) -> Estimate | Unavailable:
+    """Paired (or one-sample) t when every arm has the same seeds, else Welch."""
+    try:
+        result = _estimate(claim, data)
+    except OverflowError:
+        result = None
+    if result is None or (isinstance(result, Estimate)
+                          and not all(map(math.isfinite, (result.value, result.se, result.df, result.sd)))):
+        n = {arm: next(len(d.values) for r, d in data.items() if r.arm == arm) for arm in claim.arms()}
+        return Unavailable("the values are too large to compute a spread in floating point", n)
+    return result
+
+
+def _estimate(claim: Claim, data: Mapping[MetricRef, ReferenceData]) -> Estimate | Unavailable:
+    coefficients = claim.expr.coefficients
+    arms = claim.arms()
+    per_arm: dict[str, dict] = {}          # arm -> seed -> that arm's part of V on the seed
+    for arm in arms:
+        refs = [r for r in coefficients if r.arm == arm]
+        seeds = data[refs[0]].values
+        per_arm[arm] = {s: math.fsum(coefficients[r] * data[r].values[s] for r in refs) for s in seeds}
+    n = {arm: len(by_seed) for arm, by_seed in per_arm.items()}
+    empty = [arm for arm in arms if n[arm] == 0]
+    if empty:
+        return Unavailable(f"no usable confirmation runs for arm {empty[0]}", n)
+
+    first = per_arm[arms[0]]
+    if all(per_arm[a].keys() == first.keys() for a in arms[1:]):
+        per_seed = [math.fsum(per_arm[a][s] for a in arms) for s in first]
+        return _one_sample(per_seed, ONE_SAMPLE if len(arms) == 1 else PAIRED, n)
+    return _welch({arm: list(by_seed.values()) for arm, by_seed in per_arm.items()}, n)
+
+
+def describe(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample sd for the evidence table; None where undefined or out of float range."""
+    try:
+        mean = _mean(values) if values else None
+        sd = _sample_sd(values, mean) if len(values) > 1 else None
+    except OverflowError:
+        return None, None
+    return mean, sd
+
+
+def _mean(values: list[float]) -> float:
+    return math.fsum(values) / len(values)
+
+
+def _sample_sd(values: list[float], mean: float) -> float:
+    return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def _spread(values: list[float]) -> float:
+    """Sample sd (ddof=1), with floating-point noise around identical values read as 0."""
+    if len(values) < 2:
+        return math.nan
+    sd = _sample_sd(values, _mean(values))
+    scale = max(1.0, max(abs(v) for v in values))
+    return 0.0 if sd <= ZERO_SPREAD * scale else sd
+
+
+def _one_sample(per_seed: list[float], method: str, n: dict[str, int]) -> Estimate | Unavailable:
+    mean = _mean(per_seed)
+    if len(per_seed) < 2:
+        return Unavailable("only 1 seed per arm, so the spread across seeds is unknown", n, mean)
+    sd = _spread(per_seed)
+    if sd == 0.0:
+        return Estimate(mean, 0.0, len(per_seed) - 1.0, 0.0, EXACT, n)
+    return Estimate(mean, sd / math.sqrt(len(per_seed)), len(per_seed) - 1.0, sd, method, n)
+
+
+def _welch(per_arm: dict[str, list[float]], n: dict[str, int]) -> Estimate | Unavailable:
+    value = math.fsum(_mean(values) for values in per_arm.values())
+    single = [arm for arm, count in n.items() if count < 2]
+    if single:
+        return Unavailable(
+            f"arm {single[0]} has only 1 confirmation run, so its spread across seeds is unknown", n, value)
+    variances = {arm: _spread(values) ** 2 for arm, values in per_arm.items()}
+    se2 = sum(variances[a] / n[a] for a in per_arm)
+    if se2 == 0.0:
+        return Estimate(value, 0.0, float(sum(n.values()) - len(n)), 0.0, EXACT, n, variances)
+    df = se2 ** 2 / sum((variances[a] / n[a]) ** 2 / (n[a] - 1) for a in per_arm)
+    return Estimate(value, math.sqrt(se2), df, math.sqrt(sum(variances.values())), WELCH, n, variances)
+
+
+# ---------------------------------------------------------------------------- tests
+
+@dataclass(frozen=True)
+class OneSided:
+    """One-sided p-values: ``p_fails`` tests "the claim fails", ``p_holds`` "it holds"."""
+
+    p_fails: float
+    p_holds: float
+
+
+def bounds_of(claim: Claim) -> tuple[float | None, float | None]:
+    """The claim's bounds on ``V`` (its quantity without the constant)."""
+    c0 = claim.expr.constant
+    lower = None if claim.lower is None else claim.lower - c0
+    upper = None if claim.upper is None else claim.upper - c0
+    return lower, upper
+
+
+def one_sided_p(claim: Claim, est: Estimate) -> OneSided:
+    """p-values of "the claim fails" and "the claim holds", from the t statistic.
+
+    With a lower bound L and ``t = (V - L) / se``, ``P(T >= t)`` is the p-value of
+    "V <= L" (the claim fails at or below L) and ``P(T <= t)`` that of "V >= L".
+    To show a band claim holds, every bound must be cleared, so ``p_fails`` is the
+    largest (intersection-union: TOST); crossing any one bound shows it fails, so
+    ``p_holds`` is the smallest. A spread of 0 gives an exact 0 or 1.
+    """
+    lower, upper = bounds_of(claim)
+    if est.se == 0.0:
+        holds = claim.holds_at(est.value + claim.expr.constant, EXACT_TOLERANCE)
+        return OneSided(0.0 if holds else 1.0, 1.0 if holds else 0.0)
+    fails: list[float] = []
+    holds_p: list[float] = []
+    if lower is not None:
+        t = (est.value - lower) / est.se
+        fails.append(float(special.stdtr(est.df, -t)))
+        holds_p.append(float(special.stdtr(est.df, t)))
+    if upper is not None:
+        t = (est.value - upper) / est.se
+        fails.append(float(special.stdtr(est.df, t)))
+        holds_p.append(float(special.stdtr(est.df, -t)))
+    return OneSided(max(fails), min(holds_p))
+
+
+def interval(est: Estimate, alpha: float) -> tuple[float, float]:
+    """One-sided (1 - alpha) lower and upper confidence bounds, i.e. the central
+    (1 - 2 alpha) interval; degenerate at the estimate when there is no spread."""
+    if est.se == 0.0:
+        return est.value, est.value
+    half = float(special.stdtrit(est.df, 1.0 - alpha)) * est.se
+    return est.value - half, est.value + half
+
+
+@dataclass(frozen=True)
+class Holm:
+    """Holm step-down over one family: per hypothesis, whether it is rejected, the
+    level it was compared with (alpha / (m - rank + 1)) and its adjusted p-value."""
+
+    rejected: list[bool]
+    levels: list[float]
+    adjusted: list[float]
+
+
+def holm(p_values: list[float], alpha: float) -> Holm:
+    """Holm (1979): sort p ascending, reject while p_(k) <= alpha / (m - k + 1).
+
+    Example:
+        >>> holm([0.01, 0.04, 0.03], 0.05).rejected
+        [True, False, False]
+    """
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: (p_values[i], i))
+    rejected = [False] * m
+    levels = [alpha] * m
+    adjusted = [1.0] * m
+    running, still_rejecting = 0.0, True
+    for rank, i in enumerate(order):
+        levels[i] = alpha / (m - rank)
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+        still_rejecting = still_rejecting and p_values[i] <= levels[i]
+        rejected[i] = still_rejecting
+    return Holm(rejected, levels, adjusted)
+
+
+def seeds_to_settle(distance: float, sd: float, alpha: float, n_now: int) -> int | None:
+    """Seeds per arm for 80% power to clear a boundary ``distance`` away, if the true
+    value were the current estimate (Guenther's t correction of the normal formula:
+    n = ((z_{1-a} + z_{0.8}) sd / distance)^2 + z_{1-a}^2 / 2)."""
+    if sd <= 0.0 or distance <= 0.0 or not math.isfinite(sd / distance):
+        return None
+    z_alpha = float(special.ndtri(1.0 - alpha))
+    z_power = float(special.ndtri(POWER))
+    needed = ((z_alpha + z_power) * sd / distance) ** 2 + z_alpha ** 2 / 2.0
+    if needed > 1e6:
+        return None
+    return max(math.ceil(needed), n_now + 1, 2)

@@ -1,0 +1,281 @@
+"""Claims + confirmation runs -> verdicts (SUPPORTED / REFUTED / INCONCLUSIVE).
+
+Each claim gets two one-sided tests at level ``alpha = 1 - confidence``: rejecting
+"the claim fails" supports it, rejecting "the claim holds" refutes it. Across the
+claims of one hypothesis, Holm's step-down runs over each of the two families, so
+P(any false SUPPORTED) <= alpha and P(any false REFUTED) <= alpha, whatever the
+dependence between claims. With one claim this is exactly the interval rule: the
+one-sided (1 - alpha) bounds lie wholly inside (SUPPORTED) or wholly outside
+(REFUTED) the claimed region. docs/claims.md has the details.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Literal, Mapping, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.claims import Claim, parse_claim
+from orchestrator.judge import stats
+from orchestrator.judge.stats import Estimate, Holm, OneSided, ReferenceData, Unavailable
+
+VerdictKind = Literal["SUPPORTED", "REFUTED", "INCONCLUSIVE"]
+# Seeds are ints; JSON turns keys into text, so read "3" back as 3 (and keep odd seeds as text).
+Seed = Annotated[int | str, Field(union_mode="left_to_right")]
+
+
+class ReferenceEvidence(BaseModel):
+    """The confirmation values of one ``arm.metric`` that a verdict used."""
+
+    model_config = ConfigDict(frozen=True)
+
+    mean: float | None
+    sd: float | None
+    n: int
+    values: dict[Seed, float]
+    excluded: dict[Seed, str]
+
+
+class Verdict(BaseModel):
+    """The judgement of one claim, with every number behind it.
+
+    ``estimate``, ``ci_low``, ``ci_high``, ``lower``, ``upper`` and ``boundary`` are on the
+    scale of ``quantity`` (the claim's metrics without its constant), e.g. for
+    ``a.acc >= b.acc - 0.01`` the quantity is ``a.acc - b.acc`` and the boundary -0.01.
+    ``ci_low``/``ci_high`` are one-sided bounds at level ``confidence`` each (together a
+    central interval at ``2 * confidence - 1``); ``confidence`` is the level after Holm.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    claim: str
+    kind: str
+    canonical: str
+    quantity: str
+    verdict: VerdictKind
+    estimate: float | None
+    ci_low: float | None
+    ci_high: float | None
+    confidence: float
+    interval_method: str
+    n: dict[str, int]
+    lower: float | None
+    upper: float | None
+    boundary: float | None
+    effect_size: float | None
+    effect_d: float | None
+    sd: float | None
+    df: float | None
+    seeds_to_settle: int | None
+    p_holds: float | None
+    p_fails: float | None
+    p_holds_adjusted: float | None
+    p_fails_adjusted: float | None
+    family_size: int
+    holm: bool
+    reason: str
+    evidence: dict[str, ReferenceEvidence]
+
+    def to_row(self) -> dict[str, str]:
+        """Display strings for one row of a verdict table."""
+        interval = "-" if self.ci_low is None else f"[{_num(self.ci_low)}, {_num(self.ci_high)}]"
+        p = self.p_fails_adjusted if self.verdict != "REFUTED" else self.p_holds_adjusted
+        return {
+            "claim": self.claim,
+            "verdict": self.verdict,
+            "estimate": "-" if self.estimate is None else _num(self.estimate),
+            "bounds": interval,
+            "confidence": _pct(self.confidence),
+            "method": self.interval_method,
+            "n": ", ".join(f"{arm}={k}" for arm, k in self.n.items()) or "-",
+            "p": "-" if p is None else f"{p:.3g}",
+            "effect_d": "-" if self.effect_d is None else f"{self.effect_d:.2f}",
+            "seeds_to_settle": "-" if self.seeds_to_settle is None else str(self.seeds_to_settle),
+            "reason": self.reason,
+        }
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def _pct(level: float) -> str:
+    return f"{100 * level:.3g}%"
+
+
+@dataclass(frozen=True)
+class _Assessment:
+    claim: Claim
+    data: dict
+    outcome: Estimate | Unavailable
+    p: OneSided | None
+
+
+def _assess(claim: Claim, samples: Mapping) -> _Assessment:
+    data, problems = stats.reference_data(claim, samples)
+    if problems:
+        n = {arm: next((len(d.values) for r, d in data.items() if r.arm == arm), 0) for arm in claim.arms()}
+        return _Assessment(claim, data, Unavailable("; ".join(problems), n), None)
+    outcome = stats.estimate(claim, data)
+    p = stats.one_sided_p(claim, outcome) if isinstance(outcome, Estimate) else None
+    return _Assessment(claim, data, outcome, p)
+
+
+def judge_claims(
+    claims: Sequence[Claim | str],
+    samples: Mapping[str, Mapping[str, Mapping[int, float]]],
+    confidence: float = 0.95,
+    family_wise: bool | None = None,
+) -> list[Verdict]:
+    """Judge every claim of one hypothesis on its confirmation runs.
+
+    Example:
+        >>> runs = {"a": {"acc": {1: 0.91, 2: 0.93, 3: 0.92}}}
+        >>> judge_claims(["a.acc >= 0.85"], runs)[0].verdict
+        'SUPPORTED'
+
+    Args:
+        claims: parsed claims (or their text).
+        samples: arm -> metric -> seed -> value; missing and NaN values are excluded.
+        confidence: 1 - alpha, the error rate allowed for a false SUPPORTED (and,
+            separately, for a false REFUTED) over the whole family.
+        family_wise: Holm across the claims; None means on when there are >= 2 claims.
+    """
+    if not 0.5 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0.5, 1), got {confidence}")
+    parsed = [c if isinstance(c, Claim) else parse_claim(c) for c in claims]
+    alpha = 1.0 - confidence
+    use_holm = len(parsed) >= 2 if family_wise is None else bool(family_wise)
+    assessed = [_assess(c, samples if isinstance(samples, Mapping) else {}) for c in parsed]
+    p_fails = [a.p.p_fails if a.p else 1.0 for a in assessed]
+    p_holds = [a.p.p_holds if a.p else 1.0 for a in assessed]
+    if use_holm:
+        support, refute = stats.holm(p_fails, alpha), stats.holm(p_holds, alpha)
+    else:
+        support, refute = _unadjusted(p_fails, alpha), _unadjusted(p_holds, alpha)
+    return [_verdict(a, i, support, refute, use_holm, len(parsed)) for i, a in enumerate(assessed)]
+
+
+def _unadjusted(p_values: list[float], alpha: float) -> Holm:
+    return Holm([p <= alpha for p in p_values], [alpha] * len(p_values), list(p_values))
+
+
+def _seed(seed: object) -> int | str:
+    return seed if isinstance(seed, (int, str)) and not isinstance(seed, bool) else str(seed)
+
+
+def _evidence(data: Mapping[object, ReferenceData]) -> dict[str, ReferenceEvidence]:
+    evidence = {}
+    for ref, ref_data in data.items():
+        values = list(ref_data.values.values())
+        mean, sd = stats.describe(values)
+        evidence[str(ref)] = ReferenceEvidence(
+            mean=mean, sd=sd, n=len(values), values={_seed(s): v for s, v in ref_data.values.items()},
+            excluded={_seed(s): why for s, why in ref_data.excluded.items()})
+    return evidence
+
+
+def _regions(claim: Claim, lower: float | None, upper: float | None) -> tuple[str, str]:
+    """Where the claim holds and where it fails, in words, on the quantity's scale."""
+    if lower is not None and upper is not None:
+        band = f"[{_num(lower)}, {_num(upper)}]"
+        return f"inside {band}", f"outside {band}"
+    if lower is not None:
+        bound = _num(lower)
+        return ((f"above {bound}", f"at or below {bound}") if claim.lower_strict
+                else (f"at or above {bound}", f"below {bound}"))
+    bound = _num(upper)
+    return ((f"below {bound}", f"at or above {bound}") if claim.upper_strict
+            else (f"at or below {bound}", f"above {bound}"))
+
+
+def _nearest(value: float, lower: float | None, upper: float | None) -> float:
+    candidates = [b for b in (lower, upper) if b is not None]
+    return min(candidates, key=lambda b: abs(value - b))
+
+
+def _verdict(a: _Assessment, i: int, support: Holm, refute: Holm, use_holm: bool, m: int) -> Verdict:
+    claim = a.claim
+    lower, upper = stats.bounds_of(claim)
+    quantity = str(claim.expr.variable_part())
+    common = dict(
+        claim=claim.text, kind=claim.kind, canonical=claim.canonical(), quantity=quantity,
+        lower=lower, upper=upper, family_size=m, holm=use_holm, evidence=_evidence(a.data),
+    )
+    excluded = sum(len(d.excluded) for d in a.data.values())
+    note = ""
+    if excluded:
+        note = f" ({excluded} run{'s' if excluded > 1 else ''} excluded: missing or not finite)"
+    outcome = a.outcome
+    if isinstance(outcome, Unavailable):
+        boundary = None if outcome.value is None else _nearest(outcome.value, lower, upper)
+        return Verdict(
+            **common, verdict="INCONCLUSIVE", estimate=outcome.value, ci_low=None, ci_high=None,
+            confidence=1.0 - support.levels[i], interval_method="none", n=outcome.n, boundary=boundary,
+            effect_size=None if boundary is None else outcome.value - boundary, effect_d=None, sd=None,
+            df=None, seeds_to_settle=None, p_holds=None, p_fails=None, p_holds_adjusted=None,
+            p_fails_adjusted=None, reason=f"No interval: {outcome.reason}{note}.",
+        )
+
+    est, p = outcome, a.p
+    assert p is not None
+    leans_true = claim.holds_at(est.value + claim.expr.constant)
+    if support.rejected[i]:
+        verdict, level = "SUPPORTED", support.levels[i]
+    elif refute.rejected[i]:
+        verdict, level = "REFUTED", refute.levels[i]
+    else:
+        verdict, level = "INCONCLUSIVE", (support.levels[i] if leans_true else refute.levels[i])
+    ci_low, ci_high = stats.interval(est, level)
+    boundary = _nearest(est.value, lower, upper)
+    distance = abs(est.value - boundary)
+    settle = None
+    if verdict == "INCONCLUSIVE":
+        settle = stats.seeds_to_settle(distance, est.sd, level, max(est.n.values()))
+    reason = _reason(claim, verdict, est, level, (ci_low, ci_high), settle,
+                     holm_blocked=use_holm and (p.p_fails if leans_true else p.p_holds) <= level)
+    return Verdict(
+        **common, verdict=verdict, estimate=est.value, ci_low=ci_low, ci_high=ci_high,
+        confidence=1.0 - level, interval_method=est.method, n=est.n, boundary=boundary,
+        effect_size=est.value - boundary, effect_d=(est.value - boundary) / est.sd if est.sd > 0 else None,
+        sd=est.sd, df=est.df, seeds_to_settle=settle, p_holds=p.p_holds, p_fails=p.p_fails,
+        p_holds_adjusted=refute.adjusted[i], p_fails_adjusted=support.adjusted[i],
+        reason=reason + note + ".",
+    )
+
+
+def _reason(claim: Claim, verdict: str, est: Estimate, level: float, bounds: tuple[float, float],
+            settle: int | None, holm_blocked: bool) -> str:
+    """One plain sentence (without its final period) that says why."""
+    lower, upper = stats.bounds_of(claim)
+    holds, fails = _regions(claim, lower, upper)
+    quantity = str(claim.expr.variable_part())
+    seeds = _seeds_phrase(est)
+    if est.se == 0.0:
+        where = holds if verdict == "SUPPORTED" else fails
+        return (f"Every seed gives {quantity} = {_num(est.value)} (no variance across seeds), "
+                f"which is {where}, so the claim {'holds' if verdict == 'SUPPORTED' else 'fails'} ({seeds})")
+    shown = (f"{quantity} is {_num(est.value)} with one-sided {_pct(1.0 - level)} bounds "
+             f"[{_num(bounds[0])}, {_num(bounds[1])}]")
+    how = f"{est.method}, {seeds}"
+    if verdict == "SUPPORTED":
+        return f"{shown}, entirely {holds} as claimed ({how})"
+    if verdict == "REFUTED":
+        return f"{shown}, entirely {fails}, against the claim ({how})"
+    if holm_blocked:
+        return (f"{shown}, which would settle it on its own, but Holm's step-down stopped earlier "
+                f"at a claim with a smaller p-value that was not settled ({how})")
+    more = "" if settle is None else f"; about {settle} seeds per arm would likely settle it"
+    return f"{shown}: partly {holds} and partly {fails}, so neither is shown ({how}){more}"
+
+
+def _seeds_phrase(est: Estimate) -> str:
+    counts = set(est.n.values())
+    if len(counts) == 1:
+        count = counts.pop()
+        return f"{count} seeds" + (" per arm" if len(est.n) > 1 else "")
+    return "seeds " + ", ".join(f"{arm}={k}" for arm, k in est.n.items())
+
+
+__all__ = ["ReferenceEvidence", "Verdict", "judge_claims"]

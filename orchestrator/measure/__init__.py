@@ -1,0 +1,1 @@
+"""Measured quantities the judge trusts: FLOPs, parameters, memory, time."""

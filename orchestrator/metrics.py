@@ -1,0 +1,36 @@
+"""The catalogue of metric names every trial and confirmation run reports.
+
+One place, so that validation (a claim naming an unknown metric is an error), the
+trainable (what it reports) and the MLflow compare view (same names across methods)
+agree. Method-specific metrics are declared by each method's ``metrics`` attribute.
+"""
+
+from __future__ import annotations
+
+COMMON_METRICS: dict[str, str] = {
+    "val_loss": "mean cross-entropy on the validation split",
+    "train_loss": "mean training loss over the last epoch",
+    "adapter_flops_per_token": "FLOPs of adapted minus base model per non-pad token (FlopCounterMode)",
+    "flops_ratio": "adapter_flops_per_token over unmerged LoRA r=8 on the same target modules",
+    "trainable_params": "peak number of trainable adapter parameters (head excluded)",
+    "head_params": "trainable parameters of the task head",
+    "peak_rss_mb": "peak resident memory of the trial's process (MiB); GPU: max allocated",
+    "train_time_s": "wall time of training",
+    "eval_time_s": "wall time of the final evaluation",
+    "epoch": "epochs completed",
+}
+
+#: Only confirmation runs report these (evaluated once, on the held-out split).
+CONFIRM_ONLY = ("test_loss",)
+
+
+def task_metrics(task_metric: str) -> dict[str, str]:
+    return {
+        f"val_{task_metric}": f"{task_metric} on the validation split (search selects on it)",
+        f"test_{task_metric}": f"{task_metric} on the held-out split (confirmation runs only)",
+        "test_loss": "mean cross-entropy on the held-out split (confirmation runs only)",
+    }
+
+
+def known_metrics(task_metric: str, method_metrics: dict[str, str] | None = None) -> dict[str, str]:
+    return {**COMMON_METRICS, **task_metrics(task_metric), **(method_metrics or {})}

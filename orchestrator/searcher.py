@@ -1,0 +1,80 @@
+"""Ray Tune's OptunaSearch, made honest about constraints and early stopping.
+
+Two things Ray 2.60's ``OptunaSearch`` gets wrong for us (STACK-NOTES):
+
+- A trial stopped early by ASHA reaches Optuna as COMPLETE with its partial value,
+  which teaches the sampler that promising-but-stopped configurations are bad ones.
+  Here a trial that did not finish its epochs is told as PRUNED.
+- Constraints: Optuna 5 wants ``trial.set_constraint(key, value)`` (<= 0 feasible)
+  before ``tell``; the deprecated ``constraints_func`` lambda also breaks Ray's
+  pickling of the searcher at the first experiment checkpoint.
+
+Everything else (suggestion, bookkeeping, checkpointing) is Ray's and Optuna's.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from orchestrator.samplers import limited_threads
+from orchestrator.spec.checks import Constraint
+
+#: A constraint whose metric was never reported (a failed trial) counts as violated by this much.
+MISSING_METRIC_VIOLATION = 1e6
+
+
+class HonestOptunaSearch(OptunaSearch):
+    """OptunaSearch + constraints via ``set_constraint`` + PRUNED for stopped trials.
+
+    Args:
+        constraints: bound on reported metrics; set on the Optuna trial before ``tell``.
+        epochs: a trial whose last result has fewer epochs was stopped early.
+        **kwargs: passed to ``OptunaSearch`` (space, metric, mode, sampler, ...).
+    """
+
+    def __init__(self, *args: Any, constraints: list[Constraint] | None = None, epochs: int = 1, **kwargs: Any) -> None:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        super().__init__(*args, **kwargs)
+        self._constraints = list(constraints or [])
+        self._epochs = epochs
+        self.suggest_seconds: list[float] = []
+
+    def suggest(self, trial_id: str) -> dict | None:
+        started = time.perf_counter()
+        with limited_threads(1):
+            config = super().suggest(trial_id)
+        self.suggest_seconds.append(time.perf_counter() - started)
+        return config
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        ot_trial = self._ot_trials[trial_id]
+        for constraint in self._constraints:
+            value = (result or {}).get(constraint.metric)
+            violation = constraint.violation(float(value)) if _finite(value) else MISSING_METRIC_VIOLATION
+            ot_trial.set_constraint(str(constraint), violation)
+        stopped_early = bool(result) and not error and int(result.get("epoch", self._epochs)) < self._epochs
+        if stopped_early:
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            return None
+        if result and any(not _finite(result.get(m)) for m in _as_list(self.metric)) and not error:
+            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+            self._completed_trials.add(trial_id)
+            return None
+        return super().on_trial_complete(trial_id, result, error)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _as_list(metric: Any) -> list[str]:
+    return list(metric) if isinstance(metric, (list, tuple)) else [metric]

@@ -1,0 +1,203 @@
+"""Checks that need more than one field: methods, spaces, claims, constraints.
+
+Each check appends ``SpecIssue``s rather than raising, so ``orchestrate validate``
+reports every problem of a file at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from orchestrator.metrics import known_metrics
+from orchestrator.space import SpaceFile
+from orchestrator.spec.errors import SpecError, SpecIssue
+from orchestrator.spec.models import TRAINING_PARAMS, Hypothesis
+from orchestrator.spec.pydantic_errors import issues_from_validation
+from orchestrator.spec.yaml_lines import LocatedYaml, load_located
+from orchestrator.tasks.models import is_known_model_ref
+
+_CONSTRAINT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """``metric OP bound``; feasible when it holds. Parsed by a regex, never eval'd."""
+
+    metric: str
+    op: str
+    bound: float
+
+    def violation(self, value: float) -> float:
+        """Optuna's convention: <= 0 feasible, > 0 by how much it is violated."""
+        return value - self.bound if self.op in ("<=", "<") else self.bound - value
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.bound:g}"
+
+
+def parse_constraint(text: str) -> Constraint:
+    match = _CONSTRAINT.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not 'metric <= number' (or <, >=, >)")
+    return Constraint(match[1], match[2], float(match[3]))
+
+
+@dataclass(frozen=True)
+class ResolvedSpace:
+    path: str
+    space: SpaceFile
+
+
+def shipped_space_path(name: str) -> Path:
+    return Path(str(resources.files("search_spaces").joinpath(name)))
+
+
+def resolve_space_path(arm_space: str | None, method: str, base_dir: Path) -> Path | None:
+    """A relative path is looked up next to the hypothesis first, then among the
+    shipped spaces; no path means the method's shipped space (None if it has none)."""
+    if arm_space is None:
+        candidate = shipped_space_path(f"{method}.yaml")
+        return candidate if candidate.exists() else None
+    given = Path(arm_space)
+    candidates = [given] if given.is_absolute() else [base_dir / given, shipped_space_path(given.name)]
+    if not given.is_absolute() and given.parts and given.parts[0] == "search_spaces":
+        candidates.append(shipped_space_path(str(Path(*given.parts[1:]))))
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    return candidates[0]
+
+
+def load_space(path: Path) -> ResolvedSpace:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError([SpecIssue(str(path), None, "", f"cannot read search space: {exc.strerror}")]) from None
+    located = load_located(text, str(path))
+    if not isinstance(located.value, dict):
+        raise SpecError([SpecIssue(str(path), 1, "", "a search space must be a mapping with 'params'")])
+    try:
+        return ResolvedSpace(str(path), SpaceFile.model_validate(located.value))
+    except ValidationError as exc:
+        raise SpecError(issues_from_validation(exc, located)) from None
+
+
+def check_hypothesis(spec: Hypothesis, located: LocatedYaml, base_dir: Path) -> tuple[list[SpecIssue], dict[str, ResolvedSpace]]:
+    """All cross-field checks; returns the issues and each arm's resolved space."""
+    from methods import UnknownMethodError, get_method
+
+    issues: list[SpecIssue] = []
+    spaces: dict[str, ResolvedSpace] = {}
+    arm_metrics: dict[str, dict[str, str]] = {}
+
+    def issue(path: tuple[Any, ...], message: str) -> None:
+        issues.append(SpecIssue(located.file, located.line_of(path), ".".join(map(str, path)), message))
+
+    if not is_known_model_ref(spec.task.model):
+        issue(("task", "model"), f"unknown model {spec.task.model!r}; built in: embedded:minilm-l6, random:bert-tiny")
+    from orchestrator.tasks.datasets import dataset_ref_problem
+
+    problem = dataset_ref_problem(spec.task.dataset)
+    if problem:
+        issue(("task", "dataset"), problem)
+
+    for arm_name, arm in spec.arms.items():
+        try:
+            method_cls = get_method(arm.method)
+        except UnknownMethodError as exc:
+            issue(("arms", arm_name, "method"), str(exc))
+            continue
+        except ImportError as exc:  # a registered method whose module is missing
+            issue(("arms", arm_name, "method"), f"method {arm.method!r} failed to import: {exc}")
+            continue
+        arm_metrics[arm_name] = known_metrics(spec.task.metric, method_cls.metrics)
+        accepted = set(method_cls.Config.model_fields) | set(TRAINING_PARAMS)
+        for key in arm.fixed:
+            if key not in accepted:
+                issue(("arms", arm_name, "fixed", key), _not_accepted(key, arm.method, accepted))
+        method_fixed = {k: v for k, v in arm.fixed.items() if k in method_cls.Config.model_fields}
+        try:
+            method_cls.Config(**method_fixed)
+        except ValidationError as exc:
+            for err in exc.errors():
+                loc = ("arms", arm_name, "fixed", *err["loc"])
+                issue(loc, err["msg"])
+        space_path = resolve_space_path(arm.space, arm.method, base_dir)
+        if space_path is None:
+            continue
+        try:
+            resolved = load_space(space_path)
+        except SpecError as exc:
+            if arm.space is not None and not space_path.exists():
+                issue(("arms", arm_name, "space"), f"search space {arm.space!r} not found (looked next to the hypothesis and in the shipped search_spaces/)")
+            else:
+                issues.extend(exc.issues)
+            continue
+        spaces[arm_name] = resolved
+        space = resolved.space
+        if space.method is not None and space.method != arm.method:
+            issue(("arms", arm_name, "space"), f"{space_path.name} is the space of method {space.method!r}, not {arm.method!r}")
+        space_located = None
+        for key in space.params:
+            if key not in accepted:
+                space_located = space_located or load_located(space_path.read_text(), str(space_path))
+                issues.append(SpecIssue(str(space_path), space_located.line_of(("params", key)), f"params.{key}", _not_accepted(key, arm.method, accepted)))
+
+    trial_metric_names = set().union(*arm_metrics.values()) if arm_metrics else set()
+    for name in spec.search.objectives:
+        if name not in trial_metric_names and arm_metrics:
+            issue(("search", "objectives", name), _unknown_metric(name, trial_metric_names))
+        elif name.startswith("test_"):
+            issue(("search", "objectives", name), "the search must not select on the held-out split; use a val_ metric")
+    for index, text in enumerate(spec.search.constraints):
+        try:
+            constraint = parse_constraint(text)
+        except ValueError as exc:
+            issue(("search", "constraints", index), str(exc))
+            continue
+        if arm_metrics and constraint.metric not in trial_metric_names:
+            issue(("search", "constraints", index), _unknown_metric(constraint.metric, trial_metric_names))
+
+    issues.extend(check_claims(spec.expected, ("expected",), spec, arm_metrics, located))
+    return issues, spaces
+
+
+def check_claims(claims: list[str], at: tuple[Any, ...], spec: Hypothesis, arm_metrics: dict[str, dict[str, str]], located: LocatedYaml) -> list[SpecIssue]:
+    from orchestrator.claims import ClaimSyntaxError, parse_claim
+
+    issues = []
+    for index, text in enumerate(claims):
+        path = (*at, index)
+        where = (located.file, located.line_of(path), ".".join(map(str, path)))
+        try:
+            claim = parse_claim(str(text))
+        except ClaimSyntaxError as exc:
+            issues.append(SpecIssue(*where, f"{exc.message} (column {exc.column} of {text!r})"))
+            continue
+        for ref in claim.references():
+            if ref.arm not in spec.arms:
+                near = difflib.get_close_matches(ref.arm, list(spec.arms), n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else f" (arms: {', '.join(spec.arms)})"
+                issues.append(SpecIssue(*where, f"claim names unknown arm {ref.arm!r}{hint}"))
+            elif ref.arm in arm_metrics and ref.metric not in arm_metrics[ref.arm]:
+                issues.append(SpecIssue(*where, f"arm {ref.arm!r}: {_unknown_metric(ref.metric, set(arm_metrics[ref.arm]))}"))
+    return issues
+
+
+def _not_accepted(key: str, method: str, accepted: set[str]) -> str:
+    near = difflib.get_close_matches(key, sorted(accepted), n=2)
+    hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else ""
+    return f"method {method!r} has no hyperparameter {key!r}{hint} (see `orchestrate methods`)"
+
+
+def _unknown_metric(name: str, known: set[str]) -> str:
+    near = difflib.get_close_matches(name, sorted(known), n=2)
+    hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else ""
+    return f"unknown metric {name!r}{hint}"

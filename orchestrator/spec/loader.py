@@ -1,0 +1,119 @@
+"""Load a hypothesis file: YAML with lines → pydantic → profile → cross checks.
+
+``load_hypothesis(path, profile)`` is the whole Spec stage: it returns a ``LoadedSpec``
+or raises ``SpecError`` with every problem found. It never starts Ray or MLflow.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from orchestrator.spec.checks import ResolvedSpace, check_hypothesis
+from orchestrator.spec.errors import SpecError, SpecIssue
+from orchestrator.spec.models import Hypothesis
+from orchestrator.spec.pydantic_errors import issues_from_validation
+from orchestrator.spec.yaml_lines import LocatedYaml, load_located
+
+DEFAULT_PROFILE = "default"
+
+
+@dataclass(frozen=True)
+class LoadedSpec:
+    """A validated hypothesis with one profile applied, plus where it came from."""
+
+    path: Path
+    text: str
+    sha256: str
+    profile: str
+    hypothesis: Hypothesis
+    spaces: dict[str, ResolvedSpace] = field(default_factory=dict)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+
+def load_hypothesis(path: str | Path, profile: str | None = None, check_all_profiles: bool = True) -> LoadedSpec:
+    path = Path(path)
+    file = str(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError([SpecIssue(file, None, "", "no such file")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError([SpecIssue(file, None, "", f"cannot read: {exc}")]) from None
+    located = load_located(text, file)
+    if not isinstance(located.value, dict):
+        raise SpecError([SpecIssue(file, 1, "", "a hypothesis must be a YAML mapping (name:, statement:, arms: ...)")])
+
+    base = _validate(located.value, located)
+    issues, spaces = check_hypothesis(base, located, path.parent)
+    wanted = profile or DEFAULT_PROFILE
+    if wanted != DEFAULT_PROFILE and wanted not in base.profiles:
+        issues.append(SpecIssue(file, located.line_of(("profiles",)), "profiles", f"no profile {wanted!r}; this file has: {', '.join(['default', *base.profiles])}"))
+    chosen: Hypothesis = base
+    chosen_spaces = spaces
+    for name in base.profiles:
+        if name != wanted and not check_all_profiles:
+            continue
+        try:
+            merged_value, merged_located = apply_profile(located, name)
+            profiled = _validate(merged_value, merged_located)
+            profile_issues, profile_spaces = check_hypothesis(profiled, merged_located, path.parent)
+            issues.extend(profile_issues)
+        except SpecError as exc:
+            issues.extend(exc.issues)
+            continue
+        if name == wanted:
+            chosen, chosen_spaces = profiled, profile_spaces
+    if issues:
+        raise SpecError(list(dict.fromkeys(issues)))
+    return LoadedSpec(path, text, hashlib.sha256(text.encode()).hexdigest(), wanted, chosen, chosen_spaces)
+
+
+def _validate(value: dict[str, Any], located: LocatedYaml) -> Hypothesis:
+    try:
+        return Hypothesis.model_validate(value)
+    except ValidationError as exc:
+        raise SpecError(issues_from_validation(exc, located, Hypothesis)) from None
+
+
+def apply_profile(located: LocatedYaml, name: str) -> tuple[dict[str, Any], LocatedYaml]:
+    """Deep-merge ``profiles[name]`` over the file; lists are replaced, and a key
+    ending in ``+`` (``expected+``) appends to the list instead. Lines of overridden
+    keys point into the profile, so an error in a profile is reported there."""
+    value = copy.deepcopy(located.value)
+    overrides = value.get("profiles", {}).get(name) or {}
+    lines = dict(located.lines)
+    prefix = ("profiles", name)
+    if not isinstance(overrides, dict):
+        raise SpecError([SpecIssue(located.file, located.line_of(prefix), f"profiles.{name}", "a profile must be a mapping of overrides")])
+    _merge(value, overrides, (), prefix, lines)
+    return value, LocatedYaml(located.file, value, lines)
+
+
+def _merge(target: dict[str, Any], overrides: dict[str, Any], path: tuple, prefix: tuple, lines: dict) -> None:
+    for key, new in overrides.items():
+        source_path = prefix + path + (key,)
+        if isinstance(key, str) and key.endswith("+"):
+            real = key[:-1]
+            existing = target.get(real) or []
+            appended = list(existing) + (list(new) if isinstance(new, list) else [new])
+            target[real] = appended
+            for i in range(len(existing), len(appended)):
+                lines[path + (real, i)] = lines.get(source_path + (i - len(existing),), lines.get(source_path, 0))
+            continue
+        if isinstance(new, dict) and isinstance(target.get(key), dict):
+            lines[path + (key,)] = lines.get(source_path, lines.get(path + (key,), 0))
+            _merge(target[key], new, path + (key,), prefix, lines)
+            continue
+        target[key] = copy.deepcopy(new)
+        for sub_path, line in list(lines.items()):
+            if sub_path[: len(source_path)] == source_path:
+                lines[sub_path[len(prefix):]] = line

@@ -1,0 +1,116 @@
+"""The hypothesis file as typed pydantic models (the ``Spec`` stage of the flow).
+
+Every model forbids unknown keys: a misspelt ``trails_per_arm`` is an error with its
+line, never a silently ignored key. Cross-field checks that need the method registry
+or other files (methods, spaces, claims) live in ``orchestrator.spec.checks``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SAMPLERS = ("botorch", "gp", "tpe", "cmaes", "nsga2", "qmc", "random", "grid")
+#: Training keys that a search space or an arm's ``fixed`` may set per trial.
+TRAINING_PARAMS = ("lr", "weight_decay", "warmup_ratio")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskSpec(Strict):
+    model: str = Field("embedded:minilm-l6", description="embedded:minilm-l6, random:bert-tiny, a folder or a hub id")
+    dataset: str = Field("embedded:rotten-tomatoes", description="embedded:rotten-tomatoes, synthetic:polarity, csv:PATH, jsonl:PATH or a hub id")
+    max_length: int = Field(64, ge=8, le=4096)
+    metric: Literal["accuracy", "f1", "mcc"] = "accuracy"
+    train_examples: int | None = Field(None, ge=8, description="cap on training examples (deterministic subset)")
+    val_examples: int | None = Field(None, ge=8)
+    test_examples: int | None = Field(None, ge=8)
+    text_column: str = "text"
+    label_column: str = "label"
+    target_modules: list[str] | None = Field(None, description="module suffixes to adapt; default per model family")
+
+
+class ArmSpec(Strict):
+    method: str
+    space: str | None = Field(None, description="search-space YAML; default: the method's shipped space")
+    fixed: dict[str, Any] = Field(default_factory=dict, description="hyperparameters held fixed (override the space)")
+
+
+class TrainingSpec(Strict):
+    epochs: int = Field(3, ge=1, le=1000)
+    batch_size: int = Field(32, ge=1, le=65536)
+    eval_batch_size: int = Field(128, ge=1, le=65536)
+    lr: float = Field(5e-4, gt=0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0, le=1.0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1.0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast dtype on GPU; CPU trains in fp32")
+
+
+class Resources(Strict):
+    cpu: float = Field(1, ge=0)
+    gpu: float = Field(0, ge=0)
+    memory_gb: float | None = Field(None, gt=0)
+    custom: dict[str, float] = Field(default_factory=dict)
+
+
+class SearchSpec(Strict):
+    sampler: Literal[SAMPLERS] = "tpe"  # type: ignore[valid-type]
+    objectives: dict[str, Literal["max", "min"]] = Field(default_factory=lambda: {"val_accuracy": "max"}, min_length=1)
+    constraints: list[str] = Field(default_factory=list, description="e.g. 'flops_ratio <= 0.25'; applied to routed arms")
+    trials_per_arm: int = Field(8, ge=1, le=100000)
+    max_concurrent: int | None = Field(None, ge=1, description="default: as many as the CPUs allow")
+    scheduler: Literal["asha", "fifo"] = "asha"
+    startup_trials: int | None = Field(None, ge=0, description="random trials before a model-based sampler starts")
+    resources_per_trial: Resources = Field(default_factory=Resources)
+    seed: int = Field(0, ge=0, description="seed of the sampler and of every search trial")
+    trial_timeout_s: float | None = Field(None, gt=0)
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives_limit(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > 3:
+            raise ValueError("at most 3 objectives (multi-objective samplers scale badly beyond)")
+        return value
+
+
+class ConfirmSpec(Strict):
+    seeds: int = Field(3, ge=1, le=1000)
+    split: Literal["test", "validation"] = "test"
+    first_seed: int = Field(1000, ge=0, description="fresh seeds are first_seed, first_seed+1, ...")
+
+
+class JudgeSpec(Strict):
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    family_wise: bool | None = Field(None, description="Holm across claims; default on when there are several")
+
+
+class Hypothesis(Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,79}$")
+    statement: str = Field(min_length=1)
+    source: str = ""
+    task: TaskSpec = Field(default_factory=TaskSpec)
+    arms: dict[str, ArmSpec] = Field(min_length=1)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    confirm: ConfirmSpec = Field(default_factory=ConfirmSpec)
+    expected: list[str] = Field(default_factory=list)
+    judge: JudgeSpec = Field(default_factory=JudgeSpec)
+    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("arms")
+    @classmethod
+    def _arm_names(cls, arms: dict[str, ArmSpec]) -> dict[str, ArmSpec]:
+        import re
+
+        for name in arms:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(name)):
+                raise ValueError(f"arm name {name!r} must be an identifier (letters, digits, _), claims refer to it")
+        return arms
+
+    @property
+    def arm_names(self) -> list[str]:
+        return list(self.arms)

@@ -1,0 +1,129 @@
+"""The only module that talks to MLflow.
+
+Runs form a tree per invocation: hypothesis -> arm -> trial | confirm, linked with
+``mlflow.parentRunId`` and tagged ``orchestrate.level`` / ``orchestrate.arm`` so the
+UI's filter box finds them (``tags.orchestrate.arm = 'lora'``). Only the driver
+writes; trial processes never import this module. We use ``MlflowClient`` rather
+than the fluent API: no hidden global "active run", so a crash cannot leave a run
+attached to the wrong parent.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+_T = TypeVar("_T")
+
+LEVEL = "orchestrate.level"
+ARM = "orchestrate.arm"
+
+
+def tracking_uri(explicit: str | None = None) -> str:
+    """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ./mlflow.db (sqlite)."""
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def _retry(call: Callable[[], _T], attempts: int = 8) -> _T:
+    """SQLite answers "database is locked" under concurrent writers; wait and retry."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as exc:  # mlflow wraps sqlalchemy errors in MlflowException
+            if "locked" not in str(exc).lower() or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+class Tracker:
+    """A thin, retrying facade over ``MlflowClient`` with the calls the tool makes."""
+
+    def __init__(self, uri: str | None = None) -> None:
+        import logging
+
+        from mlflow.tracking import MlflowClient
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        self.uri = tracking_uri(uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+
+    def experiment_id(self, name: str) -> str:
+        """The experiment's id, creating it once (a race with another driver is fine)."""
+        existing = _retry(lambda: self.client.get_experiment_by_name(name))
+        if existing is not None:
+            if existing.lifecycle_stage == "deleted":
+                _retry(lambda: self.client.restore_experiment(existing.experiment_id))
+            return existing.experiment_id
+        try:
+            return _retry(lambda: self.client.create_experiment(name))
+        except Exception:
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    def start_run(self, experiment_id: str, name: str, tags: dict[str, str], parent_id: str | None = None) -> str:
+        all_tags = {"mlflow.runName": name, **tags}
+        if parent_id:
+            all_tags["mlflow.parentRunId"] = parent_id
+        run = _retry(lambda: self.client.create_run(experiment_id, tags=all_tags, run_name=name))
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(str(k), _param_value(v)) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            _retry(lambda: self.client.log_batch(run_id, params=items[start : start + 100]))
+
+    def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(str(k), float(v), now, step or 0)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isinf(float(v))
+        ]
+        for start in range(0, len(items), 1000):
+            _retry(lambda: self.client.log_batch(run_id, metrics=items[start : start + 1000]))
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(str(k), str(v)[:5000]) for k, v in tags.items()]
+        for start in range(0, len(items), 100):
+            _retry(lambda: self.client.log_batch(run_id, tags=items[start : start + 100]))
+
+    def log_artifacts(self, run_id: str, folder: Path, artifact_path: str | None = None) -> None:
+        if folder.exists() and any(folder.iterdir()):
+            _retry(lambda: self.client.log_artifacts(run_id, str(folder), artifact_path))
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        _retry(lambda: self.client.log_text(run_id, text, artifact_file))
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        _retry(lambda: self.client.set_terminated(run_id, status=status))
+
+    def run_status(self, run_id: str) -> str | None:
+        try:
+            return self.client.get_run(run_id).info.status
+        except Exception:
+            return None
+
+    def search_runs(self, experiment_ids: list[str], filter_string: str = "", max_results: int = 5000) -> list[Any]:
+        return list(_retry(lambda: self.client.search_runs(experiment_ids, filter_string=filter_string, max_results=max_results)))
+
+    def get_run(self, run_id: str) -> Any:
+        return _retry(lambda: self.client.get_run(run_id))
+
+
+def _param_value(value: Any) -> str:
+    text = repr(value) if isinstance(value, float) else str(value)
+    return text[:6000]

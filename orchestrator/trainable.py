@@ -1,0 +1,42 @@
+"""The Ray Tune entry point of one trial: unpack, run, report. Nothing else.
+
+All the work is in ``orchestrator.training.run_trial`` (testable without Ray). This
+adapter turns its reports into ``tune.report`` calls; the last one carries the
+trial's artifact folder as a checkpoint, so the files reach the run's storage (shared
+or object store on a cluster) and the driver can log them to MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+from orchestrator.training import TrialSetup, run_trial
+
+SEED_KEY = "_seed"
+
+
+def tune_entry(config: dict[str, Any], setup: TrialSetup, data: Any, seed: int) -> None:
+    from ray import tune
+
+    warnings.filterwarnings("ignore")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # its load report calls sys.stdout.isatty(); keep trial logs quiet
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    trial_seed = int(config.get(SEED_KEY, seed))
+    params = {k: v for k, v in config.items() if not k.startswith("_")}
+
+    def report(metrics: dict[str, Any], artifacts: Path | None) -> None:
+        if artifacts is not None:
+            (artifacts / "metrics_final.txt").write_text("\n".join(f"{k} = {v}" for k, v in sorted(metrics.items())))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(artifacts)))
+        else:
+            tune.report(metrics)
+
+    with tempfile.TemporaryDirectory(prefix="orchestrate-trial-") as workdir:
+        run_trial(setup, params, trial_seed, data, report, Path(workdir))

@@ -1,0 +1,58 @@
+"""One trial without Ray: training, measurements, and trial faults."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from orchestrator.spec.models import TaskSpec, TrainingSpec
+from orchestrator.tasks.prepare import prepare_task
+from orchestrator.training import NonFiniteLossError, TrialSetup, run_trial
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    task = TaskSpec(model="random:bert-tiny", dataset="synthetic:polarity", max_length=32, train_examples=128, val_examples=48, test_examples=48)
+    return prepare_task(task, Path("."), tmp_path_factory.mktemp("cache"))
+
+
+def setup(method="lora", fixed=None, **training) -> TrialSetup:
+    return TrialSetup(arm="a", method=method, model="random:bert-tiny", metric="accuracy",
+                      training=TrainingSpec(epochs=2, batch_size=32, **training), fixed={"r": 8} if fixed is None else fixed)
+
+
+def test_a_trial_reports_every_epoch_and_the_final_measurements(data, tmp_path):
+    reports = []
+    final = run_trial(setup(), {"lr": 1e-2}, 0, data, lambda m, a: reports.append((m, a)), tmp_path)
+    assert [m["epoch"] for m, _ in reports] == [1, 2]
+    assert reports[0][1] is None and reports[-1][1] is not None  # artifacts only with the last report
+    assert final["flops_ratio"] == 1.0  # LoRA r=8 on the reference modules is the reference
+    assert final["trainable_params"] == 4 * 8 * (32 + 32)
+    assert final["head_params"] == 32 * 2 + 2
+    for key in ("val_accuracy", "val_loss", "train_loss", "train_time_s", "peak_rss_mb", "adapter_flops_per_token", "total_rank"):
+        assert math.isfinite(final[key]), key
+
+
+def test_confirmation_runs_report_the_held_out_split_as_test(data, tmp_path):
+    confirm = TrialSetup(**{**setup().__dict__, "final_split": "test", "confirm": True})
+    final = run_trial(confirm, {}, 1000, data, lambda m, a: None, tmp_path)
+    assert "test_accuracy" in final and "test_loss" in final
+
+
+def test_same_seed_same_result(data, tmp_path):
+    a = run_trial(setup(), {}, 3, data, lambda m, x: None, tmp_path)
+    b = run_trial(setup(), {}, 3, data, lambda m, x: None, tmp_path)
+    assert a["val_loss"] == b["val_loss"]
+
+
+def test_a_nan_loss_fails_the_trial_at_once_with_its_reason(data, tmp_path):
+    with pytest.raises(NonFiniteLossError, match="non-finite loss .* at step 3"):
+        run_trial(setup("failing", {"mode": "nan", "when": 3}), {}, 0, data, lambda m, a: None, tmp_path)
+
+
+def test_full_fine_tuning_adds_no_adapter_flops(data, tmp_path):
+    final = run_trial(setup("full", {}), {"lr": 1e-3}, 0, data, lambda m, a: None, tmp_path)
+    assert final["flops_ratio"] == 0.0
+    assert final["trainable_params"] > 100_000
