@@ -182,6 +182,13 @@ class Method(abc.ABC):
         """Write method-specific files (heatmap PNGs, rank patterns) into ``folder``."""
         return []
 
+    def analytic_costs(self, model: "nn.Module", ctx: BuildContext) -> dict[str, float]:
+        """Costs known from the hyperparameters alone, before any training, e.g.
+        ``{"trainable_params": ..., "flops_ratio": ...}`` for a static adapter. A trial
+        whose analytic cost already violates a constraint is recorded as infeasible and
+        never trained. Return only numbers that training cannot change."""
+        return {}
+
     def reference_target_modules(self, ctx: BuildContext) -> list[str]:
         """Modules on which the unmerged LoRA-r8 FLOP reference is computed: the
         method's own ``target_modules`` if it has that field, else the task's."""

@@ -63,6 +63,19 @@ class LoRA(Method):
 
         return get_peft_model(model, lora_config(self.config, ctx))
 
+    def analytic_costs(self, model: "nn.Module", ctx: BuildContext) -> dict[str, float]:
+        """Unmerged LoRA: 2r(d_in+d_out) FLOPs and r(d_in+d_out) parameters per module
+        and token; exact (the FLOP test checks it against FlopCounterMode)."""
+        from orchestrator.measure.flops import REFERENCE_RANK, linear_shapes
+
+        shapes = linear_shapes(model, list(self.config.target_modules or ctx.target_modules))
+        width = sum(d_in + d_out for _, d_in, d_out in shapes)
+        reference = sum(d_in + d_out for _, d_in, d_out in linear_shapes(model, self.reference_target_modules(ctx)))
+        return {
+            "trainable_params": float(self.config.r * width),
+            "flops_ratio": self.config.r * width / (REFERENCE_RANK * reference) if reference else float("nan"),
+        }
+
     def stats(self, model: "nn.Module") -> dict[str, float]:
         n_modules = sum(1 for name, _ in model.named_modules() if name.endswith("lora_A.default"))
         return {"active_layers": float(n_modules), "total_rank": float(n_modules * self.config.r)}

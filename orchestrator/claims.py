@@ -187,6 +187,9 @@ class _Node:
 
 
 _OPERATOR_HELP = "a comparison operator (<, <=, >, >=), 'in [a, b]' or 'within m of Y'"
+#: Parentheses and signs nest by recursion; without a limit "((((...1...))))" or
+#: "- - - ... 1" ended in RecursionError instead of a ClaimSyntaxError (fuzzing).
+MAX_NESTING = 50
 
 
 class _Parser:
@@ -194,6 +197,7 @@ class _Parser:
         self.text = text
         self.tokens = tokenize(text)
         self.pos = 0
+        self.depth = 0
 
     # -- helpers
     @property
@@ -239,6 +243,9 @@ class _Parser:
             raise self.error("only one comparison per claim: write two claims, or use 'X in [a, b]'")
         if self.tok.kind != "END":
             raise self.error(f"unexpected {self.tok.describe()} after the end of the claim")
+        numbers = [claim.expr.constant, *claim.expr.coefficients.values(), claim.lower or 0.0, claim.upper or 0.0]
+        if not all(math.isfinite(x) for x in numbers):  # 1e999, or 1e300 * 1e300 * a.x
+            raise ClaimSyntaxError("a number in this claim is too large (it overflows to infinity)", 1)
         if claim.expr.is_constant:
             raise ClaimSyntaxError(
                 "the claim does not depend on any metric: it must mention at least one 'arm.metric'"
@@ -335,9 +342,16 @@ class _Parser:
     def unary(self) -> _Node:
         if self.tok.kind in ("-", "+"):
             op = self.advance()
+            self.nest(op)
             inner = self.unary()
+            self.depth -= 1
             return _Node(-inner.expr if op.kind == "-" else inner.expr, op.start, inner.end)
         return self.primary()
+
+    def nest(self, token: Token) -> None:
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise self.error(f"the claim nests signs or parentheses more than {MAX_NESTING} deep", token)
 
     def primary(self) -> _Node:
         token = self.tok
@@ -353,7 +367,9 @@ class _Parser:
             self.advance()
             if self.tok.kind == ")":
                 raise self.error("empty parentheses")
+            self.nest(token)
             inner = self.expr()
+            self.depth -= 1
             if self.tok.kind != ")":
                 raise self.error(f"missing ')' to close the '(' at column {token.column}"
                                  + ("" if self.tok.kind == "END" else f", got {self.tok.describe()}"))

@@ -53,7 +53,11 @@ def default_startup_trials(name: str, trials: int) -> int:
 
 
 def build_sampler(plan: SamplerPlan) -> "optuna.samplers.BaseSampler":
+    import warnings
+
     import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
     builders: dict[str, Callable[[], optuna.samplers.BaseSampler]] = {
         "tpe": lambda: optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=plan.startup_trials, multivariate=True, group=True),

@@ -60,6 +60,13 @@ class HonestOptunaSearch(OptunaSearch):
             value = (result or {}).get(constraint.metric)
             violation = constraint.violation(float(value)) if _finite(value) else MISSING_METRIC_VIOLATION
             ot_trial.set_constraint(str(constraint), violation)
+        if result and result.get("infeasible_before_training"):
+            # Never trained: its objectives are unknown. Optuna's constrained samplers
+            # need values, so it gets the worst ones; the constraint says why.
+            worst = [-1e9 if mode == "max" else 1e9 for mode in _as_list(self.mode)]
+            self._ot_study.tell(ot_trial, worst if len(worst) > 1 else worst[0])
+            self._completed_trials.add(trial_id)
+            return None
         stopped_early = bool(result) and not error and int(result.get("epoch", self._epochs)) < self._epochs
         if stopped_early:
             self._ot_study.tell(ot_trial, state=TrialState.PRUNED)

@@ -17,9 +17,11 @@ An arm's ``fixed`` values override the space: a fixed parameter is not searched.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 if TYPE_CHECKING:
     import optuna
@@ -51,6 +53,9 @@ class ParamSpec(BaseModel):
             raise ValueError(f"an {self.type} parameter takes low/high, not 'choices'")
         if self.low is None or self.high is None:
             raise ValueError(f"an {self.type} parameter needs 'low' and 'high'")
+        # .inf / .nan: int(inf) raised OverflowError through pydantic, and nan passed every check
+        if not all(math.isfinite(x) for x in (self.low, self.high, self.step or 0.0)):
+            raise ValueError("low, high and step must be finite numbers (not .inf or .nan)")
         if self.low > self.high:
             raise ValueError(f"low ({self.low}) is greater than high ({self.high})")
         if self.log and self.low <= 0:
@@ -59,6 +64,8 @@ class ParamSpec(BaseModel):
             raise ValueError("'log' and 'step' cannot be combined")
         if self.type == "int" and (float(self.low) != int(self.low) or float(self.high) != int(self.high)):
             raise ValueError("an int parameter needs integer low and high")
+        if self.type == "int" and self.step is not None and float(self.step) != int(self.step):
+            raise ValueError("an int parameter needs an integer step")  # int(0.5) == 0 broke suggest_int
         return self
 
     def grid_values(self) -> list[Any] | None:
@@ -67,11 +74,23 @@ class ParamSpec(BaseModel):
             return list(self.choices or [])
         if self.type == "int" and not self.log:
             step = int(self.step or 1)
-            return list(range(int(self.low), int(self.high) + 1, step))  # type: ignore[arg-type]
+            values = range(int(self.low), int(self.high) + 1, step)  # type: ignore[arg-type]
+            _check_grid_size(len(values))
+            return list(values)
         if self.step:
             count = int(round((self.high - self.low) / self.step)) + 1  # type: ignore[operator]
+            _check_grid_size(count)
             return [round(self.low + i * self.step, 12) for i in range(count)]  # type: ignore[operator]
         return None
+
+
+MAX_GRID = 100_000
+
+
+def _check_grid_size(count: int) -> None:
+    """A grid is materialised (Optuna's GridSampler lists every point): keep it sane."""
+    if count > MAX_GRID:
+        raise ValueError(f"a grid of {count} points is too large for the grid sampler (at most {MAX_GRID})")
 
 
 class SpaceFile(BaseModel):
@@ -85,15 +104,31 @@ class SpaceFile(BaseModel):
     def _conditions_name_params(self) -> "SpaceFile":
         for name, spec in self.params.items():
             for parent in (spec.when or {}):
-                if parent not in self.params:
-                    raise ValueError(f"params.{name}.when names {parent!r}, which is not a parameter of this space")
                 if parent == name:
-                    raise ValueError(f"params.{name}.when refers to itself")
-        _dependency_order(self.params)  # raises on cycles
+                    raise _located(("params", name, "when", parent), f"params.{name}.when refers to itself")
+                if parent not in self.params:
+                    raise _located(("params", name, "when", parent), f"params.{name}.when names {parent!r}, which is not a parameter of this space")
+        try:
+            _dependency_order(self.params)  # raises on cycles
+        except _CycleError as exc:
+            raise _located(("params", exc.chain[-2], "when"), str(exc)) from None
         for name in self.defaults:
             if name not in self.params:
-                raise ValueError(f"defaults.{name}: not a parameter of this space")
+                raise _located(("defaults", name), f"defaults.{name}: not a parameter of this space")
         return self
+
+
+def _located(loc: tuple[Any, ...], message: str) -> ValidationError:
+    """A ValidationError at ``loc`` (a plain ValueError from a model validator has an
+    empty location, which ``orchestrate validate`` could only report at line 1)."""
+    error = PydanticCustomError("space", "{message}", {"message": message})
+    return ValidationError.from_exception_data("SpaceFile", [InitErrorDetails(type=error, loc=loc, input=None)])
+
+
+class _CycleError(ValueError):
+    def __init__(self, chain: tuple[str, ...]) -> None:
+        super().__init__(f"conditional parameters form a cycle: {' -> '.join(chain)}")
+        self.chain = chain
 
 
 def _dependency_order(params: dict[str, ParamSpec]) -> list[str]:
@@ -104,7 +139,7 @@ def _dependency_order(params: dict[str, ParamSpec]) -> list[str]:
         if state.get(name) == 2:
             return
         if state.get(name) == 1:
-            raise ValueError(f"conditional parameters form a cycle: {' -> '.join(chain + (name,))}")
+            raise _CycleError(chain + (name,))
         state[name] = 1
         for parent in (params[name].when or {}):
             visit(parent, chain + (name,))
@@ -159,6 +194,7 @@ class DefineByRun:
             if values is None or spec.when:
                 raise ValueError(f"the grid sampler needs finite, unconditional parameters; {name!r} is not")
             grid[name] = values
+        _check_grid_size(math.prod(len(v) for v in grid.values()))
         return grid
 
 

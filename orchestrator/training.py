@@ -50,6 +50,7 @@ class TrialSetup:
     training: TrainingSpec
     fixed: dict[str, Any] = field(default_factory=dict)
     target_modules: list[str] | None = None
+    constraints: tuple = ()  # orchestrator.spec.checks.Constraint; checked analytically before training
     final_split: str = "validation"  # data split of the final evaluation
     confirm: bool = False  # confirmation run: the final evaluation is reported as test_*
     threads: int = 1
@@ -102,6 +103,10 @@ def run_trial(setup: TrialSetup, params: dict[str, Any], seed: int, data: "Prepa
         model_path=model_ref.path,
     )
     reference_flops = flop_measure.reference_lora_flops_per_token(model, method.reference_target_modules(ctx))
+    infeasible = _analytically_infeasible(method, model, ctx, setup)
+    if infeasible is not None:
+        report(infeasible, None)
+        return infeasible
     model = method.build(model, ctx).to(device)
     heads = ctx.head_modules
     optimizer = torch.optim.AdamW(method.param_groups(model, training.weight_decay), lr=training.lr)
@@ -158,6 +163,18 @@ def run_trial(setup: TrialSetup, params: dict[str, Any], seed: int, data: "Prepa
             final = metrics
         report(metrics, artifacts)
     return final
+
+
+def _analytically_infeasible(method: Any, model: "nn.Module", ctx: BuildContext, setup: TrialSetup) -> dict[str, Any] | None:
+    """A configuration whose hyperparameters alone violate a constraint costs no
+    training: it is reported at once, as finished and infeasible."""
+    if not setup.constraints:
+        return None
+    costs = method.analytic_costs(model, ctx)
+    violated = [str(c) for c in setup.constraints if c.metric in costs and c.violation(costs[c.metric]) > 0]
+    if not violated:
+        return None
+    return {**costs, "epoch": setup.training.epochs, "infeasible_before_training": 1.0}
 
 
 def _final_measurements(model: "nn.Module", method: Any, setup: TrialSetup, data: "PreparedTask", device: str, batch_size: int) -> dict[str, Any]:

@@ -56,3 +56,14 @@ def test_full_fine_tuning_adds_no_adapter_flops(data, tmp_path):
     final = run_trial(setup("full", {}), {"lr": 1e-3}, 0, data, lambda m, a: None, tmp_path)
     assert final["flops_ratio"] == 0.0
     assert final["trainable_params"] > 100_000
+
+
+def test_a_configuration_that_violates_an_analytic_constraint_is_never_trained(data, tmp_path):
+    from orchestrator.spec.checks import parse_constraint
+
+    constrained = TrialSetup(**{**setup().__dict__, "constraints": (parse_constraint("trainable_params <= 1000"),)})
+    reports = []
+    final = run_trial(constrained, {}, 0, data, lambda m, a: reports.append(m), tmp_path)
+    assert final["infeasible_before_training"] == 1.0
+    assert final["trainable_params"] == 4 * 8 * 64  # r(d_in + d_out) over 4 modules
+    assert "train_time_s" not in final and len(reports) == 1

@@ -92,7 +92,11 @@ class TrialRecorder:
             record.feasible = all(_number(record.metrics.get(c.metric)) and c.violation(record.metrics[c.metric]) <= 0 for c in self.constraints)
             if not record.feasible:
                 record.status = INFEASIBLE
+        if record.metrics.get("infeasible_before_training"):
+            record.status, record.feasible = INFEASIBLE, False
         tags = {"orchestrate.status": record.status}
+        if record.metrics.get("infeasible_before_training"):
+            tags["orchestrate.infeasible"] = "before training, from its hyperparameters: " + ", ".join(map(str, self.constraints))
         if record.status == STOPPED:
             tags["orchestrate.stopped_early"] = f"after epoch {epoch} of {self.epochs}"
         self.tracker.set_tags(record.mlflow_run_id, tags)

@@ -124,6 +124,7 @@ def _run_arm(arm_plan: ArmPlan, plan: Plan, data_ref: Any, tracker: Tracker, exp
     setup = TrialSetup(
         arm=arm, method=arm_plan.method, model=h.task.model, metric=h.task.metric, training=h.training,
         fixed=dict(arm_plan.fixed), target_modules=h.task.target_modules, threads=max(1, int(arm_plan.resources.cpu)),
+        constraints=tuple(arm_plan.constraints),
     )
     run_name = f"{h.name}--{plan.profile}--{parent_id[:8]}"
     base_tags = {"orchestrate.hypothesis": h.name, "orchestrate.method": arm_plan.method}
@@ -138,6 +139,8 @@ def _run_arm(arm_plan: ArmPlan, plan: Plan, data_ref: Any, tracker: Tracker, exp
                                  progress.arm(arm, "search", arm_plan.trials, arm_plan.primary_metric, arm_plan.primary_mode), base_tags, name_params)
         trials = run_search(arm_plan, setup, data_ref, recorder, storage, f"{run_name}--{arm}-search")
         state.set_arm(arm, search_done=True, trials=[asdict(t) for t in trials])
+    if len(arm_plan.objectives) > 1:
+        _log_pareto_front(tracker, arm_run, arm, trials, arm_plan)
     best, reason = select_best(trials, arm_plan)
     if best is None:
         raise AllTrialsFailedError(f"arm {arm!r}: {reason}")
@@ -160,6 +163,29 @@ def _run_arm(arm_plan: ArmPlan, plan: Plan, data_ref: Any, tracker: Tracker, exp
     tracker.log_metrics(arm_run, {"confirm_runs": len(finished), "confirm_failed": len(confirm) - len(finished)})
     tracker.end_run(arm_run, "FINISHED")
     return ArmOutcome(arm, arm_plan.method, trials, best, reason, confirm)
+
+
+def _log_pareto_front(tracker: Tracker, arm_run: str, arm: str, trials: list[TrialRecord], plan: ArmPlan) -> None:
+    """The arm's non-dominated finished feasible trials: tagged, tabled, plotted."""
+    import tempfile
+
+    from orchestrator.pareto import pareto_indices, plot_front
+
+    names, modes = list(plan.objectives), list(plan.objectives.values())
+    pool = [t for t in trials if t.status == COMPLETED and all(isinstance(t.metrics.get(n), (int, float)) for n in names)]
+    if not pool:
+        return
+    points = [[float(t.metrics[n]) for n in names] for t in pool]
+    front = pareto_indices(points, modes)
+    rows = [{"trial_id": pool[i].trial_id, "run_id": pool[i].mlflow_run_id, **dict(zip(names, points[i])), "params": pool[i].params} for i in front]
+    for i in front:
+        if pool[i].mlflow_run_id:
+            tracker.set_tags(pool[i].mlflow_run_id, {"orchestrate.pareto": "true"})
+    tracker.log_text(arm_run, json.dumps(rows, indent=1, default=str), "pareto_front.json")
+    with tempfile.TemporaryDirectory() as folder:
+        path = plot_front(points, front, names, modes, f"{arm}: {len(front)} of {len(pool)} trials on the front", Path(folder) / "pareto_front.png")
+        tracker.client.log_artifact(arm_run, str(path))
+    tracker.log_metrics(arm_run, {"pareto_size": len(front)})
 
 
 def select_best(trials: list[TrialRecord], plan: ArmPlan) -> tuple[TrialRecord | None, str]:

@@ -35,11 +35,14 @@ def _trainable(setup: TrialSetup, data_ref: Any, seed: int, resources: Resources
 
 def _run_config(name: str, storage: Path | str, callback: RecorderCallback, max_failures: int) -> Any:
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     return tune.RunConfig(
         name=name,
         storage_path=str(storage),
-        callbacks=[callback],
+        # result.json per trial (Ray's ResultGrid and restore read it); the CSV and
+        # TensorBoard loggers are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS)
+        callbacks=[callback, JsonLoggerCallback()],
         failure_config=tune.FailureConfig(max_failures=max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         verbose=0,
@@ -98,7 +101,7 @@ def run_confirm(plan: ArmPlan, setup: TrialSetup, best_params: dict[str, Any], s
     held-out test split unless the hypothesis says otherwise)."""
     from ray import tune
 
-    confirm_setup = replace(setup, fixed={**best_params, **setup.fixed}, final_split=split, confirm=True)
+    confirm_setup = replace(setup, fixed={**best_params, **setup.fixed}, final_split=split, confirm=True, constraints=())
     callback = RecorderCallback(recorder)
     try:
         tuner = tune.Tuner(

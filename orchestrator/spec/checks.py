@@ -20,7 +20,7 @@ from orchestrator.space import SpaceFile
 from orchestrator.spec.errors import SpecError, SpecIssue
 from orchestrator.spec.models import TRAINING_PARAMS, Hypothesis
 from orchestrator.spec.pydantic_errors import issues_from_validation
-from orchestrator.spec.yaml_lines import LocatedYaml, load_located
+from orchestrator.spec.yaml_lines import LocatedYaml, load_located, read_user_file
 from orchestrator.tasks.models import is_known_model_ref
 
 _CONSTRAINT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
@@ -45,7 +45,7 @@ class Constraint:
 def parse_constraint(text: str) -> Constraint:
     match = _CONSTRAINT.match(text)
     if not match:
-        raise ValueError(f"{text!r} is not 'metric <= number' (or <, >=, >)")
+        raise ValueError(f"{_clip(text)} is not 'metric <= number' (or <, >=, >)")
     return Constraint(match[1], match[2], float(match[3]))
 
 
@@ -70,19 +70,24 @@ def resolve_space_path(arm_space: str | None, method: str, base_dir: Path) -> Pa
     if not given.is_absolute() and given.parts and given.parts[0] == "search_spaces":
         candidates.append(shipped_space_path(str(Path(*given.parts[1:]))))
     for candidate in candidates:
-        if candidate.exists():
+        if _exists(candidate):
             return candidate
     return candidates[0]
 
 
-def load_space(path: Path) -> ResolvedSpace:
+def _exists(path: Path) -> bool:
+    """``Path.exists`` raises for a NUL byte (ValueError) or a too-long name (OSError)."""
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SpecError([SpecIssue(str(path), None, "", f"cannot read search space: {exc.strerror}")]) from None
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
+def load_space(path: Path) -> ResolvedSpace:
+    text = read_user_file(path, "search space")  # also: not UTF-8, too large, /dev/zero
     located = load_located(text, str(path))
     if not isinstance(located.value, dict):
-        raise SpecError([SpecIssue(str(path), 1, "", "a search space must be a mapping with 'params'")])
+        raise SpecError([SpecIssue(str(path), located.line_of(()), "", "a search space must be a mapping with 'params'")])
     try:
         return ResolvedSpace(str(path), SpaceFile.model_validate(located.value))
     except ValidationError as exc:
@@ -135,8 +140,10 @@ def check_hypothesis(spec: Hypothesis, located: LocatedYaml, base_dir: Path) -> 
         try:
             resolved = load_space(space_path)
         except SpecError as exc:
-            if arm.space is not None and not space_path.exists():
-                issue(("arms", arm_name, "space"), f"search space {arm.space!r} not found (looked next to the hypothesis and in the shipped search_spaces/)")
+            if arm.space is not None and not _exists(space_path):
+                issue(("arms", arm_name, "space"), f"search space {_clip(arm.space)} not found (looked next to the hypothesis and in the shipped search_spaces/)")
+            elif arm.space is not None and all(i.line is None for i in exc.issues):  # a folder, unreadable...
+                issue(("arms", arm_name, "space"), f"search space {_clip(arm.space)}: {exc.issues[0].message}")
             else:
                 issues.extend(exc.issues)
             continue
@@ -157,16 +164,39 @@ def check_hypothesis(spec: Hypothesis, located: LocatedYaml, base_dir: Path) -> 
         elif name.startswith("test_"):
             issue(("search", "objectives", name), "the search must not select on the held-out split; use a val_ metric")
     for index, text in enumerate(spec.search.constraints):
+        # "all: m <= x" and "arm: m <= x" scope a constraint (orchestrator.plan.constraints_for)
+        scope, sep, rest = text.partition(":")
+        scoped = bool(sep) and scope.strip().isidentifier()
+        if scoped and scope.strip() != "all" and scope.strip() not in spec.arms:
+            issue(("search", "constraints", index), f"{_clip(text)} is scoped to {_clip(scope.strip())}, which is neither 'all' nor an arm ({', '.join(spec.arms)})")
+            continue
         try:
-            constraint = parse_constraint(text)
+            constraint = parse_constraint(rest if scoped else text)
         except ValueError as exc:
             issue(("search", "constraints", index), str(exc))
             continue
         if arm_metrics and constraint.metric not in trial_metric_names:
             issue(("search", "constraints", index), _unknown_metric(constraint.metric, trial_metric_names))
+    _check_sampler(spec, spaces, issue)
 
     issues.extend(check_claims(spec.expected, ("expected",), spec, arm_metrics, located))
     return issues, spaces
+
+
+def _check_sampler(spec: Hypothesis, spaces: dict[str, ResolvedSpace], issue: Any) -> None:
+    """What ``orchestrator.plan.make_plan`` would otherwise raise as a bare ValueError."""
+    from orchestrator.samplers import SAMPLER_TRAITS
+    from orchestrator.space import DefineByRun
+
+    sampler = spec.search.sampler
+    if len(spec.search.objectives) > 1 and not SAMPLER_TRAITS[sampler][0]:
+        issue(("search", "sampler"), f"sampler {sampler!r} handles one objective; with {len(spec.search.objectives)} objectives use botorch, tpe, gp or nsga2")
+    if sampler == "grid":
+        for arm_name, resolved in spaces.items():
+            try:
+                DefineByRun(dict(resolved.space.params), spec.arms[arm_name].fixed).grid()
+            except ValueError as exc:
+                issue(("search", "sampler"), f"arm {arm_name!r}: {exc}")
 
 
 def check_claims(claims: list[str], at: tuple[Any, ...], spec: Hypothesis, arm_metrics: dict[str, dict[str, str]], located: LocatedYaml) -> list[SpecIssue]:
@@ -179,7 +209,7 @@ def check_claims(claims: list[str], at: tuple[Any, ...], spec: Hypothesis, arm_m
         try:
             claim = parse_claim(str(text))
         except ClaimSyntaxError as exc:
-            issues.append(SpecIssue(*where, f"{exc.message} (column {exc.column} of {text!r})"))
+            issues.append(SpecIssue(*where, f"{exc.message} (column {exc.column} of {_clip(text)})"))
             continue
         for ref in claim.references():
             if ref.arm not in spec.arms:
@@ -189,6 +219,12 @@ def check_claims(claims: list[str], at: tuple[Any, ...], spec: Hypothesis, arm_m
             elif ref.arm in arm_metrics and ref.metric not in arm_metrics[ref.arm]:
                 issues.append(SpecIssue(*where, f"arm {ref.arm!r}: {_unknown_metric(ref.metric, set(arm_metrics[ref.arm]))}"))
     return issues
+
+
+def _clip(text: Any, limit: int = 120) -> str:
+    """``repr`` of a user's value, shortened: messages must stay one readable line."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[: limit - 5] + "...'"
 
 
 def _not_accepted(key: str, method: str, accepted: set[str]) -> str:

@@ -18,7 +18,7 @@ from orchestrator.spec.checks import ResolvedSpace, check_hypothesis
 from orchestrator.spec.errors import SpecError, SpecIssue
 from orchestrator.spec.models import Hypothesis
 from orchestrator.spec.pydantic_errors import issues_from_validation
-from orchestrator.spec.yaml_lines import LocatedYaml, load_located
+from orchestrator.spec.yaml_lines import LocatedYaml, load_located, read_user_file
 
 DEFAULT_PROFILE = "default"
 
@@ -42,15 +42,10 @@ class LoadedSpec:
 def load_hypothesis(path: str | Path, profile: str | None = None, check_all_profiles: bool = True) -> LoadedSpec:
     path = Path(path)
     file = str(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SpecError([SpecIssue(file, None, "", "no such file")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError([SpecIssue(file, None, "", f"cannot read: {exc}")]) from None
+    text = read_user_file(path)  # SpecError: missing, unreadable, too large, not UTF-8
     located = load_located(text, file)
     if not isinstance(located.value, dict):
-        raise SpecError([SpecIssue(file, 1, "", "a hypothesis must be a YAML mapping (name:, statement:, arms: ...)")])
+        raise SpecError([SpecIssue(file, located.line_of(()), "", "a hypothesis must be a YAML mapping (name:, statement:, arms: ...)")])
 
     base = _validate(located.value, located)
     issues, spaces = check_hypothesis(base, located, path.parent)
@@ -94,16 +89,19 @@ def apply_profile(located: LocatedYaml, name: str) -> tuple[dict[str, Any], Loca
     prefix = ("profiles", name)
     if not isinstance(overrides, dict):
         raise SpecError([SpecIssue(located.file, located.line_of(prefix), f"profiles.{name}", "a profile must be a mapping of overrides")])
-    _merge(value, overrides, (), prefix, lines)
+    _merge(value, overrides, (), prefix, lines, located.file)
     return value, LocatedYaml(located.file, value, lines)
 
 
-def _merge(target: dict[str, Any], overrides: dict[str, Any], path: tuple, prefix: tuple, lines: dict) -> None:
+def _merge(target: dict[str, Any], overrides: dict[str, Any], path: tuple, prefix: tuple, lines: dict, file: str) -> None:
     for key, new in overrides.items():
         source_path = prefix + path + (key,)
         if isinstance(key, str) and key.endswith("+"):
             real = key[:-1]
             existing = target.get(real) or []
+            if not isinstance(existing, list):  # `name+: x` made a list of name's letters
+                where = ".".join(map(str, source_path))
+                raise SpecError([SpecIssue(file, lines.get(source_path), where, f"'{key}' appends to a list, but {real!r} is not a list")])
             appended = list(existing) + (list(new) if isinstance(new, list) else [new])
             target[real] = appended
             for i in range(len(existing), len(appended)):
@@ -111,7 +109,7 @@ def _merge(target: dict[str, Any], overrides: dict[str, Any], path: tuple, prefi
             continue
         if isinstance(new, dict) and isinstance(target.get(key), dict):
             lines[path + (key,)] = lines.get(source_path, lines.get(path + (key,), 0))
-            _merge(target[key], new, path + (key,), prefix, lines)
+            _merge(target[key], new, path + (key,), prefix, lines, file)
             continue
         target[key] = copy.deepcopy(new)
         for sub_path, line in list(lines.items()):

@@ -106,9 +106,15 @@ class Hypothesis(Strict):
     def _arm_names(cls, arms: dict[str, ArmSpec]) -> dict[str, ArmSpec]:
         import re
 
-        for name in arms:
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(name)):
-                raise ValueError(f"arm name {name!r} must be an identifier (letters, digits, _), claims refer to it")
+        from pydantic import ValidationError
+        from pydantic_core import InitErrorDetails, PydanticCustomError
+
+        bad = [name for name in arms if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(name))]
+        if bad:  # a ValidationError (not ValueError) so each is reported at its arm's line
+            raise ValidationError.from_exception_data("arms", [
+                InitErrorDetails(type=PydanticCustomError("arm_name", "arm name {name} must be an identifier (letters, digits, _), claims refer to it", {"name": repr(name)}), loc=(name,), input=name)
+                for name in bad
+            ])
         return arms
 
     @property

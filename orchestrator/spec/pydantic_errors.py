@@ -16,6 +16,8 @@ def issues_from_validation(exc: ValidationError, located: LocatedYaml, model: ty
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         message = err["msg"]
+        if loc and loc[-1] == "[key]":  # a mapping key of the wrong type, e.g. fixed: {1: 2}
+            loc, message = loc[:-1], f"keys must be text: {message}"
         if err["type"] == "extra_forbidden":
             message = "unknown key" + _suggest(loc, model)
         elif err["type"] == "missing":

@@ -1,0 +1,126 @@
+"""Judge a finished hypothesis again from MLflow alone, without training anything.
+
+The samples (arm -> metric -> seed -> value) are rebuilt from the confirmation runs
+(``orchestrate.level=confirm``, ``orchestrate.arm``, param ``seed``), and the claims
+registered before the run (``expected.txt``) are judged with the settings of the logged
+``plan.json``: this reproduces the run's verdicts exactly. Judging any other claims
+(``--spec FILE`` with a changed ``expected:`` block) is POST-HOC: chosen after the data
+were seen, so those verdicts are stored apart (``verdicts_posthoc.json``, tag
+``orchestrate.posthoc=true``) and the report says so loudly.
+
+    >>> judgement = rejudge(Tracker(uri), run_id)                 # doctest: +SKIP
+    >>> judgement.reproduces_logged(), judgement.posthoc          # doctest: +SKIP
+    (True, False)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from orchestrator.report.collect import RunSummary, collect_summary
+
+if TYPE_CHECKING:
+    from orchestrator.judge import Samples, Verdict
+    from orchestrator.tracking import Tracker
+
+POSTHOC_TAG = "orchestrate.posthoc"
+POSTHOC_FILE = "verdicts_posthoc.json"
+
+
+@dataclass
+class Judgement:
+    run_id: str
+    claims: list[str]
+    registered_claims: list[str]
+    confidence: float
+    family_wise: bool | None
+    samples: "Samples"
+    verdicts: list["Verdict"]
+    logged: list["Verdict"]  # the verdicts logged at run time
+    posthoc: bool = False
+    spec_file: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def reproduces_logged(self) -> bool:
+        return not self.posthoc and _comparable(self.verdicts) == _comparable(self.logged)
+
+
+def samples_from_summary(summary: RunSummary) -> "Samples":
+    """arm -> metric -> seed -> value from the confirmation runs the driver kept
+    (FAILED ones are left out, as the driver left them out at run time)."""
+    samples: dict[str, dict[str, dict[int, float]]] = {}
+    for arm in summary.arms:
+        per_metric: dict[str, dict[int, float]] = {}
+        for run in arm.usable_confirms():
+            for name, value in run.metrics.items():
+                per_metric.setdefault(name, {})[int(run.seed if run.seed is not None else 0)] = float(value)
+        samples[arm.arm] = per_metric
+    return samples
+
+
+def rejudge(tracker: "Tracker", run_id: str, spec_path: str | Path | None = None) -> Judgement:
+    """Re-judge the registered claims, or, with ``spec_path``, that file's claims (with
+    the run's profile applied); POST-HOC when they differ from the registered ones."""
+    from orchestrator.judge import judge_claims
+
+    summary = collect_summary(tracker, run_id, with_images=False)
+    claims, confidence, family_wise = list(summary.claims), summary.confidence, summary.family_wise
+    notes: list[str] = []
+    posthoc = False
+    if spec_path is not None:
+        from orchestrator.spec.loader import load_hypothesis
+
+        h = load_hypothesis(spec_path, summary.profile if summary.profile != "default" else None).hypothesis
+        if h.name != summary.hypothesis:
+            notes.append(f"{spec_path} is hypothesis {h.name!r}, the run is {summary.hypothesis!r}")
+        claims, confidence, family_wise = list(h.expected), h.judge.confidence, h.judge.family_wise
+        posthoc = _normal(claims) != _normal(summary.claims) or (confidence, family_wise) != (summary.confidence, summary.family_wise)
+    samples = samples_from_summary(summary)
+    verdicts = judge_claims(claims, samples, confidence=confidence, family_wise=family_wise) if claims else []
+    return Judgement(run_id, claims, list(summary.claims), confidence, family_wise, samples, verdicts, summary.verdicts,
+                     posthoc, str(spec_path) if spec_path is not None else None, notes)
+
+
+def record_posthoc(tracker: "Tracker", judgement: Judgement) -> None:
+    """Store a post-hoc judgement apart from the registered verdicts (never over them)."""
+    judged_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    payload = {
+        "posthoc": True, "judged_at": judged_at, "spec_file": judgement.spec_file,
+        "registered_claims": judgement.registered_claims, "claims": judgement.claims,
+        "confidence": judgement.confidence, "family_wise": judgement.family_wise,
+        "samples": judgement.samples, "verdicts": [v.model_dump() for v in judgement.verdicts],
+    }
+    tracker.log_text(judgement.run_id, json.dumps(payload, indent=1, default=str), POSTHOC_FILE)
+    tags = {POSTHOC_TAG: "true", "orchestrate.posthoc_judged_at": judged_at, "orchestrate.posthoc_spec": judgement.spec_file or ""}
+    tags |= {f"posthoc_verdict.{i}": f"{v.verdict}: {v.claim}" for i, v in enumerate(judgement.verdicts)}
+    tracker.set_tags(judgement.run_id, tags)
+
+
+def exit_code(fail_on: str | None, verdicts: list[str]) -> int:
+    """0 whatever the verdicts; ``refuted``: 1 if any is REFUTED; ``inconclusive``: 1 if any is not SUPPORTED."""
+    if fail_on == "refuted" and "REFUTED" in verdicts:
+        return 1
+    if fail_on == "inconclusive" and any(v != "SUPPORTED" for v in verdicts):
+        return 1
+    return 0
+
+
+def _normal(claims: list[str]) -> list[str]:
+    """Claims compared by meaning: '1%' and '0.01', spacing and order do not matter."""
+    from orchestrator.claims import parse_claim
+
+    out = []
+    for text in claims:
+        try:
+            out.append(parse_claim(text).canonical())
+        except ValueError:
+            out.append(" ".join(text.split()))
+    return sorted(out)
+
+
+def _comparable(verdicts: list["Verdict"]) -> str:
+    return json.dumps([v.model_dump() for v in verdicts], sort_keys=True, default=str)

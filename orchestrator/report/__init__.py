@@ -1,0 +1,95 @@
+"""The hypothesis report: MLflow -> ``report.md`` + self-contained ``report.html`` + PNGs.
+
+    >>> from orchestrator.report import write_report
+    >>> write_report("sqlite:///mlflow.db", parent_run_id, Path("reports/x"))   # doctest: +SKIP
+    PosixPath('reports/x/report.md')
+
+Stages: ``collect`` (MLflow -> ``RunSummary``), ``plots`` (figures), ``sections``
+(blocks with every number and where it comes from), ``render`` (Markdown and HTML).
+The same files are logged under ``report/`` on the hypothesis run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from orchestrator.report.collect import ReportError, RunSummary, collect_summary, download_artifact, resolve_hypothesis_run
+
+__all__ = ["ReportError", "RunSummary", "collect_summary", "default_out_dir", "resolve_hypothesis_run", "write_report"]
+
+MAX_RUN_IMAGES = 40
+MAX_IMAGE_BYTES = 3_000_000
+REPORT_FILES = ("report.md", "report.html")
+
+
+def default_out_dir(summary_or_name: RunSummary | str, run_id: str | None = None) -> Path:
+    if isinstance(summary_or_name, RunSummary):
+        return Path("reports") / f"{summary_or_name.hypothesis}-{summary_or_name.run_id[:8]}"
+    return Path("reports") / f"{summary_or_name}-{(run_id or '')[:8]}"
+
+
+def write_report(tracking_uri: str | None, parent_run_id: str, out_dir: Path | str | None = None, log: bool = True) -> Path:
+    """Write ``report.md``, ``report.html`` and their PNGs into ``out_dir`` (default
+    ``reports/<hypothesis>-<run id>``), log them under ``report/`` on the hypothesis
+    run (unless ``log=False``), and return the path of ``report.md``."""
+    from orchestrator.report.plots import make_plots
+    from orchestrator.report.render import to_html, to_markdown
+    from orchestrator.report.sections import build_blocks
+    from orchestrator.tracking import Tracker
+
+    tracker = Tracker(tracking_uri)
+    summary = collect_summary(tracker, parent_run_id)
+    folder = Path(out_dir) if out_dir is not None else default_out_dir(summary)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in ("figures", "artifacts"):  # only folders this function owns
+        shutil.rmtree(folder / stale, ignore_errors=True)
+    plots = make_plots(summary, folder / "figures")
+    images, left_out = _fetch_run_images(tracker, summary, folder)
+    blocks = build_blocks(summary, plots, folder, images, left_out)
+    (folder / "report.md").write_text(to_markdown(blocks))
+    (folder / "report.html").write_text(to_html(blocks, f"{summary.hypothesis} report", folder))
+    if log:
+        _log(tracker, parent_run_id, folder)
+    return folder / "report.md"
+
+
+def _fetch_run_images(tracker, summary: RunSummary, folder: Path):
+    """Copy the runs' PNGs next to the report: confirmation runs, the selected trial,
+    then the other trials, up to ``MAX_RUN_IMAGES`` (the rest are listed by path)."""
+    from orchestrator.report.sections import RunImage
+
+    ordered = []
+    for arm in summary.arms:
+        best = arm.best_trial()
+        ranked = [*arm.confirms, *([best] if best else []), *(t for t in arm.trials if t is not best)]
+        ordered += [(arm.arm, run, artifact) for run in ranked for artifact in run.images]
+    images, left_out = [], []
+    with tempfile.TemporaryDirectory(prefix="orchestrate-report-") as scratch:
+        for arm, run, artifact in ordered:
+            if len(images) >= MAX_RUN_IMAGES:
+                left_out.append(f"{run.run_id}/{artifact}")
+                continue
+            local = download_artifact(tracker, run.run_id, artifact, Path(scratch) / run.run_id)
+            if local.stat().st_size > MAX_IMAGE_BYTES:
+                left_out.append(f"{run.run_id}/{artifact}")
+                continue
+            label = f"seed{run.seed}" if run.kind == "confirm" else f"trial-{run.run_id[:8]}"
+            target = Path("artifacts") / arm / label / artifact
+            (folder / target).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(local, folder / target)
+            images.append(RunImage(arm, run, artifact, target))
+    return images, left_out
+
+
+def _log(tracker, run_id: str, folder: Path) -> None:
+    """Only the report's own files, never whatever else ``--out`` holds."""
+    with tempfile.TemporaryDirectory(prefix="orchestrate-report-") as scratch:
+        staging = Path(scratch)
+        for name in REPORT_FILES:
+            shutil.copyfile(folder / name, staging / name)
+        for sub in ("figures", "artifacts"):
+            if (folder / sub).exists():
+                shutil.copytree(folder / sub, staging / sub)
+        tracker.log_artifacts(run_id, staging, "report")
