@@ -108,6 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.execute.ray_session import prepare_ray_environment
 
     prepare_ray_environment(args.address)  # before anything imports ray
+    _sigterm_as_interrupt()
     from orchestrator.execute.runner import AllTrialsFailedError, RunOptions, run_plan
     from orchestrator.plan import make_plan
     from orchestrator.tasks.datasets import DatasetUnavailableError
@@ -128,6 +129,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     print_verdicts(outcome)
     return _fail_on(args.fail_on, [v.verdict for v in outcome.verdicts])
+
+
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM (a cluster scheduler, `kill`) gets the same clean stop as Ctrl-C."""
+    import signal
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _fail_on(fail_on: str | None, verdicts: list[str]) -> int:

@@ -38,19 +38,27 @@ class HonestOptunaSearch(OptunaSearch):
         **kwargs: passed to ``OptunaSearch`` (space, metric, mode, sampler, ...).
     """
 
-    def __init__(self, *args: Any, constraints: list[Constraint] | None = None, epochs: int = 1, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, constraints: list[Constraint] | None = None, epochs: int = 1, on_suggest: Any = None, **kwargs: Any) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         super().__init__(*args, **kwargs)
         self._constraints = list(constraints or [])
         self._epochs = epochs
         self.suggest_seconds: list[float] = []
+        self._on_suggest = on_suggest  # progress display: the sampler's cost is visible
 
     def suggest(self, trial_id: str) -> dict | None:
         started = time.perf_counter()
         with limited_threads(1):
             config = super().suggest(trial_id)
         self.suggest_seconds.append(time.perf_counter() - started)
+        if self._on_suggest is not None:
+            self._on_suggest(self.suggest_seconds[-1])
         return config
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_on_suggest"] = None  # a bound method of the recorder: not part of the checkpoint
+        return state
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:

@@ -5,13 +5,16 @@ Runs form a tree per invocation: hypothesis -> arm -> trial | confirm, linked wi
 UI's filter box finds them (``tags.orchestrate.arm = 'lora'``). Only the driver
 writes; trial processes never import this module. We use ``MlflowClient`` rather
 than the fluent API: no hidden global "active run", so a crash cannot leave a run
-attached to the wrong parent.
+attached to the wrong parent. Every run name, param, tag, metric name and text artifact
+passes through ``redact``: values of environment variables named like secrets
+(``*TOKEN*``, ``*KEY*``, ``*SECRET*``, ``*PASSWORD*``...) never reach the store.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -26,6 +29,32 @@ ARM = "orchestrate.arm"
 def tracking_uri(explicit: str | None = None) -> str:
     """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ./mlflow.db (sqlite)."""
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+#: Environment variables whose values must never reach MLflow (defence in depth: nothing
+#: logs the environment on purpose, but a trace, a config or a path might carry one).
+_SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
+_SECRET_MIN_LENGTH = 8  # shorter values ("1", "true") would redact ordinary text
+REDACTED = "[redacted]"
+
+
+def _secret_values() -> list[str]:
+    """Current values of secret-looking environment variables, longest first."""
+    values = {v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= _SECRET_MIN_LENGTH}
+    return sorted(values, key=len, reverse=True)
+
+
+def redact(text: str, secrets: list[str] | None = None) -> str:
+    """``text`` with every secret environment value replaced by ``[redacted]``."""
+    for secret in _secret_values() if secrets is None else secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def _redact_mapping(items: dict[Any, Any]) -> dict[str, str]:
+    secrets = _secret_values()
+    return {redact(str(k), secrets): redact(str(v), secrets) for k, v in items.items()}
 
 
 def _retry(call: Callable[[], _T], attempts: int = 8) -> _T:
@@ -69,7 +98,8 @@ class Tracker:
             return found.experiment_id
 
     def start_run(self, experiment_id: str, name: str, tags: dict[str, str], parent_id: str | None = None) -> str:
-        all_tags = {"mlflow.runName": name, **tags}
+        name = redact(name)
+        all_tags = _redact_mapping({"mlflow.runName": name, **tags})
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id
         run = _retry(lambda: self.client.create_run(experiment_id, tags=all_tags, run_name=name))
@@ -78,7 +108,8 @@ class Tracker:
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(str(k), _param_value(v)) for k, v in params.items()]
+        secrets = _secret_values()
+        items = [Param(redact(str(k), secrets), redact(_param_value(v), secrets)) for k, v in params.items()]
         for start in range(0, len(items), 100):
             _retry(lambda: self.client.log_batch(run_id, params=items[start : start + 100]))
 
@@ -86,8 +117,9 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
+        secrets = _secret_values()
         items = [
-            Metric(str(k), float(v), now, step or 0)
+            Metric(redact(str(k), secrets), float(v), now, step or 0)
             for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isinf(float(v))
         ]
@@ -97,15 +129,17 @@ class Tracker:
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        items = [RunTag(str(k), str(v)[:5000]) for k, v in tags.items()]
+        items = [RunTag(k, v[:5000]) for k, v in _redact_mapping(tags).items()]
         for start in range(0, len(items), 100):
             _retry(lambda: self.client.log_batch(run_id, tags=items[start : start + 100]))
 
     def log_artifacts(self, run_id: str, folder: Path, artifact_path: str | None = None) -> None:
+        """Files are copied as they are (not redacted): only method artifacts go here."""
         if folder.exists() and any(folder.iterdir()):
             _retry(lambda: self.client.log_artifacts(run_id, str(folder), artifact_path))
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        text = redact(text)
         _retry(lambda: self.client.log_text(run_id, text, artifact_file))
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:

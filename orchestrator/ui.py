@@ -1,8 +1,9 @@
 """``orchestrate ui``: the MLflow UI for the tool's store, on 127.0.0.1 only.
 
 Starts ``mlflow server`` as a child process bound to the loopback interface, waits
-until it answers ``/health``, prints the URL of the hypothesis's experiment and
-runs until Ctrl-C (or until the server exits). Nothing is written to the store:
+until it answers ``/health``, prints the URL of the hypothesis's experiment (its
+runs table: hypothesis -> arm -> trial | confirm, expandable) and runs until Ctrl-C
+(or until the server exits). Nothing is written to the store:
 an unknown hypothesis is reported, never created.
 
 A tracking URI that is already a server (``http(s)://``) needs no second server:
@@ -91,7 +92,12 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def experiment_url(base: str, experiment_id: str | None) -> str:
-    return f"{base}/#/experiments/{experiment_id}" if experiment_id else f"{base}/#/experiments"
+    """The experiment's runs table. MLflow 3.17 opens an experiment in its "GenAI"
+    view (trace dashboards, no runs) unless ``workflowType=machine_learning`` is in
+    the URL (then remembered by the browser); ``/runs`` is the runs table."""
+    if not experiment_id:
+        return f"{base}/#/experiments"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def server_command(uri: str, port: int) -> list[str]:

@@ -26,6 +26,9 @@ def prepare_ray_environment(address: str | None = None) -> None:
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DISABLE_DOCKER_CPU_WARNING", "1")
+    # Ctrl-C must reach our driver as KeyboardInterrupt (it closes MLflow runs and keeps
+    # the run state); Tune's own handler would return a partial result as if finished.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     if not (address or os.environ.get("RAY_ADDRESS")) and sys.platform.startswith("linux"):
         os.environ[LOOPBACK_FLAG] = "0"
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,18 +59,34 @@ class TrialRecorder:
         params = {k: v for k, v in config.items() if not k.startswith("_")}
         seed = config.get("_seed")
         run_id = self.state.trial_run(self.arm, self.kind, trial_id)
-        if run_id is None or self.tracker.run_status(run_id) is None:
+        status = self.tracker.run_status(run_id) if run_id else None
+        if status is not None:  # a trial resumed after an interruption: same MLflow run
+            self.tracker.client.update_run(run_id, status="RUNNING")
+            self.tracker.set_tags(run_id, {"orchestrate.resumed": "true"})
+        else:
             self.counter = len(self.state.trial_runs(self.arm, self.kind)) + 1
             name = self._run_name(self.counter, params, seed)
             tags = {**self.base_tags, LEVEL: self.kind, ARM: self.arm, "orchestrate.trial_id": trial_id}
             if seed is not None:
                 tags["orchestrate.seed"] = str(seed)
             run_id = self.tracker.start_run(self.experiment_id, name, tags, parent_id=self.parent_run_id)
+            self.state.set_trial_run(self.arm, self.kind, trial_id, run_id)  # first: a kill now leaves no orphan
             self.tracker.log_params(run_id, self.static_params | params | ({"seed": seed} if seed is not None else {}))
-            self.state.set_trial_run(self.arm, self.kind, trial_id, run_id)
         self.records[trial_id] = TrialRecord(trial_id, self.arm, self.kind, self.static_params | params, seed=seed, mlflow_run_id=run_id)
         if self.progress:
             self.progress.running += 1
+
+    def suggested(self, seconds: float) -> None:
+        if self.progress is not None:
+            self.progress.suggest_s += seconds
+
+    def all_records(self) -> list[TrialRecord]:
+        """Trials finished before an interruption (from the state) and in this session."""
+        saved = {tid: TrialRecord(**data) for tid, data in self.state.records(self.arm, self.kind).items()}
+        return list({**saved, **self.records}.values())
+
+    def _persist(self, record: TrialRecord) -> None:
+        self.state.set_record(self.arm, self.kind, record.trial_id, asdict(record))
 
     def result(self, trial_id: str, result: dict[str, Any]) -> None:
         record = self.records.get(trial_id)
@@ -103,6 +119,7 @@ class TrialRecorder:
         if checkpoint_path:
             self.tracker.log_artifacts(record.mlflow_run_id, Path(checkpoint_path))
         self.tracker.end_run(record.mlflow_run_id, "FINISHED")
+        self._persist(record)
         self._count(record.status)
 
     def errored(self, trial_id: str, error: str) -> None:
@@ -114,6 +131,7 @@ class TrialRecorder:
         self.tracker.set_tags(record.mlflow_run_id, {"orchestrate.status": FAILED, "orchestrate.error": reason})
         self.tracker.log_text(record.mlflow_run_id, error, "error.txt")
         self.tracker.end_run(record.mlflow_run_id, "FAILED")
+        self._persist(record)
         self._count(FAILED)
 
     # -- helpers ----------------------------------------------------------------------
@@ -137,8 +155,8 @@ class TrialRecorder:
 class RecorderCallback(Callback):
     """Forwards Ray Tune trial events to a registered ``TrialRecorder``."""
 
-    def __init__(self, recorder: TrialRecorder) -> None:
-        self.key = uuid.uuid4().hex
+    def __init__(self, recorder: TrialRecorder, key: str | None = None) -> None:
+        self.key = key or uuid.uuid4().hex
         _RECORDERS[self.key] = recorder
 
     @property

@@ -120,6 +120,7 @@ def _run_arm(arm_plan: ArmPlan, plan: Plan, data_ref: Any, tracker: Tracker, exp
         tracker.log_params(arm_run, {"method": arm_plan.method, **{f"fixed.{k}": v for k, v in arm_plan.fixed.items()}, "space": arm_plan.space_file or "-"})
         state.set_arm(arm, arm_run_id=arm_run)
     else:
+        _close_stale_children(tracker, experiment_id, arm_run)
         tracker.client.update_run(arm_run, status="RUNNING")
     setup = TrialSetup(
         arm=arm, method=arm_plan.method, model=h.task.model, metric=h.task.metric, training=h.training,
@@ -134,10 +135,9 @@ def _run_arm(arm_plan: ArmPlan, plan: Plan, data_ref: Any, tracker: Tracker, exp
         trials = [TrialRecord(**t) for t in arm_state["trials"]]
     else:
         _close_stale(tracker, state.trial_runs(arm, "trial"))
-        state.arm(arm)["trial"] = {}
         recorder = TrialRecorder(tracker, experiment_id, arm_run, arm, "trial", h.training.epochs, arm_plan.constraints, state,
                                  progress.arm(arm, "search", arm_plan.trials, arm_plan.primary_metric, arm_plan.primary_mode), base_tags, name_params)
-        trials = run_search(arm_plan, setup, data_ref, recorder, storage, f"{run_name}--{arm}-search")
+        trials = run_search(arm_plan, setup, data_ref, recorder, storage, f"{run_name}--{arm}-search", h.search.seed)
         state.set_arm(arm, search_done=True, trials=[asdict(t) for t in trials])
     if len(arm_plan.objectives) > 1:
         _log_pareto_front(tracker, arm_run, arm, trials, arm_plan)
@@ -152,7 +152,6 @@ def _run_arm(arm_plan: ArmPlan, plan: Plan, data_ref: Any, tracker: Tracker, exp
         confirm = [TrialRecord(**t) for t in arm_state["confirm_records"]]
     else:
         _close_stale(tracker, state.trial_runs(arm, "confirm"))
-        state.arm(arm)["confirm"] = {}
         seeds = [h.confirm.first_seed + i for i in range(h.confirm.seeds)]
         recorder = TrialRecorder(tracker, experiment_id, arm_run, arm, "confirm", h.training.epochs, [], state,
                                  progress.arm(arm, "confirm", len(seeds), f"test_{h.task.metric}", "max"),
@@ -252,6 +251,13 @@ def _close_stale(tracker: Tracker, runs: dict[str, str]) -> None:
         if tracker.run_status(run_id) == "RUNNING":
             tracker.set_tags(run_id, {"orchestrate.status": "KILLED"})
             tracker.end_run(run_id, "KILLED")
+
+
+def _close_stale_children(tracker: Tracker, experiment_id: str, parent_id: str) -> None:
+    """Also the runs a SIGKILL caught between creating them and saving the state:
+    found in MLflow itself, as RUNNING children of the arm run."""
+    stale = tracker.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'")
+    _close_stale(tracker, {run.info.run_id: run.info.run_id for run in stale})
 
 
 def _close_open_runs(tracker: Tracker, state: RunState, parent_id: str, status: str) -> None:

@@ -49,7 +49,15 @@ class RunState:
         self.save()
 
     def arm(self, arm: str) -> dict[str, Any]:
-        return self.data["arms"].setdefault(arm, {"trial": {}, "confirm": {}})
+        return self.data["arms"].setdefault(arm, {"trial": {}, "confirm": {}, "records": {"trial": {}, "confirm": {}}})
+
+    def records(self, arm: str, kind: str) -> dict[str, dict[str, Any]]:
+        """Finished trials (TrialRecord fields) of an arm's search or confirmation."""
+        return self.arm(arm).setdefault("records", {"trial": {}, "confirm": {}}).setdefault(kind, {})
+
+    def set_record(self, arm: str, kind: str, trial_id: str, record: dict[str, Any]) -> None:
+        self.records(arm, kind)[trial_id] = record
+        self.save()
 
     def set_arm(self, arm: str, **values: Any) -> None:
         self.arm(arm).update(values)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from orchestrator.execute.recorder import RecorderCallback, TrialRecorder
 from orchestrator.plan import ArmPlan
@@ -50,35 +50,63 @@ def _run_config(name: str, storage: Path | str, callback: RecorderCallback, max_
     )
 
 
-def run_search(plan: ArmPlan, setup: TrialSetup, data_ref: Any, recorder: TrialRecorder, storage: Path | str, name: str) -> list[TrialRecord]:
+def _fit(recorder: TrialRecorder, trainable: Any, storage: Path | str, name: str, build: Callable[[RecorderCallback], Any]) -> list[TrialRecord]:
+    """Fit a new Tuner, or restore the interrupted one of the same experiment.
+
+    Ray pickles our callback into the experiment; on restore, the new recorder is
+    registered under the old callback's key, so the restored callback reports to it.
+    Trials that finished before the interruption come back from the run state.
+    """
+    from ray import tune
+
+    path = f"{str(storage).rstrip('/')}/{name}"
+    key_name = f"{recorder.kind}_callback_key"
+    old_key = recorder.state.arm(recorder.arm).get(key_name)
+    if old_key and tune.Tuner.can_restore(path):
+        callback = RecorderCallback(recorder, key=old_key)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
+    else:
+        callback = RecorderCallback(recorder)
+        recorder.state.set_arm(recorder.arm, **{key_name: callback.key})
+        tuner = build(callback)
+    try:
+        tuner.fit()
+    finally:
+        callback.release()
+    return recorder.all_records()
+
+
+def run_search(plan: ArmPlan, setup: TrialSetup, data_ref: Any, recorder: TrialRecorder, storage: Path | str, name: str, seed: int) -> list[TrialRecord]:
     """The arm's hyperparameter search; returns a record per trial."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from orchestrator.searcher import HonestOptunaSearch
 
-    metrics, modes = list(plan.objectives), list(plan.objectives.values())
-    searcher = HonestOptunaSearch(
-        space=plan.space(),
-        metric=metrics if len(metrics) > 1 else metrics[0],
-        mode=modes if len(modes) > 1 else modes[0],
-        sampler=build_sampler(plan.sampler),
-        points_to_evaluate=plan.points_to_evaluate or None,
-        constraints=plan.constraints,
-        epochs=setup.training.epochs,
-    )
     epochs = setup.training.epochs
-    if plan.scheduler == "asha" and epochs > 1:
-        scheduler: Any = ASHAScheduler(
-            metric=plan.primary_metric, mode=plan.primary_mode, time_attr="training_iteration",
-            max_t=epochs, grace_period=1, reduction_factor=2,
+    trainable = _trainable(setup, data_ref, seed, plan.resources)
+
+    def build(callback: RecorderCallback) -> Any:
+        metrics, modes = list(plan.objectives), list(plan.objectives.values())
+        searcher = HonestOptunaSearch(
+            space=plan.space(),
+            metric=metrics if len(metrics) > 1 else metrics[0],
+            mode=modes if len(modes) > 1 else modes[0],
+            sampler=build_sampler(plan.sampler),
+            points_to_evaluate=plan.points_to_evaluate or None,
+            constraints=plan.constraints,
+            epochs=epochs,
+            on_suggest=recorder.suggested,
         )
-    else:
-        scheduler = FIFOScheduler()
-    callback = RecorderCallback(recorder)
-    try:
-        tuner = tune.Tuner(
-            _trainable(setup, data_ref, recorder.state.get("search_seed", 0), plan.resources),
+        if plan.scheduler == "asha" and epochs > 1:
+            scheduler: Any = ASHAScheduler(
+                metric=plan.primary_metric, mode=plan.primary_mode, time_attr="training_iteration",
+                max_t=epochs, grace_period=1, reduction_factor=2,
+            )
+        else:
+            scheduler = FIFOScheduler()
+        return tune.Tuner(
+            trainable,
             param_space={},
             tune_config=tune.TuneConfig(
                 search_alg=searcher, scheduler=scheduler, num_samples=plan.trials,
@@ -88,12 +116,8 @@ def run_search(plan: ArmPlan, setup: TrialSetup, data_ref: Any, recorder: TrialR
             ),
             run_config=_run_config(name, storage, callback, max_failures=0),
         )
-        tuner.fit()
-    finally:
-        callback.release()
-        if recorder.progress is not None:
-            recorder.progress.suggest_s = sum(searcher.suggest_seconds)
-    return list(recorder.records.values())
+
+    return _fit(recorder, trainable, storage, name, build)
 
 
 def run_confirm(plan: ArmPlan, setup: TrialSetup, best_params: dict[str, Any], seeds: list[int], split: str, data_ref: Any, recorder: TrialRecorder, storage: Path | str, name: str) -> list[TrialRecord]:
@@ -102,15 +126,14 @@ def run_confirm(plan: ArmPlan, setup: TrialSetup, best_params: dict[str, Any], s
     from ray import tune
 
     confirm_setup = replace(setup, fixed={**best_params, **setup.fixed}, final_split=split, confirm=True, constraints=())
-    callback = RecorderCallback(recorder)
-    try:
-        tuner = tune.Tuner(
-            _trainable(confirm_setup, data_ref, seeds[0], plan.resources),
+    trainable = _trainable(confirm_setup, data_ref, seeds[0], plan.resources)
+
+    def build(callback: RecorderCallback) -> Any:
+        return tune.Tuner(
+            trainable,
             param_space={SEED_KEY: tune.grid_search(seeds)},
             tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=plan.max_concurrent, reuse_actors=True),
             run_config=_run_config(name, storage, callback, max_failures=1),
         )
-        tuner.fit()
-    finally:
-        callback.release()
-    return list(recorder.records.values())
+
+    return _fit(recorder, trainable, storage, name, build)

@@ -37,7 +37,7 @@ def write_report(tracking_uri: str | None, parent_run_id: str, out_dir: Path | s
     from orchestrator.report.plots import make_plots
     from orchestrator.report.render import to_html, to_markdown
     from orchestrator.report.sections import build_blocks
-    from orchestrator.tracking import Tracker
+    from orchestrator.tracking import Tracker, redact
 
     tracker = Tracker(tracking_uri)
     summary = collect_summary(tracker, parent_run_id)
@@ -48,38 +48,42 @@ def write_report(tracking_uri: str | None, parent_run_id: str, out_dir: Path | s
     plots = make_plots(summary, folder / "figures")
     images, left_out = _fetch_run_images(tracker, summary, folder)
     blocks = build_blocks(summary, plots, folder, images, left_out)
-    (folder / "report.md").write_text(to_markdown(blocks))
-    (folder / "report.html").write_text(to_html(blocks, f"{summary.hypothesis} report", folder))
+    # like every text the tool logs, the report never carries a secret environment value
+    (folder / "report.md").write_text(redact(to_markdown(blocks)))
+    (folder / "report.html").write_text(redact(to_html(blocks, f"{summary.hypothesis} report", folder)))
     if log:
         _log(tracker, parent_run_id, folder)
     return folder / "report.md"
 
 
 def _fetch_run_images(tracker, summary: RunSummary, folder: Path):
-    """Copy the runs' PNGs next to the report: confirmation runs, the selected trial,
-    then the other trials, up to ``MAX_RUN_IMAGES`` (the rest are listed by path)."""
+    """Copy the runs' PNGs next to the report: per arm the arm run's, the confirmation
+    runs', the selected trial's, then the other trials', up to ``MAX_RUN_IMAGES`` (the
+    rest are listed by path)."""
     from orchestrator.report.sections import RunImage
 
-    ordered = []
+    ordered = []  # (arm, run id, where, folder label, artifact)
     for arm in summary.arms:
+        ordered += [(arm.arm, arm.run_id, "arm run", "arm", artifact) for artifact in arm.images]
         best = arm.best_trial()
-        ranked = [*arm.confirms, *([best] if best else []), *(t for t in arm.trials if t is not best)]
-        ordered += [(arm.arm, run, artifact) for run in ranked for artifact in run.images]
+        for run in [*arm.confirms, *([best] if best else []), *(t for t in arm.trials if t is not best)]:
+            where = f"confirmation run seed {run.seed}" if run.kind == "confirm" else f"trial run {run.name}"
+            label = f"seed{run.seed}" if run.kind == "confirm" else f"trial-{run.run_id[:8]}"
+            ordered += [(arm.arm, run.run_id, where, label, artifact) for artifact in run.images]
     images, left_out = [], []
     with tempfile.TemporaryDirectory(prefix="orchestrate-report-") as scratch:
-        for arm, run, artifact in ordered:
+        for arm, run_id, where, label, artifact in ordered:
             if len(images) >= MAX_RUN_IMAGES:
-                left_out.append(f"{run.run_id}/{artifact}")
+                left_out.append(f"{run_id}/{artifact}")
                 continue
-            local = download_artifact(tracker, run.run_id, artifact, Path(scratch) / run.run_id)
+            local = download_artifact(tracker, run_id, artifact, Path(scratch) / run_id)
             if local.stat().st_size > MAX_IMAGE_BYTES:
-                left_out.append(f"{run.run_id}/{artifact}")
+                left_out.append(f"{run_id}/{artifact}")
                 continue
-            label = f"seed{run.seed}" if run.kind == "confirm" else f"trial-{run.run_id[:8]}"
             target = Path("artifacts") / arm / label / artifact
             (folder / target).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(local, folder / target)
-            images.append(RunImage(arm, run, artifact, target))
+            images.append(RunImage(arm, run_id, where, artifact, target))
     return images, left_out
 
 

@@ -64,6 +64,7 @@ class ArmSummary:
     counts: dict[str, int]
     trials: list[RunRecord]
     confirms: list[RunRecord]
+    images: list[str] = field(default_factory=list)  # PNGs of the arm run itself (e.g. pareto_front.png)
 
     def best_trial(self) -> RunRecord | None:
         return next((t for t in self.trials if t.run_id == self.best_run_id), None)
@@ -229,6 +230,7 @@ def _arm_summary(tracker: "Tracker", arm_run: Any, children: list[Any], with_ima
     counted = {s: sum(1 for t in trials if t.status == s) for s in STATUSES}
     counts = {s: int(metrics.get(f"trials_{s.lower()}", counted[s])) for s in STATUSES}
     best_run = tags.get("orchestrate.best_run") or None
+    arm_images = image_paths(tracker, arm_id) if with_images else []
     if with_images:
         for record in [*confirms, *trials]:
             if record.status != FAILED:
@@ -238,7 +240,7 @@ def _arm_summary(tracker: "Tracker", arm_run: Any, children: list[Any], with_ima
         best_run_id=best_run, best_reason=tags.get("orchestrate.best_reason", ""),
         best_params={k[len("best."):]: v for k, v in params.items() if k.startswith("best.")},
         fixed={k[len("fixed."):]: v for k, v in params.items() if k.startswith("fixed.")},
-        counts=counts, trials=trials, confirms=confirms,
+        counts=counts, trials=trials, confirms=confirms, images=arm_images,
     )
 
 

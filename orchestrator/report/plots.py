@@ -108,7 +108,7 @@ def plot_pareto(summary: "RunSummary", path: Path) -> Plot | None:
                 owners.append((arm, trial))
     if not points:
         return None
-    fig, ax = _figure(7.2, 4.6)
+    fig, ax = _figure(8.4, 4.6)
     eligible = [i for i, (_, t) in enumerate(owners) if t.status in (COMPLETED, INFEASIBLE)]
     front = [eligible[i] for i in pareto_front([points[i] for i in eligible], maximize)]
     if front:
@@ -137,7 +137,7 @@ def plot_pareto(summary: "RunSummary", path: Path) -> Plot | None:
     ax.set_xlabel("flops_ratio  (adapter FLOPs / unmerged LoRA r=8; lower is cheaper)")
     ax.set_ylabel(f"{metric} (validation)")
     ax.set_title(f"Search trials: {metric} vs flops_ratio ({len(points)} trials)")
-    ax.legend(fontsize=8, loc="best", framealpha=0.9)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False)
     _save(fig, path)
     return Plot(path, "Pareto front: validation score vs FLOPs",
                 f"Every finished search trial ({metric} on the validation split vs flops_ratio), coloured by arm; "
@@ -170,16 +170,17 @@ def plot_history(summary: "RunSummary", path: Path) -> Plot | None:
             continue
         numbers = list(range(1, len(values) + 1))
         colour = colours[arm.arm]
+        offset = (index - (len(summary.arms) - 1) / 2) * 0.1  # arms' dots side by side, not on top of each other
         for status, marker in ((STOPPED, "v"), (None, "o")):
-            chosen = [(n, v) for n, v, t in zip(numbers, values, arm.trials) if (t.status == STOPPED) == (status == STOPPED)]
+            chosen = [(n + offset, v) for n, v, t in zip(numbers, values, arm.trials) if (t.status == STOPPED) == (status == STOPPED)]
             if chosen:
-                ax.scatter(*zip(*chosen), s=24, marker=marker, color=colour, alpha=0.4, zorder=2)
+                ax.scatter(*zip(*chosen), s=26, marker=marker, color=colour, alpha=0.55, edgecolors="white", lw=0.4, zorder=2)
         running = best_so_far(values, maximize)
         ax.plot(numbers, running, drawstyle="steps-post", color=colour, ls=styles[index % len(styles)], lw=max(1.2, 2.6 - 0.4 * index),
                 zorder=3, label=f"{arm.arm} (best {_fmt(running[-1])})")
         failed = [n for n, t in zip(numbers, arm.trials) if t.status == FAILED]
         if failed:  # no value to plot: mark them on the bottom edge
-            ax.scatter(failed, [0.03] * len(failed), marker="x", color=colour, s=36, zorder=4, transform=ax.get_xaxis_transform(), clip_on=False)
+            ax.scatter([n + offset for n in failed], [0.03] * len(failed), marker="x", color=colour, s=36, zorder=4, transform=ax.get_xaxis_transform(), clip_on=False)
         drawn += 1
     if not drawn:
         return None
@@ -244,7 +245,7 @@ def _strip(ax: "Axes", arms: list["ArmSummary"], metric: str, colours: dict[str,
     ax.set_xlim(-0.6, len(arms) - 0.4)
     ax.set_title(metric, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    ax.ticklabel_format(axis="y", useOffset=False, style="plain") if _plain_axis(ax) else None
+    ax.ticklabel_format(axis="y", useOffset=False)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -277,10 +278,6 @@ def _pad(ax: "Axes", xs: list[float], ys: list[float]) -> None:
 def _axis_floor(values: list[float]) -> float:
     finite = [v for v in values if math.isfinite(v)]
     return min(finite) if finite else 0.0
-
-
-def _plain_axis(ax: "Axes") -> bool:
-    return ax.get_yscale() == "linear"
 
 
 def _finite(value: object) -> bool:

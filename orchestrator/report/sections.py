@@ -8,6 +8,7 @@ every claim is judged on the confirmation runs alone.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,10 +31,11 @@ POSTHOC_ALERT = ("POST-HOC: the verdicts under 'Post-hoc verdicts' judge claims 
 
 @dataclass(frozen=True)
 class RunImage:
-    """A PNG a trial or confirmation run logged, copied next to the report."""
+    """A PNG an arm, trial or confirmation run logged, copied next to the report."""
 
     arm: str
-    run: "RunRecord"
+    run_id: str
+    where: str  # "arm run", "confirm run seed 1000", "trial run small #3 ..."
     artifact: str
     path: Path  # relative to the report folder
 
@@ -69,7 +71,7 @@ def identity(summary: "RunSummary") -> list[Block]:
         ["spec", f"`{summary.spec_file}`, sha256 `{summary.spec_sha256}`"],
         ["profile", summary.profile],
         ["hypothesis run", f"`{summary.run_id}` ({summary.status}), experiment `{summary.experiment_id}`"],
-        ["MLflow", f"`{summary.tracking_uri}`"],
+        ["MLflow", f"`{_without_credentials(summary.tracking_uri)}`"],
         ["git commit", f"`{summary.git_commit}`"],
         ["task", f"{task.get('model', '-')} on {task.get('dataset', '-')} (max_length {task.get('max_length', '-')}, metric {summary.metric})"],
         ["training", f"{training.get('epochs', '-')} epochs, batch {training.get('batch_size', '-')}, lr {training.get('lr', '-')} (unless searched)"],
@@ -80,6 +82,11 @@ def identity(summary: "RunSummary") -> list[Block]:
         ["judge", f"confidence {summary.confidence:g}; " + _holm_words(summary.family_wise, len(summary.claims))],
     ]
     return [Para(f"**Statement.** {summary.statement}"), Table(["item", "value"], rows)]
+
+
+def _without_credentials(uri: str) -> str:
+    """``scheme://user:password@host/...`` -> ``scheme://host/...``: a report is shared."""
+    return re.sub(r"^([A-Za-z][\w+.-]*://)[^/@]*@", r"\1", uri)
 
 
 def provenance(summary: "RunSummary") -> list[Block]:
@@ -131,7 +138,7 @@ def claim_detail(summary: "RunSummary", number: int, v: "Verdict", level: int) -
         f"**effect size**: estimate − nearest boundary ({fmt(v.boundary)}) = {fmt(v.effect_size)}"
         + ("" if v.effect_d is None else f"; standardised d = {v.effect_d:.2f}"),
         f"**seeds to settle**: {settle}",
-        f"**p-values**: claim fails p = {fmt(v.p_fails)}, claim holds p = {fmt(v.p_holds)}; Holm-adjusted "
+        f"**p-values** (one-sided): p(claim fails) = {fmt(v.p_fails)}, p(claim holds) = {fmt(v.p_holds)}; Holm-adjusted: "
         f"{fmt(v.p_fails_adjusted)} and {fmt(v.p_holds_adjusted)}",
         f"**Holm**: {holm}",
     ]
@@ -248,11 +255,11 @@ def run_images(images: list[RunImage], left_out: list[str]) -> list[Block]:
     if not images and not left_out:
         return []
     blocks: list[Block] = [Heading("Method artifacts"), Para(
-        "Figures the methods wrote in their runs (confirmation runs first, then the selected trial, then other trials).")]
+        "Figures logged by the runs themselves: per arm, the arm run's (e.g. a multi-objective Pareto front), then the "
+        "methods' own (heatmaps...) from the confirmation runs, the selected trial and the other trials.")]
     for image in images:
-        where = f"seed {image.run.seed}" if image.run.kind == "confirm" else image.run.name
         blocks.append(Image(image.path, f"{image.arm}: {image.artifact}",
-                            f"{image.arm}, {image.run.kind} run {where} (`{image.run.run_id}`): `{image.artifact}`"))
+                            f"{image.arm}, {image.where} (`{image.run_id}`): `{image.artifact}`"))
     if left_out:
         blocks.append(Para(f"{len(left_out)} more PNG artifacts are not embedded (size cap); find them in MLflow: "
                            + "; ".join(f"`{x}`" for x in left_out[:30]) + (" ..." if len(left_out) > 30 else "")))

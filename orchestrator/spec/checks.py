@@ -84,18 +84,38 @@ def _exists(path: Path) -> bool:
 
 
 def load_space(path: Path) -> ResolvedSpace:
+    return _load_space_located(path)[0]
+
+
+def _load_space_located(path: Path) -> tuple[ResolvedSpace, LocatedYaml]:
     text = read_user_file(path, "search space")  # also: not UTF-8, too large, /dev/zero
     located = load_located(text, str(path))
     if not isinstance(located.value, dict):
         raise SpecError([SpecIssue(str(path), located.line_of(()), "", "a search space must be a mapping with 'params'")])
     try:
-        return ResolvedSpace(str(path), SpaceFile.model_validate(located.value))
+        return ResolvedSpace(str(path), SpaceFile.model_validate(located.value)), located
     except ValidationError as exc:
         raise SpecError(issues_from_validation(exc, located)) from None
 
 
-def check_hypothesis(spec: Hypothesis, located: LocatedYaml, base_dir: Path) -> tuple[list[SpecIssue], dict[str, ResolvedSpace]]:
-    """All cross-field checks; returns the issues and each arm's resolved space."""
+def _cached_space(path: Path, cache: dict[str, Any] | None) -> tuple[ResolvedSpace, LocatedYaml]:
+    """Each space file is read once per ``load_hypothesis``, not once per arm and profile."""
+    if cache is None:
+        return _load_space_located(path)
+    key = str(path)
+    if key not in cache:
+        try:
+            cache[key] = _load_space_located(path)
+        except SpecError as exc:
+            cache[key] = exc
+    if isinstance(cache[key], SpecError):
+        raise cache[key]
+    return cache[key]
+
+
+def check_hypothesis(spec: Hypothesis, located: LocatedYaml, base_dir: Path, space_cache: dict[str, Any] | None = None) -> tuple[list[SpecIssue], dict[str, ResolvedSpace]]:
+    """All cross-field checks; returns the issues and each arm's resolved space.
+    ``space_cache`` (any dict, shared between calls) saves re-reading space files."""
     from methods import UnknownMethodError, get_method
 
     issues: list[SpecIssue] = []
@@ -138,7 +158,7 @@ def check_hypothesis(spec: Hypothesis, located: LocatedYaml, base_dir: Path) -> 
         if space_path is None:
             continue
         try:
-            resolved = load_space(space_path)
+            resolved, space_located = _cached_space(space_path, space_cache)
         except SpecError as exc:
             if arm.space is not None and not _exists(space_path):
                 issue(("arms", arm_name, "space"), f"search space {_clip(arm.space)} not found (looked next to the hypothesis and in the shipped search_spaces/)")
@@ -151,10 +171,8 @@ def check_hypothesis(spec: Hypothesis, located: LocatedYaml, base_dir: Path) -> 
         space = resolved.space
         if space.method is not None and space.method != arm.method:
             issue(("arms", arm_name, "space"), f"{space_path.name} is the space of method {space.method!r}, not {arm.method!r}")
-        space_located = None
         for key in space.params:
             if key not in accepted:
-                space_located = space_located or load_located(space_path.read_text(), str(space_path))
                 issues.append(SpecIssue(str(space_path), space_located.line_of(("params", key)), f"params.{key}", _not_accepted(key, arm.method, accepted)))
 
     trial_metric_names = set().union(*arm_metrics.values()) if arm_metrics else set()

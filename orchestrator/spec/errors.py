@@ -18,7 +18,16 @@ class SpecIssue:
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        field, message = _one_line(self.field), _one_line(self.message)
+        return f"{where}: {field}: {message}" if field else f"{where}: {message}"
+
+
+def _one_line(text: str) -> str:
+    """Control characters and line separators escaped (a key like "a\nb" must not split
+    an issue over two lines of stderr)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
 class SpecError(ValueError):

@@ -48,7 +48,8 @@ def load_hypothesis(path: str | Path, profile: str | None = None, check_all_prof
         raise SpecError([SpecIssue(file, located.line_of(()), "", "a hypothesis must be a YAML mapping (name:, statement:, arms: ...)")])
 
     base = _validate(located.value, located)
-    issues, spaces = check_hypothesis(base, located, path.parent)
+    space_cache: dict[str, Any] = {}
+    issues, spaces = check_hypothesis(base, located, path.parent, space_cache)
     wanted = profile or DEFAULT_PROFILE
     if wanted != DEFAULT_PROFILE and wanted not in base.profiles:
         issues.append(SpecIssue(file, located.line_of(("profiles",)), "profiles", f"no profile {wanted!r}; this file has: {', '.join(['default', *base.profiles])}"))
@@ -60,7 +61,7 @@ def load_hypothesis(path: str | Path, profile: str | None = None, check_all_prof
         try:
             merged_value, merged_located = apply_profile(located, name)
             profiled = _validate(merged_value, merged_located)
-            profile_issues, profile_spaces = check_hypothesis(profiled, merged_located, path.parent)
+            profile_issues, profile_spaces = check_hypothesis(profiled, merged_located, path.parent, space_cache)
             issues.extend(profile_issues)
         except SpecError as exc:
             issues.extend(exc.issues)

@@ -151,6 +151,7 @@ class _Budget:
         self.values = 0
         self.active: set[int] = set()
         self.newlines = [m.start() for m in re.finditer("\n", text)]
+        self.constructor = yaml.constructor.SafeConstructor()  # plain scalars only
 
     def line(self, mark: yaml.Mark) -> int:
         return bisect.bisect_left(self.newlines, mark.index) + 1
@@ -213,7 +214,7 @@ def _scalar(node: yaml.Node, path: Path_, issues: list[SpecIssue], file: str, bu
     if not isinstance(node, yaml.ScalarNode):
         return _build(node, path, {}, issues, file, budget)
     try:
-        value = yaml.SafeLoader(" ").construct_object(node)  # plain scalars only (SafeLoader)
+        value = budget.constructor.construct_object(node)
     except Exception as exc:  # noqa: BLE001 - e.g. `!!float abc` raises ValueError, `!!timestamp x` AttributeError
         problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
         issues.append(SpecIssue(file, budget.line(node.start_mark), _dotted(path), f"cannot read value: {problem}"))
