@@ -58,9 +58,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     out.print(f"training: {h.training.epochs} epochs, batch {h.training.batch_size}, lr {h.training.lr}")
     for arm in plan.arms:
         out.print(f"\n[bold]arm {arm.arm}[/]: method {arm.method}{' (routed)' if arm.routed else ''}, space {arm.space_file or '-'}")
-        for name, spec in arm.params.items():
-            if name not in arm.fixed:
-                out.print(f"    search {name}: {_range(spec)}")
+        for name, spec in arm.space().searched().items():
+            out.print(f"    search {name}: {_range(spec)}")
         for name, value in arm.fixed.items():
             out.print(f"    fixed  {name} = {value}")
         if arm.points_to_evaluate:

@@ -142,7 +142,8 @@ def _dependency_order(params: dict[str, ParamSpec]) -> list[str]:
             raise _CycleError(chain + (name,))
         state[name] = 1
         for parent in (params[name].when or {}):
-            visit(parent, chain + (name,))
+            if parent in params:  # a parent held fixed by the arm is known from the start
+                visit(parent, chain + (name,))
         state[name] = 2
         order.append(name)
 
@@ -181,6 +182,11 @@ class DefineByRun:
                 continue
             chosen[name] = suggest(trial, name, spec)
         return dict(self.fixed)  # OptunaSearch merges these constants into the config
+
+    def searched(self) -> dict[str, ParamSpec]:
+        """Parameters a trial can sample: a condition on a fixed value that fails
+        removes its parameter from the search altogether."""
+        return {k: v for k, v in self.params.items() if all(p not in self.fixed or _condition_holds({p: w}, self.fixed) for p, w in (v.when or {}).items())}
 
     def active(self, sampled: dict[str, Any]) -> dict[str, Any]:
         """The hyperparameters a trial actually uses: sampled plus fixed."""

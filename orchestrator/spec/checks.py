@@ -143,11 +143,12 @@ def check_hypothesis(spec: Hypothesis, located: LocatedYaml, base_dir: Path, spa
             issue(("arms", arm_name, "method"), f"method {arm.method!r} failed to import: {exc}")
             continue
         arm_metrics[arm_name] = known_metrics(spec.task.metric, method_cls.metrics)
-        accepted = set(method_cls.Config.model_fields) | set(TRAINING_PARAMS)
+        aliases = dict(getattr(method_cls.Config, "aliases", {}) or {})  # e.g. AdaMSS's K -> num_subspaces
+        accepted = set(method_cls.Config.model_fields) | set(TRAINING_PARAMS) | set(aliases)
         for key in arm.fixed:
             if key not in accepted:
                 issue(("arms", arm_name, "fixed", key), _not_accepted(key, arm.method, accepted))
-        method_fixed = {k: v for k, v in arm.fixed.items() if k in method_cls.Config.model_fields}
+        method_fixed = {k: v for k, v in arm.fixed.items() if k in method_cls.Config.model_fields or k in aliases}
         try:
             method_cls.Config(**method_fixed)
         except ValidationError as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SAMPLERS = ("botorch", "gp", "tpe", "cmaes", "nsga2", "qmc", "random", "grid")
 #: Training keys that a search space or an arm's ``fixed`` may set per trial.
@@ -59,7 +59,8 @@ class Resources(Strict):
 
 class SearchSpec(Strict):
     sampler: Literal[SAMPLERS] = "tpe"  # type: ignore[valid-type]
-    objectives: dict[str, Literal["max", "min"]] = Field(default_factory=lambda: {"val_accuracy": "max"}, min_length=1)
+    objectives: dict[str, Literal["max", "min"]] = Field(default_factory=lambda: {"val_accuracy": "max"}, min_length=1,
+                                                         description="default: the task metric on validation, maximised")
     constraints: list[str] = Field(default_factory=list, description="e.g. 'flops_ratio <= 0.25'; applied to routed arms")
     trials_per_arm: int = Field(8, ge=1, le=100000)
     max_concurrent: int | None = Field(None, ge=1, description="default: as many as the CPUs allow")
@@ -100,6 +101,21 @@ class Hypothesis(Strict):
     expected: list[str] = Field(default_factory=list)
     judge: JudgeSpec = Field(default_factory=JudgeSpec)
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_objective(cls, data: Any) -> Any:
+        """No objectives given: maximise the task's own metric on validation (so a
+        profile that switches the metric to mcc does not keep optimising accuracy)."""
+        if isinstance(data, dict):
+            search = data.get("search")
+            task = data.get("task")
+            metric = task.get("metric", "accuracy") if isinstance(task, dict) else "accuracy"
+            if search is None:
+                data = {**data, "search": {"objectives": {f"val_{metric}": "max"}}}
+            elif isinstance(search, dict) and "objectives" not in search:
+                data = {**data, "search": {**search, "objectives": {f"val_{metric}": "max"}}}
+        return data
 
     @field_validator("arms")
     @classmethod
