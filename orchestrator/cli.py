@@ -127,6 +127,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.verdict_table import print_verdicts
 
     print_verdicts(outcome)
+    if outcome.report_path is not None:
+        print(f"report: {outcome.report_path} (also logged to MLflow under report/)")
     return _fail_on(args.fail_on, [v.verdict for v in outcome.verdicts])
 
 
@@ -176,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("methods", help="list every method with its hyperparameters and defaults")
     p.set_defaults(func=cmd_methods)
+
+    from orchestrator.commands import add_report_commands
+
+    add_report_commands(sub)  # report, judge
     return parser
 
 

@@ -40,6 +40,7 @@ class RunOptions:
     state_dir: Path = Path(".orchestrate")
     fresh: bool = False
     quiet: bool = False
+    report_dir: Path | None = None  # default: reports/<name>-<run id>
 
 
 @dataclass
@@ -49,6 +50,7 @@ class RunOutcome:
     experiment_id: str
     arms: list[ArmOutcome]
     verdicts: list[Any] = field(default_factory=list)
+    report_path: Path | None = None
 
 
 def run_plan(plan: Plan, options: RunOptions) -> RunOutcome:
@@ -79,7 +81,19 @@ def run_plan(plan: Plan, options: RunOptions) -> RunOutcome:
         raise
     tracker.end_run(parent_id, "FINISHED")
     state.set(finished=True)
-    return RunOutcome(plan, parent_id, experiment_id, arms, verdicts)
+    return RunOutcome(plan, parent_id, experiment_id, arms, verdicts, _report(tracker, parent_id, options, progress))
+
+
+def _report(tracker: Tracker, parent_id: str, options: RunOptions, progress: Progress) -> Path | None:
+    """The report is written from MLflow alone, after the run is closed; a plotting
+    error must not turn a finished run into a failed one."""
+    from orchestrator.report import write_report
+
+    try:
+        return write_report(tracker.uri, parent_id, options.report_dir)
+    except Exception as exc:  # noqa: BLE001
+        progress.line(f"report not written ({type(exc).__name__}: {exc}); run `orchestrate report {parent_id}`")
+        return None
 
 
 def _parent_run(tracker: Tracker, experiment_id: str, plan: Plan, state: RunState) -> str:

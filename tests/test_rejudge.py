@@ -1,0 +1,187 @@
+"""Re-judging from MLflow alone: samples from confirmation runs, POST-HOC claims, --fail-on.
+
+Fast tests use a hand-made MLflow tree (what ``orchestrate run`` logs, without Ray);
+slow ones the real tiny run shared with test_report.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_HYPOTHESIS
+from orchestrator.judge import Verdict, judge_claims
+from orchestrator.rejudge import POSTHOC_FILE, exit_code, rejudge, samples_from_summary
+from orchestrator.tracking import ARM, LEVEL, Tracker
+from test_report import orchestrate, synthetic_summary, tiny_run
+
+REGISTERED = ["small.flops_ratio <= large.flops_ratio / 2", "small.test_accuracy >= large.test_accuracy - 0.5"]
+POSTHOC_CLAIMS = ["small.flops_ratio <= large.flops_ratio / 2",                # SUPPORTED (exact)
+                  "small.flops_ratio >= large.flops_ratio",                    # REFUTED (exact)
+                  "small.test_accuracy >= large.test_accuracy - 0.02"]         # INCONCLUSIVE on SAMPLES below
+
+
+def spec_with(folder: Path, claims: list[str], name: str = "posthoc.yaml") -> Path:
+    head, _, _ = TINY_HYPOTHESIS.partition("expected:\n")
+    path = folder / name
+    path.write_text(head + "expected:\n" + "".join(f"  - {c}\n" for c in claims))
+    return path
+
+
+def test_exit_code_follows_fail_on():
+    assert exit_code(None, ["REFUTED", "INCONCLUSIVE"]) == 0
+    assert exit_code("refuted", ["SUPPORTED", "INCONCLUSIVE"]) == 0
+    assert exit_code("refuted", ["SUPPORTED", "REFUTED"]) == 1
+    assert exit_code("inconclusive", ["SUPPORTED", "SUPPORTED"]) == 0
+    assert exit_code("inconclusive", ["SUPPORTED", "INCONCLUSIVE"]) == 1
+    assert exit_code("inconclusive", ["REFUTED"]) == 1
+
+
+def test_samples_leave_out_failed_confirmation_runs():
+    summary = synthetic_summary()
+    summary.arms[0].confirms[0].status = "FAILED"
+    samples = samples_from_summary(summary)
+    assert sorted(samples["routed"]["test_accuracy"]) == [1001, 1002, 1003]
+    assert samples["lora"]["flops_ratio"] == {1000: 1.0, 1001: 1.0, 1002: 1.0, 1003: 1.0}
+
+
+# -- a hand-made tree: what the runner logs ---------------------------------------------------
+SAMPLES = {"small": {"flops_ratio": {1000: 0.25, 1001: 0.25, 1002: 0.25}, "test_accuracy": {1000: 0.81, 1001: 0.84, 1002: 0.80}},
+           "large": {"flops_ratio": {1000: 1.0, 1001: 1.0, 1002: 1.0}, "test_accuracy": {1000: 0.83, 1001: 0.84, 1002: 0.82}}}
+
+
+@pytest.fixture(scope="module")
+def logged_tree(tmp_path_factory):
+    """A hypothesis run, its arms and confirmation runs (one FAILED, one superseded
+    KILLED) and the run-time verdicts, logged the way ``orchestrate run`` logs them."""
+    from mlflow.tracking import MlflowClient
+
+    tmp_path = tmp_path_factory.mktemp("tree")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    MlflowClient(uri).create_experiment("tiny-test", artifact_location=(tmp_path / "artifacts").as_uri())
+    tracker = Tracker(uri)
+    experiment = tracker.experiment_id("tiny-test")
+    parent = tracker.start_run(experiment, "tiny-test [default]", {LEVEL: "hypothesis", "orchestrate.hypothesis": "tiny-test",
+                               "orchestrate.profile": "default", "orchestrate.spec_file": "tiny.yaml", "mlflow.note.content": "s"})
+    plan = {"hypothesis": "tiny-test", "task": {"metric": "accuracy"}, "judge": {"confidence": 0.95, "family_wise": None},
+            "confirm": {"split": "test", "seeds": 3}, "arms": [{"arm": "small"}, {"arm": "large"}], "expected": REGISTERED}
+    tracker.log_text(parent, json.dumps(plan), "plan.json")
+    tracker.log_text(parent, "\n".join(REGISTERED), "expected.txt")
+    for arm, metrics in SAMPLES.items():
+        arm_run = tracker.start_run(experiment, arm, {LEVEL: "arm", ARM: arm, "orchestrate.method": "lora"}, parent)
+        for seed in metrics["flops_ratio"]:
+            run = tracker.start_run(experiment, f"{arm} confirm seed={seed}", {LEVEL: "confirm", ARM: arm}, arm_run)
+            tracker.log_params(run, {"seed": seed, "r": 2})
+            tracker.log_metrics(run, {m: values[seed] for m, values in metrics.items()}, step=1)
+            tracker.end_run(run)
+        failed = tracker.start_run(experiment, f"{arm} confirm seed=1003", {LEVEL: "confirm", ARM: arm, "orchestrate.status": "FAILED"}, arm_run)
+        tracker.log_params(failed, {"seed": 1003})
+        tracker.log_metrics(failed, {"test_accuracy": 0.0}, step=1)
+        tracker.end_run(failed, "FAILED")
+        tracker.end_run(arm_run)
+    verdicts = judge_claims(REGISTERED, SAMPLES)
+    tracker.log_text(parent, json.dumps({"samples": SAMPLES, "verdicts": [v.model_dump() for v in verdicts]}, default=str), "verdicts.json")
+    tracker.end_run(parent)
+    return tracker, parent, verdicts
+
+
+@pytest.fixture
+def tree(logged_tree):
+    """The hand-made tree, as registered (a previous test may have judged it post-hoc)."""
+    tracker, parent, _ = logged_tree
+    if "orchestrate.posthoc" in tracker.get_run(parent).data.tags:
+        tracker.client.delete_tag(parent, "orchestrate.posthoc")
+    return logged_tree
+
+
+def test_rejudge_rebuilds_the_samples_and_reproduces_the_logged_verdicts(tree):
+    tracker, parent, verdicts = tree
+    judgement = rejudge(tracker, parent)
+    assert judgement.samples["small"]["test_accuracy"] == SAMPLES["small"]["test_accuracy"]  # FAILED seed 1003 left out
+    assert judgement.verdicts == verdicts and judgement.reproduces_logged() and not judgement.posthoc
+
+
+def test_the_same_claims_spelled_differently_are_not_posthoc(tree, tmp_path):
+    tracker, parent, verdicts = tree
+    spec = spec_with(tmp_path, ["small.test_accuracy >= large.test_accuracy - 50%", "small.flops_ratio<=large.flops_ratio/2"])
+    judgement = rejudge(tracker, parent, spec)
+    assert not judgement.posthoc and [v.verdict for v in judgement.verdicts] == [v.verdict for v in reversed(verdicts)]
+
+
+def test_changed_claims_are_judged_posthoc_and_stored_apart(tree, tmp_path, capsys):
+    tracker, parent, verdicts = tree
+    spec = spec_with(tmp_path, POSTHOC_CLAIMS)
+    assert orchestrate(["judge", parent, "--spec", str(spec), "--tracking-uri", tracker.uri]) == 0
+    assert "POST-HOC" in capsys.readouterr().out
+    run = tracker.get_run(parent)
+    assert run.data.tags["orchestrate.posthoc"] == "true"
+    assert run.data.tags["posthoc_verdict.1"] == "REFUTED: small.flops_ratio >= large.flops_ratio"
+    stored = json.loads(Path(tracker.client.download_artifacts(parent, POSTHOC_FILE, str(tmp_path))).read_text())
+    assert stored["claims"] == POSTHOC_CLAIMS and stored["registered_claims"] == REGISTERED
+    assert [v["verdict"] for v in stored["verdicts"]] == ["SUPPORTED", "REFUTED", "INCONCLUSIVE"]
+    logged = json.loads(Path(tracker.client.download_artifacts(parent, "verdicts.json", str(tmp_path / "v"))).read_text())
+    assert [Verdict.model_validate(v) for v in logged["verdicts"]] == verdicts  # the registered verdicts are untouched
+
+
+@pytest.mark.parametrize(("fail_on", "code"), [("refuted", 1), ("inconclusive", 1)])  # None: 0, above
+def test_fail_on_sets_the_exit_code(tree, tmp_path, fail_on, code):
+    tracker, parent, _ = tree
+    argv = ["judge", "tiny-test", "--spec", str(spec_with(tmp_path, POSTHOC_CLAIMS)), "--tracking-uri", tracker.uri]
+    assert orchestrate(argv + (["--fail-on", fail_on] if fail_on else [])) == code
+
+
+def test_fail_on_inconclusive_passes_when_every_claim_is_supported(tree):
+    tracker, parent, verdicts = tree
+    assert {v.verdict for v in verdicts} == {"SUPPORTED"}
+    assert orchestrate(["judge", "tiny-test", "--fail-on", "inconclusive", "--tracking-uri", tracker.uri]) == 0
+    assert "orchestrate.posthoc" not in tracker.get_run(parent).data.tags
+
+
+def test_judging_an_unknown_hypothesis_exits_2(tree, capsys):
+    tracker, _, _ = tree
+    assert orchestrate(["judge", "nope", "--tracking-uri", tracker.uri]) == 2
+    assert "no hypothesis" in capsys.readouterr().err
+
+
+# -- the real tiny run ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    run = tiny_run(tmp_path_factory)
+    yield run
+    run["client"].delete_tag(run["run_id"], "orchestrate.posthoc")  # leave the shared run as registered
+
+
+def _logged_verdicts(run) -> list[Verdict]:
+    tracker = Tracker(run["uri"])
+    from orchestrator.report.collect import read_artifact_text
+
+    return [Verdict.model_validate(v) for v in json.loads(read_artifact_text(tracker, run["run_id"], "verdicts.json"))["verdicts"]]
+
+
+@pytest.mark.slow
+def test_real_run_verdicts_are_reproduced_from_mlflow_alone(real_run, capsys):
+    logged = _logged_verdicts(real_run)
+    judgement = rejudge(Tracker(real_run["uri"]), real_run["run_id"])
+    assert len(logged) == 2 and judgement.verdicts == logged
+    assert orchestrate(["judge", "tiny-test", "--tracking-uri", real_run["uri"]]) == 0
+    assert "reproduces the 2 verdicts logged at run time" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_real_run_fail_on_inconclusive_matches_the_logged_verdicts(real_run):
+    expected = 0 if all(v.verdict == "SUPPORTED" for v in _logged_verdicts(real_run)) else 1
+    assert orchestrate(["judge", real_run["run_id"], "--fail-on", "inconclusive", "--tracking-uri", real_run["uri"]]) == expected
+
+
+@pytest.mark.slow
+def test_real_run_posthoc_claims_are_marked_in_mlflow_and_the_report(real_run, tmp_path):
+    spec = spec_with(tmp_path, POSTHOC_CLAIMS[:2])  # the third depends on the seeds' noise
+    assert orchestrate(["judge", "tiny-test", "--spec", str(spec), "--fail-on", "refuted", "--tracking-uri", real_run["uri"]]) == 1
+    client, run_id = real_run["client"], real_run["run_id"]
+    tags = client.get_run(run_id).data.tags
+    assert tags["orchestrate.posthoc"] == "true" and tags["verdict.0"].startswith("SUPPORTED")  # registered tags kept
+    report = Path(client.download_artifacts(run_id, "report/report.md", str(tmp_path))).read_text()
+    assert "> **POST-HOC:" in report and "## Post-hoc verdicts" in report
+    assert "`small.flops_ratio >= large.flops_ratio` — REFUTED" in report
+    assert _logged_verdicts(real_run) == rejudge(Tracker(real_run["uri"]), run_id).verdicts  # registered ones unchanged
