@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     from orchestrator.commands import add_report_commands
 
     add_report_commands(sub)  # report, judge
+    from orchestrator.ui import add_ui_command
+
+    add_ui_command(sub)
     return parser
 
 

@@ -90,12 +90,21 @@ class Tracker:
                 _retry(lambda: self.client.restore_experiment(existing.experiment_id))
             return existing.experiment_id
         try:
-            return _retry(lambda: self.client.create_experiment(name))
+            return _retry(lambda: self.client.create_experiment(name, artifact_location=self._artifact_location(name)))
         except Exception:
             found = self.client.get_experiment_by_name(name)
             if found is None:
                 raise
             return found.experiment_id
+
+    def _artifact_location(self, name: str) -> str | None:
+        """With a sqlite store, artifacts go next to the database file (MLflow's
+        default is ./mlruns of whatever folder the driver runs in)."""
+        if not self.uri.startswith("sqlite:///"):
+            return None
+        database = Path(self.uri[len("sqlite:///"):]).resolve()
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        return (database.parent / "mlartifacts" / safe).as_uri()
 
     def start_run(self, experiment_id: str, name: str, tags: dict[str, str], parent_id: str | None = None) -> str:
         name = redact(name)

@@ -52,6 +52,7 @@ class TrialRecorder:
     name_params: list[str]
     static_params: dict[str, Any] = field(default_factory=dict)  # confirm runs: the best config
     records: dict[str, TrialRecord] = field(default_factory=dict)
+    node_tagged: set[str] = field(default_factory=set)
     counter: int = 0
 
     # -- events ---------------------------------------------------------------------
@@ -97,6 +98,9 @@ class TrialRecorder:
         self.tracker.log_metrics(record.mlflow_run_id, metrics, step=int(result.get("epoch", result.get("training_iteration", 0))))
         if self.progress:
             self.progress.offer(metrics.get(self.progress.metric))
+        if trial_id not in self.node_tagged and result.get("node_ip"):  # which machine ran it (clusters)
+            self.node_tagged.add(trial_id)
+            self.tracker.set_tags(record.mlflow_run_id, {"orchestrate.node_ip": str(result["node_ip"]), "orchestrate.hostname": str(result.get("hostname", ""))})
 
     def completed(self, trial_id: str, checkpoint_path: str | None) -> None:
         record = self.records.get(trial_id)
