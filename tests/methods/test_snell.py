@@ -1,0 +1,183 @@
+"""SNELL: the distance kernel, competition-based sparsification, merge, FLOPs."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from methods import get_method
+from methods.base import BuildContext
+from methods.snell import SnellConfig
+from methods.snell.layer import SnellLinear, competition_sparsify, zeroed_count
+from orchestrator.measure.flops import count_flops
+from orchestrator.tasks.models import load_model, resolve_model
+
+torch.set_num_threads(1)
+QUANTILE_LIMIT = 16_777_216  # torch.quantile refuses inputs larger than this
+
+
+def tiny_batch() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 5000, (3, 9), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids), "labels": torch.tensor([0, 1, 1])}
+
+
+def tiny_model() -> nn.Module:
+    return load_model(resolve_model("random:bert-tiny"), num_labels=2, seed=0)
+
+
+def build(**params):
+    method = get_method("snell")(SnellConfig(**params))
+    ctx = BuildContext(total_steps=100, steps_per_epoch=10, num_labels=2, target_modules=["query", "value"], seed=0)
+    return method, method.build(tiny_model(), ctx)
+
+
+def snell_layers(model: nn.Module) -> list[SnellLinear]:
+    return [m for m in model.modules() if isinstance(m, SnellLinear)]
+
+
+# -- sparsification ----------------------------------------------------------------------
+@pytest.mark.parametrize("sparsity", [0.1, 0.3, 0.5, 0.7, 0.9, 0.995])
+def test_sparsify_zeroes_exactly_the_requested_fraction(sparsity):
+    delta = torch.randn(96, 80)
+    sparse = competition_sparsify(delta, sparsity)
+    k = zeroed_count(delta.numel(), sparsity)
+    assert k == round(sparsity * delta.numel())
+    assert int((sparse == 0).sum()) == k
+    kept = sparse != 0  # the survivors are the largest magnitudes, scaled by their own magnitude
+    assert delta.abs()[kept].min() > delta.abs()[~kept].max()
+    torch.testing.assert_close(sparse[kept], (delta * delta.abs())[kept])
+
+
+def test_sparsity_zero_is_the_plain_kernel():
+    delta = torch.randn(5, 7)
+    assert torch.equal(competition_sparsify(delta, 0.0), delta)
+
+
+def test_sparsify_gradient_is_the_magnitude_on_survivors_and_zero_elsewhere():
+    delta = torch.randn(20, 30, requires_grad=True)
+    sparse = competition_sparsify(delta, 0.5)
+    sparse.sum().backward()
+    kept = sparse.detach() != 0
+    torch.testing.assert_close(delta.grad[kept], delta.detach().abs()[kept])
+    assert torch.count_nonzero(delta.grad[~kept]) == 0
+
+
+def test_sparsify_works_above_the_quantile_size_limit():
+    delta = torch.rand(4097, 4097)  # 16,785,409 elements; 4096 x 4097 already breaks quantile
+    assert delta.numel() > QUANTILE_LIMIT
+    with pytest.raises(RuntimeError, match="too large"):
+        torch.quantile(delta.flatten()[: QUANTILE_LIMIT + 1], 0.5)
+    started = time.perf_counter()
+    sparse = competition_sparsify(delta, 0.9)
+    assert int((sparse == 0).sum()) == round(0.9 * delta.numel())
+    assert time.perf_counter() - started < 20
+
+
+# -- the kernel and the layer -----------------------------------------------------------
+def test_distance_kernel_matches_its_definition():
+    layer = SnellLinear(nn.Linear(5, 4), low_rank_dim=6, num_heads=2, coeff=0.1)
+    expected = torch.zeros(5, 4)  # dW^T[i, j] = sum_h c_h || In_Q[h, i] - Out_Q[h, j] ||
+    for h in range(2):
+        for i in range(5):
+            for j in range(4):
+                expected[i, j] += 0.1 * (-1) ** h * torch.linalg.vector_norm(layer.in_q[h, i] - layer.out_q[h, j])
+    torch.testing.assert_close(layer.dense_update(), expected.T, rtol=1e-4, atol=1e-6)
+
+
+def test_distance_kernel_exceeds_the_rank_of_its_tables():
+    layer = SnellLinear(nn.Linear(64, 64), low_rank_dim=4, sparsity=0.0)
+    assert torch.linalg.matrix_rank(layer.dense_update().double(), rtol=1e-6) > 4
+
+
+def test_parameters_match_lora_of_the_same_rank():
+    for kernel in ("snell", "lora"):
+        _, model = build(low_rank_dim=8, kernel=kernel)
+        trainable = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "classifier" not in n)
+        assert trainable == 4 * 8 * (32 + 32)
+
+
+def test_fold_starts_at_the_base_function_and_none_does_not():
+    batch = tiny_batch()
+    base = tiny_model().eval()
+    with torch.no_grad():
+        reference = base(**batch).logits
+    for offset, matches in (("fold", True), ("none", False)):
+        _, model = build(sparsity=0.0, init_offset=offset)
+        with torch.no_grad():
+            logits = model.eval()(**batch).logits
+        assert torch.allclose(logits, reference, atol=1e-6) is matches
+
+
+def test_lora_kernel_without_sparsity_starts_at_zero_and_with_sparsity_learns():
+    plain = SnellLinear(nn.Linear(6, 6), 4, kernel="lora", sparsity=0.0)
+    assert torch.count_nonzero(plain.dense_update()) == 0
+    sparse = SnellLinear(nn.Linear(6, 6), 4, kernel="lora", sparsity=0.5)
+    sparse(torch.randn(3, 6)).sum().backward()
+    assert torch.count_nonzero(sparse.lora_A.grad) > 0 and torch.count_nonzero(sparse.lora_B.grad) > 0
+
+
+# -- merge and FLOPs -----------------------------------------------------------------------
+@pytest.mark.parametrize("kernel", ["snell", "lora"])
+def test_merged_forward_equals_unmerged_forward(kernel):
+    method, model = build(kernel=kernel, sparsity=0.5)
+    with torch.no_grad():  # move away from the init so the update is not negligible
+        for p in model.parameters():
+            if p.requires_grad:
+                p.mul_(20)
+    batch = tiny_batch()
+    model.eval()
+    with torch.no_grad():
+        unmerged = model(**batch).logits
+    density = method.stats(model)["update_density"]
+    model = method.finalize(model)
+    assert not snell_layers(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, unmerged, rtol=1e-5, atol=1e-5)
+    assert method.stats(model)["update_density"] == density == pytest.approx(0.5)
+    assert method.stats(model)["merged_modules"] == 4
+
+
+def test_unmerged_flops_count_the_dense_branch_and_cdist_merged_costs_nothing():
+    method, model = build(low_rank_dim=8, num_heads=2, merge=True)
+    batch = tiny_batch()
+    base_flops = count_flops(tiny_model(), batch)
+    tokens, d, heads, width = batch["input_ids"].numel(), 32, 2, 4
+    dense = 2 * tokens * d * d  # F.linear with the dense d_out x d_in update
+    cdist = 2 * heads * d * d * (width + 2)  # registered formula for aten._euclidean_dist
+    assert count_flops(model, batch) - base_flops == 4 * (dense + cdist)
+    model = method.finalize(model)
+    assert count_flops(model, batch) == base_flops
+
+
+def test_cdist_flops_are_counted_on_both_kernels_paths():
+    import methods.snell.layer  # noqa: F401  (registers the formulas)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from orchestrator.measure.flops import EXTRA_FLOP_FORMULAS
+
+    # cdist takes the matmul path (aten._euclidean_dist) when either side has more than
+    # 25 rows, and the direct one (aten._cdist_forward) otherwise.
+    for rows, cols, expected in ((40, 30, 2 * 2 * 40 * 30 * (3 + 2)), (10, 20, 3 * 2 * 10 * 20 * 3)):
+        x1, x2 = torch.randn(2, rows, 3), torch.randn(2, cols, 3)
+        with FlopCounterMode(display=False, custom_mapping=dict(EXTRA_FLOP_FORMULAS)) as counter:
+            torch.cdist(x1, x2)
+        assert counter.get_total_flops() == expected
+
+
+@pytest.mark.slow
+def test_a_few_steps_of_training_lower_the_loss():
+    method, model = build(sparsity=0.5)
+    optimizer = torch.optim.AdamW(method.param_groups(model, 0.0), lr=3e-3)
+    batch = tiny_batch()
+    losses = []
+    for _ in range(15):
+        loss = model.train()(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
