@@ -98,7 +98,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
         for column in ("hyperparameter", "default", "meaning"):
             table.add_column(column)
         for field_name, field in cls.Config.model_fields.items():
-            table.add_row(field_name, repr(field.default), field.description or "")
+            table.add_row(field_name, repr(field.get_default(call_default_factory=True)), field.description or "")
         console.print(table)
     return EXIT_OK
 
@@ -107,14 +107,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.execute.ray_session import prepare_ray_environment
 
     prepare_ray_environment(args.address)  # before anything imports ray
+    from orchestrator.plan import make_plan
+
+    plan = make_plan(_load(args.file, args.profile))  # bad input stops here: no Ray, no MLflow
     _sigterm_as_interrupt()
     from orchestrator.execute.runner import AllTrialsFailedError, RunOptions, run_plan
-    from orchestrator.plan import make_plan
     from orchestrator.tasks.datasets import DatasetUnavailableError
     from orchestrator.tasks.models import ModelUnavailableError
 
-    loaded = _load(args.file, args.profile)
-    plan = make_plan(loaded)
     options = RunOptions(
         tracking_uri=args.tracking_uri, address=args.address, storage_path=args.storage_path,
         state_dir=Path(args.state_dir), fresh=args.fresh, quiet=args.quiet,

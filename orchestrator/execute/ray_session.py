@@ -55,6 +55,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
                 "(orchestrator.execute.ray_session.prepare_ray_environment) before ray is imported"
             )
         ray.init(
+            address="local",  # a new instance; never join a `ray start` cluster found on this machine
             num_cpus=num_cpus or os.cpu_count(),
             include_dashboard=False,
             log_to_driver=False,

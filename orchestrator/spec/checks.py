@@ -155,6 +155,9 @@ def check_hypothesis(spec: Hypothesis, located: LocatedYaml, base_dir: Path, spa
             for err in exc.errors():
                 loc = ("arms", arm_name, "fixed", *err["loc"])
                 issue(loc, err["msg"])
+        except Exception as exc:  # noqa: BLE001 - a method's validator that raises TypeError
+            # (e.g. `target_modules: 5` -> "'int' object is not iterable") is still bad input
+            issue(("arms", arm_name, "fixed"), f"method {arm.method!r} rejects these values: {type(exc).__name__}: {exc}")
         space_path = resolve_space_path(arm.space, arm.method, base_dir)
         if space_path is None:
             continue
