@@ -1,0 +1,200 @@
+"""CoGaLoRA: LoRA modules switched on or off per input by their own tiny router.
+
+Each adapted module m has LoRA factors (A, B, rank r, s = alpha / r, so at full
+activity it is exactly LoRA-r) and a router reading its own input x (B, T, d_in):
+
+    p_m(x) = sigmoid(W2 GELU(W1 masked_mean(x) + b1) + b2),   d_in -> hidden (4) -> 1
+    y = W0 x + g * s * B A x
+
+Training: g is a straight-through Bernoulli(p) sample, ``hard - p.detach() + p``
+(the seed's sketch had the sign reversed: METHODS.md section 6, flaw 1), or a
+straight-through Gumbel-sigmoid with an annealed temperature (``gate: gumbel``);
+the loss gains lambda * mean p (over modules and examples). During the first
+``warmup_fraction`` of the steps every gate is on and the penalty is off, so the
+adapters learn before their routers start cutting them. The seed's forward added x
+to an output that already held the base and the LoRA term (flaw 2); here the base
+output is computed once, by the frozen ``base_layer``.
+
+Inference (eval mode): g = 1[p > tau]. The adapter runs only on the real tokens of
+the examples whose gate is on (gather -> compute -> index_add), so its FLOPs fall
+with activity; the router (a masked mean, 2 T d_in FLOPs per example, plus the
+MLP) always runs. Compare with *unmerged* LoRA: a merged LoRA costs 0 extra FLOPs
+and a routed adapter cannot be merged (flaw 9).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+from torch import Tensor, nn
+
+from methods import register
+from methods._routing import (
+    RoutedUnit,
+    RoutingSchedule,
+    TokenMask,
+    add_routed,
+    bernoulli_st,
+    block_of,
+    find_targets,
+    freeze_base_train_head,
+    gumbel_sigmoid_st,
+    init_lora_factors,
+    masked_mean,
+    parse_module_list,
+    replace_module,
+)
+from methods._routing_stats import EXAMPLE_METRICS, start_recording, summarize, write_summary
+from methods.base import BuildContext, Method, MethodConfig, StepInfo
+
+
+class CoGaLoraConfig(MethodConfig):
+    r: int = Field(8, ge=1, le=256, description="LoRA rank of every module")
+    lora_alpha: float = Field(16.0, gt=0, description="scaling numerator: s = alpha / r")
+    router_hidden: int = Field(4, ge=1, le=1024, description="hidden width of each module's router (seed: 4)")
+    lam: float = Field(0.2, ge=0.0, description="lambda: weight of mean gate probability in the loss (seed grid 0.1-0.4)")
+    gate: Literal["bernoulli", "gumbel"] = Field("bernoulli", description="training gate: ST Bernoulli or ST Gumbel-sigmoid")
+    gate_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="tau: at inference a module runs when p > tau")
+    gate_bias_init: float = Field(3.0, description="initial router output bias (+3: p = 0.95, adapters start on)")
+    warmup_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of steps with every gate on, no penalty")
+    tau_start: float = Field(1.0, gt=0.0, description="gate=gumbel: temperature after warmup")
+    tau_end: float = Field(0.1, gt=0.0, description="gate=gumbel: temperature at the end (geometric decay)")
+    target_modules: list[str] | None = Field(
+        None, description="module-name suffixes to adapt (a list, or 'query,value'); default: the task's"
+    )
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return parse_module_list(value)
+
+
+class CoGaLoRALinear(nn.Module, RoutedUnit):
+    """A frozen ``base_layer`` plus ``cogalora_A``, ``cogalora_B`` and ``cogalora_router``."""
+
+    def __init__(
+        self,
+        base: nn.Linear,
+        config: CoGaLoraConfig,
+        schedule: RoutingSchedule,
+        token_mask: TokenMask,
+        block: str,
+        module: str,
+    ) -> None:
+        nn.Module.__init__(self)
+        d_in, d_out = base.in_features, base.out_features
+        self.init_unit(block, [(module, 2 * (d_in + d_out))], config.r)
+        self.base_layer = base
+        self.cogalora_A, self.cogalora_B = init_lora_factors(config.r, d_in, d_out)
+        self.cogalora_router = nn.Sequential(
+            nn.Linear(d_in, config.router_hidden), nn.GELU(), nn.Linear(config.router_hidden, 1)
+        )
+        with torch.no_grad():
+            self.cogalora_router[2].bias.fill_(config.gate_bias_init)
+        self.scale = config.lora_alpha / config.r
+        self.gate_kind = config.gate
+        self.gate_threshold = config.gate_threshold
+        self.schedule = schedule
+        self.token_mask = token_mask
+        #: gate probabilities of the last training forward (with graph), for the penalty
+        self.last_prob: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.base_layer(x)
+        tokens = self.token_mask.for_input(x)
+        logit = self.cogalora_router(masked_mean(x, tokens)).squeeze(-1)
+        if not self.training:
+            on = torch.sigmoid(logit) > self.gate_threshold
+            on, rank = self.hard_decision(on, torch.full_like(on, self.full_rank, dtype=torch.long))
+            return add_routed(out, x, tokens, on, rank, self._sliced)
+        prob = torch.sigmoid(logit)
+        self.last_prob = prob if torch.is_grad_enabled() else None
+        return out + self.gate(prob, logit)[:, None, None] * self._update(x)
+
+    def gate(self, prob: Tensor, logit: Tensor) -> Tensor:
+        """The training gate: 1 in warmup, else a straight-through sample."""
+        if self.schedule.in_warmup:
+            return torch.ones_like(prob)
+        if self.gate_kind == "gumbel":
+            return gumbel_sigmoid_st(logit, self.schedule.temperature)
+        return bernoulli_st(prob)
+
+    def _update(self, x: Tensor) -> Tensor:
+        return self.scale * F.linear(F.linear(x, self.cogalora_A), self.cogalora_B)
+
+    def _sliced(self, rows: Tensor, k: int, example: Tensor) -> Tensor:
+        return self._update(rows)
+
+
+@register
+class CoGaLoRA(Method):
+    name = "cogalora"
+    Config = CoGaLoraConfig
+    summary = "CoGaLoRA: per-module, per-input router switches each LoRA adapter on or off"
+    routed = True
+    metrics = {
+        **EXAMPLE_METRICS,
+        "trainable_params_final": "stored adapter parameters: LoRA factors and routers",
+        "router_params": "parameters of the per-module routers",
+        "train_mean_gate": "training-time mean gate probability over modules and examples (last step)",
+    }
+
+    def __init__(self, config: CoGaLoraConfig | None = None) -> None:
+        super().__init__(config)
+        self._summary = None
+        self._train_mean_gate: float | None = None
+
+    def build(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
+        cfg = self.config
+        targets = find_targets(model, list(cfg.target_modules or ctx.target_modules), ctx.head_modules)
+        freeze_base_train_head(model, ctx.head_modules)
+        token_mask = TokenMask.install(model)
+        schedule = RoutingSchedule(ctx.total_steps, cfg.warmup_fraction, cfg.tau_start, cfg.tau_end)
+        for name, linear in targets:
+            block = block_of(name)
+            module = name[len(block) + 1 :] if block else name
+            replace_module(model, name, CoGaLoRALinear(linear, cfg, schedule, token_mask, block or name, module))
+        return model.to(ctx.device)
+
+    @staticmethod
+    def layers(model: nn.Module) -> list[CoGaLoRALinear]:
+        return [m for m in model.modules() if isinstance(m, CoGaLoRALinear)]
+
+    def extra_loss(self, model: nn.Module, step: StepInfo) -> Tensor | None:
+        layers = self.layers(model)
+        probs = [layer.last_prob for layer in layers]
+        for layer in layers:
+            layer.last_prob = None
+        if not layers or any(p is None for p in probs):
+            return None
+        mean_prob = torch.stack([p.mean() for p in probs]).mean()
+        self._train_mean_gate = float(mean_prob.detach())
+        if layers[0].schedule.in_warmup:
+            return None
+        return self.config.lam * mean_prob
+
+    def after_optimizer_step(self, model: nn.Module, step: StepInfo) -> None:
+        for layer in self.layers(model)[:1]:  # one schedule object is shared by all layers
+            layer.schedule.step, layer.schedule.total_steps = step.step + 1, max(1, step.total_steps)
+
+    def after_evaluation(self, model: nn.Module, step: StepInfo, val_loss: float) -> dict[str, float]:
+        return {} if self._train_mean_gate is None else {"train_mean_gate": self._train_mean_gate}
+
+    def start_eval_stats(self, model: nn.Module) -> None:
+        start_recording(self.layers(model))
+
+    def end_eval_stats(self, model: nn.Module) -> dict[str, float]:
+        self._summary = summarize(self.layers(model))
+        return dict(self._summary.metrics) if self._summary else {}
+
+    def stats(self, model: nn.Module) -> dict[str, float]:
+        factors = sum(p.numel() for n, p in model.named_parameters() if n.endswith(("cogalora_A", "cogalora_B")))
+        routers = sum(p.numel() for n, p in model.named_parameters() if ".cogalora_router." in n)
+        return {"trainable_params_final": float(factors + routers), "router_params": float(routers)}
+
+    def write_artifacts(self, model: nn.Module, folder: Path) -> list[Path]:
+        return write_summary(Path(folder), self._summary, self.name)
