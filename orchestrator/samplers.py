@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 if TYPE_CHECKING:
     import optuna
+    import torch
 
 #: (sampler name, handles several objectives, is model-based)
 SAMPLER_TRAITS: dict[str, tuple[bool, bool]] = {
@@ -78,12 +79,93 @@ def _botorch(plan: SamplerPlan) -> Callable[[], "optuna.samplers.BaseSampler"]:
         from optuna_integration import BoTorchSampler
 
         return BoTorchSampler(
+            candidates_func=botorch_candidates,
             n_startup_trials=plan.startup_trials,
+            consider_running_trials=True,  # parallel trials: pending points enter qLogEI / qLogNEHVI
             seed=plan.seed,
             independent_sampler=optuna.samplers.RandomSampler(seed=plan.seed),
         )
 
     return build
+
+
+#: Acquisition optimisation budget (benchmarks/suggest_latency.py, docs/samplers.md).
+#: optuna-integration's defaults (10 restarts x 512 raw samples, 20 x 1024 for several
+#: objectives, 256 MC samples) cost 2-13 s per suggestion here; on a 4-parameter space
+#: (10 dimensions once categoricals are one-hot) a few restarts find the same optimum.
+BOTORCH_RESTARTS = 4
+BOTORCH_RAW_SAMPLES = 128
+BOTORCH_MC_SAMPLES = 64
+BOTORCH_MAXITER = 100
+BOTORCH_FIT_MAXITER = 50
+
+
+def botorch_candidates(train_x: "torch.Tensor", train_obj: "torch.Tensor", train_con: "torch.Tensor | None",
+                       bounds: "torch.Tensor", pending_x: "torch.Tensor | None") -> "torch.Tensor":
+    """BoTorchSampler's ``candidates_func``: qLogEI (one objective) or qLogNEHVI (several),
+    constraints as BoTorch outcome constraints (<= 0 feasible), pending trials as
+    ``X_pending``; a smaller acquisition optimisation than optuna-integration's.
+
+    Module level, so the sampler pickles (Ray checkpoints the searcher)."""
+    import botorch.optim  # noqa: F401  (loads scipy's OpenBLAS, so threadpoolctl sees it)
+    from threadpoolctl import threadpool_limits
+
+    # One BLAS thread: OMP_NUM_THREADS set after scipy's OpenBLAS is loaded changes nothing,
+    # and 2 OpenBLAS threads on a busy machine made each L-BFGS-B step ~5 ms instead of ~0.03 ms.
+    with threadpool_limits(limits=1):
+        return _botorch_candidates(train_x, train_obj, train_con, bounds, pending_x)
+
+
+def _botorch_candidates(train_x: "torch.Tensor", train_obj: "torch.Tensor", train_con: "torch.Tensor | None",
+                        bounds: "torch.Tensor", pending_x: "torch.Tensor | None") -> "torch.Tensor":
+    import functools
+
+    import torch
+    from botorch.acquisition.logei import qLogExpectedImprovement
+    from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
+    from botorch.acquisition.multi_objective.objective import IdentityMCMultiOutputObjective
+    from botorch.acquisition.objective import GenericMCObjective
+    from botorch.fit import fit_gpytorch_mll
+    from botorch.models import SingleTaskGP
+    from botorch.models.transforms.outcome import Standardize
+    from botorch.optim import optimize_acqf
+    from botorch.sampling import SobolQMCNormalSampler
+    from botorch.utils.transforms import normalize, unnormalize
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    n_objectives = train_obj.size(-1)
+    train_y = train_obj if train_con is None else torch.cat([train_obj, train_con], dim=-1)
+    constraints = None
+    if train_con is not None:
+        constraints = [functools.partial(_outcome, index=n_objectives + i) for i in range(train_con.size(-1))]
+    x = normalize(train_x, bounds=bounds)
+    pending = normalize(pending_x, bounds=bounds) if pending_x is not None and len(pending_x) else None
+
+    model = SingleTaskGP(x, train_y, outcome_transform=Standardize(m=train_y.size(-1)))
+    fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model), optimizer_kwargs={"options": {"maxiter": BOTORCH_FIT_MAXITER}})
+    sampler = SobolQMCNormalSampler(torch.Size([BOTORCH_MC_SAMPLES]))
+    if n_objectives == 1:
+        feasible = train_obj if train_con is None else train_obj[(train_con <= 0).all(dim=-1)]
+        best_f = feasible.max() if feasible.numel() else train_obj.min()  # none feasible yet: any feasible point improves
+        acqf = qLogExpectedImprovement(model=model, best_f=best_f, sampler=sampler, X_pending=pending,
+                                       objective=GenericMCObjective(functools.partial(_outcome, index=0)),
+                                       constraints=constraints)
+    else:
+        acqf = qLogNoisyExpectedHypervolumeImprovement(
+            model=model, ref_point=(train_obj.min(dim=0).values - 1e-8).tolist(), X_baseline=x, prune_baseline=True,
+            sampler=sampler, X_pending=pending, constraints=constraints,
+            objective=IdentityMCMultiOutputObjective(outcomes=list(range(n_objectives))),
+        )
+    unit = torch.zeros_like(bounds)
+    unit[1] = 1
+    candidates, _ = optimize_acqf(acq_function=acqf, bounds=unit, q=1, num_restarts=BOTORCH_RESTARTS,
+                                  raw_samples=BOTORCH_RAW_SAMPLES, options={"batch_limit": 5, "maxiter": BOTORCH_MAXITER})
+    return unnormalize(candidates.detach(), bounds=bounds)
+
+
+def _outcome(samples: "torch.Tensor", X: "torch.Tensor | None" = None, *, index: int) -> "torch.Tensor":
+    """Column ``index`` of the model's outcomes (objective or constraint, as BoTorch wants a callable)."""
+    return samples[..., index]
 
 
 @contextlib.contextmanager
