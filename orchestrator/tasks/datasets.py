@@ -181,7 +181,10 @@ def _hub_dataset(ref: str, text_column: str, label_column: str) -> TextDataset:
     try:
         import datasets
     except ImportError:
-        raise DatasetUnavailableError(f"dataset {ref!r} needs the 'datasets' package (pip install datasets)") from None
+        raise DatasetUnavailableError(
+            f"dataset {ref!r} needs the 'datasets' package (pip install datasets) and the hub; offline, use "
+            f"{', '.join(EMBEDDED_DATASETS)} or csv:PATH / jsonl:PATH"
+        ) from None
     name, _, config = ref.partition("/")
     try:
         loaded = datasets.load_dataset(name, config or None)
