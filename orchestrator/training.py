@@ -35,6 +35,10 @@ Reporter = Callable[[dict[str, Any], "Path | None"], None]
 PROBE_EXAMPLES = 16  # validation examples on which FLOPs are counted, one at a time
 
 
+class TrialTimeoutError(TimeoutError):
+    """The trial ran past ``search.trial_timeout_s``: it fails with that reason."""
+
+
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite: the trial fails at once with this reason."""
 
@@ -53,6 +57,7 @@ class TrialSetup:
     constraints: tuple = ()  # orchestrator.spec.checks.Constraint; checked analytically before training
     final_split: str = "validation"  # data split of the final evaluation
     confirm: bool = False  # confirmation run: the final evaluation is reported as test_*
+    timeout_s: float | None = None  # wall-time budget of the trial, checked after every step
     threads: int = 1
 
 
@@ -114,6 +119,7 @@ def run_trial(setup: TrialSetup, params: dict[str, Any], seed: int, data: "Prepa
     autocast = _autocast(device, training.precision)
 
     step, peak_trainable, train_time = 0, _adapter_trainable(model, heads), 0.0
+    deadline = time.monotonic() + setup.timeout_s if setup.timeout_s else None
     final: dict[str, Any] = {}
     for epoch in range(training.epochs):
         model.train()
@@ -136,6 +142,8 @@ def run_trial(setup: TrialSetup, params: dict[str, Any], seed: int, data: "Prepa
             optimizer.zero_grad(set_to_none=True)
             step += 1
             peak_trainable = max(peak_trainable, _adapter_trainable(model, heads))
+            if deadline is not None and time.monotonic() > deadline:
+                raise TrialTimeoutError(f"trial exceeded its {setup.timeout_s:g} s budget (search.trial_timeout_s) at step {step}")
             losses.append(loss.item())
         train_time += time.perf_counter() - started
         last = epoch == training.epochs - 1

@@ -67,3 +67,11 @@ def test_a_configuration_that_violates_an_analytic_constraint_is_never_trained(d
     assert final["infeasible_before_training"] == 1.0
     assert final["trainable_params"] == 4 * 8 * 64  # r(d_in + d_out) over 4 modules
     assert "train_time_s" not in final and len(reports) == 1
+
+
+def test_a_trial_past_its_time_budget_fails_with_that_reason(data, tmp_path):
+    from orchestrator.training import TrialTimeoutError
+
+    slow = TrialSetup(**{**setup().__dict__, "timeout_s": 1e-6})
+    with pytest.raises(TrialTimeoutError, match="budget .* at step 1"):
+        run_trial(slow, {}, 0, data, lambda m, a: None, tmp_path)

@@ -139,7 +139,7 @@ def _run_arm(arm_plan: ArmPlan, plan: Plan, data_ref: Any, tracker: Tracker, exp
     setup = TrialSetup(
         arm=arm, method=arm_plan.method, model=h.task.model, metric=h.task.metric, training=h.training,
         fixed=dict(arm_plan.fixed), target_modules=h.task.target_modules, threads=max(1, int(arm_plan.resources.cpu)),
-        constraints=tuple(arm_plan.constraints),
+        constraints=tuple(arm_plan.constraints), timeout_s=h.search.trial_timeout_s,
     )
     run_name = f"{h.name}--{plan.profile}--{parent_id[:8]}"
     base_tags = {"orchestrate.hypothesis": h.name, "orchestrate.method": arm_plan.method}

@@ -68,7 +68,7 @@ class SearchSpec(Strict):
     startup_trials: int | None = Field(None, ge=0, description="random trials before a model-based sampler starts")
     resources_per_trial: Resources = Field(default_factory=Resources)
     seed: int = Field(0, ge=0, description="seed of the sampler and of every search trial")
-    trial_timeout_s: float | None = Field(None, gt=0)
+    trial_timeout_s: float | None = Field(None, gt=0, description="a trial running longer fails with that reason (checked after every step)")
 
     @field_validator("objectives")
     @classmethod
