@@ -34,9 +34,6 @@ from torch import nn
 if TYPE_CHECKING:
     from torch import Tensor
 
-_BLOCK = re.compile(r"^(?P<block>.*?\.\d+)\.")
-
-
 # -- injection ------------------------------------------------------------------------
 def matches_suffix(name: str, suffixes: list[str]) -> bool:
     """peft's rule for a list of target modules: the exact name or a ``.suffix``."""
@@ -59,7 +56,7 @@ def find_targets(model: nn.Module, suffixes: list[str], exclude: list[str]) -> l
     for name, module in model.named_modules():
         if type(module) is not nn.Linear or not matches_suffix(name, suffixes):
             continue
-        if any(name == h or name.startswith(h + ".") or f".{h}." in f".{name}." for h in exclude):
+        if any(f".{h}." in f".{name}." for h in exclude):  # the head itself or inside it
             continue
         found.append((name, module))
     if not found:
@@ -74,10 +71,11 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def block_of(name: str) -> str:
-    """The transformer block a module belongs to: the prefix up to the last numbered
-    path component (``bert.encoder.layer.3.attention.self.query`` -> ``...layer.3``)."""
-    blocks = [m.end() for m in re.finditer(r"\.\d+(?=\.)", name)]
-    return name[: blocks[-1]] if blocks else ""
+    """The transformer block a module belongs to: the prefix up to the first numbered
+    path component (``bert.encoder.layer.3.attention.self.query`` -> ``...layer.3``;
+    T5's ``encoder.block.3.layer.0.SelfAttention.q`` -> ``encoder.block.3``)."""
+    match = re.search(r"\.\d+(?=\.)", name)
+    return name[: match.end()] if match else ""
 
 
 def freeze_base_train_head(model: nn.Module, head_modules: list[str]) -> None:

@@ -85,6 +85,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from rich.markup import escape
+
     from methods import available_methods, get_method
 
     console = Console()
@@ -98,7 +100,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
         for column in ("hyperparameter", "default", "meaning"):
             table.add_column(column)
         for field_name, field in cls.Config.model_fields.items():
-            table.add_row(field_name, repr(field.get_default(call_default_factory=True)), field.description or "")
+            table.add_row(escape(field_name), escape(repr(field.get_default(call_default_factory=True))), escape(field.description or ""))
         console.print(table)
     return EXIT_OK
 

@@ -67,7 +67,7 @@ class RadLoRA(Method):
         "trainable_params_final": "stored adapter parameters: factors, generators and routers",
         "router_params": "parameters of the per-block routers (hyper code layer excluded)",
         "generator_params": "parameters of the hyper generator (0 for generator=static)",
-        "train_rho": "training-time expected work fraction sum p E[k] c / sum r_max c (last step)",
+        "train_rho": "training-time expected work fraction sum p E(k) c / sum r_max c (last step)",
         "train_expected_blocks": "training-time sum over blocks of the mean gate probability (last step)",
         "dual_lambda": "current Lagrange multiplier of the budget (cost=dual)",
         "train_target_rho": "current target of the annealed budget (cost=dual)",

@@ -24,8 +24,8 @@ class RadLoraConfig(MethodConfig):
     gate_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="tau: at inference the block runs when p > tau")
     cost: Literal["fixed", "dual"] = Field(
         "dual",
-        description="fixed: loss += lambda_c sum p + lambda_r sum E[k] (the seed); dual: loss += "
-        "lambda (rho_hat - target_rho) with dual ascent on lambda",
+        description="fixed: loss += lambda_c sum p + lambda_r sum E(k) (the seed); dual: loss += "
+        "lambda (rho_hat - rho_t) + mu/2 (rho_hat - rho_t)^2, dual ascent on lambda, rho_t annealed to target_rho",
     )
     lambda_c: float = Field(0.1, ge=0.0, description="cost=fixed: weight of the summed gate probabilities")
     lambda_r: float = Field(0.05, ge=0.0, description="cost=fixed: weight of the summed expected ranks")
