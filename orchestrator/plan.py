@@ -99,6 +99,18 @@ def default_concurrency(resources: Resources, trials: int) -> int:
     return max(1, min(trials, int(cpus // per_trial) or 1))
 
 
+def first_point(searched: dict[str, ParamSpec], defaults: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
+    """The paper's defaults as a trial: conditional parameters are included exactly
+    when their condition holds for the other defaults and the fixed values."""
+    from orchestrator.space import _condition_holds
+
+    point = {k: v for k, v in defaults.items() if k in searched and not searched[k].when}
+    for name, spec in searched.items():
+        if spec.when and name in defaults and _condition_holds(spec.when, {**fixed, **point}):
+            point[name] = defaults[name]
+    return point
+
+
 def make_plan(loaded: LoadedSpec) -> Plan:
     from methods import get_method
 
@@ -110,7 +122,7 @@ def make_plan(loaded: LoadedSpec) -> Plan:
         params = dict(resolved.space.params) if resolved else {}
         defaults = dict(resolved.space.defaults) if resolved else {}
         searched = {k: v for k, v in params.items() if k not in arm.fixed}
-        point = {k: v for k, v in defaults.items() if k in searched and not searched[k].when}
+        point = first_point(searched, defaults, arm.fixed)
         sampler_name = h.search.sampler
         startup = h.search.startup_trials if h.search.startup_trials is not None else default_startup_trials(sampler_name, h.search.trials_per_arm)
         grid = DefineByRun(params, arm.fixed).grid() if sampler_name == "grid" else None
