@@ -1,7 +1,7 @@
 """Sample efficiency of orchestrate's samplers on a cheap but real objective.
 
-    python benchmarks/samplers.py collect                 # real trainings -> surrogate_table.csv (~1 h here)
-    python benchmarks/samplers.py [--reps 10] [--trials 40] [--samplers random,tpe,gp,botorch]
+    python benchmarks/samplers.py collect       # 105 real trainings -> surrogate_table.csv (19 min here)
+    python benchmarks/samplers.py [--reps 10] [--trials 40] [--samplers random,tpe,gp,botorch[,botorch-default]]
 
 The objective is a surrogate of REAL measured trials: ``collect`` runs
 ``orchestrator.training.run_trial`` (LoRA through orchestrate's own training loop) on
@@ -27,6 +27,7 @@ import datetime
 import math
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -87,8 +88,6 @@ def collect(out: Path) -> None:
             "# each row is one real run of orchestrator.training.run_trial (method lora); val_accuracy is after the last epoch\n"
             "r,lora_alpha,lr,val_accuracy,val_loss,seconds\n"
         )
-    import tempfile
-
     data = prepare_task(TaskSpec(**TASK), ROOT, Path(tempfile.gettempdir()) / "orchestrate-bench-cache")
     setup = TrialSetup(arm="surrogate", method="lora", model=TASK["model"], metric="accuracy",
                        training=TrainingSpec(**TRAINING), threads=1)
