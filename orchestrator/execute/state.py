@@ -27,13 +27,8 @@ class RunState:
             if data.get("spec_sha256") == spec_sha256 and not data.get("finished"):
                 return cls(path, data)
         state = cls(path, {"spec_sha256": spec_sha256, "hypothesis": hypothesis, "profile": profile, "arms": {}, "finished": False})
-        state.previous = json.loads(path.read_text()) if path.exists() else None  # type: ignore[attr-defined]
         state.save()
         return state
-
-    @property
-    def resumed(self) -> bool:
-        return bool(self.data.get("parent_run_id")) and not hasattr(self, "previous")
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
