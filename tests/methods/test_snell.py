@@ -66,12 +66,21 @@ def test_sparsify_gradient_is_the_magnitude_on_survivors_and_zero_elsewhere():
 
 
 def test_sparsify_works_above_the_quantile_size_limit():
-    delta = torch.rand(4097, 4097)  # 16,785,409 elements; 4096 x 4097 already breaks quantile
+    # 16,785,409 distinct magnitudes (float64: float32 repeats values past 2**24, and
+    # tied magnitudes are zeroed together, which would make the count inexact).
+    n = 4097 * 4097
+    delta = (torch.randperm(n, dtype=torch.float64) + 1).reshape(4097, 4097)
     assert delta.numel() > QUANTILE_LIMIT
     with pytest.raises(RuntimeError, match="too large"):
         torch.quantile(delta.flatten()[: QUANTILE_LIMIT + 1], 0.5)
     sparse = competition_sparsify(delta, 0.9)
-    assert int((sparse == 0).sum()) == round(0.9 * delta.numel())
+    assert int((sparse == 0).sum()) == round(0.9 * n)
+
+
+def test_sparsify_zeroes_ties_with_the_threshold_together():
+    delta = torch.tensor([1.0, 2.0, 2.0, 2.0, 3.0])
+    sparse = competition_sparsify(delta, 0.4)  # k = 2: tau = 2, and every 2 goes
+    assert sparse.tolist() == [0.0, 0.0, 0.0, 0.0, 9.0]
 
 
 # -- the kernel and the layer -----------------------------------------------------------
