@@ -36,6 +36,7 @@ class ArmPlan:
     trials: int
     max_concurrent: int
     resources: Resources
+    max_retries: int = 1
 
     @property
     def primary_metric(self) -> str:
@@ -136,7 +137,7 @@ def make_plan(loaded: LoadedSpec) -> Plan:
                 constraints=constraints_for(name, method_cls.routed, h.search.constraints),
                 scheduler=h.search.scheduler, trials=h.search.trials_per_arm,
                 max_concurrent=h.search.max_concurrent or default_concurrency(h.search.resources_per_trial, h.search.trials_per_arm),
-                resources=h.search.resources_per_trial,
+                resources=h.search.resources_per_trial, max_retries=h.search.max_retries,
             )
         )
     if len(h.search.objectives) > 1 and not SAMPLER_TRAITS[h.search.sampler][0]:

@@ -22,6 +22,7 @@ class TrialRecord:
     seed: int | None = None
     mlflow_run_id: str | None = None
     feasible: bool = True
+    reused_from: str | None = None  # MLflow run of the earlier search this trial came from
 
 
 @dataclass

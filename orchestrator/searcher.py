@@ -9,6 +9,10 @@ Two things Ray 2.60's ``OptunaSearch`` gets wrong for us (STACK-NOTES):
   before ``tell``; the deprecated ``constraints_func`` lambda also breaks Ray's
   pickling of the searcher at the first experiment checkpoint.
 
+It also starts from finished trials of earlier runs (``prior_trials``, see
+``orchestrator.execute.archive``): Ray's ``evaluated_rewards`` cannot carry a
+define-by-run space, several objectives, constraints or pruned trials.
+
 Everything else (suggestion, bookkeeping, checkpointing) is Ray's and Optuna's.
 """
 
@@ -22,6 +26,8 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from orchestrator.faults import ERROR_KEY
+from orchestrator.results import STOPPED, TrialRecord
 from orchestrator.samplers import limited_threads
 from orchestrator.spec.checks import Constraint
 
@@ -35,16 +41,53 @@ class HonestOptunaSearch(OptunaSearch):
     Args:
         constraints: bound on reported metrics; set on the Optuna trial before ``tell``.
         epochs: a trial whose last result has fewer epochs was stopped early.
+        prior_trials: finished trials of an earlier search, told to the study first.
         **kwargs: passed to ``OptunaSearch`` (space, metric, mode, sampler, ...).
     """
 
-    def __init__(self, *args: Any, constraints: list[Constraint] | None = None, epochs: int = 1, on_suggest: Any = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, constraints: list[Constraint] | None = None, epochs: int = 1, on_suggest: Any = None,
+                 prior_trials: list[TrialRecord] | None = None, **kwargs: Any) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        super().__init__(*args, **kwargs)
+        # read by _setup_study, which OptunaSearch.__init__ calls
         self._constraints = list(constraints or [])
         self._epochs = epochs
+        self._prior_trials = list(prior_trials or [])
+        super().__init__(*args, **kwargs)
         self.suggest_seconds: list[float] = []
         self._on_suggest = on_suggest  # progress display: the sampler's cost is visible
+
+    def _setup_study(self, mode: Any) -> None:
+        """Ray's study, then the prior trials, then the first points (enqueued after,
+        so the prior trials' ``ask`` does not consume them)."""
+        points, self._points_to_evaluate = self._points_to_evaluate, None
+        super()._setup_study(mode)
+        self._points_to_evaluate = points
+        if self._prior_trials:
+            sampler, self._ot_study.sampler = self._ot_study.sampler, optuna.samplers.RandomSampler()  # no model fit per told trial
+            try:
+                for record in self._prior_trials:
+                    self._tell_prior(record)
+            finally:
+                self._ot_study.sampler = sampler
+        for point in points or []:
+            self._ot_study.enqueue_trial(point)
+
+    def _tell_prior(self, record: TrialRecord) -> None:
+        self._ot_study.enqueue_trial(record.params, skip_if_exists=False)
+        ot_trial = self._ot_study.ask()
+        self._space(ot_trial)  # define-by-run: takes the enqueued values, records the distributions
+        metrics = record.metrics
+        for constraint in self._constraints:
+            value = metrics.get(constraint.metric)
+            ot_trial.set_constraint(str(constraint), constraint.violation(float(value)) if _finite(value) else MISSING_METRIC_VIOLATION)
+        values = [metrics.get(m) for m in _as_list(self.metric)]
+        if record.status == STOPPED:
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+        elif metrics.get("infeasible_before_training") or not all(_finite(v) for v in values):
+            worst = [-1e9 if mode == "max" else 1e9 for mode in _as_list(self.mode)]
+            self._ot_study.tell(ot_trial, worst if len(worst) > 1 else worst[0])
+        else:
+            self._ot_study.tell(ot_trial, [float(v) for v in values] if len(values) > 1 else float(values[0]))
 
     def suggest(self, trial_id: str) -> dict | None:
         started = time.perf_counter()
@@ -60,7 +103,14 @@ class HonestOptunaSearch(OptunaSearch):
         state["_on_suggest"] = None  # a bound method of the recorder: not part of the checkpoint
         return state
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if ERROR_KEY in result or any(m not in result for m in _as_list(self.metric)):
+            return None  # a failure report carries no objective values
+        return super().on_trial_result(trial_id, result)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if result and ERROR_KEY in result:  # the trial failed of its own doing (orchestrator.faults)
+            result, error = None, True
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)
         ot_trial = self._ot_trials[trial_id]

@@ -3,7 +3,9 @@
 All the work is in ``orchestrator.training.run_trial`` (testable without Ray). This
 adapter turns its reports into ``tune.report`` calls; the last one carries the
 trial's artifact folder as a checkpoint, so the files reach the run's storage (shared
-or object store on a cluster) and the driver can log them to MLflow.
+or object store on a cluster) and the driver can log them to MLflow. A trial that
+fails of its own doing reports the reason as its last result instead of raising, so
+Ray Tune retries only the transient failures (``orchestrator.faults``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from orchestrator.faults import failure_result, is_transient
 from orchestrator.training import TrialSetup, run_trial
+from orchestrator.watchdog import HangWatchdog
 
 SEED_KEY = "_seed"
 
@@ -39,4 +43,10 @@ def tune_entry(config: dict[str, Any], setup: TrialSetup, data: Any, seed: int) 
             tune.report(metrics)
 
     with tempfile.TemporaryDirectory(prefix="orchestrate-trial-") as workdir:
-        run_trial(setup, params, trial_seed, data, report, Path(workdir))
+        try:
+            with HangWatchdog(setup.timeout_s):
+                run_trial(setup, params, trial_seed, data, report, Path(workdir))
+        except Exception as exc:
+            if is_transient(exc):
+                raise  # Ray Tune retries it (search.max_retries)
+            tune.report(failure_result(exc))  # the trial's own fault: recorded, not retried

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from methods import BuildContext, StepInfo, get_method
+from orchestrator.faults import MemoryLimitError, NonFiniteLossError, TrialTimeoutError
 from orchestrator.measure import flops as flop_measure
 from orchestrator.spec.models import TRAINING_PARAMS, TrainingSpec
 from orchestrator.tasks.models import default_target_modules, head_modules, load_model, resolve_model
@@ -35,12 +36,6 @@ Reporter = Callable[[dict[str, Any], "Path | None"], None]
 PROBE_EXAMPLES = 16  # validation examples on which FLOPs are counted, one at a time
 
 
-class TrialTimeoutError(TimeoutError):
-    """The trial ran past ``search.trial_timeout_s``: it fails with that reason."""
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite: the trial fails at once with this reason."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +53,7 @@ class TrialSetup:
     final_split: str = "validation"  # data split of the final evaluation
     confirm: bool = False  # confirmation run: the final evaluation is reported as test_*
     timeout_s: float | None = None  # wall-time budget of the trial, checked after every step
+    memory_limit_mb: float | None = None  # peak memory of the trial's process (RSS; GPU: allocated), checked after every step
     threads: int = 1
 
 
@@ -144,6 +140,8 @@ def run_trial(setup: TrialSetup, params: dict[str, Any], seed: int, data: "Prepa
             peak_trainable = max(peak_trainable, _adapter_trainable(model, heads))
             if deadline is not None and time.monotonic() > deadline:
                 raise TrialTimeoutError(f"trial exceeded its {setup.timeout_s:g} s budget (search.trial_timeout_s) at step {step}")
+            if setup.memory_limit_mb and (used := _peak_memory_mb(device)) > setup.memory_limit_mb:
+                raise MemoryLimitError(f"trial peaked at {used:.0f} MB, over its {setup.memory_limit_mb:g} MB limit (search.trial_memory_mb) at step {step}")
             losses.append(loss.item())
         train_time += time.perf_counter() - started
         last = epoch == training.epochs - 1

@@ -9,7 +9,8 @@ import pytest
 
 from orchestrator.spec.models import TaskSpec, TrainingSpec
 from orchestrator.tasks.prepare import prepare_task
-from orchestrator.training import NonFiniteLossError, TrialSetup, run_trial
+from orchestrator.faults import NonFiniteLossError
+from orchestrator.training import TrialSetup, run_trial
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +71,16 @@ def test_a_configuration_that_violates_an_analytic_constraint_is_never_trained(d
 
 
 def test_a_trial_past_its_time_budget_fails_with_that_reason(data, tmp_path):
-    from orchestrator.training import TrialTimeoutError
+    from orchestrator.faults import TrialTimeoutError
 
     slow = TrialSetup(**{**setup().__dict__, "timeout_s": 1e-6})
     with pytest.raises(TrialTimeoutError, match="budget .* at step 1"):
         run_trial(slow, {}, 0, data, lambda m, a: None, tmp_path)
+
+
+def test_a_trial_over_its_memory_limit_fails_with_that_reason(data, tmp_path):
+    from orchestrator.faults import MemoryLimitError
+
+    hog = TrialSetup(**{**setup("failing", {"r": 2, "mode": "memory", "when": 1, "hog_mb": 64}).__dict__, "memory_limit_mb": 1})
+    with pytest.raises(MemoryLimitError, match=r"peaked at \d+ MB, over its 1 MB limit .* at step 1"):
+        run_trial(hog, {}, 0, data, lambda m, a: None, tmp_path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ray.tune import Callback
 
 from orchestrator.execute.progress import ArmProgress
+from orchestrator.faults import ERROR_KEY, TRACE_KEY
 from orchestrator.results import COMPLETED, FAILED, INFEASIBLE, STOPPED, TrialRecord
 from orchestrator.spec.checks import Constraint
 from orchestrator.tracking import ARM, LEVEL, Tracker
@@ -51,9 +53,13 @@ class TrialRecorder:
     base_tags: dict[str, str]
     name_params: list[str]
     static_params: dict[str, Any] = field(default_factory=dict)  # confirm runs: the best config
+    timeout_s: float | None = None  # search.trial_timeout_s: names the reason when a hung worker was ended
     records: dict[str, TrialRecord] = field(default_factory=dict)
     node_tagged: set[str] = field(default_factory=set)
     counter: int = 0
+    started_at: dict[str, float] = field(default_factory=dict)
+    traces: dict[str, str] = field(default_factory=dict)
+    retries: dict[str, int] = field(default_factory=dict)
 
     # -- events ---------------------------------------------------------------------
     def started(self, trial_id: str, config: dict[str, Any]) -> None:
@@ -74,6 +80,7 @@ class TrialRecorder:
             self.state.set_trial_run(self.arm, self.kind, trial_id, run_id)  # first: a kill now leaves no orphan
             self.tracker.log_params(run_id, self.static_params | params | ({"seed": seed} if seed is not None else {}))
         self.records[trial_id] = TrialRecord(trial_id, self.arm, self.kind, self.static_params | params, seed=seed, mlflow_run_id=run_id)
+        self.started_at[trial_id] = time.monotonic()
         if self.progress:
             self.progress.running += 1
 
@@ -93,6 +100,10 @@ class TrialRecorder:
         record = self.records.get(trial_id)
         if record is None:
             return
+        if ERROR_KEY in result:  # the trial's own fault, reported as its last result
+            record.error = str(result[ERROR_KEY])
+            self.traces[trial_id] = str(result.get(TRACE_KEY) or record.error)
+            return
         metrics = {k: v for k, v in result.items() if k not in HIDDEN_RESULT_KEYS and _number(v)}
         record.metrics.update(metrics)
         self.tracker.log_metrics(record.mlflow_run_id, metrics, step=int(result.get("epoch", result.get("training_iteration", 0))))
@@ -105,6 +116,9 @@ class TrialRecorder:
     def completed(self, trial_id: str, checkpoint_path: str | None) -> None:
         record = self.records.get(trial_id)
         if record is None:
+            return
+        if record.error is not None:
+            self._fail(record, record.error, self.traces.get(trial_id, record.error))
             return
         epoch = int(record.metrics.get("epoch", 0))
         record.status = COMPLETED if epoch >= self.epochs else STOPPED
@@ -127,13 +141,32 @@ class TrialRecorder:
         self._count(record.status)
 
     def errored(self, trial_id: str, error: str) -> None:
+        """Ray gave up on the trial: it raised past the trainable, or its worker died
+        (after ``search.max_retries`` retries)."""
         record = self.records.get(trial_id)
         if record is None:
             return
-        reason = _reason(error)  # the full trace goes to error.txt
+        reason = _reason(error)
+        elapsed = time.monotonic() - self.started_at.get(trial_id, time.monotonic())
+        if self.timeout_s and elapsed >= self.timeout_s and _worker_died(error):
+            reason = f"TrialHungError: hung inside a step past its {self.timeout_s:g} s budget (search.trial_timeout_s); its worker was ended"
+        self._fail(record, reason, error)
+
+    def retried(self, trial_id: str, error: str) -> None:
+        """A transient failure that Ray Tune retries: counted and kept on the run."""
+        record = self.records.get(trial_id)
+        if record is None:
+            return
+        count = self.retries[trial_id] = self.retries.get(trial_id, 0) + 1
+        self.tracker.set_tags(record.mlflow_run_id, {"orchestrate.retries": str(count), "orchestrate.retry_reason": _reason(error)})
+        self.tracker.log_text(record.mlflow_run_id, error, f"retry-{count}.txt")
+        if self.progress:
+            self.progress.running = max(0, self.progress.running - 1)
+
+    def _fail(self, record: TrialRecord, reason: str, trace: str) -> None:
         record.status, record.error = FAILED, reason
         self.tracker.set_tags(record.mlflow_run_id, {"orchestrate.status": FAILED, "orchestrate.error": reason})
-        self.tracker.log_text(record.mlflow_run_id, error, "error.txt")
+        self.tracker.log_text(record.mlflow_run_id, trace, "error.txt")  # the full trace
         self.tracker.end_run(record.mlflow_run_id, "FAILED")
         self._persist(record)
         self._count(FAILED)
@@ -189,6 +222,10 @@ class RecorderCallback(Callback):
         if self.recorder:
             self.recorder.errored(trial.trial_id, _error_text(trial))
 
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.recorder:
+            self.recorder.retried(trial.trial_id, _error_text(trial))
+
     def release(self) -> None:
         _RECORDERS.pop(self.key, None)
 
@@ -214,6 +251,10 @@ def _reason(error: str) -> str:
         if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*:", line) and "RayTaskError" not in line:
             return line[:500]
     return (lines[-1] if lines else "unknown error")[:500]
+
+
+def _worker_died(error: str) -> bool:
+    return any(text in error for text in ("ActorDiedError", "RayActorError", "actor died", "WorkerCrashedError"))
 
 
 def _number(value: Any) -> bool:

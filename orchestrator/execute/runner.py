@@ -17,7 +17,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from orchestrator.execute.progress import Progress
+from orchestrator.execute.archive import TrialArchive, search_identity
+from orchestrator.execute.progress import ArmProgress, Progress
 from orchestrator.execute.recorder import TrialRecorder
 from orchestrator.execute.state import RunState
 from orchestrator.plan import ArmPlan, Plan
@@ -55,7 +56,7 @@ class RunOutcome:
 
 def run_plan(plan: Plan, options: RunOptions) -> RunOutcome:
     from orchestrator.execute.ray_session import ray_session
-    from orchestrator.tasks.prepare import prepare_task
+    from orchestrator.tasks.prepare import cache_key, prepare_task
 
     h = plan.hypothesis
     tracker = Tracker(options.tracking_uri)
@@ -65,6 +66,8 @@ def run_plan(plan: Plan, options: RunOptions) -> RunOutcome:
     parent_id = _parent_run(tracker, experiment_id, plan, state)
     storage = options.storage_path or str(state_dir / "ray")
     data = prepare_task(h.task, Path(plan.spec_path).parent, state_dir / "cache")
+    data_key = cache_key(h.task, Path(plan.spec_path).parent)
+    archive = TrialArchive(state_dir / "archive") if h.search.reuse_trials and not options.fresh else None
     arms: list[ArmOutcome] = []
     progress = Progress(options.quiet)
     try:
@@ -73,8 +76,15 @@ def run_plan(plan: Plan, options: RunOptions) -> RunOutcome:
 
             progress.line(f"{h.name} [{plan.profile}] on {where}; MLflow {tracker.uri} run {parent_id}")
             data_ref = ray.put(data)
+            unusable: list[str] = []
             for arm_plan in plan.arms:
-                arms.append(_run_arm(arm_plan, plan, data_ref, tracker, experiment_id, parent_id, state, storage, progress))
+                try:
+                    arms.append(_run_arm(arm_plan, plan, data_ref, tracker, experiment_id, parent_id, state, storage, progress, archive, data_key))
+                except AllTrialsFailedError as exc:  # the other arms still run: their trials are not wasted
+                    unusable.append(str(exc))
+                    progress.line(f"orchestrate: {exc}")
+            if unusable:
+                raise AllTrialsFailedError("no verdict: " + "; ".join(unusable))
         verdicts = _judge(plan, arms, tracker, parent_id)
     except BaseException as exc:
         _close_open_runs(tracker, state, parent_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
@@ -122,7 +132,8 @@ def _parent_run(tracker: Tracker, experiment_id: str, plan: Plan, state: RunStat
     return run_id
 
 
-def _run_arm(arm_plan: ArmPlan, plan: Plan, data_ref: Any, tracker: Tracker, experiment_id: str, parent_id: str, state: RunState, storage: str, progress: Progress) -> ArmOutcome:
+def _run_arm(arm_plan: ArmPlan, plan: Plan, data_ref: Any, tracker: Tracker, experiment_id: str, parent_id: str, state: RunState, storage: str,
+             progress: Progress, archive: TrialArchive | None, data_key: str) -> ArmOutcome:
     from orchestrator.execute.tuning import run_confirm, run_search
 
     h = plan.hypothesis
@@ -139,7 +150,7 @@ def _run_arm(arm_plan: ArmPlan, plan: Plan, data_ref: Any, tracker: Tracker, exp
     setup = TrialSetup(
         arm=arm, method=arm_plan.method, model=h.task.model, metric=h.task.metric, training=h.training,
         fixed=dict(arm_plan.fixed), target_modules=h.task.target_modules, threads=max(1, int(arm_plan.resources.cpu)),
-        constraints=tuple(arm_plan.constraints), timeout_s=h.search.trial_timeout_s,
+        constraints=tuple(arm_plan.constraints), timeout_s=h.search.trial_timeout_s, memory_limit_mb=h.search.trial_memory_mb,
     )
     run_name = f"{h.name}--{plan.profile}--{parent_id[:8]}"
     base_tags = {"orchestrate.hypothesis": h.name, "orchestrate.method": arm_plan.method}
@@ -149,14 +160,25 @@ def _run_arm(arm_plan: ArmPlan, plan: Plan, data_ref: Any, tracker: Tracker, exp
         trials = [TrialRecord(**t) for t in arm_state["trials"]]
     else:
         _close_stale(tracker, state.trial_runs(arm, "trial"))
+        arm_progress = progress.arm(arm, "search", arm_plan.trials, arm_plan.primary_metric, arm_plan.primary_mode)
+        identity = search_identity(plan, arm_plan, data_key)
+        prior = archive.load(identity)[: arm_plan.trials] if archive else []
+        reused = [_log_reused(tracker, experiment_id, arm_run, state, record, base_tags, arm_progress) for record in prior]
+        if reused:
+            progress.line(f"{arm}: {len(reused)} finished trials reused from earlier runs; {max(0, arm_plan.trials - len(reused))} new")
         recorder = TrialRecorder(tracker, experiment_id, arm_run, arm, "trial", h.training.epochs, arm_plan.constraints, state,
-                                 progress.arm(arm, "search", arm_plan.trials, arm_plan.primary_metric, arm_plan.primary_mode), base_tags, name_params)
-        trials = run_search(arm_plan, setup, data_ref, recorder, storage, f"{run_name}--{arm}-search", h.search.seed)
+                                 arm_progress, base_tags, name_params, timeout_s=h.search.trial_timeout_s)
+        trials = reused + run_search(arm_plan, setup, data_ref, recorder, storage, f"{run_name}--{arm}-search", h.search.seed, prior)
         state.set_arm(arm, search_done=True, trials=[asdict(t) for t in trials])
+        if archive:
+            archive.add(identity, trials)
     if len(arm_plan.objectives) > 1:
         _log_pareto_front(tracker, arm_run, arm, trials, arm_plan)
     best, reason = select_best(trials, arm_plan)
     if best is None:
+        tracker.set_tags(arm_run, {"orchestrate.error": reason})
+        tracker.log_metrics(arm_run, _count_metrics(trials))
+        tracker.end_run(arm_run, "FAILED")
         raise AllTrialsFailedError(f"arm {arm!r}: {reason}")
     tracker.set_tags(arm_run, {"orchestrate.best_trial": best.trial_id, "orchestrate.best_reason": reason, "orchestrate.best_run": best.mlflow_run_id or ""})
     tracker.log_metrics(arm_run, {f"best_{k}": v for k, v in best.metrics.items()} | _count_metrics(trials))
@@ -169,13 +191,35 @@ def _run_arm(arm_plan: ArmPlan, plan: Plan, data_ref: Any, tracker: Tracker, exp
         seeds = [h.confirm.first_seed + i for i in range(h.confirm.seeds)]
         recorder = TrialRecorder(tracker, experiment_id, arm_run, arm, "confirm", h.training.epochs, [], state,
                                  progress.arm(arm, "confirm", len(seeds), f"test_{h.task.metric}", "max"),
-                                 base_tags | {"orchestrate.confirm_split": h.confirm.split}, [], static_params=dict(best.params))
+                                 base_tags | {"orchestrate.confirm_split": h.confirm.split}, [], static_params=dict(best.params),
+                                 timeout_s=h.search.trial_timeout_s)
         confirm = run_confirm(arm_plan, setup, best.params, seeds, h.confirm.split, data_ref, recorder, storage, f"{run_name}--{arm}-confirm")
         state.set_arm(arm, confirm_done=True, confirm_records=[asdict(t) for t in confirm])
     finished = [c for c in confirm if c.status != FAILED]
     tracker.log_metrics(arm_run, {"confirm_runs": len(finished), "confirm_failed": len(confirm) - len(finished)})
     tracker.end_run(arm_run, "FINISHED")
     return ArmOutcome(arm, arm_plan.method, trials, best, reason, confirm)
+
+
+def _log_reused(tracker: Tracker, experiment_id: str, arm_run: str, state: RunState, prior: TrialRecord, base_tags: dict[str, str], progress: ArmProgress) -> TrialRecord:
+    """An archived trial as a trial run of this search (once, even across resumes):
+    its parameters, final metrics and status, and the run it came from."""
+    from dataclasses import replace
+
+    run_id = state.trial_run(prior.arm, "trial", prior.trial_id)
+    if not run_id or tracker.run_status(run_id) is None:
+        tags = {**base_tags, LEVEL: "trial", ARM: prior.arm, "orchestrate.trial_id": prior.trial_id, "orchestrate.status": prior.status,
+                "orchestrate.reused_from": prior.reused_from or prior.mlflow_run_id or ""}
+        run_id = tracker.start_run(experiment_id, f"{prior.arm} reused {prior.trial_id}", tags, parent_id=arm_run)
+        state.set_trial_run(prior.arm, "trial", prior.trial_id, run_id)
+        tracker.log_params(run_id, prior.params)
+        tracker.log_metrics(run_id, {k: v for k, v in prior.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        tracker.end_run(run_id, "FINISHED")
+    progress.done += 1
+    if prior.status == STOPPED:
+        progress.stopped += 1
+    progress.offer(prior.metrics.get(progress.metric))
+    return replace(prior, mlflow_run_id=run_id, reused_from=prior.reused_from or prior.mlflow_run_id)
 
 
 def _log_pareto_front(tracker: Tracker, arm_run: str, arm: str, trials: list[TrialRecord], plan: ArmPlan) -> None:

@@ -57,8 +57,12 @@ def _fit(recorder: TrialRecorder, trainable: Any, storage: Path | str, name: str
     registered under the old callback's key, so the restored callback reports to it.
     Trials that finished before the interruption come back from the run state.
     """
+    import os
+
     from ray import tune
 
+    # a failed trial's last result carries its reason, not the objectives (orchestrator.faults)
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     path = f"{str(storage).rstrip('/')}/{name}"
     key_name = f"{recorder.kind}_callback_key"
     old_key = recorder.state.arm(recorder.arm).get(key_name)
@@ -76,10 +80,37 @@ def _fit(recorder: TrialRecorder, trainable: Any, storage: Path | str, name: str
     return recorder.all_records()
 
 
-def run_search(plan: ArmPlan, setup: TrialSetup, data_ref: Any, recorder: TrialRecorder, storage: Path | str, name: str, seed: int) -> list[TrialRecord]:
-    """The arm's hyperparameter search; returns a record per trial."""
-    from ray import tune
+def _same_point(point: dict[str, Any], params: dict[str, Any]) -> bool:
+    return all(params.get(k) == v for k, v in point.items())
+
+
+def _scheduler(plan: ArmPlan, epochs: int) -> Any:
+    """Ray's ASHA, FIFO, or an Optuna pruner; with one epoch there is nothing to stop early."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from orchestrator.pruning import PRUNERS, OptunaPrunerScheduler
+
+    if epochs <= 1 or plan.scheduler == "fifo":
+        return FIFOScheduler()
+    if plan.scheduler in PRUNERS:
+        return OptunaPrunerScheduler(plan.scheduler, plan.primary_metric, plan.primary_mode, epochs, plan.trials)
+    return ASHAScheduler(
+        metric=plan.primary_metric, mode=plan.primary_mode, time_attr="training_iteration",
+        max_t=epochs, grace_period=1, reduction_factor=2,
+    )
+
+
+def run_search(plan: ArmPlan, setup: TrialSetup, data_ref: Any, recorder: TrialRecorder, storage: Path | str, name: str, seed: int,
+               prior: list[TrialRecord] | None = None) -> list[TrialRecord]:
+    """The arm's hyperparameter search; returns a record per trial run here.
+
+    ``prior``: finished trials of an earlier search with the same identity; the
+    sampler starts from them and only ``plan.trials - len(prior)`` new trials run.
+    """
+    prior = list(prior or [])
+    if len(prior) >= plan.trials:
+        return []
+    from ray import tune
 
     from orchestrator.searcher import HonestOptunaSearch
 
@@ -93,28 +124,23 @@ def run_search(plan: ArmPlan, setup: TrialSetup, data_ref: Any, recorder: TrialR
             metric=metrics if len(metrics) > 1 else metrics[0],
             mode=modes if len(modes) > 1 else modes[0],
             sampler=build_sampler(plan.sampler),
-            points_to_evaluate=plan.points_to_evaluate or None,
+            points_to_evaluate=[p for p in plan.points_to_evaluate if not any(_same_point(p, r.params) for r in prior)] or None,
             constraints=plan.constraints,
             epochs=epochs,
             on_suggest=recorder.suggested,
+            prior_trials=prior,
         )
-        if plan.scheduler == "asha" and epochs > 1:
-            scheduler: Any = ASHAScheduler(
-                metric=plan.primary_metric, mode=plan.primary_mode, time_attr="training_iteration",
-                max_t=epochs, grace_period=1, reduction_factor=2,
-            )
-        else:
-            scheduler = FIFOScheduler()
+        scheduler = _scheduler(plan, epochs)
         return tune.Tuner(
             trainable,
             param_space={},
             tune_config=tune.TuneConfig(
-                search_alg=searcher, scheduler=scheduler, num_samples=plan.trials,
+                search_alg=searcher, scheduler=scheduler, num_samples=plan.trials - len(prior),
                 max_concurrent_trials=plan.max_concurrent,
                 # one worker process serves several trials: no torch/transformers import per trial
                 reuse_actors=True,
             ),
-            run_config=_run_config(name, storage, callback, max_failures=0),
+            run_config=_run_config(name, storage, callback, max_failures=plan.max_retries),
         )
 
     return _fit(recorder, trainable, storage, name, build)
@@ -133,7 +159,7 @@ def run_confirm(plan: ArmPlan, setup: TrialSetup, best_params: dict[str, Any], s
             trainable,
             param_space={SEED_KEY: tune.grid_search(seeds)},
             tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=plan.max_concurrent, reuse_actors=True),
-            run_config=_run_config(name, storage, callback, max_failures=1),
+            run_config=_run_config(name, storage, callback, max_failures=plan.max_retries),
         )
 
     return _fit(recorder, trainable, storage, name, build)

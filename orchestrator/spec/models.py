@@ -12,6 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SAMPLERS = ("botorch", "gp", "tpe", "cmaes", "nsga2", "qmc", "random", "grid")
+#: Ray Tune's schedulers (asha, fifo) and Optuna's pruners run as a scheduler (median, sha, hyperband).
+SCHEDULERS = ("asha", "fifo", "median", "sha", "hyperband")
 #: Training keys that a search space or an arm's ``fixed`` may set per trial.
 TRAINING_PARAMS = ("lr", "weight_decay", "warmup_ratio")
 
@@ -64,11 +66,14 @@ class SearchSpec(Strict):
     constraints: list[str] = Field(default_factory=list, description="e.g. 'flops_ratio <= 0.25'; applied to routed arms")
     trials_per_arm: int = Field(8, ge=1, le=100000)
     max_concurrent: int | None = Field(None, ge=1, description="default: as many as the CPUs allow")
-    scheduler: Literal["asha", "fifo"] = "asha"
+    scheduler: Literal[SCHEDULERS] = Field("asha", description="asha/fifo (Ray Tune) or median/sha/hyperband (Optuna pruners)")  # type: ignore[valid-type]
     startup_trials: int | None = Field(None, ge=0, description="random trials before a model-based sampler starts")
     resources_per_trial: Resources = Field(default_factory=Resources)
     seed: int = Field(0, ge=0, description="seed of the sampler and of every search trial")
-    trial_timeout_s: float | None = Field(None, gt=0, description="a trial running longer fails with that reason (checked after every step)")
+    trial_timeout_s: float | None = Field(None, gt=0, description="a trial running longer fails with that reason (checked after every step; a hang inside a step is ended by a watchdog)")
+    trial_memory_mb: float | None = Field(None, gt=0, description="a trial whose process peaks above this much memory (RSS; GPU: allocated) fails with that reason")
+    max_retries: int = Field(1, ge=0, le=100, description="retries of a trial whose worker was lost (node loss, killed); a trial's own error is never retried")
+    reuse_trials: bool = Field(True, description="start from finished trials of earlier runs with the same search (more trials: only the new ones run)")
 
     @field_validator("objectives")
     @classmethod
