@@ -19,6 +19,7 @@ Everything else (suggestion, bookkeeping, checkpointing) is Ray's and Optuna's.
 from __future__ import annotations
 
 import math
+import pickle
 import time
 from typing import Any
 
@@ -102,6 +103,12 @@ class HonestOptunaSearch(OptunaSearch):
         state = dict(self.__dict__)
         state["_on_suggest"] = None  # a bound method of the recorder: not part of the checkpoint
         return state
+
+    def save(self, checkpoint_path: str) -> None:
+        """Ray's ``save`` pickles ``__dict__`` as is, which would drag the progress
+        callback (and the recorder behind it) into every experiment checkpoint."""
+        with open(checkpoint_path, "wb") as out:
+            pickle.dump(self.__getstate__(), out)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if ERROR_KEY in result or any(m not in result for m in _as_list(self.metric)):

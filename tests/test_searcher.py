@@ -107,3 +107,20 @@ def test_a_constrained_sampler_uses_the_prior_trials():
     assert len(search._ot_study.trials) == 4 and type(search._ot_study.sampler).__name__ == "GPSampler"
     config = search.suggest("new")
     assert set(config) >= {"r", "lr", "dropout"} and math.isfinite(config["lr"])
+
+
+def test_a_checkpoint_never_holds_the_progress_callback(tmp_path):
+    class Unpicklable:
+        def __reduce__(self):
+            raise TypeError("the recorder must stay out of checkpoints")
+
+        def __call__(self, seconds):
+            self.seen = seconds
+
+    callback = Unpicklable()
+    search = HonestOptunaSearch(space=DefineByRun(SPACE, {}), metric="val_accuracy", mode="max", on_suggest=callback)
+    run(search, 0, 1)
+    search.save(str(tmp_path / "s.pkl"))  # Ray calls this at every experiment checkpoint
+    restored = searcher()
+    restored.restore(str(tmp_path / "s.pkl"))
+    assert len(restored._ot_study.trials) == 1 and restored._on_suggest is None

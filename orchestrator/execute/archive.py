@@ -12,8 +12,8 @@ Only trials that ended for a reason of the configuration are kept: COMPLETED,
 STOPPED (early-stopped) and INFEASIBLE. FAILED trials are run again. ``--fresh`` and
 ``search.reuse_trials: false`` ignore the archive.
 
-One JSON line per trial under ``.orchestrate/archive/<identity>.jsonl``, appended
-after each search; never pickle.
+One JSON line per trial under ``.orchestrate/archive/<identity>.jsonl``, appended as
+each trial ends (an interrupted search loses none); never pickle.
 """
 
 from __future__ import annotations

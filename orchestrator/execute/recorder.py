@@ -17,7 +17,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ray.tune import Callback
 
@@ -54,6 +54,7 @@ class TrialRecorder:
     name_params: list[str]
     static_params: dict[str, Any] = field(default_factory=dict)  # confirm runs: the best config
     timeout_s: float | None = None  # search.trial_timeout_s: names the reason when a hung worker was ended
+    on_finished: Callable[[TrialRecord], None] | None = None  # search trials: into the archive as each one ends
     records: dict[str, TrialRecord] = field(default_factory=dict)
     node_tagged: set[str] = field(default_factory=set)
     counter: int = 0
@@ -95,6 +96,8 @@ class TrialRecorder:
 
     def _persist(self, record: TrialRecord) -> None:
         self.state.set_record(self.arm, self.kind, record.trial_id, asdict(record))
+        if self.on_finished is not None:
+            self.on_finished(record)
 
     def result(self, trial_id: str, result: dict[str, Any]) -> None:
         record = self.records.get(trial_id)

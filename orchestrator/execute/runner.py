@@ -167,7 +167,8 @@ def _run_arm(arm_plan: ArmPlan, plan: Plan, data_ref: Any, tracker: Tracker, exp
         if reused:
             progress.line(f"{arm}: {len(reused)} finished trials reused from earlier runs; {max(0, arm_plan.trials - len(reused))} new")
         recorder = TrialRecorder(tracker, experiment_id, arm_run, arm, "trial", h.training.epochs, arm_plan.constraints, state,
-                                 arm_progress, base_tags, name_params, timeout_s=h.search.trial_timeout_s)
+                                 arm_progress, base_tags, name_params, timeout_s=h.search.trial_timeout_s,
+                                 on_finished=(lambda record: archive.add(identity, [record])) if archive else None)
         trials = reused + run_search(arm_plan, setup, data_ref, recorder, storage, f"{run_name}--{arm}-search", h.search.seed, prior)
         state.set_arm(arm, search_done=True, trials=[asdict(t) for t in trials])
         if archive:
