@@ -67,7 +67,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         out.print(f"    sampler {arm.sampler.describe()}; objectives {', '.join(f'{k} {v}' for k, v in arm.objectives.items())}")
         out.print(f"    constraints {', '.join(map(str, arm.constraints)) or 'none'}; scheduler {arm.scheduler}")
         resources = ", ".join(f"{k}={v}" for k, v in arm.resources.model_dump(exclude_none=True).items() if v)
-        out.print(f"    {arm.trials} trials, {arm.max_concurrent} at a time, each with {resources}; {arm.max_retries} retries if its worker is lost")
+        out.print(f"    {arm.trials} trials, {arm.max_concurrent} at a time, each with {resources}; up to {arm.max_retries} {'retry' if arm.max_retries == 1 else 'retries'} if its worker is lost")
     limits = [f"{h.search.trial_timeout_s:g} s" if h.search.trial_timeout_s else "", f"{h.search.trial_memory_mb:g} MB" if h.search.trial_memory_mb else ""]
     out.print(f"\nper-trial limits: {' and '.join(x for x in limits if x) or 'none'}; finished trials of earlier runs {'reused' if h.search.reuse_trials else 'not reused'}")
     out.print(f"\nconfirm: best config per arm x {h.confirm.seeds} fresh seeds on the {h.confirm.split} split")

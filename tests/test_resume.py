@@ -1,4 +1,5 @@
-"""Interruptions, for real: kill the driver mid-search, run again, nothing lost or doubled."""
+"""Interruptions, for real: kill the driver at several points, run again, nothing lost
+or doubled, and the same verdicts as a run that was never interrupted."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -17,6 +19,8 @@ from conftest import TINY_HYPOTHESIS
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
+SPEC = TINY_HYPOTHESIS.replace("trials_per_arm: 2", "trials_per_arm: 3").replace("max_concurrent: 2", "max_concurrent: 1")
+
 
 def start(spec: Path, folder: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "orchestrator.cli", "run", str(spec), "--quiet",
@@ -24,28 +28,38 @@ def start(spec: Path, folder: Path) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def finished_records(folder: Path) -> int:
+def state_of(folder: Path) -> dict[str, Any]:
     path = folder / "state" / "state" / "tiny-test--default.json"
-    if not path.exists():
-        return 0
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return 0
-    return sum(len(arm.get("records", {}).get("trial", {})) for arm in data.get("arms", {}).values())
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):  # not written yet
+        return {}
 
 
-def interrupt_after_first_trial(proc: subprocess.Popen, folder: Path, sig: int) -> None:
+def records(state: dict[str, Any], arm: str, kind: str) -> int:
+    return len(state.get("arms", {}).get(arm, {}).get("records", {}).get(kind, {}))
+
+
+# Where the driver is killed: a condition on its saved state, polled.
+POINTS: dict[str, Callable[[dict[str, Any]], bool]] = {
+    "during-search": lambda s: records(s, "small", "trial") >= 1,
+    "during-confirmation": lambda s: records(s, "small", "confirm") >= 1,
+    "between-arms": lambda s: bool(s.get("arms", {}).get("small", {}).get("confirm_done")) and "large" not in s.get("arms", {}),
+}
+
+
+def interrupt_at(proc: subprocess.Popen, folder: Path, sig: int, point: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
     deadline = time.monotonic() + 600
-    while finished_records(folder) < 1:
+    while not point(state := state_of(folder)):
         assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "no trial finished in 10 minutes"
-        time.sleep(0.5)
+        assert time.monotonic() < deadline, "the kill point never came in 10 minutes"
+        time.sleep(0.05)
     if sig == signal.SIGKILL:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
     else:
         proc.send_signal(sig)
     proc.wait(timeout=300)
+    return state
 
 
 def runs_of(folder: Path):
@@ -54,16 +68,33 @@ def runs_of(folder: Path):
     return client.search_runs([experiment.experiment_id], max_results=1000)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["sigkill", "sigint"])
-def test_interrupted_run_resumes_without_losing_or_doubling_trials(tmp_path, sig):
+def verdicts(runs) -> dict[str, str]:
+    (parent,) = [r for r in runs if r.data.tags.get("orchestrate.level") == "hypothesis"]
+    return {k: v for k, v in parent.data.tags.items() if k.startswith("verdict.")}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    (folder / "tiny.yaml").write_text(SPEC)
+    proc = start(folder / "tiny.yaml", folder)
+    _, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+    return verdicts(runs_of(folder))
+
+
+@pytest.mark.parametrize("sig, point", [
+    (signal.SIGKILL, "during-search"), (signal.SIGINT, "during-search"),
+    (signal.SIGKILL, "during-confirmation"), (signal.SIGKILL, "between-arms"),
+], ids=["sigkill-search", "sigint-search", "sigkill-confirmation", "sigkill-between-arms"])
+def test_interrupted_run_resumes_without_losing_or_doubling_trials(tmp_path, sig, point, uninterrupted):
     spec = tmp_path / "tiny.yaml"
-    spec.write_text(TINY_HYPOTHESIS.replace("trials_per_arm: 2", "trials_per_arm: 3").replace("max_concurrent: 2", "max_concurrent: 1"))
+    spec.write_text(SPEC)
     first = start(spec, tmp_path)
-    interrupt_after_first_trial(first, tmp_path, sig)
+    kept = interrupt_at(first, tmp_path, sig, POINTS[point])
     if sig == signal.SIGINT:
         assert first.returncode == 130
         assert "run the same command again to resume" in first.stderr.read()
-    survived = finished_records(tmp_path)
 
     second = start(spec, tmp_path)
     out, err = second.communicate(timeout=900)
@@ -83,4 +114,7 @@ def test_interrupted_run_resumes_without_losing_or_doubling_trials(tmp_path, sig
         assert all(r.info.status in ("FINISHED", "KILLED") for r in trials)
         confirms = [r for r in runs if r.data.tags.get("orchestrate.level") == "confirm" and r.data.tags["orchestrate.arm"] == arm]
         assert sorted(r.data.params["seed"] for r in confirms if r.info.status == "FINISHED") == ["1000", "1001"]
-    assert survived >= 1  # the interruption came after real progress, which was kept
+    # what finished before the kill was kept: its MLflow runs are the same ones
+    survived = {run_id for arm in kept.get("arms", {}).values() for kind in ("trial", "confirm") for run_id in arm.get(kind, {}).values()}
+    assert survived and survived <= {r.info.run_id for r in runs}
+    assert verdicts(runs) == uninterrupted
