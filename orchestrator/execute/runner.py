@@ -12,7 +12,7 @@ import collections
 import json
 import platform
 import subprocess
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -163,7 +163,7 @@ def _run_arm(arm_plan: ArmPlan, plan: Plan, data_ref: Any, tracker: Tracker, exp
         arm_progress = progress.arm(arm, "search", arm_plan.trials, arm_plan.primary_metric, arm_plan.primary_mode)
         identity = search_identity(plan, arm_plan, data_key)
         prior = archive.load(identity)[: arm_plan.trials] if archive else []
-        reused = [_log_reused(tracker, experiment_id, arm_run, state, record, base_tags, arm_progress) for record in prior]
+        reused = [_log_reused(tracker, experiment_id, arm_run, state, replace(record, arm=arm), base_tags, arm_progress) for record in prior]
         if reused:
             progress.line(f"{arm}: {len(reused)} finished trials reused from earlier runs; {max(0, arm_plan.trials - len(reused))} new")
         recorder = TrialRecorder(tracker, experiment_id, arm_run, arm, "trial", h.training.epochs, arm_plan.constraints, state,
@@ -203,10 +203,9 @@ def _run_arm(arm_plan: ArmPlan, plan: Plan, data_ref: Any, tracker: Tracker, exp
 
 
 def _log_reused(tracker: Tracker, experiment_id: str, arm_run: str, state: RunState, prior: TrialRecord, base_tags: dict[str, str], progress: ArmProgress) -> TrialRecord:
-    """An archived trial as a trial run of this search (once, even across resumes):
-    its parameters, final metrics and status, and the run it came from."""
-    from dataclasses import replace
-
+    """An archived trial (possibly of another hypothesis's arm with the same search)
+    as a trial run of this search, once even across resumes: its parameters, final
+    metrics and status, and the run it came from."""
     run_id = state.trial_run(prior.arm, "trial", prior.trial_id)
     if not run_id or tracker.run_status(run_id) is None:
         tags = {**base_tags, LEVEL: "trial", ARM: prior.arm, "orchestrate.trial_id": prior.trial_id, "orchestrate.status": prior.status,
