@@ -116,7 +116,7 @@ def _parent_run(tracker: Tracker, experiment_id: str, plan: Plan, state: RunStat
     tags = {
         LEVEL: "hypothesis", "orchestrate.hypothesis": h.name, "orchestrate.profile": plan.profile,
         "orchestrate.spec_sha256": plan.spec_sha256, "orchestrate.spec_file": plan.spec_path,
-        "orchestrate.git_commit": _git_commit(), "mlflow.note.content": h.statement,
+        "orchestrate.git_commit": _git_commit(plan.spec_path), "mlflow.note.content": h.statement,
     }
     run_id = tracker.start_run(experiment_id, f"{h.name} [{plan.profile}]", tags)
     tracker.log_params(run_id, {
@@ -331,9 +331,11 @@ def _close_open_runs(tracker: Tracker, state: RunState, parent_id: str, status: 
         pass
 
 
-def _git_commit() -> str:
+def _git_commit(spec_path: str) -> str:
+    """The commit of the repository holding the hypothesis file (the run may start elsewhere)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+        folder = str(Path(spec_path).resolve().parent)
+        out = subprocess.run(["git", "-C", folder, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
