@@ -223,24 +223,39 @@ def _log_reused(tracker: Tracker, experiment_id: str, arm_run: str, state: RunSt
 
 
 def _log_pareto_front(tracker: Tracker, arm_run: str, arm: str, trials: list[TrialRecord], plan: ArmPlan) -> None:
-    """The arm's non-dominated finished feasible trials: tagged, tabled, plotted."""
+    """The arm's non-dominated finished feasible trials: tagged, tabled, plotted.
+
+    With no feasible trial, the front of the trained infeasible ones is logged instead
+    (tag ``orchestrate.pareto=infeasible``, ``"feasible": false`` in the table): how far
+    the arm is from its budget is what the researcher needs to see then.
+    """
     import tempfile
 
     from orchestrator.pareto import pareto_indices, plot_front
 
     names, modes = list(plan.objectives), list(plan.objectives.values())
-    pool = [t for t in trials if t.status == COMPLETED and all(isinstance(t.metrics.get(n), (int, float)) for n in names)]
+
+    def measured(t: TrialRecord) -> bool:
+        return all(isinstance(t.metrics.get(n), (int, float)) for n in names) and not t.metrics.get("infeasible_before_training")
+
+    pool = [t for t in trials if t.status == COMPLETED and measured(t)]
+    feasible = bool(pool)
+    if not feasible:
+        pool = [t for t in trials if t.status == INFEASIBLE and measured(t)]
     if not pool:
         return
     points = [[float(t.metrics[n]) for n in names] for t in pool]
     front = pareto_indices(points, modes)
-    rows = [{"trial_id": pool[i].trial_id, "run_id": pool[i].mlflow_run_id, **dict(zip(names, points[i])), "params": pool[i].params} for i in front]
+    rows = [{"trial_id": pool[i].trial_id, "run_id": pool[i].mlflow_run_id, "feasible": feasible, **dict(zip(names, points[i])), "params": pool[i].params} for i in front]
     for i in front:
         if pool[i].mlflow_run_id:
-            tracker.set_tags(pool[i].mlflow_run_id, {"orchestrate.pareto": "true"})
+            tracker.set_tags(pool[i].mlflow_run_id, {"orchestrate.pareto": "true" if feasible else "infeasible"})
     tracker.log_text(arm_run, json.dumps(rows, indent=1, default=str), "pareto_front.json")
+    title = f"{arm}: {len(front)} of {len(pool)} trials on the front"
+    if not feasible:
+        title = f"{arm}: NO feasible trial; front of {len(pool)} violating {', '.join(map(str, plan.constraints))}"
     with tempfile.TemporaryDirectory() as folder:
-        path = plot_front(points, front, names, modes, f"{arm}: {len(front)} of {len(pool)} trials on the front", Path(folder) / "pareto_front.png")
+        path = plot_front(points, front, names, modes, title, Path(folder) / "pareto_front.png")
         tracker.client.log_artifact(arm_run, str(path))
     tracker.log_metrics(arm_run, {"pareto_size": len(front)})
 
