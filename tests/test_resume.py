@@ -44,7 +44,9 @@ def records(state: dict[str, Any], arm: str, kind: str) -> int:
 POINTS: dict[str, Callable[[dict[str, Any]], bool]] = {
     "during-search": lambda s: records(s, "small", "trial") >= 1,
     "during-confirmation": lambda s: records(s, "small", "confirm") >= 1,
-    "between-arms": lambda s: bool(s.get("arms", {}).get("small", {}).get("confirm_done")) and "large" not in s.get("arms", {}),
+    # the first arm done, the second started but without a finished trial (a window of
+    # seconds; "before the second arm's state exists" lasts milliseconds and polling misses it)
+    "between-arms": lambda s: bool(s.get("arms", {}).get("small", {}).get("confirm_done")) and records(s, "large", "trial") == 0,
 }
 
 
