@@ -64,7 +64,9 @@ class Failing(LoRA):
             hog.append(torch.ones(self.config.hog_mb * 2**18))  # float32: 4 bytes each, written so it is resident
             return None
         if mode == "die_once":
-            marker = Path(self.config.marker or f"/tmp/orchestrate-die-once-{os.getppid()}")
+            if not self.config.marker:
+                raise ValueError("mode die_once needs `marker`: the file that remembers the first attempt")
+            marker = Path(self.config.marker)
             if not marker.exists():
                 marker.write_text("died once")
                 os._exit(1)
