@@ -29,8 +29,8 @@ def trivial(config, epochs: int = 3, **_):
         tune.report({"epoch": epoch, "val_accuracy": 1.0 - (config["lr"] - 0.01) ** 2 / epoch})
 
 
-def trivial_entry(config, setup, data, seed):
-    trivial(config, setup.training.epochs)
+def trivial_entry(config, setups, data, seed):
+    trivial(config, next(iter(setups.values())).training.epochs)
 
 
 def run_raw(trials: int, concurrent: int, epochs: int, storage: str, reuse: bool = False) -> float:

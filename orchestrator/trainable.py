@@ -21,9 +21,13 @@ from orchestrator.training import TrialSetup, run_trial
 from orchestrator.watchdog import HangWatchdog
 
 SEED_KEY = "_seed"
+ARM_KEY = "_arm"  # which arm's setup a trial runs, when one Tuner serves several arms (confirmation)
 
 
-def tune_entry(config: dict[str, Any], setup: TrialSetup, data: Any, seed: int) -> None:
+def tune_entry(config: dict[str, Any], setups: dict[str, TrialSetup], data: Any, seed: int) -> None:
+    """One trial. ``setups`` maps arm -> setup; a search has one arm, the confirmation
+    Tuner all of them (``config[ARM_KEY]`` says which), so one worker process, with
+    torch and peft imported once, serves every arm's confirmation runs."""
     from ray import tune
 
     warnings.filterwarnings("ignore")
@@ -32,6 +36,7 @@ def tune_entry(config: dict[str, Any], setup: TrialSetup, data: Any, seed: int) 
     hf_logging.set_verbosity_error()  # its load report calls sys.stdout.isatty(); keep trial logs quiet
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    setup = setups[config[ARM_KEY]] if ARM_KEY in config else next(iter(setups.values()))
     trial_seed = int(config.get(SEED_KEY, seed))
     params = {k: v for k, v in config.items() if not k.startswith("_")}
 

@@ -23,6 +23,14 @@ from conftest import TINY_HYPOTHESIS
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = ("concurrent-a", "concurrent-b")
+# One arm is enough to race two drivers on one store (a second arm only adds a Tuner);
+# the claims stay two, on that arm.
+ONE_ARM = (
+    TINY_HYPOTHESIS.replace("  large: {method: lora, fixed: {r: 8}}\n", "")
+    .replace("  - small.flops_ratio <= large.flops_ratio / 2\n", "  - small.flops_ratio <= 0.5\n")
+    .replace("  - small.test_accuracy >= large.test_accuracy - 0.5\n", "  - small.test_accuracy >= 0\n")
+)
+assert "large" not in ONE_ARM, "TINY_HYPOTHESIS changed: update ONE_ARM"
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +42,7 @@ def two_runs(tmp_path_factory):
     processes = []
     for name in NAMES:
         spec = folder / f"{name}.yaml"
-        spec.write_text(TINY_HYPOTHESIS.replace("name: tiny-test", f"name: {name}"))
+        spec.write_text(ONE_ARM.replace("name: tiny-test", f"name: {name}"))
         command = [sys.executable, "-m", "orchestrator.cli", "run", str(spec), "--tracking-uri", uri,
                    "--state-dir", str(folder / f"state-{name}"), "--quiet"]
         processes.append(subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
@@ -69,7 +77,7 @@ def test_each_hypothesis_has_a_complete_record(two_runs, name):
     levels = {}
     for run in runs:
         levels.setdefault(run.data.tags["orchestrate.level"], []).append(run)
-    assert {k: len(v) for k, v in levels.items()} == {"hypothesis": 1, "arm": 2, "trial": 4, "confirm": 4}
+    assert {k: len(v) for k, v in levels.items()} == {"hypothesis": 1, "arm": 1, "trial": 2, "confirm": 2}
     assert all(run.info.status == "FINISHED" for run in runs), [(r.info.run_name, r.info.status) for r in runs]
     assert all("val_accuracy" in r.data.metrics for r in levels["trial"])
     assert all("test_accuracy" in r.data.metrics for r in levels["confirm"])

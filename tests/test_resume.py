@@ -44,9 +44,10 @@ def records(state: dict[str, Any], arm: str, kind: str) -> int:
 POINTS: dict[str, Callable[[dict[str, Any]], bool]] = {
     "during-search": lambda s: records(s, "small", "trial") >= 1,
     "during-confirmation": lambda s: records(s, "small", "confirm") >= 1,
-    # the first arm done, the second started but without a finished trial (a window of
-    # seconds; "before the second arm's state exists" lasts milliseconds and polling misses it)
-    "between-arms": lambda s: bool(s.get("arms", {}).get("small", {}).get("confirm_done")) and records(s, "large", "trial") == 0,
+    # the first arm's search done, the second's started but without a finished trial (a
+    # window of seconds; "before the second arm's state exists" lasts milliseconds and
+    # polling misses it). Confirmation comes after every search (one Tuner for all arms).
+    "between-arms": lambda s: bool(s.get("arms", {}).get("small", {}).get("search_done")) and records(s, "large", "trial") == 0,
 }
 
 

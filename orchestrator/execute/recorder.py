@@ -26,11 +26,12 @@ from orchestrator.faults import ERROR_KEY, TRACE_KEY
 from orchestrator.results import COMPLETED, FAILED, INFEASIBLE, STOPPED, TrialRecord
 from orchestrator.spec.checks import Constraint
 from orchestrator.tracking import ARM, LEVEL, Tracker
+from orchestrator.trainable import ARM_KEY, SEED_KEY
 
 if TYPE_CHECKING:
     from orchestrator.execute.state import RunState
 
-_RECORDERS: dict[str, "TrialRecorder"] = {}
+_RECORDERS: dict[str, dict[str, "TrialRecorder"]] = {}  # callback key -> arm -> recorder
 HIDDEN_RESULT_KEYS = {
     "timestamp", "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "time_since_restore",
     "iterations_since_restore", "checkpoint_dir_name", "done", "training_iteration", "date", "config", "trial_id", "experiment_tag",
@@ -65,7 +66,7 @@ class TrialRecorder:
     # -- events ---------------------------------------------------------------------
     def started(self, trial_id: str, config: dict[str, Any]) -> None:
         params = {k: v for k, v in config.items() if not k.startswith("_")}
-        seed = config.get("_seed")
+        seed = config.get(SEED_KEY)
         run_id = self.state.trial_run(self.arm, self.kind, trial_id)
         status = self.tracker.run_status(run_id) if run_id else None
         if status is not None:  # a trial resumed after an interruption: same MLflow run
@@ -193,41 +194,45 @@ class TrialRecorder:
 
 
 class RecorderCallback(Callback):
-    """Forwards Ray Tune trial events to a registered ``TrialRecorder``."""
+    """Forwards Ray Tune trial events to the registered ``TrialRecorder`` of the
+    trial's arm (one per arm when a Tuner serves several, as confirmation does)."""
 
-    def __init__(self, recorder: TrialRecorder, key: str | None = None) -> None:
+    def __init__(self, recorders: list[TrialRecorder], key: str | None = None) -> None:
         self.key = key or uuid.uuid4().hex
-        _RECORDERS[self.key] = recorder
+        _RECORDERS[self.key] = {recorder.arm: recorder for recorder in recorders}
 
-    @property
-    def recorder(self) -> TrialRecorder | None:
-        return _RECORDERS.get(self.key)
+    def _recorder(self, trial: Any) -> TrialRecorder | None:
+        recorders = _RECORDERS.get(self.key) or {}
+        if len(recorders) == 1:
+            return next(iter(recorders.values()))
+        return recorders.get(trial.config.get(ARM_KEY))
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if self.recorder:
-            self.recorder.started(trial.trial_id, dict(trial.config))
+        if recorder := self._recorder(trial):
+            recorder.started(trial.trial_id, dict(trial.config))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        if self.recorder:
-            self.recorder.result(trial.trial_id, result)
+        if recorder := self._recorder(trial):
+            recorder.result(trial.trial_id, result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if not self.recorder:
+        recorder = self._recorder(trial)
+        if not recorder:
             return
         checkpoint = trial.checkpoint
         if checkpoint is None:
-            self.recorder.completed(trial.trial_id, None)
+            recorder.completed(trial.trial_id, None)
             return
         with checkpoint.as_directory() as folder:  # local path, or a download from s3:// etc.
-            self.recorder.completed(trial.trial_id, folder)
+            recorder.completed(trial.trial_id, folder)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if self.recorder:
-            self.recorder.errored(trial.trial_id, _error_text(trial))
+        if recorder := self._recorder(trial):
+            recorder.errored(trial.trial_id, _error_text(trial))
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if self.recorder:
-            self.recorder.retried(trial.trial_id, _error_text(trial))
+        if recorder := self._recorder(trial):
+            recorder.retried(trial.trial_id, _error_text(trial))
 
     def release(self) -> None:
         _RECORDERS.pop(self.key, None)

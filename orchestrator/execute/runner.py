@@ -1,5 +1,8 @@
 """Plan -> search every arm -> confirm the winners -> judge. The driver's whole job.
 
+The arms are searched one after the other (a Tuner each); then every arm's winner is
+confirmed in one Tuner (``tuning.run_confirm``: one set of worker processes for all).
+
 Each step is persisted in ``RunState`` as soon as it finishes, so a rerun of the same
 command skips what is done: finished arms are not searched again, trials already in
 MLflow are never logged twice, and runs a killed driver left RUNNING are closed as
@@ -77,12 +80,14 @@ def run_plan(plan: Plan, options: RunOptions) -> RunOutcome:
             progress.line(f"{h.name} [{plan.profile}] on {where}; MLflow {tracker.uri} run {parent_id}")
             data_ref = ray.put(data)
             unusable: list[str] = []
+            searched: list[SearchedArm] = []
             for arm_plan in plan.arms:
                 try:
-                    arms.append(_run_arm(arm_plan, plan, data_ref, tracker, experiment_id, parent_id, state, storage, progress, archive, data_key))
+                    searched.append(_search_arm(arm_plan, plan, tracker, experiment_id, parent_id, state, storage, progress, archive, data_key, data_ref))
                 except AllTrialsFailedError as exc:  # the other arms still run: their trials are not wasted
                     unusable.append(str(exc))
                     progress.line(f"orchestrate: {exc}")
+            arms.extend(_confirm_arms(searched, plan, tracker, experiment_id, parent_id, state, storage, progress, data_ref))
             if unusable:
                 raise AllTrialsFailedError("no verdict: " + "; ".join(unusable))
         verdicts = _judge(plan, arms, tracker, parent_id)
@@ -132,9 +137,22 @@ def _parent_run(tracker: Tracker, experiment_id: str, plan: Plan, state: RunStat
     return run_id
 
 
-def _run_arm(arm_plan: ArmPlan, plan: Plan, data_ref: Any, tracker: Tracker, experiment_id: str, parent_id: str, state: RunState, storage: str,
-             progress: Progress, archive: TrialArchive | None, data_key: str) -> ArmOutcome:
-    from orchestrator.execute.tuning import run_confirm, run_search
+@dataclass
+class SearchedArm:
+    """An arm whose search is done: what its confirmation needs."""
+
+    plan: ArmPlan
+    arm_run: str
+    setup: TrialSetup
+    trials: list[TrialRecord]
+    best: TrialRecord
+    reason: str
+    run_name: str
+
+
+def _search_arm(arm_plan: ArmPlan, plan: Plan, tracker: Tracker, experiment_id: str, parent_id: str, state: RunState, storage: str,
+                progress: Progress, archive: TrialArchive | None, data_key: str, data_ref: Any) -> SearchedArm:
+    from orchestrator.execute.tuning import run_search
 
     h = plan.hypothesis
     arm = arm_plan.arm
@@ -153,7 +171,7 @@ def _run_arm(arm_plan: ArmPlan, plan: Plan, data_ref: Any, tracker: Tracker, exp
         constraints=tuple(arm_plan.constraints), timeout_s=h.search.trial_timeout_s, memory_limit_mb=h.search.trial_memory_mb,
     )
     run_name = f"{h.name}--{plan.profile}--{parent_id[:8]}"
-    base_tags = {"orchestrate.hypothesis": h.name, "orchestrate.method": arm_plan.method}
+    base_tags = _base_tags(plan, arm_plan)
     name_params = [k for k in arm_plan.params if k not in arm_plan.fixed]
 
     if arm_state.get("search_done"):
@@ -184,22 +202,43 @@ def _run_arm(arm_plan: ArmPlan, plan: Plan, data_ref: Any, tracker: Tracker, exp
     tracker.set_tags(arm_run, {"orchestrate.best_trial": best.trial_id, "orchestrate.best_reason": reason, "orchestrate.best_run": best.mlflow_run_id or ""})
     tracker.log_metrics(arm_run, {f"best_{k}": v for k, v in best.metrics.items()} | _count_metrics(trials))
     tracker.log_params(arm_run, {f"best.{k}": v for k, v in best.params.items()})
+    return SearchedArm(arm_plan, arm_run, setup, trials, best, reason, run_name)
 
-    if arm_state.get("confirm_done"):
-        confirm = [TrialRecord(**t) for t in arm_state["confirm_records"]]
-    else:
+
+def _base_tags(plan: Plan, arm_plan: ArmPlan) -> dict[str, str]:
+    return {"orchestrate.hypothesis": plan.hypothesis.name, "orchestrate.method": arm_plan.method}
+
+
+def _confirm_arms(searched: list[SearchedArm], plan: Plan, tracker: Tracker, experiment_id: str, parent_id: str, state: RunState, storage: str,
+                  progress: Progress, data_ref: Any) -> list[ArmOutcome]:
+    """Every searched arm's winner on fresh seeds, in one Tuner; then the arm runs close."""
+    from orchestrator.execute.tuning import ConfirmRequest, run_confirm
+
+    h = plan.hypothesis
+    seeds = [h.confirm.first_seed + i for i in range(h.confirm.seeds)]
+    pending = [s for s in searched if not state.arm(s.plan.arm).get("confirm_done")]
+    requests = []
+    for s in pending:
+        arm = s.plan.arm
         _close_stale(tracker, state.trial_runs(arm, "confirm"))
-        seeds = [h.confirm.first_seed + i for i in range(h.confirm.seeds)]
-        recorder = TrialRecorder(tracker, experiment_id, arm_run, arm, "confirm", h.training.epochs, [], state,
+        recorder = TrialRecorder(tracker, experiment_id, s.arm_run, arm, "confirm", h.training.epochs, [], state,
                                  progress.arm(arm, "confirm", len(seeds), f"test_{h.task.metric}", "max"),
-                                 base_tags | {"orchestrate.confirm_split": h.confirm.split}, [], static_params=dict(best.params),
+                                 _base_tags(plan, s.plan) | {"orchestrate.confirm_split": h.confirm.split}, [], static_params=dict(s.best.params),
                                  timeout_s=h.search.trial_timeout_s)
-        confirm = run_confirm(arm_plan, setup, best.params, seeds, h.confirm.split, data_ref, recorder, storage, f"{run_name}--{arm}-confirm")
-        state.set_arm(arm, confirm_done=True, confirm_records=[asdict(t) for t in confirm])
-    finished = [c for c in confirm if c.status != FAILED]
-    tracker.log_metrics(arm_run, {"confirm_runs": len(finished), "confirm_failed": len(confirm) - len(finished)})
-    tracker.end_run(arm_run, "FINISHED")
-    return ArmOutcome(arm, arm_plan.method, trials, best, reason, confirm)
+        requests.append(ConfirmRequest(s.plan, s.setup, s.best.params, recorder))
+    run_name = searched[0].run_name if searched else ""
+    confirmed = run_confirm(requests, seeds, h.confirm.split, data_ref, storage, f"{run_name}--confirm")
+    for arm, records in confirmed.items():
+        state.set_arm(arm, confirm_done=True, confirm_records=[asdict(t) for t in records])
+    outcomes = []
+    for s in searched:
+        arm = s.plan.arm
+        confirm = [TrialRecord(**t) for t in state.arm(arm)["confirm_records"]]
+        finished = [c for c in confirm if c.status != FAILED]
+        tracker.log_metrics(s.arm_run, {"confirm_runs": len(finished), "confirm_failed": len(confirm) - len(finished)})
+        tracker.end_run(s.arm_run, "FINISHED")
+        outcomes.append(ArmOutcome(arm, s.plan.method, s.trials, s.best, s.reason, confirm))
+    return outcomes
 
 
 def _log_reused(tracker: Tracker, experiment_id: str, arm_run: str, state: RunState, prior: TrialRecord, base_tags: dict[str, str], progress: ArmProgress) -> TrialRecord:

@@ -1,12 +1,19 @@
-"""Run one arm's trials through Ray Tune: the search, then the confirmation runs.
+"""Run trials through Ray Tune: one Tuner per arm's search, then one Tuner for the
+confirmation runs of every arm.
 
 Only this module builds ``Tuner`` objects. Ray Tune owns scheduling, resources,
 retries and distribution; we pass it a searcher, a scheduler and a recorder.
+
+Why one confirmation Tuner for all arms: a Tuner starts its own worker processes, and
+each one imports torch, transformers and peft (about 10 s of CPU on a small machine)
+before its first trial. The searches need a Tuner each (their own searcher and
+scheduler); the confirmation runs do not, so with ``reuse_actors`` the same workers
+serve every arm's seeds.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,7 +22,7 @@ from orchestrator.plan import ArmPlan
 from orchestrator.results import TrialRecord
 from orchestrator.samplers import build_sampler
 from orchestrator.spec.models import Resources
-from orchestrator.trainable import SEED_KEY, tune_entry
+from orchestrator.trainable import ARM_KEY, SEED_KEY, tune_entry
 from orchestrator.training import TrialSetup
 
 
@@ -27,10 +34,20 @@ def resources_dict(resources: Resources) -> dict[str, float]:
     return out
 
 
-def _trainable(setup: TrialSetup, data_ref: Any, seed: int, resources: Resources) -> Any:
+@dataclass
+class ConfirmRequest:
+    """One arm's confirmation: its best configuration and the recorder of its runs."""
+
+    plan: ArmPlan
+    setup: TrialSetup
+    best_params: dict[str, Any]
+    recorder: TrialRecorder
+
+
+def _trainable(setups: dict[str, TrialSetup], data_ref: Any, seed: int, resources: Resources) -> Any:
     from ray import tune
 
-    return tune.with_resources(tune.with_parameters(tune_entry, setup=setup, data=data_ref, seed=seed), resources_dict(resources))
+    return tune.with_resources(tune.with_parameters(tune_entry, setups=setups, data=data_ref, seed=seed), resources_dict(resources))
 
 
 def _run_config(name: str, storage: Path | str, callback: RecorderCallback, max_failures: int) -> Any:
@@ -50,12 +67,13 @@ def _run_config(name: str, storage: Path | str, callback: RecorderCallback, max_
     )
 
 
-def _fit(recorder: TrialRecorder, trainable: Any, storage: Path | str, name: str, build: Callable[[RecorderCallback], Any]) -> list[TrialRecord]:
+def _fit(recorders: list[TrialRecorder], trainable: Any, storage: Path | str, name: str, build: Callable[[RecorderCallback], Any]) -> list[TrialRecord]:
     """Fit a new Tuner, or restore the interrupted one of the same experiment.
 
-    Ray pickles our callback into the experiment; on restore, the new recorder is
-    registered under the old callback's key, so the restored callback reports to it.
-    Trials that finished before the interruption come back from the run state.
+    Ray pickles our callback into the experiment; on restore, the new recorders are
+    registered under the old callback's key (saved in each arm's run state), so the
+    restored callback reports to them. Trials that finished before the interruption
+    come back from the run state.
     """
     import os
 
@@ -64,20 +82,22 @@ def _fit(recorder: TrialRecorder, trainable: Any, storage: Path | str, name: str
     # a failed trial's last result carries its reason, not the objectives (orchestrator.faults)
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     path = f"{str(storage).rstrip('/')}/{name}"
-    key_name = f"{recorder.kind}_callback_key"
-    old_key = recorder.state.arm(recorder.arm).get(key_name)
+    key_name = f"{recorders[0].kind}_callback_key"
+    old_keys = {r.state.arm(r.arm).get(key_name) for r in recorders}
+    old_key = old_keys.pop() if len(old_keys) == 1 else None
     if old_key and tune.Tuner.can_restore(path):
-        callback = RecorderCallback(recorder, key=old_key)
+        callback = RecorderCallback(recorders, key=old_key)
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
     else:
-        callback = RecorderCallback(recorder)
-        recorder.state.set_arm(recorder.arm, **{key_name: callback.key})
+        callback = RecorderCallback(recorders)
+        for recorder in recorders:
+            recorder.state.set_arm(recorder.arm, **{key_name: callback.key})
         tuner = build(callback)
     try:
         tuner.fit()
     finally:
         callback.release()
-    return recorder.all_records()
+    return [record for recorder in recorders for record in recorder.all_records()]
 
 
 def _same_point(point: dict[str, Any], params: dict[str, Any]) -> bool:
@@ -115,7 +135,7 @@ def run_search(plan: ArmPlan, setup: TrialSetup, data_ref: Any, recorder: TrialR
     from orchestrator.searcher import HonestOptunaSearch
 
     epochs = setup.training.epochs
-    trainable = _trainable(setup, data_ref, seed, plan.resources)
+    trainable = _trainable({setup.arm: setup}, data_ref, seed, plan.resources)
 
     def build(callback: RecorderCallback) -> Any:
         metrics, modes = list(plan.objectives), list(plan.objectives.values())
@@ -143,23 +163,31 @@ def run_search(plan: ArmPlan, setup: TrialSetup, data_ref: Any, recorder: TrialR
             run_config=_run_config(name, storage, callback, max_failures=plan.max_retries),
         )
 
-    return _fit(recorder, trainable, storage, name, build)
+    return _fit([recorder], trainable, storage, name, build)
 
 
-def run_confirm(plan: ArmPlan, setup: TrialSetup, best_params: dict[str, Any], seeds: list[int], split: str, data_ref: Any, recorder: TrialRecorder, storage: Path | str, name: str) -> list[TrialRecord]:
-    """The best configuration again on fresh seeds, evaluated on ``split`` (the
-    held-out test split unless the hypothesis says otherwise)."""
+def run_confirm(requests: list[ConfirmRequest], seeds: list[int], split: str, data_ref: Any, storage: Path | str, name: str) -> dict[str, list[TrialRecord]]:
+    """Every arm's best configuration again on fresh seeds, evaluated on ``split`` (the
+    held-out test split unless the hypothesis says otherwise), in one Tuner: a trial
+    per (arm, seed). Returns the records per arm."""
     from ray import tune
 
-    confirm_setup = replace(setup, fixed={**best_params, **setup.fixed}, final_split=split, confirm=True, constraints=())
-    trainable = _trainable(confirm_setup, data_ref, seeds[0], plan.resources)
+    if not requests:
+        return {}
+    setups = {
+        r.setup.arm: replace(r.setup, fixed={**r.best_params, **r.setup.fixed}, final_split=split, confirm=True, constraints=())
+        for r in requests
+    }
+    plan = requests[0].plan  # concurrency, resources and retries are the hypothesis's, the same for every arm
+    trainable = _trainable(setups, data_ref, seeds[0], plan.resources)
 
     def build(callback: RecorderCallback) -> Any:
         return tune.Tuner(
             trainable,
-            param_space={SEED_KEY: tune.grid_search(seeds)},
+            param_space={ARM_KEY: tune.grid_search(list(setups)), SEED_KEY: tune.grid_search(seeds)},
             tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=plan.max_concurrent, reuse_actors=True),
             run_config=_run_config(name, storage, callback, max_failures=plan.max_retries),
         )
 
-    return _fit(recorder, trainable, storage, name, build)
+    records = _fit([r.recorder for r in requests], trainable, storage, name, build)
+    return {arm: [record for record in records if record.arm == arm] for arm in setups}
