@@ -178,6 +178,13 @@ class Method(abc.ABC):
         """Static numbers the judge may use (stored parameters, kept modules...)."""
         return {}
 
+    def extra_evaluations(self, model: "nn.Module", evaluate: Callable[["nn.Module"], dict[str, float]]) -> dict[str, float]:
+        """After the final evaluation: more passes over the same split with the model
+        in other states, e.g. DyLoRA at each of its ``eval_ranks``. ``evaluate(model)``
+        returns ``{"<split>_<metric>": ..., "<split>_loss": ...}``; name what comes back
+        after it and declare the names in ``metrics``. Must leave the model as found."""
+        return {}
+
     def write_artifacts(self, model: "nn.Module", folder: Path) -> list[Path]:
         """Write method-specific files (heatmap PNGs, rank patterns) into ``folder``."""
         return []

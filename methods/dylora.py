@@ -14,17 +14,17 @@ optimizer.
 
 Evaluating at several ranks from one trained adapter. Which rank the eval-mode
 forward uses is ``eval_rank`` (default ``r_max``), reported as the ``eval_rank``
-metric. The engine cannot re-run evaluation from ``end_eval_stats``, so the method
-offers two entry points instead:
+metric. After its final evaluation the engine calls ``extra_evaluations``, which runs
+the same evaluation again at every rank in ``eval_ranks`` (``val_accuracy_r2``... in a
+search trial, ``test_accuracy_r2``... in a confirmation run). Two entry points:
 
 - ``set_rank(model, b)`` (module function): every DyLoRA layer runs rank b in eval
   mode from now on; returns the previous rank.
 - ``DyLoRA.evaluate_at_ranks(model, evaluate)``: for each b in ``eval_ranks``, set b,
   call ``evaluate(model) -> {"val_accuracy": ...}``, and return the metrics renamed
   ``<metric>_r<b>`` (``val_accuracy_r2``...); the eval rank is restored afterwards.
-  An engine that wants rank curves calls it after ``finalize`` with its own
-  evaluation function; the names are declared in ``metrics`` for ranks 1..64 that are
-  powers of two, for the task metrics the engine reports.
+  The names are declared in ``metrics`` for ranks 1..64 that are powers of two, for
+  the task metrics the engine reports.
 
 Eval-mode FLOPs follow the eval rank: the forward slices to b, so an adapter
 evaluated at b costs ``2 * b * (d_in + d_out)`` per token and module.
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 _REPORTED_RANKS = (1, 2, 4, 8, 16, 32, 64)
-_TASK_METRICS = ("val_accuracy", "val_loss", "test_accuracy")
+_TASK_METRICS = tuple(f"{split}_{name}" for split in ("val", "test") for name in ("accuracy", "f1", "mcc", "loss"))
 
 
 class DyLoraConfig(MethodConfig):
@@ -174,6 +174,10 @@ class DyLoRA(Method):
         finally:
             set_rank(model, previous)
         return results
+
+    def extra_evaluations(self, model: "nn.Module", evaluate: Callable[["nn.Module"], dict[str, float]]) -> dict[str, float]:
+        """The engine's final evaluation again at every rank in ``eval_ranks``."""
+        return self.evaluate_at_ranks(model, evaluate)
 
     def end_eval_stats(self, model: "nn.Module") -> dict[str, float]:
         layers = _dylora_layers(model)

@@ -120,7 +120,8 @@ def run_trial(setup: TrialSetup, params: dict[str, Any], seed: int, data: "Prepa
     for epoch in range(training.epochs):
         model.train()
         started, losses = time.perf_counter(), []
-        for batch in _on_device(train.batches(training.batch_size, data.pad_id, seed * 1000 + epoch), device):
+        batches = train.batches(training.batch_size, data.pad_id, seed * 1000 + epoch, by_length=training.group_by_length)
+        for batch in _on_device(batches, device):
             info = StepInfo(step, total_steps, epoch, steps_per_epoch)
             with autocast:
                 loss = model(**batch).loss
@@ -196,6 +197,12 @@ def _final_measurements(model: "nn.Module", method: Any, setup: TrialSetup, data
     prefix = "test" if setup.confirm else "val"
     out[f"{prefix}_loss"], out[f"{prefix}_{setup.metric}"] = loss, score
     out.update(method.stats(model))
+
+    def again(state: "nn.Module") -> dict[str, float]:
+        loss, score, _ = evaluate(state, data.splits[split_name], data.pad_id, batch_size, setup.metric, device)
+        return {f"{prefix}_loss": loss, f"{prefix}_{setup.metric}": score}
+
+    out.update(method.extra_evaluations(model, again))
     return out
 
 
@@ -205,8 +212,9 @@ def evaluate(model: "nn.Module", split: "TokenizedSplit", pad_id: int, batch_siz
 
     model.eval()
     total_loss, count, predictions, labels = 0.0, 0, [], []
+    order = split.order(batch_size, by_length=True)  # little padding; predictions are put back in split order below
     with torch.no_grad():
-        for batch in _on_device(split.batches(batch_size, pad_id), device):
+        for batch in _on_device(split.batches(batch_size, pad_id, order=order), device):
             out = model(**batch)
             n = len(batch["labels"])
             total_loss += float(torch.nn.functional.cross_entropy(out.logits.float(), batch["labels"], reduction="sum"))
@@ -216,7 +224,9 @@ def evaluate(model: "nn.Module", split: "TokenizedSplit", pad_id: int, batch_siz
     model.train()
     preds = np.concatenate(predictions) if predictions else np.array([], dtype=np.int64)
     gold = np.concatenate(labels) if labels else np.array([], dtype=np.int64)
-    return total_loss / max(1, count), score(metric, gold, preds), preds
+    in_split_order = np.empty_like(preds)
+    in_split_order[order[: len(preds)]] = preds
+    return total_loss / max(1, count), score(metric, gold, preds), in_split_order
 
 
 def score(metric: str, gold: np.ndarray, preds: np.ndarray) -> float:

@@ -50,6 +50,7 @@ class TrainingSpec(Strict):
     warmup_ratio: float = Field(0.06, ge=0, lt=1.0)
     max_grad_norm: float | None = Field(1.0, gt=0)
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast dtype on GPU; CPU trains in fp32")
+    group_by_length: bool = Field(True, description="batch examples of similar length (less padding; as Trainer's group_by_length)")
 
 
 class Resources(Strict):

@@ -38,13 +38,39 @@ class TokenizedSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def batches(self, batch_size: int, pad_id: int, shuffle_seed: int | None = None) -> Iterator[dict[str, "torch.Tensor"]]:
-        """Dynamically padded batches; shuffled when ``shuffle_seed`` is given."""
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def order(self, batch_size: int, shuffle_seed: int | None = None, by_length: bool = False) -> np.ndarray:
+        """The order examples are batched in.
+
+        ``shuffle_seed`` shuffles (training). ``by_length`` puts examples of similar
+        length together, so dynamic padding pads little: with a seed, transformers'
+        ``LengthGroupedSampler`` (what ``Trainer(group_by_length=True)`` uses: shuffled
+        mega-batches, each sorted by length); without one, plainly sorted (evaluation,
+        where order does not change the result). On the embedded task random batches
+        of 32 hold 1.9x as many tokens as the examples; grouped, 1.1x.
+        """
+        if shuffle_seed is None:
+            return np.argsort(self.lengths, kind="stable") if by_length else np.arange(len(self))
+        if by_length:
+            import torch
+            from transformers.trainer_pt_utils import LengthGroupedSampler
+
+            sampler = LengthGroupedSampler(batch_size, lengths=self.lengths.tolist(), generator=torch.Generator().manual_seed(shuffle_seed))
+            return np.fromiter(iter(sampler), dtype=np.int64, count=len(self))
+        order = np.arange(len(self))
+        np.random.default_rng(shuffle_seed).shuffle(order)
+        return order
+
+    def batches(self, batch_size: int, pad_id: int, shuffle_seed: int | None = None, by_length: bool = False,
+                order: np.ndarray | None = None) -> Iterator[dict[str, "torch.Tensor"]]:
+        """Dynamically padded batches, in ``order`` or in ``self.order(...)``."""
         import torch
 
-        order = np.arange(len(self))
-        if shuffle_seed is not None:
-            np.random.default_rng(shuffle_seed).shuffle(order)
+        if order is None:
+            order = self.order(batch_size, shuffle_seed, by_length)
         for start in range(0, len(order), batch_size):
             chosen = order[start : start + batch_size]
             lengths = self.offsets[chosen + 1] - self.offsets[chosen]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 import torch
@@ -142,3 +143,24 @@ def test_config_checks_rank_bounds():
         DyLoraConfig(r_min=9, r_max=8)
     with pytest.raises(ValueError, match="eval_rank"):
         DyLoraConfig(r_max=4, eval_rank=8)
+
+
+def test_the_engine_reports_every_eval_rank_after_training(tmp_path):
+    """run_trial calls extra_evaluations: a search trial reports val_accuracy_r<b> for
+    each eval rank up to r_max, a confirmation run test_accuracy_r<b>; at b = r_max it
+    is the trial's own final evaluation."""
+    from orchestrator.spec.models import TaskSpec, TrainingSpec
+    from orchestrator.tasks.prepare import prepare_task
+    from orchestrator.training import TrialSetup, run_trial
+
+    data = prepare_task(TaskSpec(model="random:bert-tiny", dataset="synthetic:polarity", train_examples=64, val_examples=32, test_examples=32),
+                        tmp_path, tmp_path / "cache")
+    setup = TrialSetup(arm="d", method="dylora", model="random:bert-tiny", metric="accuracy", training=TrainingSpec(epochs=1, batch_size=16),
+                       fixed={"r_max": 4, "eval_ranks": [1, 2, 4, 8]})
+    final = run_trial(setup, {}, 0, data, lambda metrics, artifacts: None, tmp_path / "search")
+    assert {"val_accuracy_r1", "val_accuracy_r2", "val_accuracy_r4", "val_loss_r4"} <= set(final)
+    assert "val_accuracy_r8" not in final
+    assert final["val_accuracy_r4"] == pytest.approx(final["val_accuracy"])
+    assert final["val_loss_r4"] == pytest.approx(final["val_loss"])
+    confirm = run_trial(replace(setup, confirm=True, final_split="test"), {}, 1, data, lambda metrics, artifacts: None, tmp_path / "confirm")
+    assert {"test_accuracy_r1", "test_accuracy_r2", "test_accuracy_r4"} <= set(confirm)
