@@ -7,37 +7,17 @@ import textwrap
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.cli import main
-
-from conftest import TINY_HYPOTHESIS
-
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-
-FLAKY_SPACE = """\
-method: failing
-params:
-  mode: {type: categorical, choices: [raise, none]}
-defaults: {mode: raise}
-"""
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """One real run shared by the assertions below (a run costs about a minute)."""
-    folder = tmp_path_factory.mktemp("e2e")
-    (folder / "flaky.yaml").write_text(FLAKY_SPACE)
-    text = TINY_HYPOTHESIS.replace(
-        "  large: {method: lora, fixed: {r: 8}}\n",
-        "  large: {method: lora, fixed: {r: 8}}\n  flaky: {method: failing, space: flaky.yaml, fixed: {r: 2, when: 1}}\n",
-    ).replace("trials_per_arm: 2", "trials_per_arm: 3").replace("sampler: tpe", "sampler: random")
-    spec = folder / "tiny.yaml"
-    spec.write_text(text)
-    uri = f"sqlite:///{folder}/mlflow.db"
-    code = main(["run", str(spec), "--tracking-uri", uri, "--state-dir", str(folder / "state"), "--quiet"])
-    client = MlflowClient(uri)
+def finished_run(shared_run):
+    """The session's shared real run (conftest.py: arms small, large and a `flaky` one with
+    the `failing` method, 3 trials each, random sampler), read back from MLflow."""
+    client = MlflowClient(shared_run.uri)
     experiment = client.get_experiment_by_name("tiny-test")
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    return code, client, runs
+    return shared_run.exit_code, client, runs
 
 
 def by_level(runs, level):

@@ -1,7 +1,8 @@
 """Re-judging from MLflow alone: samples from confirmation runs, POST-HOC claims, --fail-on.
 
 Fast tests use a hand-made MLflow tree (what ``orchestrate run`` logs, without Ray);
-slow ones the real tiny run shared with test_report.py."""
+slow ones a private copy of the session's shared real run (conftest.py), since judging
+post-hoc writes into the store."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_HYPOTHESIS
+from conftest import TINY_HYPOTHESIS, private_copy
 from orchestrator.judge import Verdict, judge_claims
 from orchestrator.rejudge import POSTHOC_FILE, exit_code, rejudge, samples_from_summary
 from orchestrator.tracking import ARM, LEVEL, Tracker
-from test_report import orchestrate, synthetic_summary, tiny_run
+from test_report import orchestrate, synthetic_summary
 
 REGISTERED = ["small.flops_ratio <= large.flops_ratio / 2", "small.test_accuracy >= large.test_accuracy - 0.5"]
 POSTHOC_CLAIMS = ["small.flops_ratio <= large.flops_ratio / 2",                # SUPPORTED (exact)
@@ -146,10 +147,17 @@ def test_judging_an_unknown_hypothesis_exits_2(tree, capsys):
 
 # -- the real tiny run ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def real_run(tmp_path_factory):
-    run = tiny_run(tmp_path_factory)
-    yield run
-    run["client"].delete_tag(run["run_id"], "orchestrate.posthoc")  # leave the shared run as registered
+def real_run(shared_run, tmp_path_factory):
+    """A private copy of the session's shared real run: the post-hoc test below writes tags
+    and artifacts into the store, which the other modules read as the run logged it."""
+    from mlflow.tracking import MlflowClient
+
+    with private_copy(shared_run, tmp_path_factory.mktemp("rejudge-run")) as run:
+        client = MlflowClient(run.uri)
+        experiment = client.get_experiment_by_name("tiny-test")
+        (parent,) = client.search_runs([experiment.experiment_id], "tags.`orchestrate.level` = 'hypothesis'")
+        yield {"code": run.exit_code, "folder": run.folder, "spec": run.spec, "uri": run.uri, "client": client, "run_id": parent.info.run_id}
+    assert not list(shared_run.folder.rglob(POSTHOC_FILE)), "post-hoc judging wrote into the shared run"
 
 
 def _logged_verdicts(run) -> list[Verdict]:

@@ -24,7 +24,7 @@ import pytest
 from orchestrator.spec.errors import SpecError
 from orchestrator.spec.loader import load_hypothesis
 
-from conftest import TINY_HYPOTHESIS
+from conftest import SECRETS, TINY_HYPOTHESIS
 
 SENTINEL_CODE = "import pathlib; pathlib.Path({path!r}).write_text('pwned')"
 
@@ -179,12 +179,7 @@ def test_claims_and_constraints_are_parsed_never_evaluated(field, text, tmp_path
 
 # -- secrets ----------------------------------------------------------------------------
 
-SECRETS = {
-    "AWS_SECRET_ACCESS_KEY": "aws-5ecret-7f3a9c1e55d2",
-    "HF_TOKEN": "hf_tok_0d9b7e3a1c44ee",
-    "MY_API_KEY": "apikey-93c1f0aa7b26",
-    "DB_PASSWORD": "pa55word-b7e2c90d13",
-}
+# SECRETS (conftest.py): set in the environment during the session's shared real run
 
 
 def _leaks(text: str) -> list[str]:
@@ -218,35 +213,11 @@ def test_the_tracker_redacts_secret_environment_values(tmp_path, monkeypatch):
     assert data.tags["error"] == f"token={REDACTED}"
 
 
-FLAKY_SPACE = """\
-method: failing
-params:
-  mode: {type: categorical, choices: [raise, none]}
-defaults: {mode: raise}
-"""
-
-
 @pytest.fixture(scope="module")
-def run_with_secrets(tmp_path_factory):
-    """One real run (search, a failing trial, confirmation, judge) with secrets set."""
-    from orchestrator.cli import main
-
-    folder = tmp_path_factory.mktemp("secrets")
-    (folder / "flaky.yaml").write_text(FLAKY_SPACE)
-    text = (TINY_HYPOTHESIS.replace("name: tiny-test", "name: secrets-test")
-            .replace("  large: {method: lora, fixed: {r: 8}}\n", "  flaky: {method: failing, space: flaky.yaml, fixed: {r: 2, when: 1}}\n")
-            .replace("trials_per_arm: 2", "trials_per_arm: 3").replace("sampler: tpe", "sampler: random")
-            .replace("  - small.flops_ratio <= large.flops_ratio / 2\n  - small.test_accuracy >= large.test_accuracy - 0.5\n",
-                     "  - small.flops_ratio <= flaky.flops_ratio * 2\n  - small.test_accuracy >= flaky.test_accuracy - 0.5\n"))
-    spec = folder / "secrets.yaml"
-    spec.write_text(text)
-    uri = f"sqlite:///{folder}/mlflow.db"
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in SECRETS.items():
-            mp.setenv(name, value)
-        mp.chdir(folder)  # the sqlite store's artifacts go to ./mlruns
-        code = main(["run", str(spec), "--tracking-uri", uri, "--state-dir", str(folder / "state"), "--quiet"])
-    return code, uri, folder
+def run_with_secrets(shared_run):
+    """The session's shared real run (search, a failing trial, confirmation, judge; conftest.py),
+    which ran with SECRETS set in its environment, from its own folder."""
+    return shared_run.exit_code, shared_run.uri, shared_run.folder
 
 
 @pytest.mark.slow
@@ -258,7 +229,7 @@ def test_no_secret_reaches_mlflow(run_with_secrets, tmp_path):
     assert code == 0
     client = MlflowClient(uri)
     runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id], max_results=5000)]
-    assert len(runs) >= 1 + 2 + 6 + 4  # hypothesis, arms, trials, confirmations
+    assert len(runs) >= 1 + 3 + 9 + 6  # hypothesis, arms, trials, confirmations
     assert any(r.info.status == "FAILED" for r in runs)  # a failing trial's error.txt is scanned too
     texts, artifacts = [], 0
     for run in runs:
