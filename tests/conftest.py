@@ -22,6 +22,9 @@ from orchestrator.execute.ray_session import prepare_ray_environment  # noqa: E4
 
 prepare_ray_environment()  # local Ray on 127.0.0.1 only; must precede any import of ray
 
+# max_concurrent 1: a trial here trains for a fraction of a second, while each worker process
+# Ray Tune starts spends ~10 s of CPU importing torch/transformers/peft; one worker serving
+# the trials in turn is as fast on two cores and leaves the other core to the driver.
 TINY_HYPOTHESIS = """\
 name: tiny-test
 statement: a tiny hypothesis for tests
@@ -40,7 +43,7 @@ search:
   sampler: tpe
   objectives: {val_accuracy: max}
   trials_per_arm: 2
-  max_concurrent: 2
+  max_concurrent: 1
   scheduler: fifo
 confirm: {seeds: 2, split: test}
 expected:

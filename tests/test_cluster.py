@@ -160,7 +160,9 @@ def cluster_run(cluster):
     hosts, env, folder = cluster
     before = _cluster_query(hosts, env, folder)
     spec = folder / "tiny.yaml"
-    spec.write_text(TINY_HYPOTHESIS.replace("  scheduler: fifo\n", "  scheduler: fifo\n  resources_per_trial: {cpu: 1, gpu: 1}\n"))
+    # two trials at a time, one GPU each: one per node (the tiny hypothesis runs one at a time)
+    spec.write_text(TINY_HYPOTHESIS.replace("  scheduler: fifo\n", "  scheduler: fifo\n  resources_per_trial: {cpu: 1, gpu: 1}\n")
+                    .replace("max_concurrent: 1", "max_concurrent: 2"))
     uri = f"sqlite:///{folder}/mlflow.db"  # on the driver: only the driver writes to MLflow
     storage = folder / "ray-storage"  # one folder both hosts see, as a shared filesystem would be
     started = time.monotonic()
