@@ -82,3 +82,44 @@ def test_tokenised_once_then_read_from_the_cache(tmp_path, monkeypatch):
     assert (second.splits["train"].ids == first.splits["train"].ids).all()
     batch = next(second.splits["train"].batches(8, second.pad_id))
     assert batch["input_ids"].shape[0] == 8 and batch["attention_mask"].sum() < batch["input_ids"].numel() + 1
+
+
+def _padded_tokens(split, order, batch_size: int) -> int:
+    lengths = split.lengths[order]
+    return sum(int(lengths[i : i + batch_size].max()) * len(lengths[i : i + batch_size]) for i in range(0, len(lengths), batch_size))
+
+
+def test_length_grouped_training_order_is_a_seeded_permutation_with_less_padding(tmp_path):
+    data = prepare_task(TaskSpec(train_examples=600, val_examples=32, test_examples=32), tmp_path, tmp_path / "cache")
+    train = data.splits["train"]
+    grouped = train.order(32, shuffle_seed=3, by_length=True)
+    assert sorted(grouped.tolist()) == list(range(len(train)))
+    assert (grouped == train.order(32, shuffle_seed=3, by_length=True)).all()
+    assert not (grouped == train.order(32, shuffle_seed=4, by_length=True)).all()
+    shuffled = train.order(32, shuffle_seed=3)
+    assert _padded_tokens(train, grouped, 32) < 0.75 * _padded_tokens(train, shuffled, 32)
+    assert (train.order(32) == range(len(train))).all()  # no seed, no grouping: split order
+
+
+def test_evaluation_batches_by_length_but_returns_predictions_in_split_order(tmp_path):
+    """A model that predicts 1 for an odd number of tokens: evaluate() must return its
+    predictions in split order although it batches by length."""
+    import types
+
+    import numpy as np
+    import torch
+
+    from orchestrator.training import evaluate
+
+    class ParityOfLength(torch.nn.Module):
+        def forward(self, input_ids, attention_mask, **_):
+            odd = (attention_mask.sum(-1) % 2).float()
+            return types.SimpleNamespace(logits=torch.stack([1 - odd, odd], dim=-1))
+
+    data = prepare_task(TaskSpec(train_examples=32, val_examples=200, test_examples=8), tmp_path, tmp_path / "cache")
+    val = data.splits["validation"]
+    assert not (val.order(16, by_length=True) == np.arange(len(val))).all()  # the sorted order differs
+    _, _, predictions = evaluate(ParityOfLength(), val, data.pad_id, 16, "accuracy", "cpu")
+    expected = val.lengths % 2
+    assert 0 < expected.sum() < len(expected)
+    assert predictions.tolist() == expected.tolist()
