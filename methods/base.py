@@ -118,6 +118,10 @@ class Method(abc.ABC):
     #: ``end_eval_stats`` or ``after_evaluation``), with what each means. Claims may
     #: name them; a claim naming a metric no arm reports is a validation error.
     metrics: ClassVar[dict[str, str]] = {}
+    #: Imports bitsandbytes (quantised bases). Ray Tune workers whose trials all run
+    #: methods without it keep peft from importing it (``orchestrator.worker_imports``),
+    #: which saves each worker process seconds of start-up.
+    uses_bitsandbytes: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()

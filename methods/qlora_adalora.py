@@ -159,6 +159,7 @@ class QloraAdaLoRA(AdaLoRA):
     name = "qlora_adalora"
     Config = QloraAdaLoraConfig
     summary = "QLoRA + AdaLoRA (peft + bitsandbytes): AdaLoRA on a 4-bit NF4 base model"
+    uses_bitsandbytes = True
     metrics = {
         **AdaLoRA.metrics,
         "base_float_memory_mb": "MiB of the float base model this arm was given, before quantisation",

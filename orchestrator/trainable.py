@@ -19,6 +19,7 @@ from typing import Any
 from orchestrator.faults import failure_result, is_transient
 from orchestrator.training import TrialSetup, run_trial
 from orchestrator.watchdog import HangWatchdog
+from orchestrator.worker_imports import hide_bitsandbytes_unless
 
 SEED_KEY = "_seed"
 ARM_KEY = "_arm"  # which arm's setup a trial runs, when one Tuner serves several arms (confirmation)
@@ -28,6 +29,7 @@ def tune_entry(config: dict[str, Any], setups: dict[str, TrialSetup], data: Any,
     """One trial. ``setups`` maps arm -> setup; a search has one arm, the confirmation
     Tuner all of them (``config[ARM_KEY]`` says which), so one worker process, with
     torch and peft imported once, serves every arm's confirmation runs."""
+    hide_bitsandbytes_unless(any(s.uses_bitsandbytes for s in setups.values()))  # before the first import of peft
     from ray import tune
 
     warnings.filterwarnings("ignore")
@@ -49,9 +51,24 @@ def tune_entry(config: dict[str, Any], setups: dict[str, TrialSetup], data: Any,
 
     with tempfile.TemporaryDirectory(prefix="orchestrate-trial-") as workdir:
         try:
+            _import_trial_libraries(setups)  # start-up, not the trial's time: outside its budget
             with HangWatchdog(setup.timeout_s):
                 run_trial(setup, params, trial_seed, data, report, Path(workdir))
         except Exception as exc:
             if is_transient(exc):
                 raise  # Ray Tune retries it (search.max_retries)
             tune.report(failure_result(exc))  # the trial's own fault: recorded, not retried
+
+
+def _import_trial_libraries(setups: dict[str, TrialSetup]) -> None:
+    """Import torch, transformers and peft (through the arms' methods) before the trial's
+    time budget starts. A fresh worker spends ~10 s of CPU on them: that is the worker's
+    start-up, paid once per worker, and charged to its first trial it would make a tight
+    ``search.trial_timeout_s`` fail that trial alone. Later calls cost nothing."""
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    from methods import get_method
+
+    for setup in setups.values():
+        get_method(setup.method)

@@ -20,6 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from methods import get_method
 from orchestrator.execute.archive import TrialArchive, search_identity
 from orchestrator.execute.progress import ArmProgress, Progress
 from orchestrator.execute.recorder import TrialRecorder
@@ -169,6 +170,7 @@ def _search_arm(arm_plan: ArmPlan, plan: Plan, tracker: Tracker, experiment_id: 
         arm=arm, method=arm_plan.method, model=h.task.model, metric=h.task.metric, training=h.training,
         fixed=dict(arm_plan.fixed), target_modules=h.task.target_modules, threads=max(1, int(arm_plan.resources.cpu)),
         constraints=tuple(arm_plan.constraints), timeout_s=h.search.trial_timeout_s, memory_limit_mb=h.search.trial_memory_mb,
+        uses_bitsandbytes=get_method(arm_plan.method).uses_bitsandbytes,
     )
     run_name = f"{h.name}--{plan.profile}--{parent_id[:8]}"
     base_tags = _base_tags(plan, arm_plan)

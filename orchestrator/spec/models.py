@@ -71,7 +71,7 @@ class SearchSpec(Strict):
     startup_trials: int | None = Field(None, ge=0, description="random trials before a model-based sampler starts")
     resources_per_trial: Resources = Field(default_factory=Resources)
     seed: int = Field(0, ge=0, description="seed of the sampler and of every search trial")
-    trial_timeout_s: float | None = Field(None, gt=0, description="a trial running longer fails with that reason (checked after every step; a hang inside a step is ended by a watchdog)")
+    trial_timeout_s: float | None = Field(None, gt=0, description="a trial running longer fails with that reason (from its start, after its worker imported torch/peft; checked after every step; a hang inside a step is ended by a watchdog)")
     trial_memory_mb: float | None = Field(None, gt=0, description="a trial whose process peaks above this much memory (RSS; GPU: allocated) fails with that reason")
     max_retries: int = Field(1, ge=0, le=100, description="retries of a trial whose worker was lost (node loss, killed); a trial's own error is never retried")
     reuse_trials: bool = Field(True, description="start from finished trials of earlier runs with the same search (more trials: only the new ones run)")
