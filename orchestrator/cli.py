@@ -114,7 +114,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.plan import make_plan
 
     plan = make_plan(_load(args.file, args.profile))  # bad input stops here: no Ray, no MLflow
-    _sigterm_as_interrupt()
     from orchestrator.execute.runner import AllTrialsFailedError, RunOptions, run_plan
     from orchestrator.tasks.datasets import DatasetUnavailableError
     from orchestrator.tasks.models import ModelUnavailableError
@@ -134,16 +133,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if outcome.report_path is not None:
         print(f"report: {outcome.report_path} (also logged to MLflow under report/)")
     return _fail_on(args.fail_on, [v.verdict for v in outcome.verdicts])
-
-
-def _sigterm_as_interrupt() -> None:
-    """SIGTERM (a cluster scheduler, `kill`) gets the same clean stop as Ctrl-C."""
-    import signal
-
-    def handler(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def _fail_on(fail_on: str | None, verdicts: list[str]) -> int:

@@ -22,6 +22,8 @@ from typing import Any
 
 from methods import get_method
 from orchestrator.execute.archive import TrialArchive, search_identity
+from orchestrator.execute.interrupts import catching_stop_requests
+from orchestrator.execute.interrupts import install as install_stop_handlers
 from orchestrator.execute.progress import ArmProgress, Progress
 from orchestrator.execute.recorder import TrialRecorder
 from orchestrator.execute.state import RunState
@@ -75,9 +77,10 @@ def run_plan(plan: Plan, options: RunOptions) -> RunOutcome:
     arms: list[ArmOutcome] = []
     progress = Progress(options.quiet)
     try:
-        with ray_session(options.address) as where, progress:
+        with catching_stop_requests(), ray_session(options.address) as where, progress:
             import ray
 
+            install_stop_handlers()  # again: ray.init replaced our SIGTERM handler with its own
             progress.line(f"{h.name} [{plan.profile}] on {where}; MLflow {tracker.uri} run {parent_id}")
             data_ref = ray.put(data)
             unusable: list[str] = []
