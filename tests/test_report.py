@@ -1,5 +1,6 @@
 """The report: Pareto front, figures and rendering on synthetic summaries (fast), then
-one real tiny run read back from MLflow into report.md / report.html (slow)."""
+the session's shared real run (conftest.py) read back from MLflow into report.md /
+report.html (slow)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import private_copy
 from orchestrator.report.collect import ArmSummary, RunRecord, RunSummary
 from orchestrator.report.plots import best_so_far, make_plots, pareto_front
 from orchestrator.report.render import Alert, Heading, Image, Para, Table, inline, to_html, to_markdown
@@ -32,30 +34,6 @@ def orchestrate(argv: list[str]) -> int:
     from orchestrator.cli import main
 
     return main(argv)
-
-
-_RUN: dict[str, object] = {}
-
-
-def tiny_run(tmp_path_factory) -> dict[str, object]:
-    """The tiny hypothesis of conftest.py, run once per session through ``orchestrate run``."""
-    if not _RUN:
-        from mlflow.tracking import MlflowClient
-
-        from conftest import TINY_HYPOTHESIS
-        from orchestrator.cli import main
-
-        folder = tmp_path_factory.mktemp("report-run")
-        spec = folder / "tiny.yaml"
-        spec.write_text(TINY_HYPOTHESIS)
-        uri = f"sqlite:///{folder}/mlflow.db"
-        client = MlflowClient(uri)
-        client.create_experiment("tiny-test", artifact_location=(folder / "artifacts").as_uri())  # not ./mlruns
-        code = main(["run", str(spec), "--tracking-uri", uri, "--state-dir", str(folder / "state"), "--quiet"])
-        experiment = client.get_experiment_by_name("tiny-test")
-        (parent,) = client.search_runs([experiment.experiment_id], "tags.`orchestrate.level` = 'hypothesis'")
-        _RUN.update(code=code, folder=folder, spec=spec, uri=uri, client=client, run_id=parent.info.run_id)
-    return _RUN
 
 
 # -- synthetic summaries --------------------------------------------------------------------
@@ -159,24 +137,30 @@ def test_the_report_never_shows_tracking_credentials(tmp_path):
 
 # -- one real run --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    """The tiny run, a PNG 'heatmap' logged on one confirmation run and a 'Pareto front' on
-    one arm run (as methods and multi-objective arms do), then ``orchestrate report``."""
+def report(shared_run, tmp_path_factory):
+    """A private copy of the shared run (arms small, large and flaky), a PNG 'heatmap' logged
+    on one confirmation run and a 'Pareto front' on one arm run (as methods and
+    multi-objective arms do), then ``orchestrate report``."""
+    from mlflow.tracking import MlflowClient
+
     from orchestrator.tracking import Tracker
 
-    run = tiny_run(tmp_path_factory)
-    client, run_id = run["client"], run["run_id"]
-    tracker = Tracker(run["uri"])
-    confirm = client.search_runs([client.get_run(run_id).info.experiment_id], "tags.`orchestrate.level` = 'confirm'")[0]
-    heatmap = Path(run["folder"]) / "heatmap"
-    heatmap.mkdir()
-    _heatmap(heatmap / "rank_heatmap.png")
-    tracker.log_artifacts(confirm.info.run_id, heatmap)
-    (heatmap / "rank_heatmap.png").rename(heatmap / "pareto_front.png")
-    tracker.log_artifacts(confirm.data.tags["mlflow.parentRunId"], heatmap)
-    out = Path(run["folder"]) / "report"
-    code = orchestrate(["report", "tiny-test", "--out", str(out), "--tracking-uri", run["uri"]])
-    return {**run, "report_code": code, "out": out, "md": (out / "report.md").read_text(), "confirm_id": confirm.info.run_id}
+    with private_copy(shared_run, tmp_path_factory.mktemp("report-run")) as run:
+        client = MlflowClient(run.uri)
+        experiment = client.get_experiment_by_name("tiny-test")
+        (parent,) = client.search_runs([experiment.experiment_id], "tags.`orchestrate.level` = 'hypothesis'")
+        tracker = Tracker(run.uri)
+        confirm = client.search_runs([experiment.experiment_id], "tags.`orchestrate.level` = 'confirm' and tags.`orchestrate.arm` = 'small'")[0]
+        heatmap = run.folder / "heatmap"
+        heatmap.mkdir()
+        _heatmap(heatmap / "rank_heatmap.png")
+        tracker.log_artifacts(confirm.info.run_id, heatmap)
+        (heatmap / "rank_heatmap.png").rename(heatmap / "pareto_front.png")
+        tracker.log_artifacts(confirm.data.tags["mlflow.parentRunId"], heatmap)
+        out = run.folder / "report"
+        code = orchestrate(["report", "tiny-test", "--out", str(out), "--tracking-uri", run.uri])
+        yield {"code": run.exit_code, "uri": run.uri, "client": client, "run_id": parent.info.run_id,
+               "report_code": code, "out": out, "md": (out / "report.md").read_text(), "confirm_id": confirm.info.run_id}
 
 
 def _heatmap(path: Path) -> None:
@@ -234,7 +218,7 @@ def test_report_arm_table_has_numbers_for_both_arms(report):
         assert "r=" in cells[2] and 0.0 <= float(cells[3]) <= 1.0
         assert re.fullmatch(r"[0-9.]+( ± [0-9.e-]+)? \(n=2\)", cells[4])
         assert float(cells[5]) == pytest.approx(ratio) and int(cells[6]) > 0 and float(cells[7]) > 0
-        assert cells[8] == "2 / 0 / 0 / 0"
+        assert cells[8] == "3 / 0 / 0 / 0"  # the shared run: 3 trials per arm, all finished
 
 
 @pytest.mark.slow

@@ -79,7 +79,7 @@ def test_a_constrained_search_never_reports_an_infeasible_best(name):
 
 @pytest.mark.parametrize("name", ["tpe", "nsga2", "botorch"])
 def test_a_constrained_two_objective_search_keeps_only_feasible_trials_on_its_front(name):
-    study = search(name, trials=7 if name == "botorch" else 12, n_objectives=2, startup=5)
+    study = search(name, trials=6 if name == "botorch" else 12, n_objectives=2, startup=5)
     front = study.best_trials
     assert front and all(feasible(t) for t in front)
 
