@@ -61,12 +61,13 @@ def tune_entry(config: dict[str, Any], setups: dict[str, TrialSetup], data: Any,
 
 
 def _import_trial_libraries(setups: dict[str, TrialSetup]) -> None:
-    """Import torch, transformers and peft (through the arms' methods) before the trial's
-    time budget starts. A fresh worker spends ~10 s of CPU on them: that is the worker's
+    """Import torch, transformers' model classes and peft (through the arms' methods)
+    before the trial's time budget starts. A fresh worker spends ~10 s of CPU on them
+    (the BERT classes alone ~4 s: transformers imports them lazily): that is the worker's
     start-up, paid once per worker, and charged to its first trial it would make a tight
     ``search.trial_timeout_s`` fail that trial alone. Later calls cost nothing."""
     import torch  # noqa: F401
-    import transformers  # noqa: F401
+    from transformers import AutoModelForSequenceClassification, BertForSequenceClassification  # noqa: F401
 
     from methods import get_method
 
