@@ -3,10 +3,12 @@ real end-to-end run that the slow e2e modules share (``shared_run``)."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
 import sqlite3
+import tempfile
 import textwrap
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -90,6 +92,47 @@ SECRETS = {
 }
 
 
+@pytest.fixture(scope="session")
+def shared_ray():
+    """One local Ray for the in-process real runs of the session (``ray_session`` joins an
+    initialised Ray instead of starting one): each start and shutdown costs seconds.
+    Drivers started as subprocesses (test_resume, test_concurrent_runs, test_cluster) start
+    their own, as users' drivers do."""
+    from orchestrator.execute.ray_session import ray_session
+
+    with ray_session():
+        yield
+
+
+_EMPTY_STORE: list[Path] = []
+
+
+def new_mlflow_store(folder: Path) -> str:
+    """A new, empty MLflow sqlite store at FOLDER/mlflow.db; returns its URI.
+
+    Creating a store runs MLflow's schema migrations (~50 of them: 3-7 s here), which
+    each real run of the suite would repeat; the first call makes one empty store and
+    every call copies it. The copy is what MLflow itself would have made (same schema,
+    the Default experiment, nothing else). test_concurrent_runs does not use it: two
+    drivers creating one store at once is part of what it tests."""
+    if not _EMPTY_STORE:
+        from mlflow.tracking import MlflowClient
+
+        template = Path(tempfile.mkdtemp(prefix="orchestrate-empty-mlflow-")) / "mlflow.db"
+        MlflowClient(f"sqlite:///{template}").search_experiments()  # creates and migrates it
+        atexit.register(shutil.rmtree, template.parent, True)
+        _EMPTY_STORE.append(template)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_EMPTY_STORE[0], folder / "mlflow.db")
+    db = sqlite3.connect(folder / "mlflow.db")
+    try:  # the Default experiment's artifacts under FOLDER, as a store made in FOLDER has them
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE name = 'Default'", (str(folder / "mlruns" / "0"),))
+        db.commit()
+    finally:
+        db.close()
+    return f"sqlite:///{folder}/mlflow.db"
+
+
 @dataclass(frozen=True)
 class SharedRun:
     """Where the shared run is: ``orchestrate run SPEC --tracking-uri URI --state-dir STATE_DIR``
@@ -104,7 +147,7 @@ class SharedRun:
 
 
 @pytest.fixture(scope="session")
-def shared_run(tmp_path_factory) -> SharedRun:
+def shared_run(tmp_path_factory, shared_ray) -> SharedRun:
     """The one real run (search, a failing trial, confirmation, judge) of SHARED_HYPOTHESIS,
     with SECRETS set. Read-only for its users: see ``private_copy``."""
     from orchestrator.cli import main
@@ -113,7 +156,7 @@ def shared_run(tmp_path_factory) -> SharedRun:
     (folder / "flaky.yaml").write_text(FLAKY_SPACE)
     spec = folder / "tiny.yaml"
     spec.write_text(SHARED_HYPOTHESIS)
-    uri = f"sqlite:///{folder}/mlflow.db"
+    uri = new_mlflow_store(folder)
     state_dir = folder / "state"
     with pytest.MonkeyPatch.context() as mp:
         for name, value in SECRETS.items():

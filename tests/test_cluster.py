@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_HYPOTHESIS
+from conftest import TINY_HYPOTHESIS, new_mlflow_store
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -163,7 +163,7 @@ def cluster_run(cluster):
     # two trials at a time, one GPU each: one per node (the tiny hypothesis runs one at a time)
     spec.write_text(TINY_HYPOTHESIS.replace("  scheduler: fifo\n", "  scheduler: fifo\n  resources_per_trial: {cpu: 1, gpu: 1}\n")
                     .replace("max_concurrent: 1", "max_concurrent: 2"))
-    uri = f"sqlite:///{folder}/mlflow.db"  # on the driver: only the driver writes to MLflow
+    uri = new_mlflow_store(folder)  # on the driver: only the driver writes to MLflow
     storage = folder / "ray-storage"  # one folder both hosts see, as a shared filesystem would be
     started = time.monotonic()
     out = hosts.run_in(

@@ -85,14 +85,15 @@ confirm: {seeds: 1}
 
 
 @pytest.mark.slow
-def test_every_injected_fault_is_recorded_with_its_reason(tmp_path):
+def test_every_injected_fault_is_recorded_with_its_reason(tmp_path, shared_ray):
     from mlflow.tracking import MlflowClient
 
+    from conftest import new_mlflow_store
     from orchestrator.cli import main
 
     spec = tmp_path / "faults.yaml"
     spec.write_text(textwrap.dedent(FAULTS).replace("MARKER", str(tmp_path / "died-once")))
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_mlflow_store(tmp_path)
     code = main(["run", str(spec), "--tracking-uri", uri, "--state-dir", str(tmp_path / "state"), "--quiet"])
     assert code != 0  # four arms have no trial to confirm: a clear error, not a verdict
     client = MlflowClient(uri)

@@ -66,7 +66,7 @@ def test_failure_reports_and_missing_values_never_prune():
 
 
 @pytest.mark.slow
-def test_a_real_tune_search_with_the_median_pruner_stops_bad_trials_and_optuna_sees_them_pruned(tmp_path):
+def test_a_real_tune_search_with_the_median_pruner_stops_bad_trials_and_optuna_sees_them_pruned(tmp_path, shared_ray):
     """Ray Tune + HonestOptunaSearch + the median pruner, on a trainable whose curve is set by x."""
     import ray
     from optuna.trial import TrialState

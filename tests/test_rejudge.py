@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_HYPOTHESIS, private_copy
+from conftest import TINY_HYPOTHESIS, new_mlflow_store, private_copy
 from orchestrator.judge import Verdict, judge_claims
 from orchestrator.rejudge import POSTHOC_FILE, exit_code, rejudge, samples_from_summary
 from orchestrator.tracking import ARM, LEVEL, Tracker
@@ -59,7 +59,7 @@ def logged_tree(tmp_path_factory):
     from mlflow.tracking import MlflowClient
 
     tmp_path = tmp_path_factory.mktemp("tree")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_mlflow_store(tmp_path)
     MlflowClient(uri).create_experiment("tiny-test", artifact_location=(tmp_path / "artifacts").as_uri())
     tracker = Tracker(uri)
     experiment = tracker.experiment_id("tiny-test")

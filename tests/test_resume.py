@@ -23,7 +23,7 @@ from typing import Any, Callable
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY_HYPOTHESIS
+from conftest import TINY_HYPOTHESIS, new_mlflow_store
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -91,6 +91,7 @@ def verdicts(runs) -> dict[str, str]:
 def uninterrupted(tmp_path_factory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("uninterrupted")
     (folder / "tiny.yaml").write_text(SPEC)
+    new_mlflow_store(folder)
     proc = start(folder / "tiny.yaml", folder)
     _, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, err[-3000:]
@@ -100,6 +101,7 @@ def uninterrupted(tmp_path_factory) -> dict[str, str]:
 def test_a_run_interrupted_four_times_resumes_without_losing_or_doubling_trials(tmp_path, uninterrupted):
     spec = tmp_path / "tiny.yaml"
     spec.write_text(SPEC)
+    new_mlflow_store(tmp_path)
     kept: set[str] = set()  # MLflow runs of trials and confirmations finished before some kill
     for where, sig, point in POINTS:
         proc = start(spec, tmp_path)

@@ -24,7 +24,7 @@ import pytest
 from orchestrator.spec.errors import SpecError
 from orchestrator.spec.loader import load_hypothesis
 
-from conftest import SECRETS, TINY_HYPOTHESIS
+from conftest import SECRETS, TINY_HYPOTHESIS, new_mlflow_store
 
 SENTINEL_CODE = "import pathlib; pathlib.Path({path!r}).write_text('pwned')"
 
@@ -196,7 +196,7 @@ def test_the_tracker_redacts_secret_environment_values(tmp_path, monkeypatch):
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("SHORT_TOKEN", "1")  # too short to be told from ordinary text
     monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_mlflow_store(tmp_path)
     tracker = Tracker(uri)
     secret = SECRETS["HF_TOKEN"]
     run = tracker.start_run(tracker.experiment_id("redaction"), f"run {secret}", {"t": f"x{secret}x"})

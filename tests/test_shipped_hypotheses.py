@@ -1,7 +1,7 @@
 """Every shipped hypothesis runs end to end with its smoke profile (tiny random models).
 
-One local Ray instance serves all of them (``ray_session`` joins an initialised Ray),
-so the cost is the trials, not nine Ray start-ups.
+The session's local Ray (``shared_ray`` in conftest.py) serves all of them, so the cost
+is the trials, not nine Ray start-ups.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import new_mlflow_store
 from orchestrator.cli import main
 from orchestrator.spec.loader import load_hypothesis
 
@@ -19,18 +20,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 SHIPPED = sorted((Path(__file__).resolve().parent.parent / "hypotheses").glob("*.yaml"))
 
 
-@pytest.fixture(scope="module")
-def shared_ray():
-    from orchestrator.execute.ray_session import ray_session
-
-    with ray_session():
-        yield
-
-
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_smoke_profile_runs_and_judges_every_claim(path, shared_ray, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_mlflow_store(tmp_path)
     assert main(["run", str(path), "--profile", "smoke", "--tracking-uri", uri, "--quiet"]) == 0
     spec = load_hypothesis(path, "smoke").hypothesis
     client = MlflowClient(uri)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import socket
 
+from conftest import new_mlflow_store
 from orchestrator import ui
 
 
@@ -49,7 +50,7 @@ def test_a_missing_sqlite_store_is_reported_and_nothing_starts(tmp_path, capsys)
 def test_a_busy_port_is_reported(tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_mlflow_store(tmp_path)
     MlflowClient(uri).create_experiment("h")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

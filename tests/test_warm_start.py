@@ -11,7 +11,7 @@ from orchestrator.plan import make_plan
 from orchestrator.results import COMPLETED, FAILED, INFEASIBLE, STOPPED, TrialRecord
 from orchestrator.spec.loader import load_hypothesis
 
-from conftest import TINY_HYPOTHESIS
+from conftest import TINY_HYPOTHESIS, new_mlflow_store
 
 
 def plan_of(write_yaml, text: str, name: str = "h.yaml"):
@@ -44,7 +44,7 @@ def test_the_archive_keeps_reusable_trials_once_and_survives_a_torn_line(tmp_pat
 
 
 @pytest.mark.slow
-def test_more_trials_reuse_the_finished_ones_and_only_the_new_ones_train(tmp_path):
+def test_more_trials_reuse_the_finished_ones_and_only_the_new_ones_train(tmp_path, shared_ray):
     from mlflow.tracking import MlflowClient
 
     from orchestrator.cli import main
@@ -52,7 +52,7 @@ def test_more_trials_reuse_the_finished_ones_and_only_the_new_ones_train(tmp_pat
     spec = tmp_path / "tiny.yaml"
     text = TINY_HYPOTHESIS.replace("  large: {method: lora, fixed: {r: 8}}\n", "").replace("  small: {method: lora, fixed: {r: 2}}\n", "  small: {method: lora}\n")
     text = text[: text.index("expected:")] + "expected:\n  - small.test_accuracy >= 0\n"
-    uri, state = f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "state")
+    uri, state = new_mlflow_store(tmp_path), str(tmp_path / "state")
     spec.write_text(text)
     assert main(["run", str(spec), "--tracking-uri", uri, "--state-dir", state, "--quiet"]) == 0
     spec.write_text(text.replace("trials_per_arm: 2", "trials_per_arm: 3"))

@@ -16,7 +16,7 @@ def test_outside_a_ray_actor_nothing_is_hidden():
 
 
 @pytest.mark.slow
-def test_a_worker_hides_it_unless_an_arm_needs_it_and_peft_imports_either_way():
+def test_a_worker_hides_it_unless_an_arm_needs_it_and_peft_imports_either_way(shared_ray):
     import ray
 
     from orchestrator.execute.ray_session import ray_session
