@@ -33,7 +33,10 @@ SPEC = TINY_HYPOTHESIS.replace("trials_per_arm: 2", "trials_per_arm: 3").replace
 def start(spec: Path, folder: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "orchestrator.cli", "run", str(spec), "--quiet",
                "--state-dir", str(folder / "state"), "--tracking-uri", f"sqlite:///{folder}/mlflow.db"]
-    return subprocess.Popen(command, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # SIGINT as a terminal's foreground job has it: a suite run as a background job ignores
+    # SIGINT, its children inherit that, and the driver (like Python) keeps it ignored
+    return subprocess.Popen(command, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def state_of(folder: Path) -> dict[str, Any]:

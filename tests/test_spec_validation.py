@@ -170,6 +170,14 @@ def test_every_problem_is_reported_at_once(write_yaml):
 
 
 def test_cli_validate_exits_2_without_traceback_and_starts_nothing(write_yaml, tmp_path, capsys, monkeypatch):
+    import orchestrator.execute.ray_session
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("bad input reached Ray")
+
+    # the session's shared Ray may be up already (conftest.shared_ray): then "not initialised" proves nothing
+    ray_was_up = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    monkeypatch.setattr(orchestrator.execute.ray_session, "ray_session", no_ray)
     monkeypatch.chdir(tmp_path)
     path = write_yaml(replaced("  trials_per_arm: 2", "  trails_per_arm: 2"))
     assert main(["validate", str(path)]) == 2
@@ -178,7 +186,7 @@ def test_cli_validate_exits_2_without_traceback_and_starts_nothing(write_yaml, t
     assert "Traceback" not in captured.err
     assert main(["run", str(path), "--quiet"]) == 2
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / ".orchestrate").exists()
-    assert "ray" not in sys.modules or not __import__("ray").is_initialized()
+    assert ray_was_up or "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
 
 
 def test_cli_validate_ok(tiny_hypothesis, capsys):

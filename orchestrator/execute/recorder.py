@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ray.tune import Callback
 
-from orchestrator.execute.interrupts import raise_if_stop_requested
 from orchestrator.execute.progress import ArmProgress
 from orchestrator.faults import ERROR_KEY, TRACE_KEY
 from orchestrator.results import COMPLETED, FAILED, INFEASIBLE, STOPPED, TrialRecord
@@ -207,9 +206,6 @@ class RecorderCallback(Callback):
         if len(recorders) == 1:
             return next(iter(recorders.values()))
         return recorders.get(trial.config.get(ARM_KEY))
-
-    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        raise_if_stop_requested()  # a Ctrl-C that Python dropped on the way (orchestrator.execute.interrupts)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if recorder := self._recorder(trial):
