@@ -77,7 +77,7 @@ search:
   trials_per_arm: 1
   max_concurrent: 1
   scheduler: fifo
-  trial_timeout_s: 20   # a hang costs its budget (plus the watchdog's margin and grace) per attempt
+  trial_timeout_s: 12   # a hang costs its budget (plus the watchdog's margin and grace) per attempt
   trial_memory_mb: 1200
   max_retries: 1
 confirm: {seeds: 1}
@@ -103,8 +103,8 @@ def test_every_injected_fault_is_recorded_with_its_reason(tmp_path, shared_ray):
     assert set(trials) >= {"nan", "hang", "stuck", "hog", "lost"}
     reasons = {arm: run.data.tags.get("orchestrate.error", "") for arm, run in trials.items()}
     assert reasons["nan"].startswith("NonFiniteLossError: non-finite loss")
-    assert reasons["hang"].startswith("TrialHungError: trial hung inside a step past its 20 s budget")
-    assert reasons["stuck"].startswith("TrialHungError: hung inside a step past its 20 s budget") and "worker was ended" in reasons["stuck"]
+    assert reasons["hang"].startswith("TrialHungError: trial hung inside a step past its 12 s budget")
+    assert reasons["stuck"].startswith("TrialHungError: hung inside a step past its 12 s budget") and "worker was ended" in reasons["stuck"]
     assert reasons["hog"].startswith("MemoryLimitError: trial peaked at") and "1200 MB limit" in reasons["hog"]
     for arm in ("nan", "hang", "stuck", "hog"):
         assert trials[arm].info.status == "FAILED", arm
