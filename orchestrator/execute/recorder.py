@@ -69,9 +69,13 @@ class TrialRecorder:
         seed = config.get(SEED_KEY)
         run_id = self.state.trial_run(self.arm, self.kind, trial_id)
         status = self.tracker.run_status(run_id) if run_id else None
+        logged = self.static_params | params | ({"seed": seed} if seed is not None else {})
         if status is not None:  # a trial resumed after an interruption: same MLflow run
             self.tracker.client.update_run(run_id, status="RUNNING")
             self.tracker.set_tags(run_id, {"orchestrate.resumed": "true"})
+            # again: a kill between creating the run and logging its params left none
+            # (MLflow accepts a param logged twice with the same value)
+            self.tracker.log_params(run_id, logged)
         else:
             self.counter = len(self.state.trial_runs(self.arm, self.kind)) + 1
             name = self._run_name(self.counter, params, seed)
@@ -80,7 +84,7 @@ class TrialRecorder:
                 tags["orchestrate.seed"] = str(seed)
             run_id = self.tracker.start_run(self.experiment_id, name, tags, parent_id=self.parent_run_id)
             self.state.set_trial_run(self.arm, self.kind, trial_id, run_id)  # first: a kill now leaves no orphan
-            self.tracker.log_params(run_id, self.static_params | params | ({"seed": seed} if seed is not None else {}))
+            self.tracker.log_params(run_id, logged)
         self.records[trial_id] = TrialRecord(trial_id, self.arm, self.kind, self.static_params | params, seed=seed, mlflow_run_id=run_id)
         self.started_at[trial_id] = time.monotonic()
         if self.progress:

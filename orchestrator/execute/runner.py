@@ -116,10 +116,15 @@ def _report(tracker: Tracker, parent_id: str, options: RunOptions, progress: Pro
 
 
 def _parent_run(tracker: Tracker, experiment_id: str, plan: Plan, state: RunState) -> str:
+    """The hypothesis's MLflow run, created once: its id is saved before anything is
+    logged to it, so a kill in between leaves a run that the next start completes,
+    not an orphan beside a second parent."""
     existing = state.get("parent_run_id")
     if existing and tracker.run_status(existing) is not None:
         tracker.client.update_run(existing, status="RUNNING")
         tracker.set_tags(existing, {"orchestrate.resumed": "true"})
+        if "profile" not in tracker.client.get_run(existing).data.params:  # killed before its description was logged
+            _describe_parent(tracker, existing, plan)
         return existing
     h = plan.hypothesis
     tags = {
@@ -128,17 +133,22 @@ def _parent_run(tracker: Tracker, experiment_id: str, plan: Plan, state: RunStat
         "orchestrate.git_commit": _git_commit(plan.spec_path), "mlflow.note.content": h.statement,
     }
     run_id = tracker.start_run(experiment_id, f"{h.name} [{plan.profile}]", tags)
-    tracker.log_params(run_id, {
+    state.set(parent_run_id=run_id, experiment_id=experiment_id)
+    _describe_parent(tracker, run_id, plan)
+    return run_id
+
+
+def _describe_parent(tracker: Tracker, run_id: str, plan: Plan) -> None:
+    h = plan.hypothesis
+    tracker.log_text(run_id, Path(plan.spec_path).read_text(), f"spec/{Path(plan.spec_path).name}")
+    tracker.log_text(run_id, json.dumps(plan.to_dict(), indent=1, default=str), "plan.json")
+    tracker.log_text(run_id, "\n".join(plan.claims), "expected.txt")
+    tracker.log_params(run_id, {  # last: its presence says the description is complete
         "profile": plan.profile, "sampler": h.search.sampler, "trials_per_arm": h.search.trials_per_arm,
         "confirm_seeds": h.confirm.seeds, "confirm_split": h.confirm.split, "confidence": h.judge.confidence,
         "arms": ",".join(h.arms), "task_model": h.task.model, "task_dataset": h.task.dataset,
         **{f"version.{name}": version for name, version in _versions().items()},
     })
-    tracker.log_text(run_id, Path(plan.spec_path).read_text(), f"spec/{Path(plan.spec_path).name}")
-    tracker.log_text(run_id, json.dumps(plan.to_dict(), indent=1, default=str), "plan.json")
-    tracker.log_text(run_id, "\n".join(plan.claims), "expected.txt")
-    state.set(parent_run_id=run_id, experiment_id=experiment_id)
-    return run_id
 
 
 @dataclass
@@ -162,13 +172,14 @@ def _search_arm(arm_plan: ArmPlan, plan: Plan, tracker: Tracker, experiment_id: 
     arm = arm_plan.arm
     arm_state = state.arm(arm)
     arm_run = arm_state.get("arm_run_id")
+    arm_params = {"method": arm_plan.method, **{f"fixed.{k}": v for k, v in arm_plan.fixed.items()}, "space": arm_plan.space_file or "-"}
     if not arm_run or tracker.run_status(arm_run) is None:
         arm_run = tracker.start_run(experiment_id, f"{arm} ({arm_plan.method})", {LEVEL: "arm", ARM: arm, "orchestrate.method": arm_plan.method}, parent_id)
-        tracker.log_params(arm_run, {"method": arm_plan.method, **{f"fixed.{k}": v for k, v in arm_plan.fixed.items()}, "space": arm_plan.space_file or "-"})
-        state.set_arm(arm, arm_run_id=arm_run)
+        state.set_arm(arm, arm_run_id=arm_run)  # first: a kill now leaves no orphan
     else:
         _close_stale_children(tracker, experiment_id, arm_run)
         tracker.client.update_run(arm_run, status="RUNNING")
+    tracker.log_params(arm_run, arm_params)  # again on a resume: the same values (a kill may have come before them)
     setup = TrialSetup(
         arm=arm, method=arm_plan.method, model=h.task.model, metric=h.task.metric, training=h.training,
         fixed=dict(arm_plan.fixed), target_modules=h.task.target_modules, threads=max(1, int(arm_plan.resources.cpu)),
@@ -251,11 +262,14 @@ def _log_reused(tracker: Tracker, experiment_id: str, arm_run: str, state: RunSt
     as a trial run of this search, once even across resumes: its parameters, final
     metrics and status, and the run it came from."""
     run_id = state.trial_run(prior.arm, "trial", prior.trial_id)
-    if not run_id or tracker.run_status(run_id) is None:
+    status = tracker.run_status(run_id) if run_id else None
+    if status is None:
         tags = {**base_tags, LEVEL: "trial", ARM: prior.arm, "orchestrate.trial_id": prior.trial_id, "orchestrate.status": prior.status,
                 "orchestrate.reused_from": prior.reused_from or prior.mlflow_run_id or ""}
         run_id = tracker.start_run(experiment_id, f"{prior.arm} reused {prior.trial_id}", tags, parent_id=arm_run)
         state.set_trial_run(prior.arm, "trial", prior.trial_id, run_id)
+    if status != "FINISHED":  # new, or killed before it was complete: params are idempotent, metrics the same values
+        tracker.set_tags(run_id, {"orchestrate.status": prior.status})  # not the KILLED that closing a stale run set
         tracker.log_params(run_id, prior.params)
         tracker.log_metrics(run_id, {k: v for k, v in prior.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         tracker.end_run(run_id, "FINISHED")

@@ -1,0 +1,60 @@
+"""The trial recorder across a kill: what a resumed driver finds in MLflow is complete.
+
+A driver creates a trial's MLflow run, saves its id, then logs its parameters. A SIGKILL
+between the last two steps cannot be timed for real (a window of milliseconds; CI once
+hit it in test_resume), so here the kill is an exception raised from the parameter
+logging, the one fault this file injects. The store, the state file and the recorder are
+the real ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import new_mlflow_store
+from orchestrator.execute.recorder import TrialRecorder
+from orchestrator.execute.runner import _close_stale
+from orchestrator.execute.state import RunState
+from orchestrator.tracking import Tracker
+from orchestrator.trainable import SEED_KEY
+
+
+class Killed(BaseException):
+    """The driver's death, at one chosen line."""
+
+
+def recorder(tracker: Tracker, experiment: str, parent: str, state: RunState) -> TrialRecorder:
+    return TrialRecorder(tracker, experiment, parent, "small", "confirm", 1, [], state, None, {}, [], static_params={"lr": 0.01})
+
+
+def test_a_trial_killed_before_its_params_were_logged_gets_them_when_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tracker = Tracker(new_mlflow_store(tmp_path))
+    experiment = tracker.experiment_id("recorder")
+    parent = tracker.start_run(experiment, "small (lora)", {})
+    state = RunState.open(tmp_path / "state", "h", "default", "sha", fresh=False)
+    config = {SEED_KEY: 1000, "rank": 4}
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tracker, "log_params", killed)
+        with pytest.raises(Killed):
+            recorder(tracker, experiment, parent, state).started("t1", config)
+    (run_id,) = state.trial_runs("small", "confirm").values()
+    assert tracker.client.get_run(run_id).data.params == {}  # the window: a run, its id saved, no params
+
+    # the next driver: state read back from disk, stale runs closed, the trial started again
+    state = RunState.open(tmp_path / "state", "h", "default", "sha", fresh=False)
+    _close_stale(tracker, state.trial_runs("small", "confirm"))
+    resumed = recorder(tracker, experiment, parent, state)
+    resumed.started("t1", config)
+    resumed.result("t1", {"epoch": 1, "test_accuracy": 0.75})
+    resumed.completed("t1", None)
+
+    run = tracker.client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"lr": "0.01", "rank": "4", "seed": "1000"}
+    assert run.data.tags["orchestrate.resumed"] == "true"
+    assert list(state.trial_runs("small", "confirm").values()) == [run_id]  # the same run, not a second one
