@@ -82,7 +82,7 @@ def run_orchestrate(trials: int, concurrent: int, epochs: int, folder: Path) -> 
     progress = Progress(quiet=True)
     recorder = TrialRecorder(tracker, experiment, arm_run, "a", "trial", epochs, [], state,
                              progress.arm("a", "search", trials, "val_accuracy", "max"), {}, ["lr"])
-    records = tuning.run_search(plan, setup, None, recorder, str(folder / "ray"), "orchestrate")
+    records = tuning.run_searches([tuning.SearchRequest(plan, setup, recorder)], None, str(folder / "ray"), "orchestrate", 0)["a"]
     assert len(records) == trials, len(records)
     return time.perf_counter() - started
 

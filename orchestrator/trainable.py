@@ -22,13 +22,13 @@ from orchestrator.watchdog import HangWatchdog
 from orchestrator.worker_imports import hide_bitsandbytes_unless
 
 SEED_KEY = "_seed"
-ARM_KEY = "_arm"  # which arm's setup a trial runs, when one Tuner serves several arms (confirmation)
+ARM_KEY = "_arm"  # which arm's setup a trial runs: one Tuner serves every arm (search, confirmation)
 
 
 def tune_entry(config: dict[str, Any], setups: dict[str, TrialSetup], data: Any, seed: int) -> None:
-    """One trial. ``setups`` maps arm -> setup; a search has one arm, the confirmation
-    Tuner all of them (``config[ARM_KEY]`` says which), so one worker process, with
-    torch and peft imported once, serves every arm's confirmation runs."""
+    """One trial. ``setups`` maps arm -> setup: the search and the confirmation Tuners
+    each hold every arm (``config[ARM_KEY]`` says which), so one worker process, with
+    torch and peft imported once, serves every arm's trials."""
     hide_bitsandbytes_unless(any(s.uses_bitsandbytes for s in setups.values()))  # before the first import of peft
     from ray import tune
 

@@ -1,5 +1,5 @@
-"""Interruptions, for real: one run stopped at four points in turn (SIGKILL during the first
-arm's search, SIGTERM between two arms' searches, SIGINT during the second arm's search,
+"""Interruptions, for real: one run stopped at four points in turn (SIGKILL during the
+search, SIGTERM during the resumed search, SIGINT between search and confirmation,
 SIGKILL during confirmation), run again after each; a SIGTERM or SIGINT is a clean stop
 (exit 130, no MLflow run left RUNNING); at the end nothing is lost or doubled and the
 verdicts equal those of a run that was never interrupted.
@@ -47,27 +47,32 @@ def state_of(folder: Path) -> dict[str, Any]:
         return {}
 
 
-def records(state: dict[str, Any], arm: str, kind: str) -> int:
-    return len(state.get("arms", {}).get(arm, {}).get("records", {}).get(kind, {}))
+def records(state: dict[str, Any], kind: str) -> int:
+    return sum(len(arm.get("records", {}).get(kind, {})) for arm in state.get("arms", {}).values())
 
 
-# Where the driver is killed, in the order a run reaches them: a condition on its saved
-# state, polled. Each holds only after the one before it, so one run passes all four.
-POINTS: list[tuple[str, int, Callable[[dict[str, Any]], bool]]] = [
-    ("during the first arm's search", signal.SIGKILL, lambda s: records(s, "small", "trial") >= 1),
-    # the first arm's search done, the second's started but without a finished trial: a
-    # window of seconds (its worker is importing torch)
-    ("between two arms' searches", signal.SIGTERM,
-     lambda s: bool(s.get("arms", {}).get("small", {}).get("search_done")) and records(s, "large", "trial") == 0),
-    ("during the second arm's search", signal.SIGINT, lambda s: records(s, "large", "trial") >= 1),
-    # confirmation comes after every search (one Tuner for all arms)
-    ("during confirmation", signal.SIGKILL, lambda s: records(s, "small", "confirm") + records(s, "large", "confirm") >= 1),
+def searched(state: dict[str, Any]) -> bool:
+    arms = state.get("arms", {})
+    return len(arms) == 2 and all(arm.get("search_done") for arm in arms.values())
+
+
+# Where the driver is stopped, in the order a run reaches them: a condition on its saved
+# state now and when this driver started, polled. Each asks for progress made by the
+# driver being stopped, so each stop interrupts work in flight, and one run passes all
+# four in turn. (Every arm's search is one Tuner: the first arm's trials come first.)
+POINTS: list[tuple[str, int, Callable[[dict[str, Any], dict[str, Any]], bool]]] = [
+    ("during the search", signal.SIGKILL, lambda s, start: records(s, "trial") >= 1),
+    ("during the resumed search", signal.SIGTERM, lambda s, start: records(s, "trial") >= records(start, "trial") + 1),
+    # the search done; confirmation's Tuner is starting (its worker imports torch) or running
+    ("between search and confirmation", signal.SIGINT, lambda s, start: searched(s)),
+    ("during confirmation", signal.SIGKILL, lambda s, start: records(s, "confirm") >= records(start, "confirm") + 1),
 ]
 
 
-def interrupt_at(proc: subprocess.Popen, folder: Path, sig: int, point: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+def interrupt_at(proc: subprocess.Popen, folder: Path, sig: int, point: Callable[[dict[str, Any], dict[str, Any]], bool],
+                 start_state: dict[str, Any]) -> dict[str, Any]:
     deadline = time.monotonic() + 600
-    while not point(state := state_of(folder)):
+    while not point(state := state_of(folder), start_state):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the kill point never came in 10 minutes"
         time.sleep(0.05)
@@ -107,8 +112,9 @@ def test_a_run_interrupted_four_times_resumes_without_losing_or_doubling_trials(
     new_mlflow_store(tmp_path)
     kept: set[str] = set()  # MLflow runs of trials and confirmations finished before some kill
     for where, sig, point in POINTS:
+        start_state = state_of(tmp_path)
         proc = start(spec, tmp_path)
-        state = interrupt_at(proc, tmp_path, sig, point)
+        state = interrupt_at(proc, tmp_path, sig, point, start_state)
         if sig != signal.SIGKILL:  # a clean stop
             err = proc.stderr.read()
             assert proc.returncode == 130, f"{where}: exit {proc.returncode}\n{err[-3000:]}"

@@ -199,15 +199,17 @@ class TrialRecorder:
 
 class RecorderCallback(Callback):
     """Forwards Ray Tune trial events to the registered ``TrialRecorder`` of the
-    trial's arm (one per arm when a Tuner serves several, as confirmation does)."""
+    trial's arm (``ARM_KEY`` in its config: a Tuner serves every arm)."""
 
     def __init__(self, recorders: list[TrialRecorder], key: str | None = None) -> None:
         self.key = key or uuid.uuid4().hex
         _RECORDERS[self.key] = {recorder.arm: recorder for recorder in recorders}
 
     def _recorder(self, trial: Any) -> TrialRecorder | None:
+        """The recorder of the trial's arm; none for an arm this driver does not record
+        (a restored Tuner may hold trials of an arm whose search is complete)."""
         recorders = _RECORDERS.get(self.key) or {}
-        if len(recorders) == 1:
+        if ARM_KEY not in trial.config and len(recorders) == 1:
             return next(iter(recorders.values()))
         return recorders.get(trial.config.get(ARM_KEY))
 

@@ -1,7 +1,8 @@
 """Plan -> search every arm -> confirm the winners -> judge. The driver's whole job.
 
-The arms are searched one after the other (a Tuner each); then every arm's winner is
-confirmed in one Tuner (``tuning.run_confirm``: one set of worker processes for all).
+Every arm is searched in one Tuner (``tuning.run_searches``: a searcher and a scheduler
+per arm behind one dispatcher, one set of worker processes for all); then every arm's
+winner is confirmed in one Tuner (``tuning.run_confirm``).
 
 Each step is persisted in ``RunState`` as soon as it finishes, so a rerun of the same
 command skips what is done: finished arms are not searched again, trials already in
@@ -18,7 +19,7 @@ import subprocess
 from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from methods import get_method
 from orchestrator.execute.archive import TrialArchive, search_identity
@@ -31,6 +32,9 @@ from orchestrator.plan import ArmPlan, Plan
 from orchestrator.results import COMPLETED, FAILED, INFEASIBLE, STOPPED, ArmOutcome, TrialRecord
 from orchestrator.tracking import ARM, LEVEL, Tracker
 from orchestrator.training import TrialSetup
+
+if TYPE_CHECKING:
+    from orchestrator.execute.tuning import SearchRequest
 
 PACKAGES = ("torch", "transformers", "peft", "optuna", "optuna-integration", "botorch", "ray", "mlflow", "pydantic", "hypothesis-orchestrator")
 
@@ -83,14 +87,9 @@ def run_plan(plan: Plan, options: RunOptions) -> RunOutcome:
             install_stop_handlers()  # again: ray.init replaced our SIGTERM handler with its own
             progress.line(f"{h.name} [{plan.profile}] on {where}; MLflow {tracker.uri} run {parent_id}")
             data_ref = ray.put(data)
-            unusable: list[str] = []
-            searched: list[SearchedArm] = []
-            for arm_plan in plan.arms:
-                try:
-                    searched.append(_search_arm(arm_plan, plan, tracker, experiment_id, parent_id, state, storage, progress, archive, data_key, data_ref))
-                except AllTrialsFailedError as exc:  # the other arms still run: their trials are not wasted
-                    unusable.append(str(exc))
-                    progress.line(f"orchestrate: {exc}")
+            searched, unusable = _search_arms(plan, tracker, experiment_id, parent_id, state, storage, progress, archive, data_key, data_ref)
+            for reason in unusable:
+                progress.line(f"orchestrate: {reason}")
             arms.extend(_confirm_arms(searched, plan, tracker, experiment_id, parent_id, state, storage, progress, data_ref))
             if unusable:
                 raise AllTrialsFailedError("no verdict: " + "; ".join(unusable))
@@ -164,9 +163,51 @@ class SearchedArm:
     run_name: str
 
 
-def _search_arm(arm_plan: ArmPlan, plan: Plan, tracker: Tracker, experiment_id: str, parent_id: str, state: RunState, storage: str,
-                progress: Progress, archive: TrialArchive | None, data_key: str, data_ref: Any) -> SearchedArm:
-    from orchestrator.execute.tuning import run_search
+@dataclass
+class ArmSearch:
+    """An arm on its way through the search: its MLflow run and trial setup, and, while
+    its search is still to do, the trials reused from the archive and its request."""
+
+    plan: ArmPlan
+    arm_run: str
+    setup: TrialSetup
+    reused: list[TrialRecord] = field(default_factory=list)
+    request: SearchRequest | None = None  # None: searched before an interruption
+    identity: str = ""
+
+
+def _search_arms(plan: Plan, tracker: Tracker, experiment_id: str, parent_id: str, state: RunState, storage: str, progress: Progress,
+                 archive: TrialArchive | None, data_key: str, data_ref: Any) -> tuple[list[SearchedArm], list[str]]:
+    """Every arm's search in one Tuner (``tuning.run_searches``), then each arm's winner.
+    An arm whose trials all failed is reported, not raised: the other arms' trials are
+    not wasted (their confirmation still runs)."""
+    from orchestrator.execute.tuning import run_searches
+
+    run_name = f"{plan.hypothesis.name}--{plan.profile}--{parent_id[:8]}"
+    arms = [_prepare_arm(arm_plan, plan, tracker, experiment_id, parent_id, state, progress, archive, data_key) for arm_plan in plan.arms]
+    pending = [a for a in arms if a.request is not None]
+    found = run_searches([a.request for a in pending if a.request], data_ref, storage, f"{run_name}--search", plan.hypothesis.search.seed)
+    for a in pending:
+        # a resumed search may hold a trial twice (reused from the archive, which it fed,
+        # and recorded again): the recorder's record wins, it is this run's own
+        trials = list({t.trial_id: t for t in [*a.reused, *found.get(a.plan.arm, [])]}.values())
+        state.set_arm(a.plan.arm, search_done=True, trials=[asdict(t) for t in trials])
+        if archive:
+            archive.add(a.identity, trials)
+    searched, unusable = [], []
+    for a in arms:
+        try:
+            searched.append(_pick_winner(a, plan, tracker, state, run_name))
+        except AllTrialsFailedError as exc:
+            unusable.append(str(exc))
+    return searched, unusable
+
+
+def _prepare_arm(arm_plan: ArmPlan, plan: Plan, tracker: Tracker, experiment_id: str, parent_id: str, state: RunState, progress: Progress,
+                 archive: TrialArchive | None, data_key: str) -> ArmSearch:
+    """The arm's MLflow run (created once), its trial setup and, unless its search is
+    done, the trials it reuses and the request for new ones."""
+    from orchestrator.execute.tuning import SearchRequest
 
     h = plan.hypothesis
     arm = arm_plan.arm
@@ -186,27 +227,26 @@ def _search_arm(arm_plan: ArmPlan, plan: Plan, tracker: Tracker, experiment_id: 
         constraints=tuple(arm_plan.constraints), timeout_s=h.search.trial_timeout_s, memory_limit_mb=h.search.trial_memory_mb,
         uses_bitsandbytes=get_method(arm_plan.method).uses_bitsandbytes,
     )
-    run_name = f"{h.name}--{plan.profile}--{parent_id[:8]}"
-    base_tags = _base_tags(plan, arm_plan)
-    name_params = [k for k in arm_plan.params if k not in arm_plan.fixed]
-
     if arm_state.get("search_done"):
-        trials = [TrialRecord(**t) for t in arm_state["trials"]]
-    else:
-        _close_stale(tracker, state.trial_runs(arm, "trial"))
-        arm_progress = progress.arm(arm, "search", arm_plan.trials, arm_plan.primary_metric, arm_plan.primary_mode)
-        identity = search_identity(plan, arm_plan, data_key)
-        prior = archive.load(identity)[: arm_plan.trials] if archive else []
-        reused = [_log_reused(tracker, experiment_id, arm_run, state, replace(record, arm=arm), base_tags, arm_progress) for record in prior]
-        if reused:
-            progress.line(f"{arm}: {len(reused)} finished trials reused from earlier runs; {max(0, arm_plan.trials - len(reused))} new")
-        recorder = TrialRecorder(tracker, experiment_id, arm_run, arm, "trial", h.training.epochs, arm_plan.constraints, state,
-                                 arm_progress, base_tags, name_params, timeout_s=h.search.trial_timeout_s,
-                                 on_finished=(lambda record: archive.add(identity, [record])) if archive else None)
-        trials = reused + run_search(arm_plan, setup, data_ref, recorder, storage, f"{run_name}--{arm}-search", h.search.seed, prior)
-        state.set_arm(arm, search_done=True, trials=[asdict(t) for t in trials])
-        if archive:
-            archive.add(identity, trials)
+        return ArmSearch(arm_plan, arm_run, setup)
+    _close_stale(tracker, state.trial_runs(arm, "trial"))
+    arm_progress = progress.arm(arm, "search", arm_plan.trials, arm_plan.primary_metric, arm_plan.primary_mode)
+    identity = search_identity(plan, arm_plan, data_key)
+    base_tags = _base_tags(plan, arm_plan)
+    prior = archive.load(identity)[: arm_plan.trials] if archive else []
+    reused = [_log_reused(tracker, experiment_id, arm_run, state, replace(record, arm=arm), base_tags, arm_progress) for record in prior]
+    if reused:
+        progress.line(f"{arm}: {len(reused)} finished trials reused from earlier runs; {max(0, arm_plan.trials - len(reused))} new")
+    name_params = [k for k in arm_plan.params if k not in arm_plan.fixed]
+    recorder = TrialRecorder(tracker, experiment_id, arm_run, arm, "trial", h.training.epochs, arm_plan.constraints, state,
+                             arm_progress, base_tags, name_params, timeout_s=h.search.trial_timeout_s,
+                             on_finished=(lambda record: archive.add(identity, [record])) if archive else None)
+    return ArmSearch(arm_plan, arm_run, setup, reused, SearchRequest(arm_plan, setup, recorder, prior), identity)
+
+
+def _pick_winner(a: ArmSearch, plan: Plan, tracker: Tracker, state: RunState, run_name: str) -> SearchedArm:
+    arm, arm_plan, arm_run = a.plan.arm, a.plan, a.arm_run
+    trials = [TrialRecord(**t) for t in state.arm(arm)["trials"]]
     if len(arm_plan.objectives) > 1:
         _log_pareto_front(tracker, arm_run, arm, trials, arm_plan)
     best, reason = select_best(trials, arm_plan)
@@ -218,7 +258,7 @@ def _search_arm(arm_plan: ArmPlan, plan: Plan, tracker: Tracker, experiment_id: 
     tracker.set_tags(arm_run, {"orchestrate.best_trial": best.trial_id, "orchestrate.best_reason": reason, "orchestrate.best_run": best.mlflow_run_id or ""})
     tracker.log_metrics(arm_run, {f"best_{k}": v for k, v in best.metrics.items()} | _count_metrics(trials))
     tracker.log_params(arm_run, {f"best.{k}": v for k, v in best.params.items()})
-    return SearchedArm(arm_plan, arm_run, setup, trials, best, reason, run_name)
+    return SearchedArm(arm_plan, arm_run, a.setup, trials, best, reason, run_name)
 
 
 def _base_tags(plan: Plan, arm_plan: ArmPlan) -> dict[str, str]:
@@ -392,10 +432,15 @@ def _close_stale_children(tracker: Tracker, experiment_id: str, parent_id: str) 
 
 
 def _close_open_runs(tracker: Tracker, state: RunState, parent_id: str, status: str) -> None:
+    """On a stop or a failure: every run of this hypothesis still RUNNING is closed,
+    also a trial's run that the stop caught between its creation and its entry in the
+    run state (found in MLflow as a child of its arm's run)."""
     try:
         for arm in state.data.get("arms", {}).values():
             _close_stale(tracker, arm.get("trial", {}))
             _close_stale(tracker, arm.get("confirm", {}))
+            if arm.get("arm_run_id") and state.get("experiment_id"):
+                _close_stale_children(tracker, state.get("experiment_id"), arm["arm_run_id"])
             if arm.get("arm_run_id") and tracker.run_status(arm["arm_run_id"]) == "RUNNING":
                 tracker.end_run(arm["arm_run_id"], status)
         if tracker.run_status(parent_id) == "RUNNING":

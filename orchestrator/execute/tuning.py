@@ -1,19 +1,19 @@
-"""Run trials through Ray Tune: one Tuner per arm's search, then one Tuner for the
-confirmation runs of every arm.
+"""Run trials through Ray Tune: one Tuner for every arm's search, then one Tuner for
+the confirmation runs of every arm.
 
 Only this module builds ``Tuner`` objects. Ray Tune owns scheduling, resources,
 retries and distribution; we pass it a searcher, a scheduler and a recorder.
 
-Why one confirmation Tuner for all arms: a Tuner starts its own worker processes, and
-each one imports torch, transformers and peft (about 10 s of CPU on a small machine)
-before its first trial. The searches need a Tuner each (their own searcher and
-scheduler); the confirmation runs do not, so with ``reuse_actors`` the same workers
-serve every arm's seeds.
+Why one Tuner for all arms, twice: a Tuner starts its own worker processes, and each
+one imports torch, transformers and peft (about 8-10 s of CPU on a small machine)
+before its first trial. With ``reuse_actors`` the same workers serve every arm's
+trials. The searches keep a searcher and a scheduler per arm through the dispatchers
+in ``by_arm``; the confirmation runs need neither (a grid over arm x seed).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -120,50 +120,70 @@ def _scheduler(plan: ArmPlan, epochs: int) -> Any:
     )
 
 
-def run_search(plan: ArmPlan, setup: TrialSetup, data_ref: Any, recorder: TrialRecorder, storage: Path | str, name: str, seed: int,
-               prior: list[TrialRecord] | None = None) -> list[TrialRecord]:
-    """The arm's hyperparameter search; returns a record per trial run here.
+@dataclass
+class SearchRequest:
+    """One arm's search: its plan and setup, its recorder, and the finished trials of
+    earlier runs it starts from (``orchestrator.execute.archive``)."""
 
-    ``prior``: finished trials of an earlier search with the same identity; the
-    sampler starts from them and only ``plan.trials - len(prior)`` new trials run.
+    plan: ArmPlan
+    setup: TrialSetup
+    recorder: TrialRecorder
+    prior: list[TrialRecord] = field(default_factory=list)
+
+    @property
+    def new_trials(self) -> int:
+        return max(0, self.plan.trials - len(self.prior))
+
+
+def run_searches(requests: list[SearchRequest], data_ref: Any, storage: Path | str, name: str, seed: int) -> dict[str, list[TrialRecord]]:
+    """Every arm's hyperparameter search, in one Tuner (``by_arm``); returns the records
+    of the trials run here, per arm.
+
+    An arm with ``prior`` trials starts its sampler from them and runs only
+    ``plan.trials - len(prior)`` new ones. Concurrency, resources and retries are the
+    hypothesis's, the same for every arm.
     """
-    prior = list(prior or [])
-    if len(prior) >= plan.trials:
-        return []
+    if not requests or not any(r.new_trials for r in requests):
+        return {r.setup.arm: [] for r in requests}
     from ray import tune
 
+    from orchestrator.execute.by_arm import ArmScheduler, ArmSearcher
     from orchestrator.searcher import HonestOptunaSearch
 
-    epochs = setup.training.epochs
-    trainable = _trainable({setup.arm: setup}, data_ref, seed, plan.resources)
+    plan = requests[0].plan
+    trainable = _trainable({r.setup.arm: r.setup for r in requests}, data_ref, seed, plan.resources)
 
-    def build(callback: RecorderCallback) -> Any:
-        metrics, modes = list(plan.objectives), list(plan.objectives.values())
-        searcher = HonestOptunaSearch(
-            space=plan.space(),
+    def searcher(r: SearchRequest) -> HonestOptunaSearch:
+        metrics, modes = list(r.plan.objectives), list(r.plan.objectives.values())
+        return HonestOptunaSearch(
+            space=r.plan.space(),
             metric=metrics if len(metrics) > 1 else metrics[0],
             mode=modes if len(modes) > 1 else modes[0],
-            sampler=build_sampler(plan.sampler),
-            points_to_evaluate=[p for p in plan.points_to_evaluate if not any(_same_point(p, r.params) for r in prior)] or None,
-            constraints=plan.constraints,
-            epochs=epochs,
-            on_suggest=recorder.suggested,
-            prior_trials=prior,
+            sampler=build_sampler(r.plan.sampler),
+            points_to_evaluate=[p for p in r.plan.points_to_evaluate if not any(_same_point(p, t.params) for t in r.prior)] or None,
+            constraints=r.plan.constraints,
+            epochs=r.setup.training.epochs,
+            on_suggest=r.recorder.suggested,
+            prior_trials=r.prior,
         )
-        scheduler = _scheduler(plan, epochs)
+
+    def build(callback: RecorderCallback) -> Any:
+        searchers = ArmSearcher({r.setup.arm: searcher(r) for r in requests}, {r.setup.arm: r.new_trials for r in requests})
+        scheduler = ArmScheduler({r.setup.arm: _scheduler(r.plan, r.setup.training.epochs) for r in requests})
         return tune.Tuner(
             trainable,
             param_space={},
             tune_config=tune.TuneConfig(
-                search_alg=searcher, scheduler=scheduler, num_samples=plan.trials - len(prior),
+                search_alg=searchers, scheduler=scheduler, num_samples=sum(r.new_trials for r in requests),
                 max_concurrent_trials=plan.max_concurrent,
-                # one worker process serves several trials: no torch/transformers import per trial
+                # one worker process serves several trials, of any arm: no torch/transformers import per trial
                 reuse_actors=True,
             ),
             run_config=_run_config(name, storage, callback, max_failures=plan.max_retries),
         )
 
-    return _fit([recorder], trainable, storage, name, build)
+    records = _fit([r.recorder for r in requests], trainable, storage, name, build)
+    return {r.setup.arm: [record for record in records if record.arm == r.setup.arm] for r in requests}
 
 
 def run_confirm(requests: list[ConfirmRequest], seeds: list[int], split: str, data_ref: Any, storage: Path | str, name: str) -> dict[str, list[TrialRecord]]:
