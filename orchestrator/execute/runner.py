@@ -197,7 +197,7 @@ def _search_arms(plan: Plan, tracker: Tracker, experiment_id: str, parent_id: st
     searched, unusable = [], []
     for a in arms:
         try:
-            searched.append(_pick_winner(a, plan, tracker, state, run_name))
+            searched.append(_pick_winner(a, tracker, state, run_name))
         except AllTrialsFailedError as exc:
             unusable.append(str(exc))
     return searched, unusable
@@ -244,7 +244,9 @@ def _prepare_arm(arm_plan: ArmPlan, plan: Plan, tracker: Tracker, experiment_id:
     return ArmSearch(arm_plan, arm_run, setup, reused, SearchRequest(arm_plan, setup, recorder, prior), identity)
 
 
-def _pick_winner(a: ArmSearch, plan: Plan, tracker: Tracker, state: RunState, run_name: str) -> SearchedArm:
+def _pick_winner(a: ArmSearch, tracker: Tracker, state: RunState, run_name: str) -> SearchedArm:
+    """The arm's best trial (``select_best``), its Pareto front when it has several
+    objectives, and the arm's run told both."""
     arm, arm_plan, arm_run = a.plan.arm, a.plan, a.arm_run
     trials = [TrialRecord(**t) for t in state.arm(arm)["trials"]]
     if len(arm_plan.objectives) > 1:
