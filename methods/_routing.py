@@ -22,10 +22,11 @@ Per-example statistics and the heatmap are in ``methods._routing_stats``.
 
 from __future__ import annotations
 
+import abc
 import math
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -234,12 +235,26 @@ class ForcedRouting:
         return on.to(device), rank.to(device)
 
 
-class RoutedUnit:
+class HardDecisions(NamedTuple):
+    """The hard inference decisions of one unit on one batch, per example (all (B,), on CPU)."""
+
+    on: Tensor  # bool: the unit's adapters ran
+    rank: Tensor  # long: the rank they ran at
+    tokens: Tensor  # long: the example's real (non-pad) tokens
+
+
+class RoutedUnit(abc.ABC):
     """Mixin of whatever makes one routing decision per example (a block router, or a
     gated module): recording of the hard decisions and forced routing.
 
     ``modules`` lists the adapted modules the decision applies to, with their cost
     c = 2 (d_in + d_out) per rank and token.
+
+    ``run_router`` and ``run_adapters`` let ``methods._routing_stats.routed_adapter_flops``
+    price the recorded decisions exactly: each runs, on one zero example of ``tokens``
+    real tokens, the same code inference runs for one example, so FlopCounterMode counts
+    the same ops: what the unit computes for every example (its router), and what a
+    decision "on at rank k" adds (the adapters it gates).
     """
 
     block: str
@@ -249,16 +264,30 @@ class RoutedUnit:
     def init_unit(self, block: str, modules: list[tuple[str, int]], full_rank: int) -> None:
         self.block, self.modules, self.full_rank = block, modules, full_rank
         self.recording = False
-        self.decisions: list[tuple[Tensor, Tensor]] = []
+        self.decisions: list[HardDecisions] = []
         self.forced: ForcedRouting | None = None
 
-    def hard_decision(self, on: Tensor, rank: Tensor) -> tuple[Tensor, Tensor]:
-        """Apply forcing, record, return (on (B,) bool, rank (B,) long)."""
+    def hard_decision(self, on: Tensor, rank: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Apply forcing, record (with the real tokens of each example, ``tokens`` (B, T)
+        bool), return (on (B,) bool, rank (B,) long)."""
         if self.forced is not None:
             on, rank = self.forced.decide(on.shape[0], self.full_rank, on.device)
         if self.recording:
-            self.decisions.append((on.detach().cpu(), rank.detach().cpu()))
+            self.decisions.append(HardDecisions(on.detach().cpu(), rank.detach().cpu(), tokens.sum(1).cpu()))
         return on, rank
+
+    @abc.abstractmethod
+    def run_router(self, tokens: int) -> None:
+        """Run what inference computes for every example, on one example of ``tokens`` tokens."""
+
+    @abc.abstractmethod
+    def run_adapters(self, rank: int, tokens: int) -> None:
+        """Run what an "on at ``rank``" decision adds, on one example of ``tokens`` tokens."""
+
+
+def zero_example(like: Tensor, tokens: int, width: int) -> Tensor:
+    """A (1, tokens, width) zero input on ``like``'s device and dtype: FLOPs do not depend on values."""
+    return torch.zeros(1, tokens, width, device=like.device, dtype=like.dtype)
 
 
 def routed_units(model: nn.Module) -> Iterator[RoutedUnit]:

@@ -15,17 +15,23 @@ of it; this module only wires peft into our training loop:
   ``resize_modules_by_rank_pattern``), so evaluation FLOPs and ``adapter_memory_mb``
   are those of the final adapter; outputs do not change (pruned triplets have E = 0).
 
-Schedule in steps (0-based optimizer steps, as ``StepInfo.step``): the budget stays at
-``init_r * M`` until ``tinit``, shrinks cubically, and reaches ``target_r * M`` at step
-``T - tfinal``, where peft fixes the rank pattern for the remaining steps. peft never
-reaches that step when ``tfinal = 0`` (the last step is ``T - 1``), so ``tfinal`` is
-raised to at least 1: the final budget is then always applied, at the latest on the
-last step. ``tinit_frac`` / ``tfinal_frac`` give the same points as fractions of ``T``
-and win over the step counts when set.
+Schedule. The paper's scripts scale with the run: tinit is 9-15% of the
+optimizer steps, tfinal 43-58%, deltaT 0.03-0.2% (DeBERTaV3 GLUE scripts, e.g. SST-2:
+6000 / 22000 / 100 of 50,520 steps; CoLA: 800 / 3500 / 10 of 6,700). Fixed step counts
+do not: ``deltaT = 50`` in a 64-step run leaves no multiple of 50 inside the pruning
+window (steps 7-37), so the budget was masked once, at the end. So all three points are
+fractions of the run's optimizer steps T (``tinit_frac``, ``tfinal_frac``,
+``deltaT_frac``), turned into peft's integer step counts in :func:`resolve_schedule`.
+peft (0-based steps, as ``StepInfo.step``) keeps the budget at ``init_r * M`` up to
+``tinit``, masks to the cubic budget on every multiple of ``deltaT`` after it, and
+forces the final mask (``target_r * M``) at step ``T - tfinal``, after which the rank
+pattern is fixed. peft never reaches that step when ``tfinal = 0`` (the last step is
+``T - 1``), so ``tfinal`` is at least 1 step: the final budget is always applied, at
+the latest on the last step. :meth:`BudgetSchedule.mask_steps` lists the masking steps.
 
 Example::
 
-    method = AdaLoRA(AdaLoRA.Config(init_r=12, target_r=4, tinit_frac=0.1, tfinal_frac=0.3))
+    method = AdaLoRA(AdaLoRA.Config(init_r=12, target_r=4, tinit_frac=0.1, tfinal_frac=0.3, deltaT_frac=0.01))
     model = method.build(base_model, ctx)      # ctx.total_steps = epochs * steps/epoch
 """
 
@@ -39,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, model_validator
 
 from methods import register
-from methods._peft_common import MEMORY_METRICS, memory_stats, save_heatmap, steps_from
+from methods._peft_common import MEMORY_METRICS, memory_stats, save_heatmap
 from methods.base import BuildContext, Method, MethodConfig, StepInfo
 
 if TYPE_CHECKING:
@@ -50,7 +56,9 @@ ADAPTER = "default"
 
 
 class AdaLoraMethodConfig(MethodConfig):
-    """AdaLoRA hyperparameters; defaults are peft's (METHODS.md section 2)."""
+    """AdaLoRA hyperparameters (METHODS.md section 2): peft's defaults, except the
+    schedule, which is given as fractions of the run and defaults to the paper's scripts
+    (peft's step counts tinit = tfinal = 0, deltaT = 1 do not scale with the run)."""
 
     init_r: int = Field(12, ge=1, le=512, description="initial rank r0 of every module (the starting budget is r0 * M)")
     init_r_factor: float | None = Field(
@@ -59,17 +67,27 @@ class AdaLoraMethodConfig(MethodConfig):
     target_r: int = Field(
         8, ge=1, le=512, description="average final rank: the final budget is target_r * M triplets, allocated globally"
     )
-    tinit: int = Field(0, ge=0, description="steps at the full budget before pruning starts")
-    tfinal: int = Field(
-        0, ge=0, description="steps at the end with the final rank pattern fixed (raised to >= 1, see module doc)"
+    tinit_frac: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="peft's tinit as a fraction of all optimizer steps: the share of the run at the full budget "
+        "before pruning starts (paper scripts: 0.09-0.15)",
     )
-    tinit_frac: float | None = Field(
-        None, ge=0.0, lt=1.0, description="tinit as a fraction of all steps; wins over tinit"
+    tfinal_frac: float = Field(
+        0.4,
+        ge=0.0,
+        lt=1.0,
+        description="peft's tfinal as a fraction of all optimizer steps: the share at the end that trains with the "
+        "final rank pattern fixed (paper scripts: 0.43-0.58; at least 1 step, see module doc)",
     )
-    tfinal_frac: float | None = Field(
-        None, ge=0.0, lt=1.0, description="tfinal as a fraction of all steps; wins over tfinal"
+    deltaT_frac: float = Field(
+        0.002,
+        gt=0.0,
+        le=0.5,
+        description="peft's deltaT as a fraction of all optimizer steps: the interval between two budget masks "
+        "while the budget shrinks (at least 1 step; paper scripts: 0.0003-0.002)",
     )
-    deltaT: int = Field(1, ge=1, description="steps between two budget masks while the budget shrinks")
     beta1: float = Field(0.85, gt=0.0, lt=1.0, description="EMA coefficient of the sensitivity")
     beta2: float = Field(0.85, gt=0.0, lt=1.0, description="EMA coefficient of the uncertainty")
     orth_reg_weight: float = Field(0.5, ge=0.0, description="weight of the orthogonality regulariser on A and B")
@@ -94,31 +112,57 @@ class AdaLoraMethodConfig(MethodConfig):
             raise ValueError(f"target_r ({self.target_r}) must not exceed init_r ({self.initial_rank})")
         return self
 
+    @model_validator(mode="after")
+    def _schedule_leaves_a_pruning_window(self) -> "AdaLoraMethodConfig":
+        """The budget shrinks between tinit and T - tfinal: that window must exist and
+        hold at least two masks, or allocation collapses into the single final one."""
+        window = 1.0 - self.tinit_frac - self.tfinal_frac
+        if window <= 0:
+            raise ValueError(
+                f"tinit_frac + tfinal_frac must be < 1 (got {self.tinit_frac} + {self.tfinal_frac}): "
+                "no steps would be left to prune in"
+            )
+        if 2 * self.deltaT_frac > window:
+            raise ValueError(
+                f"deltaT_frac ({self.deltaT_frac}) must be at most half the pruning window "
+                f"(1 - tinit_frac - tfinal_frac = {window:.3g}), or the budget is masked once or never before the end"
+            )
+        return self
+
 
 @dataclass(frozen=True)
 class BudgetSchedule:
-    """The step counts handed to peft, resolved from steps or fractions."""
+    """The integer step counts handed to peft's ``AdaLoraConfig``."""
 
     total_step: int
     tinit: int
     tfinal: int
+    deltaT: int
 
     @property
     def final_mask_step(self) -> int:
         """0-based step at which the budget reaches target_r * M and the pattern is fixed."""
         return self.total_step - self.tfinal
 
+    def mask_steps(self) -> list[int]:
+        """The 0-based steps at which peft masks the budget: every multiple of deltaT
+        after tinit and before the final mask (``RankAllocator.budget_schedule``), then
+        the forced final mask (``AdaLoraModel.update_and_allocate``)."""
+        first = self.tinit + 1
+        first += -first % self.deltaT
+        return [*range(first, self.final_mask_step, self.deltaT), self.final_mask_step]
+
 
 def resolve_schedule(config: AdaLoraMethodConfig, total_steps: int) -> BudgetSchedule:
-    """Clamp the schedule so peft accepts it and really applies the final budget:
-    1 <= tfinal <= T - 1 and tinit < T - tfinal."""
+    """Turn the fractions into step counts of a ``total_steps`` run and clamp them so
+    peft accepts them and really applies the final budget: 1 <= tfinal <= T - 1,
+    tinit < T - tfinal and deltaT >= 1."""
     if total_steps < 2:
         raise ValueError(f"AdaLoRA needs at least 2 optimizer steps to prune, got total_steps={total_steps}")
-    tfinal = steps_from(config.tfinal, config.tfinal_frac, total_steps)
-    tfinal = min(max(1, tfinal), total_steps - 1)
-    tinit = steps_from(config.tinit, config.tinit_frac, total_steps)
-    tinit = min(tinit, total_steps - tfinal - 1)
-    return BudgetSchedule(total_step=total_steps, tinit=tinit, tfinal=tfinal)
+    tfinal = min(max(1, round(config.tfinal_frac * total_steps)), total_steps - 1)
+    tinit = min(round(config.tinit_frac * total_steps), total_steps - tfinal - 1)
+    delta_t = max(1, round(config.deltaT_frac * total_steps))
+    return BudgetSchedule(total_step=total_steps, tinit=tinit, tfinal=tfinal, deltaT=delta_t)
 
 
 def adalora_config(config: AdaLoraMethodConfig, ctx: BuildContext, schedule: BudgetSchedule):
@@ -131,7 +175,7 @@ def adalora_config(config: AdaLoraMethodConfig, ctx: BuildContext, schedule: Bud
         target_r=config.target_r,
         tinit=schedule.tinit,
         tfinal=schedule.tfinal,
-        deltaT=config.deltaT,
+        deltaT=schedule.deltaT,
         beta1=config.beta1,
         beta2=config.beta2,
         orth_reg_weight=config.orth_reg_weight,
@@ -263,7 +307,11 @@ class AdaLoRA(Method):
         record: dict[str, Any] = {
             "init_r": self.config.initial_rank,
             "target_r": self.config.target_r,
-            "schedule": {**asdict(self.schedule), "final_mask_step": self.schedule.final_mask_step}
+            "schedule": {
+                **asdict(self.schedule),
+                "final_mask_step": self.schedule.final_mask_step,
+                "budget_masks": len(self.schedule.mask_steps()),
+            }
             if self.schedule
             else None,
             "ranks": ranks,

@@ -223,9 +223,12 @@ class AdaMSS(Method):
         "target - 1, peft's strict comparison; see the module doc)",
         "total_subspaces": "subspaces over all modules (sum of K after clamping to d_out)",
         "asa_target_subspaces": "ASA's global target count in force (0 without ASA)",
-        "trainable_params_peak": "most adapter parameters trained at once (the optimizer's load at step 0)",
-        "trainable_params_final": "adapter parameters still trained after the last ASA mask",
-        "trainable_params_mean": "step-weighted mean of trained adapter parameters over training",
+        "trainable_params_peak": "most adapter parameters trained at once (the optimizer's load at step 0; "
+        "equals the engine's trainable_params)",
+        "trainable_params_final": "adapter parameters still trained after the last ASA mask (with ASA, set by "
+        "asa_target_subspaces and the cluster sizes, not by accuracy)",
+        "trainable_params_mean": "step-weighted mean of trained adapter parameters over training (with ASA, set "
+        "mostly by the schedule)",
         "adapter_params_stored": "all A_i and B_i, frozen or not (frozen ones are non-zero and stay in the forward)",
         "projection_buffer_params": "elements of the frozen V^T buffers, R * (d_in + 1) per module",
         **MEMORY_METRICS,

@@ -28,6 +28,7 @@ Hooks have safe defaults, so plain methods (``lora``, ``full``) implement ``buil
 from __future__ import annotations
 
 import abc
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable
@@ -48,6 +49,36 @@ class MethodConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """An optional package a method imports, and the extra of this package that installs it.
+
+    Spec validation refuses an arm whose method needs a package that is not installed
+    (``orchestrator.spec.checks``), so a missing extra stops ``validate``/``plan``/``run``
+    at the arm's line instead of failing every trial with the same ImportError.
+
+    Example::
+
+        requires = (Requirement("bitsandbytes", extra="quant"),)
+    """
+
+    module: str  # the top-level import name
+    extra: str  # the pip extra of hypothesis-orchestrator that pulls it in
+    distribution: str = "hypothesis-orchestrator"
+
+    @property
+    def install_command(self) -> str:
+        return f"pip install '{self.distribution}[{self.extra}]'"
+
+    def is_installed(self) -> bool:
+        """Found on the import path, without importing it: importing bitsandbytes costs
+        2-4 s of CPU (``orchestrator.worker_imports``), too much for ``validate``."""
+        try:
+            return importlib.util.find_spec(self.module) is not None
+        except (ImportError, ValueError):  # a broken parent package, a module without __spec__
+            return False
 
 
 @dataclass(frozen=True)
@@ -122,6 +153,9 @@ class Method(abc.ABC):
     #: methods without it keep peft from importing it (``orchestrator.worker_imports``),
     #: which saves each worker process seconds of start-up.
     uses_bitsandbytes: ClassVar[bool] = False
+    #: Optional packages the method imports; an arm whose requirement is not installed
+    #: is refused when the hypothesis is validated, with the command that installs it.
+    requires: ClassVar[tuple[Requirement, ...]] = ()
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -192,6 +226,13 @@ class Method(abc.ABC):
     def write_artifacts(self, model: "nn.Module", folder: Path) -> list[Path]:
         """Write method-specific files (heatmap PNGs, rank patterns) into ``folder``."""
         return []
+
+    def trainable_adapter_params(self, model: "nn.Module") -> int | None:
+        """Adapter parameters this step really trains, where that is fewer than the
+        ones with ``requires_grad`` (rows allocated up front and not yet in use, as
+        plateau_lora's). ``None``: every trainable parameter outside the head counts.
+        The engine's ``trainable_params`` is the peak of this over the steps."""
+        return None
 
     def analytic_costs(self, model: "nn.Module", ctx: BuildContext) -> dict[str, float]:
         """Costs known from the hyperparameters alone, before any training, e.g.

@@ -47,6 +47,7 @@ from methods._routing import (
     masked_mean,
     parse_module_list,
     replace_module,
+    zero_example,
 )
 from methods._routing_stats import EXAMPLE_METRICS, start_recording, summarize, write_summary
 from methods.base import BuildContext, Method, MethodConfig, StepInfo
@@ -106,10 +107,10 @@ class CoGaLoRALinear(nn.Module, RoutedUnit):
     def forward(self, x: Tensor) -> Tensor:
         out = self.base_layer(x)
         tokens = self.token_mask.for_input(x)
-        logit = self.cogalora_router(masked_mean(x, tokens)).squeeze(-1)
+        logit = self.route_logit(x, tokens)
         if not self.training:
             on = torch.sigmoid(logit) > self.gate_threshold
-            on, rank = self.hard_decision(on, torch.full_like(on, self.full_rank, dtype=torch.long))
+            on, rank = self.hard_decision(on, torch.full_like(on, self.full_rank, dtype=torch.long), tokens)
             return add_routed(out, x, tokens, on, rank, self._sliced)
         prob = torch.sigmoid(logit)
         self.last_prob = prob if torch.is_grad_enabled() else None
@@ -128,6 +129,18 @@ class CoGaLoRALinear(nn.Module, RoutedUnit):
 
     def _sliced(self, rows: Tensor, k: int, example: Tensor) -> Tensor:
         return self._update(rows)
+
+    def route_logit(self, x: Tensor, tokens: Tensor) -> Tensor:
+        """The router's logit per example of ``x`` (B, T, d_in), from its real ``tokens``."""
+        return self.cogalora_router(masked_mean(x, tokens)).squeeze(-1)
+
+    def run_router(self, tokens: int) -> None:
+        x = zero_example(self.cogalora_A, tokens, self.base_layer.in_features)
+        self.route_logit(x, torch.ones(x.shape[:2], dtype=torch.bool, device=x.device))
+
+    def run_adapters(self, rank: int, tokens: int) -> None:
+        rows = zero_example(self.cogalora_A, tokens, self.base_layer.in_features)[0]
+        self._sliced(rows, rank, torch.zeros(tokens, dtype=torch.long, device=rows.device))
 
 
 @register

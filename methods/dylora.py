@@ -28,6 +28,14 @@ search trial, ``test_accuracy_r2``... in a confirmation run). Two entry points:
 
 Eval-mode FLOPs follow the eval rank: the forward slices to b, so an adapter
 evaluated at b costs ``2 * b * (d_in + d_out)`` per token and module.
+
+Parameter counts (METHODS.md section 8). The engine's ``trainable_params`` is what the
+optimizer holds, r_max * sum(d_in + d_out): every row is trained at some step, but the
+adapter evaluated (and the one worth storing) has only ``eval_rank`` rows. Claims about
+the adapter's size read ``trainable_params_final``, eval_rank * sum(d_in + d_out);
+``trainable_params_peak`` and ``trainable_params_mean`` are the most and the mean of the
+rows that received a gradient in one step (b rows; 1 in frozen mode), times the
+parameters per rank.
 """
 
 from __future__ import annotations
@@ -100,7 +108,12 @@ class DyLoRA(Method):
     metrics = {
         "eval_rank": "rank every adapted module runs at in evaluation",
         "total_rank": "sum of evaluation ranks over adapted modules",
-        "trainable_params_final": "adapter parameters of the evaluated rank: eval_rank * sum(d_in + d_out)",
+        "trainable_params_final": "adapter parameters of the evaluated rank, what inference uses and a saved "
+        "adapter needs: eval_rank * sum(d_in + d_out) (the engine's trainable_params counts all r_max rows)",
+        "trainable_params_peak": "most adapter parameters given a gradient in one step: max over steps of "
+        "b * sum(d_in + d_out) (frozen mode: one row per step)",
+        "trainable_params_mean": "mean over steps of the adapter parameters given a gradient "
+        "(b * sum(d_in + d_out); frozen mode: one row)",
         "mean_train_rank": "mean of the ranks sampled during training",
         **{
             f"{metric}_r{b}": f"{metric} with every module evaluated at rank {b} (evaluate_at_ranks)"
@@ -183,16 +196,22 @@ class DyLoRA(Method):
         layers = _dylora_layers(model)
         return {"eval_rank": float(layers[0].eval_rank or layers[0].r_max)} if layers else {}
 
+    def trained_rows(self, sampled_rank: int) -> int:
+        """Rows of A (columns of B) a step at ``sampled_rank`` gives a gradient."""
+        return 1 if self.config.frozen else sampled_rank
+
     def stats(self, model: "nn.Module") -> dict[str, float]:
         layers = _dylora_layers(model)
         ranks = [layer.eval_rank or layer.r_max for layer in layers]
+        per_rank = sum(layer.active_params(1) for layer in layers)
         # The last sample is drawn after the final step and never trained.
         trained = self.rank_samples[:-1] or self.rank_samples
+        rows = [self.trained_rows(b) for b in trained] or [0]
         return {
             "eval_rank": float(ranks[0]) if ranks else 0.0,
             "total_rank": float(sum(ranks)),
-            "trainable_params_final": float(
-                sum(r * (layer.in_features + layer.out_features) for r, layer in zip(ranks, layers))
-            ),
+            "trainable_params_final": float(sum(layer.active_params(r) for r, layer in zip(ranks, layers))),
+            "trainable_params_peak": float(max(rows) * per_rank),
+            "trainable_params_mean": sum(rows) / len(rows) * per_rank,
             "mean_train_rank": sum(trained) / len(trained) if trained else 0.0,
         }

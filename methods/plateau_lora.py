@@ -28,6 +28,15 @@ restart, which METHODS.md recommends anyway since the LR has decayed by then).
 
 The validation split that triggers growth is the one the search selects on; a
 held-out split for the rank decisions would be cleaner (METHODS.md section 3).
+
+Parameter counts (METHODS.md sections 3 and 8). The optimizer holds every
+pre-allocated row, r_max * sum(d_in + d_out), from step 0, whatever the rank; the
+adapter uses and trains only the active rows, ``rank * sum(d_in + d_out)``, and those
+are what it reports (``trainable_adapter_params``): the engine's ``trainable_params``
+is their peak over the steps (the same number as ``trainable_params_peak``),
+``trainable_params_final`` the rows in use at the end (what the adapter needs
+stored), ``trainable_params_mean`` the step-weighted mean, and ``mean_train_rank``
+that mean in ranks per module (model-independent: one rank is sum(d_in + d_out)).
 """
 
 from __future__ import annotations
@@ -123,7 +132,16 @@ class _Trajectory:
     ranks: list[tuple[int, int]] = field(default_factory=list)  # (optimizer step, rank from then on)
     growth_steps: list[int] = field(default_factory=list)
     param_sum: float = 0.0  # sum over optimizer steps of active adapter parameters
+    param_peak: int = 0  # most active adapter parameters in any optimizer step
+    rank_sum: float = 0.0  # sum over optimizer steps of the active rank per module
     steps: int = 0
+
+    def record_step(self, active_params: int, rank: int) -> None:
+        """One optimizer step trained ``active_params`` adapter parameters at ``rank``."""
+        self.param_sum += active_params
+        self.param_peak = max(self.param_peak, active_params)
+        self.rank_sum += rank
+        self.steps += 1
 
 
 @register
@@ -135,8 +153,12 @@ class PlateauLoRA(Method):
         "rank": "current rank of every adapted module, reported after each evaluation (trajectory)",
         "rank_final": "rank of every adapted module at the end of training",
         "total_rank": "sum of final ranks over adapted modules",
-        "trainable_params_final": "active adapter parameters at the end (rank_final * sum(d_in + d_out))",
+        "trainable_params_peak": "most active adapter parameters in any optimizer step (rank * sum(d_in + d_out)); "
+        "equal to the engine's trainable_params, which counts active rows only for this method",
+        "trainable_params_final": "active adapter parameters at the end (rank_final * sum(d_in + d_out)): "
+        "what the adapter needs stored",
         "trainable_params_mean": "step-weighted mean of active adapter parameters over training",
+        "mean_train_rank": "step-weighted mean of the rank per module over training",
         "growths": "number of growth events",
     }
 
@@ -177,9 +199,12 @@ class PlateauLoRA(Method):
     def active_params(self, model: "nn.Module") -> int:
         return sum(layer.active_params() for layer in self._layers(model))
 
+    def trainable_adapter_params(self, model: "nn.Module") -> int:
+        """The active rows only: the pre-allocated ones are neither used nor trained."""
+        return self.active_params(model)
+
     def after_optimizer_step(self, model: "nn.Module", step: StepInfo) -> None:
-        self.trajectory.param_sum += self.active_params(model)
-        self.trajectory.steps += 1
+        self.trajectory.record_step(self.active_params(model), self.rank)
 
     def after_evaluation(self, model: "nn.Module", step: StepInfo, val_loss: float) -> dict[str, float]:
         plateau = self.rule.update(val_loss)
@@ -200,13 +225,15 @@ class PlateauLoRA(Method):
     def stats(self, model: "nn.Module") -> dict[str, float]:
         layers = self._layers(model)
         final = float(sum(layer.active_params() for layer in layers))
-        mean = self.trajectory.param_sum / self.trajectory.steps if self.trajectory.steps else final
+        trained = self.trajectory
         return {
             "rank_final": float(self.rank),
             "total_rank": float(sum(layer.rank for layer in layers)),
+            "trainable_params_peak": float(trained.param_peak) if trained.steps else final,
             "trainable_params_final": final,
-            "trainable_params_mean": float(mean),
-            "growths": float(len(self.trajectory.growth_steps)),
+            "trainable_params_mean": trained.param_sum / trained.steps if trained.steps else final,
+            "mean_train_rank": trained.rank_sum / trained.steps if trained.steps else float(self.rank),
+            "growths": float(len(trained.growth_steps)),
         }
 
     def write_artifacts(self, model: "nn.Module", folder: Path) -> list[Path]:

@@ -4,7 +4,8 @@ The base is re-loaded with bitsandbytes (``load_in_4bit``, NF4, double quantisat
 float32 compute on CPU and bfloat16 on GPU), skipping the task head and the pooler,
 then ``prepare_model_for_kbit_training``; peft wraps every ``bnb.nn.Linear4bit`` target
 as ``SVDLinear4bit`` and everything else is :class:`methods.adalora.AdaLoRA`
-(schedule, ``update_and_allocate``, regulariser, rank pattern, resize in ``finalize``).
+(schedule as fractions of the run's steps, ``update_and_allocate``, regulariser, rank pattern,
+resize in ``finalize``).
 
 The engine hands over the float model it loaded; we re-load the same weights quantised
 from ``ctx.model_path``, or, for models built in code (``model_path`` is None), from a
@@ -37,7 +38,7 @@ from pydantic import Field
 from methods import register
 from methods._peft_common import memory_bytes, memory_stats, MB
 from methods.adalora import AdaLoRA, AdaLoraMethodConfig
-from methods.base import BuildContext
+from methods.base import BuildContext, Requirement
 
 if TYPE_CHECKING:
     from torch import nn
@@ -160,6 +161,7 @@ class QloraAdaLoRA(AdaLoRA):
     Config = QloraAdaLoraConfig
     summary = "QLoRA + AdaLoRA (peft + bitsandbytes): AdaLoRA on a 4-bit NF4 base model"
     uses_bitsandbytes = True
+    requires = (Requirement("bitsandbytes", extra="quant"),)
     metrics = {
         **AdaLoRA.metrics,
         "base_float_memory_mb": "MiB of the float base model this arm was given, before quantisation",

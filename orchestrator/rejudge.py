@@ -74,7 +74,8 @@ def rejudge(tracker: "Tracker", run_id: str, spec_path: str | Path | None = None
     if spec_path is not None:
         from orchestrator.spec.loader import load_hypothesis
 
-        h = load_hypothesis(spec_path, summary.profile if summary.profile != "default" else None).hypothesis
+        profile = summary.profile if summary.profile != "default" else None
+        h = load_hypothesis(spec_path, profile, check_requirements=False).hypothesis  # judging trains nothing
         if h.name != summary.hypothesis:
             notes.append(f"{spec_path} is hypothesis {h.name!r}, the run is {summary.hypothesis!r}")
         claims, confidence, family_wise = list(h.expected), h.judge.confidence, h.judge.family_wise

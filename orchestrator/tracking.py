@@ -173,6 +173,11 @@ class Tracker:
         for start in range(0, len(items), 100):
             _retry(lambda: self.client.log_batch(run_id, tags=items[start : start + 100]))
 
+    def delete_tag(self, run_id: str, key: str) -> None:
+        """Remove a tag that no longer holds (absent: nothing to do)."""
+        if key in self.get_run(run_id).data.tags:
+            _retry(lambda: self.client.delete_tag(run_id, key))
+
     def log_artifacts(self, run_id: str, folder: Path, artifact_path: str | None = None) -> None:
         """Files are copied as they are (not redacted): only method artifacts go here."""
         if folder.exists() and any(folder.iterdir()):

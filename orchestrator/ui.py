@@ -173,7 +173,7 @@ def _hypothesis_name(value: str | None) -> str | None:
     if value.endswith((".yaml", ".yml")) or Path(value).is_file():
         from orchestrator.spec.loader import load_hypothesis
 
-        return load_hypothesis(value, None).name
+        return load_hypothesis(value, None, check_requirements=False).name
     return value
 
 

@@ -123,3 +123,96 @@ def test_evaluation_batches_by_length_but_returns_predictions_in_split_order(tmp
     expected = val.lengths % 2
     assert 0 < expected.sum() < len(expected)
     assert predictions.tolist() == expected.tolist()
+
+
+# -- task heads: what a method must train besides its adapter ------------------------------
+_TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100)
+
+
+def _tiny_config(family: str):
+    """A tiny random config of each family the shipped profiles (and the model table) use."""
+    import transformers
+
+    return {
+        "bert": lambda: transformers.BertConfig(**_TINY),
+        "roberta": lambda: transformers.RobertaConfig(**_TINY),
+        "deberta-v2": lambda: transformers.DebertaV2Config(**_TINY),
+        "distilbert": lambda: transformers.DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, vocab_size=100),
+        "llama": lambda: transformers.LlamaConfig(**_TINY, num_key_value_heads=2, pad_token_id=0),
+    }[family]()
+
+
+@pytest.fixture(scope="module")
+def saved_base_models(tmp_path_factory) -> dict[str, Path]:
+    """Each family's *base* model (``AutoModel``, no task head) saved as a checkpoint, the
+    way bert-base-uncased or deberta-v3-base come from the hub."""
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    folders = {}
+    for family in ("bert", "roberta", "deberta-v2", "distilbert", "llama"):
+        torch.manual_seed(0)
+        folders[family] = tmp_path_factory.mktemp(family)
+        transformers.AutoModel.from_config(_tiny_config(family)).save_pretrained(folders[family])
+    return folders
+
+
+def _load_for_classification(folder: Path):
+    """The classification model and the parameter names the base checkpoint did not hold
+    (transformers initialised them at random)."""
+    from transformers import AutoModelForSequenceClassification
+
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        folder, num_labels=2, attn_implementation="eager", output_loading_info=True
+    )
+    return model, set(info["missing_keys"])
+
+
+_HEADS_BY_FAMILY = {
+    "bert": ["classifier"],  # bert.pooler is pretrained and stays frozen
+    "roberta": ["classifier"],  # dense + out_proj
+    "deberta-v2": ["pooler", "classifier"],
+    "distilbert": ["pre_classifier", "classifier"],
+    "llama": ["score"],
+}
+
+
+@pytest.mark.parametrize("family", sorted(_HEADS_BY_FAMILY))
+def test_head_modules_are_the_modules_a_base_checkpoint_leaves_random(family, saved_base_models):
+    from orchestrator.tasks.models import head_modules
+
+    model, random_init = _load_for_classification(saved_base_models[family])
+    heads = head_modules(model)
+    assert heads == _HEADS_BY_FAMILY[family]
+    assert {name.split(".")[0] for name in random_init} == set(heads)
+
+
+def _as_base_name(name: str) -> str:
+    """A trained parameter's name in the unwrapped model (peft wraps the model and
+    trains a copy of each head under ``modules_to_save.default``)."""
+    return name.removeprefix("base_model.model.").replace(".modules_to_save.default", "")
+
+
+@pytest.mark.parametrize("method_name", ["lora", "adalora", "galora"])
+@pytest.mark.parametrize("family", sorted(_HEADS_BY_FAMILY))
+def test_every_method_trains_the_randomly_initialised_head_and_no_other_base_weight(
+    family, method_name, saved_base_models
+):
+    """DeBERTa-v3 with peft's default heads trained with ``pooler.dense`` frozen at
+    random: every parameter missing from the base checkpoint must be trained, and no
+    parameter the checkpoint holds (adapters are new parameters, not base ones)."""
+    from methods import get_method
+    from methods.base import BuildContext
+    from orchestrator.tasks.models import default_target_modules, head_modules
+
+    model, random_init = _load_for_classification(saved_base_models[family])
+    base_names = {name for name, _ in model.named_parameters()}
+    ctx = BuildContext(
+        total_steps=10, steps_per_epoch=10, num_labels=2, target_modules=default_target_modules(model),
+        seed=0, head_modules=head_modules(model),
+    )
+    built = get_method(method_name)().build(model, ctx)
+    trained = {_as_base_name(name) for name, param in built.named_parameters() if param.requires_grad}
+    assert random_init <= trained, f"frozen at random init: {sorted(random_init - trained)}"
+    assert trained & base_names <= random_init, f"pretrained but trained: {sorted(trained & base_names - random_init)}"

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from methods._routing import add_routed, init_lora_factors
+from methods._routing import add_routed, init_lora_factors, zero_example
 from methods.radlora.router import BlockDecision, BlockRouter
 
 
@@ -53,6 +53,7 @@ class RadLoRALinear(nn.Module):
             self.radlora_GA = self.radlora_GB = None
         # The router is a child of the block, not of this layer: bypass registration.
         object.__setattr__(self, "router", router)
+        router.layers.append(self)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.base_layer(x)
@@ -93,6 +94,12 @@ class RadLoRALinear(nn.Module):
         a, bt = self.generate(code[ids], k)
         parts = [chunk @ a[i].t() @ bt[i] for i, chunk in enumerate(rows.split(counts.tolist()))]
         return self.scale * torch.cat(parts)
+
+    def run_sliced(self, k: int, tokens: int, code: Tensor | None) -> None:
+        """The rank-k path inference runs for one active example of ``tokens`` tokens
+        (zero inputs; ``code`` (1, c) when generated), for FLOP counting."""
+        rows = zero_example(self.radlora_A, tokens, self.base_layer.in_features)[0]
+        self._sliced(rows, k, torch.zeros(tokens, dtype=torch.long, device=rows.device), code)
 
 
 def hyper_param_count(blocks: list[int], modules: list[tuple[int, int]], r_max: int, hyper_dim: int) -> int:

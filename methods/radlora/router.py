@@ -30,6 +30,7 @@ from methods._routing import (
     gumbel_softmax_st,
     masked_mean,
     nested_mask,
+    zero_example,
 )
 
 
@@ -74,6 +75,9 @@ class BlockRouter(nn.Module, RoutedUnit):
         self.decision: BlockDecision | None = None
         #: (p, E[k]) of the last training forward, with their graph, for the cost term
         self.cost_terms: tuple[Tensor, Tensor] | None = None
+        #: the block's adapted layers (``RadLoRALinear``), which register themselves; a
+        #: plain list, so the block, not the router, owns them as submodules
+        self.layers: list = []
 
     def block_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         """Forward pre-hook of the block: route on its input hidden states."""
@@ -81,13 +85,12 @@ class BlockRouter(nn.Module, RoutedUnit):
         self.decision = self(hidden)
 
     def forward(self, hidden: Tensor) -> BlockDecision:
-        pooled = self.norm(masked_mean(hidden, self.token_mask.for_input(hidden)))
-        logits = self.fc_out(F.gelu(self.fc_in(pooled)))
+        tokens = self.token_mask.for_input(hidden)
+        logits, code = self.scores(hidden, tokens)
         gate_logit, rank_logits = logits[:, 0], logits[:, 1:]
-        code = self.code(pooled) if self.code is not None else None
         if not self.training:
             on = torch.sigmoid(gate_logit) > self.gate_threshold
-            on, rank = self.hard_decision(on, rank_logits.argmax(-1) + 1)
+            on, rank = self.hard_decision(on, rank_logits.argmax(-1) + 1, tokens)
             return BlockDecision(on=on, rank=rank, code=code)
         prob, rank_probs = torch.sigmoid(gate_logit), rank_logits.softmax(-1)
         self.cost_terms = (prob, expected_rank(rank_probs)) if torch.is_grad_enabled() else None
@@ -100,6 +103,21 @@ class BlockRouter(nn.Module, RoutedUnit):
             onehot = rank_probs if schedule.rank_expected else gumbel_softmax_st(rank_logits, schedule.temperature)
             mask = nested_mask(onehot)
         return BlockDecision(gate=gate, mask=mask, code=code)
+
+    def scores(self, hidden: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(logits (B, 1 + r_max), code (B, c) or None) from the block input's real ``tokens``."""
+        pooled = self.norm(masked_mean(hidden, tokens))
+        logits = self.fc_out(F.gelu(self.fc_in(pooled)))
+        return logits, self.code(pooled) if self.code is not None else None
+
+    def run_router(self, tokens: int) -> None:
+        hidden = zero_example(self.fc_in.weight, tokens, self.fc_in.in_features)
+        self.scores(hidden, torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device))
+
+    def run_adapters(self, rank: int, tokens: int) -> None:
+        code = None if self.code is None else torch.zeros(1, self.code.out_features, device=self.fc_in.weight.device, dtype=self.fc_in.weight.dtype)
+        for layer in self.layers:
+            layer.run_sliced(rank, tokens, code)
 
     @property
     def cost(self) -> int:

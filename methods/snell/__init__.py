@@ -25,12 +25,20 @@ the kernel alone, no magnitude scaling.
 Initialisation. The tables are Kaiming-uniform, so dW is not 0 at step 0 (unlike
 LoRA). With ``init_offset: fold`` (default) the initial dW_s is subtracted from the
 frozen base weight once at build time, so the adapted model computes exactly the
-base model's function at step 0 at no memory cost; the learned sparse update is then
-``dW_s - dW_s(0)``, whose dense part is a constant: on a 384 x 384 layer with q = 8
-it is about 1e-5 per entry with sparsity > 0 and 1e-3 with sparsity 0, against
-weights of about 3e-2. ``none`` keeps the released behaviour. With the lora kernel and ``sparsity = 0``, B starts
-at 0 as in LoRA; with sparsity > 0 it cannot (the magnitude factor of a zero update
-is zero, so nothing would ever learn), so B is Kaiming-uniform too.
+base model's function at step 0; the step-0 tables are kept (as much memory as the
+adapter itself) to recompute that dW_s(0) for measurement. The learned sparse update
+is then ``dW_s - dW_s(0)``, whose dense part is a constant: on a 384 x 384 layer with
+q = 8 it is about 1e-5 per entry with sparsity > 0 and 1e-3 with sparsity 0, against
+weights of about 3e-2. ``none`` keeps the released behaviour. With the lora kernel and
+``sparsity = 0``, B starts at 0 as in LoRA; with sparsity > 0 it cannot (the magnitude
+factor of a zero update is zero, so nothing would ever learn), so B is
+Kaiming-uniform too.
+
+Density. ``update_density`` counts the non-zero entries of the real weight change,
+W_final - W_pretrained: ``dW_s(T) - dW_s(0)`` under ``fold``, ``dW_s(T)`` under
+``none``. One competition mask keeps ``1 - sparsity`` of dW_s by construction, but
+under ``fold`` the change also touches every entry of the step-0 support, so it is
+denser (the union of the two supports, where the mask moved during training).
 
 Cost. Unmerged, the branch is dense: ``2 * d_in * d_out`` FLOPs per token, plus the
 kernel, ``2 * H * d_in * d_out * (q/H + 2)`` per forward call for cdist (counted
@@ -91,7 +99,9 @@ class Snell(Method):
     Config = SnellConfig
     summary = "SNELL: distance-kernel low-rank tables, magnitude-competition sparsified update, merged after training"
     metrics = {
-        "update_density": "fraction of non-zero entries of the sparse update dW_s over adapted modules",
+        "update_density": "fraction of the adapted modules' weight entries that training changed: non-zero entries "
+        "of W_final - W_pretrained, i.e. of dW_s(T) - dW_s(0) with init_offset fold (the step-0 and final supports "
+        "together, denser than 1 - sparsity) and of dW_s(T) with none",
         "trainable_params_final": "parameters that reproduce the update: q * (d_in + d_out) per module",
         "merged_modules": "adapted modules whose update was merged into the base weights",
     }
@@ -137,7 +147,7 @@ class Snell(Method):
         import torch
 
         with torch.no_grad():
-            nonzero = sum(int((layer.sparse_update() != 0).sum()) for layer in layers)
+            nonzero = sum(int(torch.count_nonzero(layer.weight_change())) for layer in layers)
         total = sum(layer.in_features * layer.out_features for layer in layers)
         return {
             "update_density": nonzero / total if total else 0.0,

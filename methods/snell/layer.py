@@ -113,12 +113,20 @@ class SnellLinear(nn.Module):
             b_init = _kaiming(generator, (d_out, low_rank_dim), **factory)
             self.lora_B = nn.Parameter(b_init if sparsity > 0 else torch.zeros_like(b_init))
 
+    @property
+    def _factor_names(self) -> tuple[str, str]:
+        return ("in_q", "out_q") if self.kernel == "snell" else ("lora_A", "lora_B")
+
+    def _kernel(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """dW (d_out x d_in) from the two tables: (In_Q, Out_Q) or (A, B)."""
+        if self.kernel == "snell":
+            distances = torch.cdist(first, second, p=2)  # H x d_in x d_out
+            return (self.head_coeff * distances).sum(dim=0).t()
+        return second @ first
+
     def dense_update(self) -> torch.Tensor:
         """dW (d_out x d_in, nn.Linear layout) before sparsification."""
-        if self.kernel == "snell":
-            distances = torch.cdist(self.in_q, self.out_q, p=2)  # H x d_in x d_out
-            return (self.head_coeff * distances).sum(dim=0).t()
-        return self.lora_B @ self.lora_A
+        return self._kernel(*(getattr(self, name) for name in self._factor_names))
 
     def sparse_update(self) -> torch.Tensor:
         return competition_sparsify(self.dense_update(), self.sparsity)
@@ -127,9 +135,31 @@ class SnellLinear(nn.Module):
         return self.base_layer(x) + F.linear(self.dropout(x), self.sparse_update())
 
     def fold_initial_update(self) -> None:
-        """W0 <- W0 - dW_s(0): the adapted layer computes the base function at step 0."""
+        """W0 <- W0 - dW_s(0): the adapted layer computes the base function at step 0.
+
+        The step-0 tables are kept (non-persistent buffers, q * (d_in + d_out) values,
+        what the adapter itself holds) so that :meth:`weight_change` can recompute the
+        folded dW_s(0) instead of storing it dense or keeping a copy of W0.
+        """
         with torch.no_grad():
             self.base_layer.weight -= self.sparse_update().to(self.base_layer.weight.dtype)
+        for name in self._factor_names:
+            self.register_buffer(f"folded_{name}", getattr(self, name).detach().clone(), persistent=False)
+
+    def folded_update(self) -> torch.Tensor:
+        """dW_s(0) as subtracted from W0 by :meth:`fold_initial_update`; 0 when nothing was folded."""
+        folded = [getattr(self, f"folded_{name}", None) for name in self._factor_names]
+        if any(table is None for table in folded):
+            return torch.zeros_like(self.base_layer.weight)
+        return competition_sparsify(self._kernel(*folded), self.sparsity)
+
+    def weight_change(self) -> torch.Tensor:
+        """How far the adapted layer's effective weight is from the pretrained W0:
+        dW_s(T) - dW_s(0) after a fold, dW_s(T) without one. What merging leaves in the
+        model, and what a density of the learned update must count: dW_s(T) alone keeps
+        1 - sparsity of the entries by construction, while the change also touches
+        every entry that was in the step-0 support."""
+        return self.sparse_update() - self.folded_update().to(self.base_layer.weight.dtype)
 
     def merged(self) -> nn.Linear:
         """The base layer with dW_s added to its weight (0 extra FLOPs from now on)."""

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from orchestrator.results import FAILED
+
 
 class RunState:
     def __init__(self, path: Path, data: dict[str, Any]) -> None:
@@ -56,6 +58,30 @@ class RunState:
 
     def set_arm(self, arm: str, **values: Any) -> None:
         self.arm(arm).update(values)
+        self.save()
+
+    def search_finished(self, arm: str) -> bool:
+        """The arm's search ran to its end and left a trial to confirm.
+
+        An arm whose every trial failed is not finished: the cause is usually the
+        machine (a missing package, no GPU), and a rerun after it is fixed must search
+        the arm again, not repeat the stored failure (``reopen_search``)."""
+        arm_state = self.arm(arm)
+        return bool(arm_state.get("search_done")) and any(t.get("status") != FAILED for t in arm_state.get("trials", []))
+
+    def searched_without_result(self, arm: str) -> bool:
+        """The arm's search ran to its end and every trial failed."""
+        return bool(self.arm(arm).get("search_done")) and not self.search_finished(arm)
+
+    def reopen_search(self, arm: str) -> None:
+        """Forget an arm's search whose every trial failed, so that it is searched
+        again by a new Tuner. Its trial runs stay in MLflow as FAILED and stay mapped
+        (new runs are numbered after them; ``_close_stale`` still sees them)."""
+        arm_state = self.arm(arm)
+        arm_state["search_done"] = False
+        arm_state.pop("trials", None)
+        arm_state.pop("trial_callback_key", None)  # else the finished Tuner is restored, with nothing left to run
+        self.records(arm, "trial").clear()
         self.save()
 
     def trial_runs(self, arm: str, kind: str) -> dict[str, str]:

@@ -11,10 +11,18 @@ Definitions (METHODS.md section 8):
 
 FlopCounterMode sees matmul-type ops only; methods that use other costly ops (cdist,
 say) register them in ``EXTRA_FLOP_FORMULAS`` so they are counted too.
+
+Basis. A static adapter costs the same per token on every input, so the trainer counts
+it on a fixed probe of validation examples. A routed adapter's cost depends on each
+example's decisions, so its final figure covers every example of the final evaluation:
+``TokenAffineFlops`` holds the FlopCounterMode count of one path (a router, or the
+adapters a decision switches on at rank k) on one example, as a function of its tokens,
+and ``methods._routing_stats.routed_adapter_flops`` sums it over the recorded decisions.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
@@ -89,3 +97,49 @@ def reference_lora_flops_per_token(model: "nn.Module", target_modules: list[str]
 def adapter_flops_per_token(base_flops: int, adapted_flops: int, tokens: int) -> float:
     """Per non-pad token; clipped at 0 because merged adapters cost exactly nothing."""
     return max(0, adapted_flops - base_flops) / max(1, tokens)
+
+
+def count_call_flops(run: Callable[[], object]) -> int:
+    """FLOPs FlopCounterMode counts while ``run()`` runs (no gradients)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=dict(EXTRA_FLOP_FORMULAS)) as counter:
+        run()
+    return int(counter.get_total_flops())
+
+
+@dataclass(frozen=True)
+class TokenAffineFlops:
+    """FLOPs of one computation on one example of T real tokens: ``per_example + per_token * T``.
+
+    The paths of a routed adapter are affine in T: every matmul in them has the
+    example's tokens as one dimension (LoRA factors, the masked mean of a router) or
+    none (a router's MLP on the pooled vector, a generator on the per-example code).
+    """
+
+    per_example: int
+    per_token: int
+
+    def at(self, tokens: int) -> int:
+        return self.per_example + self.per_token * tokens
+
+    def total(self, tokens_per_example: "torch.Tensor") -> int:
+        """Summed over examples with these token counts (a 1-D integer tensor)."""
+        return self.per_example * int(tokens_per_example.numel()) + self.per_token * int(tokens_per_example.sum())
+
+
+def token_affine_flops(run: Callable[[int], object], check_at: int = 3) -> TokenAffineFlops:
+    """Count ``run(T)`` (one example of T tokens) with FlopCounterMode at T = 1 and 2,
+    and check the affine form exactly at T = ``check_at`` (use the longest example it is
+    applied to). A path that is not affine in T raises instead of being mis-priced."""
+    one, two = count_call_flops(lambda: run(1)), count_call_flops(lambda: run(2))
+    affine = TokenAffineFlops(per_example=2 * one - two, per_token=two - one)
+    check_at = max(3, check_at)
+    counted = count_call_flops(lambda: run(check_at))
+    if counted != affine.at(check_at):
+        raise ValueError(
+            f"FLOPs of this path are not affine in the tokens: {one} at 1 token, {two} at 2, "
+            f"{counted} at {check_at} (expected {affine.at(check_at)})"
+        )
+    return affine

@@ -39,7 +39,8 @@ class LoadedSpec:
         return self.path.parent
 
 
-def load_hypothesis(path: str | Path, profile: str | None = None, check_all_profiles: bool = True) -> LoadedSpec:
+def load_hypothesis(path: str | Path, profile: str | None = None, check_all_profiles: bool = True,
+                    check_requirements: bool = True) -> LoadedSpec:
     path = Path(path)
     file = str(path)
     text = read_user_file(path)  # SpecError: missing, unreadable, too large, not UTF-8
@@ -49,7 +50,7 @@ def load_hypothesis(path: str | Path, profile: str | None = None, check_all_prof
 
     base = _validate(located.value, located)
     space_cache: dict[str, Any] = {}
-    issues, spaces = check_hypothesis(base, located, path.parent, space_cache)
+    issues, spaces = check_hypothesis(base, located, path.parent, space_cache, check_requirements)
     wanted = profile or DEFAULT_PROFILE
     if wanted != DEFAULT_PROFILE and wanted not in base.profiles:
         issues.append(SpecIssue(file, located.line_of(("profiles",)), "profiles", f"no profile {wanted!r}; this file has: {', '.join(['default', *base.profiles])}"))
@@ -61,7 +62,7 @@ def load_hypothesis(path: str | Path, profile: str | None = None, check_all_prof
         try:
             merged_value, merged_located = apply_profile(located, name)
             profiled = _validate(merged_value, merged_located)
-            profile_issues, profile_spaces = check_hypothesis(profiled, merged_located, path.parent, space_cache)
+            profile_issues, profile_spaces = check_hypothesis(profiled, merged_located, path.parent, space_cache, check_requirements)
             issues.extend(profile_issues)
         except SpecError as exc:
             issues.extend(exc.issues)

@@ -36,7 +36,6 @@ DEFAULT_TARGET_MODULES = {
     "distilbert": ["q_lin", "v_lin"],
     "llama": ["q_proj", "v_proj"],
 }
-HEAD_MODULES = {"bert": ["classifier"], "roberta": ["classifier"], "llama": ["score"]}
 
 
 class ModelUnavailableError(RuntimeError):
@@ -132,7 +131,31 @@ def default_target_modules(model: "nn.Module") -> list[str]:
 
 
 def head_modules(model: "nn.Module") -> list[str]:
-    return list(HEAD_MODULES.get(model_family(model), ["classifier"]))
+    """The modules a ``*ForSequenceClassification`` class adds beside its base model:
+    every method trains them in full (peft's ``modules_to_save``).
+
+    They are exactly what loading a base checkpoint initialises at random: a base
+    checkpoint holds the ``base_model_prefix`` sub-model only, so the wrapper's other
+    parameterised children are never in it. Read from transformers 5.24's classes and
+    checked by loading a saved base model (``tests/test_tasks.py``):
+
+    - BERT: ``classifier``. The pooler is ``bert.pooler``, part of the base model and
+      pretrained (bert-base-uncased's NSP pooler; the embedded MiniLM's
+      ``model.safetensors`` holds ``pooler.dense``), so it stays frozen, as in peft's
+      and the LoRA papers' GLUE setups.
+    - RoBERTa: ``classifier`` (its dense + out_proj; RobertaModel is built without pooler).
+    - DeBERTa-v2/v3: ``pooler`` (ContextPooler, absent from the checkpoint) and
+      ``classifier``; peft's default ``["classifier", "score"]`` would leave the pooler
+      frozen at its random initialisation.
+    - DistilBERT: ``pre_classifier`` and ``classifier``. Llama: ``score``.
+    """
+    base = getattr(model, "base_model_prefix", None)
+    added = [
+        name
+        for name, child in model.named_children()
+        if name != base and next(child.parameters(), None) is not None
+    ]
+    return added or ["classifier"]
 
 
 def _unavailable(ref: str) -> ModelUnavailableError:

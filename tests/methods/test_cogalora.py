@@ -113,7 +113,7 @@ def test_bucketed_inference_equals_dense_masked_reference(monkeypatch):
 
     def dense_forward(self, x):
         logit = self.cogalora_router(x.mean(1)).squeeze(-1)  # router run for its side effects only
-        on, _ = self.hard_decision(torch.sigmoid(logit) > 0.5, torch.zeros_like(logit, dtype=torch.long))
+        on, _ = self.hard_decision(torch.sigmoid(logit) > 0.5, torch.zeros_like(logit, dtype=torch.long), torch.ones(x.shape[:2], dtype=torch.bool))
         return self.base_layer(x) + on.to(x.dtype)[:, None, None] * self._update(x)
 
     monkeypatch.setattr(CoGaLoRALinear, "forward", dense_forward)

@@ -138,6 +138,19 @@ def test_scaling_is_alpha_over_the_sampled_rank():
     assert layer.eval().scaling == pytest.approx(2.0)
 
 
+def test_effective_counts_are_the_eval_rank_and_the_rows_given_a_gradient():
+    method, model = build(r_min=1, r_max=8, eval_rank=2)
+    per_rank = sum(layer.in_features + layer.out_features for layer in layers(model))
+    method.rank_samples = [3, 5, 1, 7]  # the last draw is for a step never taken
+    stats = method.stats(model)
+    assert stats["trainable_params_final"] == 2 * per_rank
+    assert stats["trainable_params_peak"] == 5 * per_rank
+    assert stats["trainable_params_mean"] == pytest.approx(3 * per_rank)
+    frozen, frozen_model = build(r_min=1, r_max=8, frozen=True)
+    frozen.rank_samples = [3, 5, 1, 7]
+    assert frozen.stats(frozen_model)["trainable_params_mean"] == frozen.stats(frozen_model)["trainable_params_peak"] == per_rank
+
+
 def test_config_checks_rank_bounds():
     with pytest.raises(ValueError, match="r_min"):
         DyLoraConfig(r_min=9, r_max=8)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from methods import get_method
 from methods.base import BuildContext, StepInfo
 from methods.galora import GaLoRALinear
+from orchestrator.spec.checks import load_space
 from orchestrator.measure.flops import count_flops
 from orchestrator.tasks.models import load_model, resolve_model
 
@@ -78,11 +81,117 @@ def test_proximal_step_is_gradient_step_then_soft_threshold():
     with torch.no_grad():
         for layer, g0, grad in zip(layers, start, grads):
             layer.galora_gate.fill_(g0)
-            layer.galora_gate.grad = torch.tensor(grad)
+            layer.gate_grad = torch.tensor(grad)
     method.after_optimizer_step(model, STEP)
     got = [float(layer.galora_gate.detach()) for layer in layers]
     # g - 2 grad, then shrink by 2 * 0.01 towards 0 (exact zero when it would cross)
     assert got == pytest.approx([1.0 - 0.2 - 0.02, 0.0, -0.5 + 0.4 + 0.02, -0.08], abs=1e-7)
+    assert all(layer.gate_grad is None for layer in layers)  # used once
+
+
+def own_gate_gradients(method, model):
+    """dL/dg of each gate from the chain rule, dL/dg = <dL/dy, s B A x>, read from the
+    layer's input and its output's gradient: independent of how the gate is trained."""
+    grads, hooks = {}, []
+
+    def record(layer, inputs, output, name):
+        update = layer.scale * torch.nn.functional.linear(torch.nn.functional.linear(inputs[0], layer.galora_A), layer.galora_B).detach()
+        output.register_hook(lambda grad_out: grads.__setitem__(name, float((grad_out * update).sum())))
+
+    for name, layer in method.layers(model).items():
+        hooks.append(layer.register_forward_hook(lambda m, i, o, name=name: record(m, i, o, name)))
+    return grads, hooks
+
+
+@pytest.mark.parametrize("max_grad_norm", [None, 1e-3], ids=["no-clipping", "tight-clipping"])
+def test_each_gate_step_uses_exactly_that_steps_gradient(max_grad_norm):
+    """The loop zeroes only the optimizer's gradients; the gates are not in it. With
+    lam = 0 the gate step is g <- g - eta * grad, so the gradient it used is read off
+    the gate's move and compared with the step's own dL/dg: not a sum over past steps
+    and, when the loop's clipping fires (every step at 1e-3), not clipped."""
+    eta = 10.0
+    method, model = build(lam=0.0, gate_lr=eta, factor_l2=1e-3)
+    model.double().eval()  # no dropout: the step's forward is the one the chain rule reads
+    optimizer = torch.optim.AdamW(method.param_groups(model, 0.0), lr=1e-2)
+    gates = [layer.galora_gate for layer in method.layers(model).values()]
+    own, hooks = own_gate_gradients(method, model)
+    largest = 0.0
+    for step in range(5):
+        before = [float(g.detach()) for g in gates]
+        extra = method.extra_loss(model, StepInfo(step, 5, 0, 5))
+        loss = model(**make_batch(seed=step)).loss + (0.0 if extra is None else extra)
+        loss.backward()
+        if max_grad_norm:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+        optimizer.step()
+        method.after_optimizer_step(model, StepInfo(step, 5, 0, 5))
+        optimizer.zero_grad(set_to_none=True)
+        seen = [(b - float(g.detach())) / eta for b, g in zip(before, gates)]
+        expected = [own[name] for name in method.layers(model)]  # 0 at step 0, where B = 0
+        largest = max(largest, *map(abs, expected))
+        assert seen == pytest.approx(expected, rel=1e-6, abs=1e-12), f"step {step}"
+    for h in hooks:
+        h.remove()
+    assert largest > 1e-5  # real gradients, not a vacuous match of zeros
+
+
+def test_gate_gradients_stay_out_of_the_optimizers_gradient_clipping():
+    """The loop clips every parameter's ``.grad``: the gates' must hold nothing."""
+    method, model = build()
+    set_gates(method, model, [1.0, 1.0, 1.0, 1.0])  # B != 0, so dL/dg != 0
+    layers = list(method.layers(model).values())
+    for step in range(2):
+        model(**make_batch(seed=step)).loss.backward()
+        assert all(layer.galora_gate.grad is None or float(layer.galora_gate.grad) == 0.0 for layer in layers)
+        assert all(layer.gate_grad is not None and float(layer.gate_grad) != 0.0 for layer in layers)  # kept for the gate step
+        method.after_optimizer_step(model, StepInfo(step, 2, 0, 2))
+
+
+def penalised_objective(method, model, batch):
+    """L_task + lambda sum|g| + the method's extra loss: what training minimises."""
+    with torch.no_grad():
+        lam_term = method.config.lam * sum(abs(layer.gate_value()) for layer in method.layers(model).values())
+        extra = method.extra_loss(model, STEP)
+        return float(model(**batch).loss) + lam_term + (0.0 if extra is None else float(extra))
+
+
+def test_rescaling_gates_against_b_at_equal_function_cannot_lower_the_objective():
+    """g -> g/c, B -> cB keeps every output; with the penalty lam |g| alone the
+    objective would fall towards L_task as c grows. Each module is put at its balance
+    lam |g| = 2 mu ||B||^2, where c = 1 minimises lam |g|/c + mu c^2 ||B||^2."""
+    lam, mu = 0.02, 1e-3
+    method, model = build(lam=lam, factor_l2=mu)
+    model.eval()
+    batch = make_batch()
+    with torch.no_grad():
+        for layer in method.layers(model).values():
+            layer.galora_gate.fill_(0.5)
+            layer.galora_B.normal_()
+            layer.galora_B.mul_((lam * 0.5 / (2 * mu)) ** 0.5 / layer.galora_B.norm())
+    logits = model(**batch).logits.detach()
+    base = penalised_objective(method, model, batch)
+    for c in (0.1, 0.5, 2.0, 10.0, 1000.0):
+        with torch.no_grad():
+            for layer in method.layers(model).values():
+                layer.galora_gate.div_(c)
+                layer.galora_B.mul_(c)
+        assert torch.allclose(model(**batch).logits, logits, atol=1e-5)
+        assert penalised_objective(method, model, batch) > base + 1e-6, f"c = {c}"
+        with torch.no_grad():
+            for layer in method.layers(model).values():
+                layer.galora_gate.mul_(c)
+                layer.galora_B.div_(c)
+
+
+def test_factor_l2_zero_is_refused_and_the_search_space_cannot_offer_it():
+    cls = get_method("galora")
+    with pytest.raises(ValidationError):
+        cls.Config(factor_l2=0.0)
+    space = load_space(Path(__file__).resolve().parents[2] / "search_spaces" / "galora.yaml").space
+    spec = space.params["factor_l2"]
+    values = spec.choices if spec.type == "categorical" else [spec.low, spec.high]
+    for value in values:
+        cls.Config(factor_l2=value)  # raises on 0 or below
 
 
 def test_gates_reach_exact_zero_with_a_large_lambda_and_all_stay_without_one():
@@ -103,14 +212,17 @@ def test_gates_reach_exact_zero_with_a_large_lambda_and_all_stay_without_one():
         assert method.stats(model)["kept_modules"] == alive
 
 
-def test_optimizer_groups_leave_gates_out_and_decay_a_and_b_equally():
+def test_optimizer_groups_leave_gates_out_and_a_and_b_to_the_loss_l2():
     method, model = build(factor_l2=0.3)
     groups = method.param_groups(model, weight_decay=0.01)
     named = {id(p): n for n, p in model.named_parameters()}
     in_groups = {named[id(p)]: g["weight_decay"] for g in groups for p in g["params"]}
     assert not any(n.endswith("galora_gate") for n in in_groups)
     factor_decay = {d for n, d in in_groups.items() if n.endswith(("galora_A", "galora_B"))}
-    assert factor_decay == {0.3}
+    assert factor_decay == {0.0}  # their L2 is in the loss, not a decoupled decay
+    layers = method.layers(model).values()
+    expected = 0.3 * sum(float(layer.galora_A.detach().pow(2).sum() + layer.galora_B.detach().pow(2).sum()) for layer in layers)
+    assert float(method.extra_loss(model, STEP).detach()) == pytest.approx(expected, rel=1e-6)
     assert in_groups["classifier.weight"] == 0.01 and in_groups["classifier.bias"] == 0.0
     assert sum(n.endswith(("galora_A", "galora_B")) for n in in_groups) == 8
 

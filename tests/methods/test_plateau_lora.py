@@ -176,6 +176,41 @@ def test_trainable_params_mean_is_step_weighted():
     assert stats["trainable_params_mean"] == pytest.approx((3 * 2 + 4) / 4 * per_rank)
 
 
+def test_effective_counts_follow_the_active_rows_not_the_preallocated_ones():
+    method, model = build(r0=2, delta_r=2, r_max=8)
+    per_rank = sum(layer.in_features + layer.out_features for layer in lora_layers(model))
+    for step in range(2):
+        method.after_optimizer_step(model, StepInfo(step, 100, 0, 10))
+    method.grow(model, 6)
+    method.after_optimizer_step(model, StepInfo(2, 100, 0, 10))
+    stats = method.stats(model)
+    assert stats["trainable_params_peak"] == 6 * per_rank
+    assert stats["mean_train_rank"] == pytest.approx((2 + 2 + 6) / 3)
+
+
+def test_the_engine_reports_active_rows_as_the_effective_count_before_any_growth(tmp_path):
+    """One epoch: the first evaluation only sets the best loss, so the model never grows.
+    The counts claims read, the engine's trainable_params included, are the r0 active
+    rows' parameters, computed here from the base model's query/value shapes, not the
+    r_max rows the optimizer holds."""
+    from orchestrator.spec.models import TaskSpec, TrainingSpec
+    from orchestrator.tasks.prepare import prepare_task
+    from orchestrator.training import TrialSetup, run_trial
+
+    data = prepare_task(TaskSpec(model="random:bert-tiny", dataset="synthetic:polarity", train_examples=64, val_examples=32, test_examples=32),
+                        tmp_path, tmp_path / "cache")
+    setup = TrialSetup(arm="p", method="plateau_lora", model="random:bert-tiny", metric="accuracy",
+                       training=TrainingSpec(epochs=1, batch_size=16), fixed={"r0": 2, "r_max": 8, "patience": 1})
+    final = run_trial(setup, {}, 0, data, lambda metrics, artifacts: None, tmp_path / "search")
+    per_rank = sum(module.in_features + module.out_features for name, module in tiny_model().named_modules()
+                   if isinstance(module, nn.Linear) and name.endswith(("query", "value")))
+    assert final["growths"] == 0 and final["rank_final"] == 2
+    for name in ("trainable_params_peak", "trainable_params_final", "trainable_params_mean"):
+        assert final[name] == 2 * per_rank, name
+    assert final["mean_train_rank"] == 2
+    assert final["trainable_params"] == 2 * per_rank < 8 * per_rank  # the default metric is the honest one
+
+
 def test_only_adapters_and_head_are_trainable():
     _, model = build()
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}

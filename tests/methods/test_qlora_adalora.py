@@ -26,7 +26,7 @@ def built():
     torch.set_num_threads(1)
     float_model = load_model(resolve_model("random:bert-tiny"), num_labels=2, seed=0)
     head = {k: v.clone() for k, v in float_model.classifier.state_dict().items()}
-    method = QloraAdaLoRA(QloraAdaLoRA.Config(init_r=4, target_r=2, tinit=1, tfinal=2, deltaT=1))
+    method = QloraAdaLoRA(QloraAdaLoRA.Config(init_r=4, target_r=2, tinit_frac=0.125, tfinal_frac=0.25, deltaT_frac=0.01))
     ctx = BuildContext(total_steps=8, steps_per_epoch=8, num_labels=2, target_modules=TARGETS, seed=0)
     float_flops = count_flops(float_model, _batch(torch.Generator().manual_seed(3), labels=False))
     model = method.build(float_model, ctx)
@@ -56,6 +56,14 @@ def test_encoder_linears_are_4bit_and_head_and_pooler_are_not(built):
             assert not isinstance(module, bnb.nn.Linear4bit), name
             assert module.weight.dtype == torch.float32
     assert type(inner.bert.encoder.layer[0].attention.self.query).__name__ == "SVDLinear4bit"
+
+
+def test_schedule_fractions_reach_peft_as_steps_of_the_real_run(built):
+    method, model, _, _ = built
+    peft_config = model.peft_config["default"]
+    # 8 steps: tinit 0.125 -> 1, tfinal 0.25 -> 2, deltaT 0.01 -> at least 1 step
+    assert (peft_config.total_step, peft_config.tinit, peft_config.tfinal, peft_config.deltaT) == (8, 1, 2, 1)
+    assert method.schedule.mask_steps() == [2, 3, 4, 5, 6]
 
 
 def test_head_starts_from_the_float_models_weights(built):
@@ -104,7 +112,7 @@ def test_trains_again_after_a_no_grad_evaluation():
     fails. The method switches that repack off; an epoch boundary must just work."""
     
     torch.set_num_threads(1)
-    method = QloraAdaLoRA(QloraAdaLoRA.Config(init_r=4, target_r=2, tinit=1, tfinal=2, deltaT=1))
+    method = QloraAdaLoRA(QloraAdaLoRA.Config(init_r=4, target_r=2, tinit_frac=0.125, tfinal_frac=0.25, deltaT_frac=0.01))
     ctx = BuildContext(total_steps=8, steps_per_epoch=8, num_labels=2, target_modules=TARGETS, seed=0)
     model = method.build(load_model(resolve_model("random:bert-tiny"), num_labels=2, seed=0), ctx)
     generator = torch.Generator().manual_seed(0)

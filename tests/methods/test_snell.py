@@ -126,6 +126,56 @@ def test_lora_kernel_without_sparsity_starts_at_zero_and_with_sparsity_learns():
     assert torch.count_nonzero(sparse.lora_A.grad) > 0 and torch.count_nonzero(sparse.lora_B.grad) > 0
 
 
+# -- the density of the update -----------------------------------------------------------
+def adapted_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Weights of the adapted linear layers (query, value), by module name, as copies."""
+    return {
+        name: module.weight.detach().clone()
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and name.endswith(("query", "value"))
+    }
+
+
+def train_a_few_steps(method, model, steps: int = 5) -> None:
+    optimizer = torch.optim.AdamW(method.param_groups(model, 0.0), lr=1e-2)
+    batch = tiny_batch()
+    for _ in range(steps):
+        model.train()(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+@pytest.mark.parametrize("init_offset", ["fold", "none"])
+def test_update_density_is_the_density_of_the_real_weight_change(init_offset):
+    """The density claims read is that of W_final - W_pretrained, measured here on the
+    merged model against the weights it was built from; under fold that is
+    dW_s(T) - dW_s(0), not the 1 - sparsity of dW_s(T) alone."""
+    method = get_method("snell")(SnellConfig(sparsity=0.5, init_offset=init_offset))
+    ctx = BuildContext(total_steps=5, steps_per_epoch=5, num_labels=2, target_modules=["query", "value"], seed=0)
+    model = tiny_model()
+    pretrained = adapted_weights(model)
+    model = method.build(model, ctx)
+    train_a_few_steps(method, model)
+    reported = method.stats(model)["update_density"]
+    model = method.finalize(model)  # merge: the weights now hold the real change
+    final = adapted_weights(model)
+    assert final.keys() == pretrained.keys() and len(final) == 4
+    changed = sum(int(torch.count_nonzero(final[name] - pretrained[name])) for name in final)
+    total = sum(weight.numel() for weight in final.values())
+    assert reported == method.stats(model)["update_density"] == pytest.approx(changed / total, abs=0.5 / total)
+    if init_offset == "fold":
+        assert reported > 0.55  # the step-0 and final supports together (0.61 after 5 steps, 0.73 after 30)
+    else:
+        assert reported == pytest.approx(0.5, abs=1e-3)  # one competition mask
+
+
+def test_update_density_of_an_untrained_folded_layer_is_zero():
+    layer = SnellLinear(nn.Linear(16, 12), 4, sparsity=0.5)
+    layer.fold_initial_update()
+    assert torch.count_nonzero(layer.weight_change()) == 0
+    assert torch.count_nonzero(layer.sparse_update()) == 16 * 12 // 2
+
+
 # -- merge and FLOPs -----------------------------------------------------------------------
 @pytest.mark.parametrize("kernel", ["snell", "lora"])
 def test_merged_forward_equals_unmerged_forward(kernel):
@@ -143,6 +193,8 @@ def test_merged_forward_equals_unmerged_forward(kernel):
     assert not snell_layers(model)
     with torch.no_grad():
         torch.testing.assert_close(model(**batch).logits, unmerged, rtol=1e-5, atol=1e-5)
+    # scaling the tables scales dW uniformly, so the mask has not moved: the change
+    # dW_s(T) - dW_s(0) has exactly dW_s's support
     assert method.stats(model)["update_density"] == density == pytest.approx(0.5)
     assert method.stats(model)["merged_modules"] == 4
 
