@@ -55,7 +55,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     out = console()
     out.print(f"[bold]{h.name}[/] profile={plan.profile}  spec sha256 {plan.spec_sha256[:12]}")
     out.print(f"task: {h.task.model} on {h.task.dataset} (max_length {h.task.max_length}, metric {h.task.metric})")
-    out.print(f"training: {h.training.epochs} epochs, batch {h.training.batch_size}, lr {h.training.lr}")
+    out.print(f"training: {h.training.epochs} epochs, batch {h.training.batch_size}, lr {h.training.lr}, precision {h.training.precision}")
     for arm in plan.arms:
         out.print(f"\n[bold]arm {arm.arm}[/]: method {arm.method}{' (routed)' if arm.routed else ''}, space {arm.space_file or '-'}")
         for name, spec in arm.space().searched().items():
@@ -104,6 +104,16 @@ def cmd_methods(args: argparse.Namespace) -> int:
         for field_name, field in cls.Config.model_fields.items():
             table.add_row(escape(field_name), escape(repr(field.get_default(call_default_factory=True))), escape(field.description or ""))
         console.print(table)
+        if cls.metrics:  # what claims may name besides every run's metrics (orchestrator.metrics)
+            metrics = Table(title=f"{name}: its own metrics", title_justify="left")
+            for column in ("metric", "meaning"):
+                metrics.add_column(column)
+            for metric, meaning in cls.metrics.items():
+                metrics.add_row(escape(metric), escape(meaning))
+            console.print(metrics)
+        needs = [f"{r.module} ({r.install_command})" for r in getattr(cls, "requires", ())]
+        if needs:
+            console.print(escape(f"{name} needs: " + ", ".join(needs)))
     return EXIT_OK
 
 
@@ -114,6 +124,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.plan import make_plan
 
     plan = make_plan(_load(args.file, args.profile))  # bad input stops here: no Ray, no MLflow
+    if not args.address:
+        for warning in emulated_bf16_warnings(plan.hypothesis):
+            _err(f"orchestrate: warning: {warning}")
     from orchestrator.execute.runner import AllTrialsFailedError, RunOptions, run_plan
     from orchestrator.tasks.datasets import DatasetUnavailableError
     from orchestrator.tasks.models import ModelUnavailableError
@@ -133,6 +146,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     if outcome.report_path is not None:
         print(f"report: {outcome.report_path} (also logged to MLflow under report/)")
     return _fail_on(args.fail_on, [v.verdict for v in outcome.verdicts])
+
+
+def emulated_bf16_warnings(hypothesis) -> list[str]:
+    """Forced bf16 for CPU trials on a CPU that emulates it: allowed (results are
+    correct), but it is much slower than fp32, so say so before hours go into it. Only
+    for local runs: on a cluster the trials' CPUs are not this one."""
+    if hypothesis.search.resources_per_trial.gpu > 0:
+        return []
+    forced = {"training.precision": hypothesis.training.precision}
+    forced |= {f"arms.{name}.fixed.precision": arm.fixed["precision"] for name, arm in hypothesis.arms.items() if "precision" in arm.fixed}
+    where = [field for field, value in forced.items() if value == "bf16"]
+    if not where:
+        return []
+    from orchestrator.precision import cpu_has_native_bf16
+
+    if cpu_has_native_bf16():
+        return []
+    return [f"{', '.join(where)}: bf16 is forced, but this CPU has no native bf16 (AVX512-BF16 or AMX); autocast will "
+            "emulate it, measured 25x slower than fp32 on such a CPU. Results stay correct and are marked "
+            "precision_native=false; 'auto' would choose fp32 here."]
 
 
 def _fail_on(fail_on: str | None, verdicts: list[str]) -> int:

@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 COMPLETED, FAILED, STOPPED, INFEASIBLE = "COMPLETED", "FAILED", "STOPPED", "INFEASIBLE"
+#: A trial reports its own facts (strings such as the precision it ran in) under keys
+#: with this prefix; the driver logs them as params of the trial's MLflow run.
+TRIAL_PARAM_PREFIX = "param."
 
 
 @dataclass
@@ -23,6 +26,7 @@ class TrialRecord:
     mlflow_run_id: str | None = None
     feasible: bool = True
     reused_from: str | None = None  # MLflow run of the earlier search this trial came from
+    runtime: dict[str, str] = field(default_factory=dict)  # what the trial ran with (precision...), from its reports
 
 
 @dataclass

@@ -10,6 +10,7 @@ driver records them.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import resource
@@ -23,6 +24,8 @@ import numpy as np
 from methods import BuildContext, StepInfo, get_method
 from orchestrator.faults import MemoryLimitError, NonFiniteLossError, TrialTimeoutError
 from orchestrator.measure import flops as flop_measure
+from orchestrator.precision import PrecisionChoice, autocast, grad_scaler, resolve_precision
+from orchestrator.results import TRIAL_PARAM_PREFIX
 from orchestrator.spec.models import TRAINING_PARAMS, TrainingSpec
 from orchestrator.tasks.models import default_target_modules, head_modules, load_model, resolve_model
 
@@ -33,7 +36,7 @@ if TYPE_CHECKING:
     from orchestrator.tasks.prepare import PreparedTask, TokenizedSplit
 
 Reporter = Callable[[dict[str, Any], "Path | None"], None]
-PROBE_EXAMPLES = 16  # validation examples on which FLOPs are counted, one at a time
+PROBE_EXAMPLES = 16  # validation examples on which static adapters' FLOPs are counted, one at a time (routed: the whole final split)
 
 
 
@@ -85,6 +88,7 @@ def run_trial(setup: TrialSetup, params: dict[str, Any], seed: int, data: "Prepa
     training = setup.training.model_copy(update=training_overrides)
     method = get_method(setup.method).from_params(method_params)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = resolve_precision(training.precision, device)
     reset_peak_memory(device)
 
     model_ref = resolve_model(setup.model)
@@ -113,9 +117,9 @@ def run_trial(setup: TrialSetup, params: dict[str, Any], seed: int, data: "Prepa
     heads = ctx.head_modules
     optimizer = torch.optim.AdamW(method.param_groups(model, training.weight_decay), lr=training.lr)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(training.warmup_ratio * total_steps), total_steps)
-    autocast = _autocast(device, training.precision)
+    scaler = grad_scaler(precision)
 
-    step, peak_trainable, train_time = 0, _adapter_trainable(model, heads), 0.0
+    step, peak_trainable, train_time = 0, _adapter_trainable(model, method, heads), 0.0
     deadline = time.monotonic() + setup.timeout_s if setup.timeout_s else None
     final: dict[str, Any] = {}
     for epoch in range(training.epochs):
@@ -124,22 +128,19 @@ def run_trial(setup: TrialSetup, params: dict[str, Any], seed: int, data: "Prepa
         batches = train.batches(training.batch_size, data.pad_id, seed * 1000 + epoch, by_length=training.group_by_length)
         for batch in _on_device(batches, device):
             info = StepInfo(step, total_steps, epoch, steps_per_epoch)
-            with autocast:
+            with autocast(precision):
                 loss = model(**batch).loss
                 extra = method.extra_loss(model, info)
                 if extra is not None:
                     loss = loss + extra
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at step {step}, epoch {epoch}")
-            loss.backward()
-            if training.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], training.max_grad_norm)
-            optimizer.step()
+            _backward_and_step(loss, model, optimizer, scaler, training.max_grad_norm)
             scheduler.step()
             method.after_optimizer_step(model, info)
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            peak_trainable = max(peak_trainable, _adapter_trainable(model, heads))
+            peak_trainable = max(peak_trainable, _adapter_trainable(model, method, heads))
             if deadline is not None and time.monotonic() > deadline:
                 raise TrialTimeoutError(f"trial exceeded its {setup.timeout_s:g} s budget (search.trial_timeout_s) at step {step}")
             if setup.memory_limit_mb and (used := _peak_memory_mb(device)) > setup.memory_limit_mb:
@@ -147,7 +148,7 @@ def run_trial(setup: TrialSetup, params: dict[str, Any], seed: int, data: "Prepa
             losses.append(loss.item())
         train_time += time.perf_counter() - started
         last = epoch == training.epochs - 1
-        val_loss, val_score, _ = evaluate(model, val, data.pad_id, training.eval_batch_size, setup.metric, device)
+        val_loss, val_score, _ = evaluate(model, val, data.pad_id, training.eval_batch_size, setup.metric, device, precision)
         metrics: dict[str, Any] = {
             "epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
             "val_loss": val_loss, f"val_{setup.metric}": val_score,
@@ -155,14 +156,16 @@ def run_trial(setup: TrialSetup, params: dict[str, Any], seed: int, data: "Prepa
         metrics.update(method.after_evaluation(model, StepInfo(step, total_steps, epoch, steps_per_epoch), val_loss))
         if last:
             model = method.finalize(model)
-            metrics.update(_final_measurements(model, method, setup, data, device, training.eval_batch_size))
+            metrics.update(_final_measurements(model, method, setup, data, precision, training.eval_batch_size))
             metrics["train_time_s"] = train_time
         metrics["trainable_params"] = peak_trainable
         metrics["head_params"] = _head_params(model, heads)
-        adapter = flop_measure.adapter_flops_per_token(base_flops, flop_measure.count_flops_unpadded(model, [_to(e, device) for e in probe]), tokens)
-        metrics["adapter_flops_per_token"] = adapter
+        if "adapter_flops_per_token" not in metrics:  # routed methods count every example of the final split (end_eval_stats)
+            metrics["adapter_flops_per_token"] = flop_measure.adapter_flops_per_token(base_flops, flop_measure.count_flops_unpadded(model, [_to(e, device) for e in probe]), tokens)
+        adapter = metrics["adapter_flops_per_token"]
         metrics["flops_ratio"] = adapter / reference_flops if reference_flops else float("nan")
         metrics["peak_rss_mb"] = _peak_memory_mb(device)
+        metrics.update({TRIAL_PARAM_PREFIX + k: v for k, v in precision.as_params().items()})
         artifacts = None
         if last:
             artifacts = workdir / "artifacts"
@@ -185,14 +188,14 @@ def _analytically_infeasible(method: Any, model: "nn.Module", ctx: BuildContext,
     return {**costs, "epoch": setup.training.epochs, "infeasible_before_training": 1.0}
 
 
-def _final_measurements(model: "nn.Module", method: Any, setup: TrialSetup, data: "PreparedTask", device: str, batch_size: int) -> dict[str, Any]:
+def _final_measurements(model: "nn.Module", method: Any, setup: TrialSetup, data: "PreparedTask", precision: PrecisionChoice, batch_size: int) -> dict[str, Any]:
     """After finalize: the selection metric again (pruning may change it), the held-out
     split for confirmation runs, and the method's per-example and static stats."""
     out: dict[str, Any] = {}
     split_name = setup.final_split
     method.start_eval_stats(model)
     started = time.perf_counter()
-    loss, score, _ = evaluate(model, data.splits[split_name], data.pad_id, batch_size, setup.metric, device)
+    loss, score, _ = evaluate(model, data.splits[split_name], data.pad_id, batch_size, setup.metric, precision.device, precision)
     out["eval_time_s"] = time.perf_counter() - started
     out.update(method.end_eval_stats(model))
     prefix = "test" if setup.confirm else "val"
@@ -200,15 +203,17 @@ def _final_measurements(model: "nn.Module", method: Any, setup: TrialSetup, data
     out.update(method.stats(model))
 
     def again(state: "nn.Module") -> dict[str, float]:
-        loss, score, _ = evaluate(state, data.splits[split_name], data.pad_id, batch_size, setup.metric, device)
+        loss, score, _ = evaluate(state, data.splits[split_name], data.pad_id, batch_size, setup.metric, precision.device, precision)
         return {f"{prefix}_loss": loss, f"{prefix}_{setup.metric}": score}
 
     out.update(method.extra_evaluations(model, again))
     return out
 
 
-def evaluate(model: "nn.Module", split: "TokenizedSplit", pad_id: int, batch_size: int, metric: str, device: str) -> tuple[float, float, np.ndarray]:
-    """(mean loss, metric, predictions) over a whole split, in eval mode."""
+def evaluate(model: "nn.Module", split: "TokenizedSplit", pad_id: int, batch_size: int, metric: str, device: str,
+             precision: PrecisionChoice | None = None) -> tuple[float, float, np.ndarray]:
+    """(mean loss, metric, predictions) over a whole split, in eval mode, under the
+    trial's autocast (the loss itself is taken in fp32)."""
     import torch
 
     model.eval()
@@ -216,7 +221,8 @@ def evaluate(model: "nn.Module", split: "TokenizedSplit", pad_id: int, batch_siz
     order = split.order(batch_size, by_length=True)  # little padding; predictions are put back in split order below
     with torch.no_grad():
         for batch in _on_device(split.batches(batch_size, pad_id, order=order), device):
-            out = model(**batch)
+            with autocast(precision) if precision is not None else contextlib.nullcontext():
+                out = model(**batch)
             n = len(batch["labels"])
             total_loss += float(torch.nn.functional.cross_entropy(out.logits.float(), batch["labels"], reduction="sum"))
             count += n
@@ -242,7 +248,12 @@ def score(metric: str, gold: np.ndarray, preds: np.ndarray) -> float:
     return float(matthews_corrcoef(gold, preds))
 
 
-def _adapter_trainable(model: "nn.Module", heads: list[str]) -> int:
+def _adapter_trainable(model: "nn.Module", method: Any, heads: list[str]) -> int:
+    """Adapter parameters trained at this step (head excluded): the method's own count
+    where it allocates more than it uses (``Method.trainable_adapter_params``)."""
+    own = method.trainable_adapter_params(model)
+    if own is not None:
+        return own
     return sum(p.numel() for name, p in model.named_parameters() if p.requires_grad and not _is_head(name, heads))
 
 
@@ -316,11 +327,23 @@ def _on_device(batches, device: str, limit: int | None = None):
         yield _to(batch, device)
 
 
-def _autocast(device: str, precision: str):
-    import contextlib
-
+def _backward_and_step(loss: "torch.Tensor", model: "nn.Module", optimizer: "torch.optim.Optimizer",
+                       scaler: "torch.amp.GradScaler | None", max_grad_norm: float | None) -> None:
+    """Backward, clip, step; with fp16's loss scaling the gradients are unscaled before
+    clipping, and a step whose gradients overflowed is skipped (torch's GradScaler)."""
     import torch
 
-    if device != "cuda" or precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    def clip() -> None:
+        if max_grad_norm:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+
+    if scaler is None:
+        loss.backward()
+        clip()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    clip()
+    scaler.step(optimizer)
+    scaler.update()

@@ -54,6 +54,16 @@ def test_trials_carry_params_and_per_epoch_metrics(finished_run):
     assert [m.step for m in history] == [1]
 
 
+def test_every_trained_run_records_the_precision_it_used(finished_run):
+    _, _, runs = finished_run
+    trained = [r for r in by_level(runs, "trial") + by_level(runs, "confirm") if r.info.status == "FINISHED"]
+    assert trained
+    for run in trained:
+        assert run.data.params["precision"] in ("fp32", "bf16"), run.info.run_name
+        assert run.data.params["precision_requested"] == "auto"
+        assert run.data.params["precision_native"] == "true"
+
+
 def test_a_failing_trial_is_recorded_failed_and_the_search_goes_on(finished_run):
     _, client, runs = finished_run
     flaky = [r for r in by_level(runs, "trial") if r.data.tags["orchestrate.arm"] == "flaky"]

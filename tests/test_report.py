@@ -52,6 +52,8 @@ def synthetic_summary() -> RunSummary:
         trials.append(_record(arm, "trial", 8, {"val_accuracy": 0.6, "flops_ratio": ratio}, status="STOPPED"))
         confirms = [_record(arm, "confirm", s, {"test_accuracy": 0.80 + 0.01 * s - 0.02 * index, "flops_ratio": ratio}, seed=1000 + s)
                     for s in range(4)]
+        for confirm in confirms:  # the routed arm forced bf16 on a CPU that emulates it
+            confirm.params |= {"precision": "bf16", "precision_native": "false"} if arm == "routed" else {"precision": "fp32", "precision_native": "true"}
         counts = {"COMPLETED": 6, "FAILED": 1, "STOPPED": 1, "INFEASIBLE": 0}
         best = max(trials[:6], key=lambda t: t.metrics["val_accuracy"])
         arms.append(ArmSummary(arm, "lora", f"arm{arm}".ljust(32, "0"), best.run_id, "best val_accuracy (max)", {"r": "4", "lr": "0.001"},
@@ -126,6 +128,7 @@ def test_markdown_of_a_synthetic_summary_has_every_section(tmp_path):
     assert "SUPPORTED" in text and "one-sided" in text and "POST-HOC" not in text
     assert "![Pareto front: validation score vs FLOPs](figures/pareto.png)" in text
     assert "6 / 1 / 1 / 0" in text  # trials completed / failed / stopped / infeasible
+    assert "| bf16 (emulated) |" in text and "| fp32 |" in text  # the precision each arm's confirmation runs used
 
 
 def test_the_report_never_shows_tracking_credentials(tmp_path):

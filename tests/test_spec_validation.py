@@ -200,3 +200,20 @@ def test_console_script_exit_code(write_yaml):
     assert result.returncode == 2
     assert result.stderr.startswith(f"{path}:")
     assert "Traceback" not in result.stderr
+
+
+def test_a_confirmation_on_the_split_the_search_selects_on_is_refused_at_its_line(write_yaml):
+    """Selection on validation, judgement on held-out data: confirm.split validation
+    would report the search's optimism as a finding (issue 14, split hygiene)."""
+    text = TINY_HYPOTHESIS.replace("confirm: {seeds: 2, split: test}", "confirm: {seeds: 2, split: validation}")
+    assert text != TINY_HYPOTHESIS
+    path = write_yaml(text)
+    (issue,) = issues_of(path)
+    line = 1 + text.splitlines().index(next(l for l in text.splitlines() if l.startswith("confirm:")))
+    assert issue.startswith(f"{path}:{line}: confirm.split: the search selects on the validation split")
+
+
+@pytest.mark.parametrize("name", ["plateau", "snell"])
+def test_the_shipped_paper_profiles_judge_on_the_held_out_split(name):
+    path = Path(__file__).resolve().parent.parent / "hypotheses" / f"{name}.yaml"
+    assert load_hypothesis(path, "paper").hypothesis.confirm.split == "test"

@@ -23,7 +23,7 @@ from ray.tune import Callback
 
 from orchestrator.execute.progress import ArmProgress
 from orchestrator.faults import ERROR_KEY, TRACE_KEY
-from orchestrator.results import COMPLETED, FAILED, INFEASIBLE, STOPPED, TrialRecord
+from orchestrator.results import COMPLETED, FAILED, INFEASIBLE, STOPPED, TRIAL_PARAM_PREFIX, TrialRecord
 from orchestrator.spec.checks import Constraint
 from orchestrator.tracking import ARM, LEVEL, Tracker
 from orchestrator.trainable import ARM_KEY, SEED_KEY
@@ -112,6 +112,10 @@ class TrialRecorder:
             record.error = str(result[ERROR_KEY])
             self.traces[trial_id] = str(result.get(TRACE_KEY) or record.error)
             return
+        facts = {k.removeprefix(TRIAL_PARAM_PREFIX): str(v) for k, v in result.items() if k.startswith(TRIAL_PARAM_PREFIX)}
+        if facts and not facts.items() <= record.runtime.items():
+            record.runtime.update(facts)
+            self.tracker.log_params(record.mlflow_run_id, facts)
         metrics = {k: v for k, v in result.items() if k not in HIDDEN_RESULT_KEYS and _number(v)}
         record.metrics.update(metrics)
         self.tracker.log_metrics(record.mlflow_run_id, metrics, step=int(result.get("epoch", result.get("training_iteration", 0))))

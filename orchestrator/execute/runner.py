@@ -227,8 +227,12 @@ def _prepare_arm(arm_plan: ArmPlan, plan: Plan, tracker: Tracker, experiment_id:
         constraints=tuple(arm_plan.constraints), timeout_s=h.search.trial_timeout_s, memory_limit_mb=h.search.trial_memory_mb,
         uses_bitsandbytes=get_method(arm_plan.method).uses_bitsandbytes,
     )
-    if arm_state.get("search_done"):
+    if state.search_finished(arm):
         return ArmSearch(arm_plan, arm_run, setup)
+    if state.searched_without_result(arm):  # every trial failed last time: search it again
+        state.reopen_search(arm)
+        tracker.delete_tag(arm_run, "orchestrate.error")  # the earlier verdict on the arm, no longer true
+        progress.line(f"{arm}: every trial failed in the earlier run; searching it again")
     _close_stale(tracker, state.trial_runs(arm, "trial"))
     arm_progress = progress.arm(arm, "search", arm_plan.trials, arm_plan.primary_metric, arm_plan.primary_mode)
     identity = search_identity(plan, arm_plan, data_key)
@@ -312,7 +316,7 @@ def _log_reused(tracker: Tracker, experiment_id: str, arm_run: str, state: RunSt
         state.set_trial_run(prior.arm, "trial", prior.trial_id, run_id)
     if status != "FINISHED":  # new, or killed before it was complete: params are idempotent, metrics the same values
         tracker.set_tags(run_id, {"orchestrate.status": prior.status})  # not the KILLED that closing a stale run set
-        tracker.log_params(run_id, prior.params)
+        tracker.log_params(run_id, prior.params | prior.runtime)
         tracker.log_metrics(run_id, {k: v for k, v in prior.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         tracker.end_run(run_id, "FINISHED")
     progress.done += 1

@@ -193,7 +193,7 @@ def arm_section(summary: "RunSummary") -> list[Block]:
     metric, split, level = summary.metric, summary.confirm_split, pct(summary.confidence)
     header = ["arm", "method", "best configuration", f"best val_{metric} (search, validation)",
               f"test_{metric} mean ± half-width ({split}, confirmation)", "flops_ratio", "trainable params",
-              "peak memory MB", "trials completed / failed / stopped early / infeasible"]
+              "peak memory MB", "precision", "trials completed / failed / stopped early / infeasible"]
     rows = []
     for arm in summary.arms:
         best = arm.best_trial()
@@ -206,6 +206,7 @@ def arm_section(summary: "RunSummary") -> list[Block]:
             _mean_pm(confirms, "flops_ratio", summary.confidence, plain=True),
             _mean_pm(confirms, "trainable_params", summary.confidence, plain=True),
             fmt(max((c.metrics["peak_rss_mb"] for c in confirms if "peak_rss_mb" in c.metrics), default=None)),
+            _precisions(confirms),
             f"{counts['COMPLETED']} / {counts['FAILED']} / {counts['STOPPED']} / {counts['INFEASIBLE']}",
         ])
     notes = Bullets([
@@ -213,9 +214,19 @@ def arm_section(summary: "RunSummary") -> list[Block]:
         f"test_{metric}: mean over the confirmation seeds ± the half-width of the one-sided {level} t bounds (n seeds in brackets).",
         "flops_ratio and trainable params: mean over the confirmation runs (they rarely vary with the seed); peak memory: the largest "
         "peak resident memory of one confirmation run.",
+        "precision: what the confirmation runs trained and evaluated in (`training.precision`; 'emulated' where "
+        "the CPU ran bf16 without hardware support).",
         "best trial runs: " + "; ".join(f"{a.arm} `{a.best_run_id or '-'}`" for a in summary.arms),
     ])
     return [Heading("Arms"), Table(header, rows, {3, 4, 5, 6, 7}), notes]
+
+
+def _precisions(confirms: list["RunRecord"]) -> str:
+    """The distinct precisions the runs used: two values in one arm mean its seeds ran
+    on different hardware (a confound worth seeing)."""
+    used = sorted({c.params["precision"] + ("" if c.params.get("precision_native", "true") == "true" else " (emulated)")
+                   for c in confirms if "precision" in c.params})
+    return ", ".join(used) or "-"
 
 
 def _config(arm: "ArmSummary") -> str:

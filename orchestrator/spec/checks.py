@@ -11,17 +11,20 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from orchestrator.metrics import known_metrics
 from orchestrator.space import SpaceFile
 from orchestrator.spec.errors import SpecError, SpecIssue
-from orchestrator.spec.models import TRAINING_PARAMS, Hypothesis
+from orchestrator.spec.models import TRAINING_PARAMS, Hypothesis, TrainingSpec
 from orchestrator.spec.pydantic_errors import issues_from_validation
 from orchestrator.spec.yaml_lines import LocatedYaml, load_located, read_user_file
 from orchestrator.tasks.models import is_known_model_ref
+
+if TYPE_CHECKING:
+    from methods.base import Requirement
 
 _CONSTRAINT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 
@@ -113,9 +116,14 @@ def _cached_space(path: Path, cache: dict[str, Any] | None) -> tuple[ResolvedSpa
     return cache[key]
 
 
-def check_hypothesis(spec: Hypothesis, located: LocatedYaml, base_dir: Path, space_cache: dict[str, Any] | None = None) -> tuple[list[SpecIssue], dict[str, ResolvedSpace]]:
+def check_hypothesis(
+    spec: Hypothesis, located: LocatedYaml, base_dir: Path, space_cache: dict[str, Any] | None = None,
+    check_requirements: bool = True,
+) -> tuple[list[SpecIssue], dict[str, ResolvedSpace]]:
     """All cross-field checks; returns the issues and each arm's resolved space.
-    ``space_cache`` (any dict, shared between calls) saves re-reading space files."""
+    ``space_cache`` (any dict, shared between calls) saves re-reading space files.
+    ``check_requirements`` refuses arms whose method needs a package that is not
+    installed; off for commands that read a spec without training (re-judging)."""
     from methods import UnknownMethodError, get_method
 
     issues: list[SpecIssue] = []
@@ -142,12 +150,15 @@ def check_hypothesis(spec: Hypothesis, located: LocatedYaml, base_dir: Path, spa
         except ImportError as exc:  # a registered method whose module is missing
             issue(("arms", arm_name, "method"), f"method {arm.method!r} failed to import: {exc}")
             continue
+        if check_requirements:
+            _check_requirements(arm_name, arm.method, method_cls.requires, issue)
         arm_metrics[arm_name] = known_metrics(spec.task.metric, method_cls.metrics)
         aliases = dict(getattr(method_cls.Config, "aliases", {}) or {})  # e.g. AdaMSS's K -> num_subspaces
         accepted = set(method_cls.Config.model_fields) | set(TRAINING_PARAMS) | set(aliases)
         for key in arm.fixed:
             if key not in accepted:
                 issue(("arms", arm_name, "fixed", key), _not_accepted(key, arm.method, accepted))
+        _check_fixed_training(arm_name, {k: v for k, v in arm.fixed.items() if k in TRAINING_PARAMS}, issue)
         method_fixed = {k: v for k, v in arm.fixed.items() if k in method_cls.Config.model_fields or k in aliases}
         try:
             method_cls.Config(**method_fixed)
@@ -200,9 +211,53 @@ def check_hypothesis(spec: Hypothesis, located: LocatedYaml, base_dir: Path, spa
         if arm_metrics and constraint.metric not in trial_metric_names:
             issue(("search", "constraints", index), _unknown_metric(constraint.metric, trial_metric_names))
     _check_sampler(spec, spaces, issue)
+    _check_precision(spec, issue)
+    _check_confirm_split(spec, issue)
 
     issues.extend(check_claims(spec.expected, ("expected",), spec, arm_metrics, located))
     return issues, spaces
+
+
+def _check_requirements(arm_name: str, method: str, requires: "tuple[Requirement, ...]", issue: Any) -> None:
+    """An arm whose method needs a package that is not installed would fail every trial
+    with the same ImportError; refuse it here, with the command that installs it."""
+    for requirement in requires:
+        if not requirement.is_installed():
+            issue(
+                ("arms", arm_name, "method"),
+                f"method {method!r} needs {requirement.module}, which is not installed: {requirement.install_command}",
+            )
+
+
+def _check_fixed_training(arm_name: str, fixed: dict[str, Any], issue: Any) -> None:
+    """Training values an arm fixes (lr, precision...) obey the same rules as ``training:``."""
+    for key, value in fixed.items():
+        try:
+            TrainingSpec(**{key: value})
+        except ValidationError as exc:
+            issue(("arms", arm_name, "fixed", key), exc.errors()[0]["msg"])
+
+
+def _check_confirm_split(spec: Hypothesis, issue: Any) -> None:
+    """Judgement on held-out data only: the search selects every arm's best
+    configuration on the validation split (objectives are ``val_*``), so confirmation
+    runs evaluated there would report the selection's optimism as a finding."""
+    if spec.confirm.split == "validation":
+        issue(("confirm", "split"), "the search selects on the validation split (objectives "
+              f"{', '.join(spec.search.objectives)}), so it cannot also judge the claims; use test (for hub "
+              "datasets whose test labels are hidden, e.g. GLUE, test is the hub's validation split)")
+
+
+def _check_precision(spec: Hypothesis, issue: Any) -> None:
+    """fp16 autocast is for GPUs (``orchestrator.precision``): refuse it for CPU trials."""
+    if spec.search.resources_per_trial.gpu > 0:
+        return
+    message = "fp16 needs a GPU and search.resources_per_trial.gpu is 0; use auto (bf16 where the CPU has it), bf16 or fp32"
+    if spec.training.precision == "fp16":
+        issue(("training", "precision"), message)
+    for arm_name, arm in spec.arms.items():
+        if arm.fixed.get("precision") == "fp16":
+            issue(("arms", arm_name, "fixed", "precision"), message)
 
 
 def _check_sampler(spec: Hypothesis, spaces: dict[str, ResolvedSpace], issue: Any) -> None:
