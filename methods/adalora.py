@@ -247,6 +247,13 @@ class AdaLoRA(Method):
         "(init_r * (d_in + d_out + 1) per module) because masked triplets keep training",
         **MEMORY_METRICS,
     }
+    #: The rank pruning decides the final ranks, hence the finalized adapter's FLOPs,
+    #: ``total_rank``, ``kept_modules``, ``trainable_params_final`` and ``adapter_memory_mb``
+    #: (and ties at peft's threshold can prune past the budget). What the configuration
+    #: fixes: the peak count (every triplet trains until the end), the budgets, the mean
+    #: (equal to the peak) and the base's memory.
+    exact_metrics = frozenset({"trainable_params", "head_params", "init_rank_budget", "target_rank_budget",
+                               "trainable_params_mean", "base_memory_mb"})
 
     def __init__(self, config: AdaLoraMethodConfig | None = None) -> None:
         super().__init__(config)

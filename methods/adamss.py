@@ -233,6 +233,12 @@ class AdaMSS(Method):
         "projection_buffer_params": "elements of the frozen V^T buffers, R * (d_in + 1) per module",
         **MEMORY_METRICS,
     }
+    #: peft seeds the randomized SVD and the K-means with the run's seed, so the cluster
+    #: sizes, hence every A_i/B_i shape (the parameter counts, ``adapter_memory_mb``) and
+    #: the adapter's FLOPs, can differ between seeds; ASA's masks depend on training.
+    #: What the configuration fixes: the subspace counts, the V^T buffers, the base.
+    exact_metrics = frozenset({"head_params", "total_subspaces", "asa_target_subspaces",
+                               "projection_buffer_params", "base_memory_mb"})
 
     def __init__(self, config: AdamssMethodConfig | None = None) -> None:
         super().__init__(config)

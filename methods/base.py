@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable
 
 from pydantic import BaseModel, ConfigDict
 
+from orchestrator.metrics import STATIC_ADAPTER_METRICS
+
 if TYPE_CHECKING:  # torch is heavy; the CLI validates specs without importing it
     import torch
     from torch import nn
@@ -156,6 +158,13 @@ class Method(abc.ABC):
     #: Optional packages the method imports; an arm whose requirement is not installed
     #: is refused when the hypothesis is validated, with the command that installs it.
     requires: ClassVar[tuple[Requirement, ...]] = ()
+    #: Metrics (the engine's and the method's own) that the configuration alone fixes,
+    #: the same on every seed. Only these may be compared exactly when every confirmation
+    #: seed gives one value; any other metric with no spread leaves its claim INCONCLUSIVE
+    #: (docs/claims.md). Default: the engine's counts of a static adapter. A method whose
+    #: parameter count or FLOPs depend on training (pruning, growth, gates, seeded
+    #: clustering) or on the input (routing) must narrow it.
+    exact_metrics: ClassVar[frozenset[str]] = STATIC_ADAPTER_METRICS
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()

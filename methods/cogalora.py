@@ -155,6 +155,10 @@ class CoGaLoRA(Method):
         "router_params": "parameters of the per-module routers",
         "train_mean_gate": "training-time mean gate probability over modules and examples (last step)",
     }
+    #: The stored parameters are fixed by the configuration; FLOPs and the per-example
+    #: statistics follow the router's decisions on each input.
+    exact_metrics = frozenset({"trainable_params", "head_params", "trainable_params_final", "router_params",
+                               "flops_examples"})
 
     def __init__(self, config: CoGaLoraConfig | None = None) -> None:
         super().__init__(config)

@@ -30,6 +30,8 @@ class DoRA(LoRA):
     Config = DoraConfig
     summary = "DoRA (peft): LoRA on the weight direction plus a trained magnitude vector"
     metrics = {**LoRA.metrics, **MEMORY_METRICS}
+    #: LoRA's, and the bytes of tensors whose shapes the configuration fixes.
+    exact_metrics = LoRA.exact_metrics | set(MEMORY_METRICS)
 
     def build(self, model: "nn.Module", ctx: BuildContext) -> "nn.Module":
         from peft import get_peft_model

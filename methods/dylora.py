@@ -121,6 +121,9 @@ class DyLoRA(Method):
             for metric in _TASK_METRICS
         },
     }
+    #: Evaluation runs at the fixed eval_rank, so FLOPs and the final count are fixed;
+    #: the peak, mean and mean_train_rank follow the seeded rank draws.
+    exact_metrics = Method.exact_metrics | {"eval_rank", "total_rank", "trainable_params_final"}
 
     def __init__(self, config: DyLoraConfig | None = None) -> None:
         super().__init__(config)

@@ -164,6 +164,9 @@ class GaLoRA(Method):
         "trainable_params_final": "stored adapter parameters after pruning and folding",
         "live_gate_fraction": "fraction of gates with |g| >= prune_threshold during training",
     }
+    #: Pruning after training decides which modules stay, hence the FLOPs and every
+    #: count of kept modules; only what trains before it is fixed.
+    exact_metrics = frozenset({"trainable_params", "head_params"})
 
     def __init__(self, config: GaLoraConfig | None = None) -> None:
         super().__init__(config)

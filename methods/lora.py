@@ -57,6 +57,8 @@ class LoRA(Method):
         "active_layers": "adapted modules that run for every input (static for LoRA)",
         "total_rank": "sum of ranks over adapted modules",
     }
+    #: Fixed by r and the target modules, as are the engine's counts and FLOPs.
+    exact_metrics = Method.exact_metrics | {"active_layers", "total_rank"}
 
     def build(self, model: "nn.Module", ctx: BuildContext) -> "nn.Module":
         from peft import get_peft_model

@@ -48,6 +48,9 @@ class LoraGA(LoRA):
         **MEMORY_METRICS,
         "gradient_examples_used": "training examples whose gradients initialised the adapters",
     }
+    #: LoRA's and the memory; not ``gradient_examples_used``, which counts the examples of
+    #: seeded batches until the quota is met.
+    exact_metrics = LoRA.exact_metrics | set(MEMORY_METRICS)
 
     def __init__(self, config: LoraGaMethodConfig | None = None) -> None:
         super().__init__(config)

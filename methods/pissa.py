@@ -36,6 +36,8 @@ class PiSSA(LoRA):
     Config = PissaConfig
     summary = "PiSSA (peft): LoRA initialised from W0's principal singular vectors, residual frozen"
     metrics = {**LoRA.metrics, **MEMORY_METRICS}
+    #: LoRA's, and the bytes of tensors whose shapes the configuration fixes.
+    exact_metrics = LoRA.exact_metrics | set(MEMORY_METRICS)
 
     def build(self, model: "nn.Module", ctx: BuildContext) -> "nn.Module":
         from peft import get_peft_model

@@ -161,6 +161,8 @@ class PlateauLoRA(Method):
         "mean_train_rank": "step-weighted mean of the rank per module over training",
         "growths": "number of growth events",
     }
+    #: Growth follows the validation loss, so every rank and count and the FLOPs vary.
+    exact_metrics = frozenset({"head_params"})
 
     def __init__(self, config: PlateauLoraConfig | None = None) -> None:
         super().__init__(config)

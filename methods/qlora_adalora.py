@@ -169,6 +169,9 @@ class QloraAdaLoRA(AdaLoRA):
         "quantised_linear_compression": "float bytes / 4-bit bytes (statistics included) of the linear layers that "
         "were quantised: what 4-bit buys where it applies",
     }
+    #: AdaLoRA's, and the memory of the quantised base, measured once after loading.
+    exact_metrics = AdaLoRA.exact_metrics | {"base_float_memory_mb", "base_memory_compression",
+                                             "quantised_linear_compression"}
 
     def build(self, model: "nn.Module", ctx: BuildContext) -> "nn.Module":
         from peft import prepare_model_for_kbit_training

@@ -103,6 +103,9 @@ class SoRA(Method):
         "kept_modules": "adapted modules that keep at least one rank",
         "gate_density": "fraction of gates that are non-zero at the end of training",
     }
+    #: The gates decide which ranks stay, hence the FLOPs and every kept count; the
+    #: parameters trained (all r_max ranks) are fixed.
+    exact_metrics = frozenset({"trainable_params", "head_params"})
 
     def __init__(self, config: SoraConfig | None = None) -> None:
         super().__init__(config)

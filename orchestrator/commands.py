@@ -75,6 +75,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
 
 def print_judgement(judgement: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from orchestrator.verdict_table import STYLE, console
@@ -93,7 +94,7 @@ def print_judgement(judgement: Any) -> None:
         table.add_row(row["claim"], f"[{style}]{row['verdict']}[/]", row["estimate"], row["bounds"], row["confidence"], row["method"], row["p"])
     out.print(table)
     for verdict in judgement.verdicts:
-        out.print(f"  {verdict.claim}: {verdict.reason}")
+        out.print(f"  {verdict.claim}: {escape(verdict.reason)}")  # a failed run's error may hold '[/...]'
     if not judgement.verdicts:
         out.print("no claims to judge")
     if not judgement.posthoc:

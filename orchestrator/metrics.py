@@ -25,6 +25,16 @@ COMMON_METRICS: dict[str, str] = {
 #: Only confirmation runs report these (evaluated once, on the held-out split).
 CONFIRM_ONLY = ("test_loss",)
 
+#: Engine metrics that a static adapter's configuration fixes: they are the same on every
+#: seed, so when every confirmation seed gives one value the judge may compare that value
+#: exactly. The FLOPs are counted on a fixed probe of validation examples and a static
+#: adapter costs the same per token on every input. This is ``Method.exact_metrics``'s
+#: default; a method whose counts or FLOPs depend on training (pruning, growth, gating) or
+#: on the input (routing) declares its own set. Every other metric that gives one value on
+#: every seed leaves its claim INCONCLUSIVE: its spread is unknown, not zero (docs/claims.md).
+STATIC_ADAPTER_METRICS: frozenset[str] = frozenset(
+    {"trainable_params", "head_params", "adapter_flops_per_token", "flops_ratio"})
+
 
 def task_metrics(task_metric: str) -> dict[str, str]:
     return {

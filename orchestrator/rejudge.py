@@ -1,8 +1,10 @@
 """Judge a finished hypothesis again from MLflow alone, without training anything.
 
 The samples (arm -> metric -> seed -> value) are rebuilt from the confirmation runs
-(``orchestrate.level=confirm``, ``orchestrate.arm``, param ``seed``), and the claims
-registered before the run (``expected.txt``) are judged with the settings of the logged
+(``orchestrate.level=confirm``, ``orchestrate.arm``, param ``seed``), the failed ones
+with their error (tag ``orchestrate.error``), and each arm's method from the logged
+``plan.json`` says which metrics are fixed by configuration; the claims registered
+before the run (``expected.txt``) are judged with the settings of the logged
 ``plan.json``: this reproduces the run's verdicts exactly. Judging any other claims
 (``--spec FILE`` with a changed ``expected:`` block) is POST-HOC: chosen after the data
 were seen, so those verdicts are stored apart (``verdicts_posthoc.json``, tag
@@ -44,22 +46,37 @@ class Judgement:
     posthoc: bool = False
     spec_file: str | None = None
     notes: list[str] = field(default_factory=list)
+    failed: dict[str, dict[int, str]] = field(default_factory=dict)  # arm -> seed -> error of failed confirmation runs
 
     def reproduces_logged(self) -> bool:
         return not self.posthoc and _comparable(self.verdicts) == _comparable(self.logged)
 
 
 def samples_from_summary(summary: RunSummary) -> "Samples":
-    """arm -> metric -> seed -> value from the confirmation runs the driver kept
-    (FAILED ones are left out, as the driver left them out at run time)."""
-    samples: dict[str, dict[str, dict[int, float]]] = {}
-    for arm in summary.arms:
-        per_metric: dict[str, dict[int, float]] = {}
-        for run in arm.usable_confirms():
-            for name, value in run.metrics.items():
-                per_metric.setdefault(name, {})[int(run.seed if run.seed is not None else 0)] = float(value)
-        samples[arm.arm] = per_metric
-    return samples
+    """arm -> metric -> seed -> value from the confirmation runs the driver kept that did
+    not fail (the failed ones are ``failures_from_summary``)."""
+    from orchestrator.judge.evidence import confirmation_samples
+
+    return confirmation_samples({arm.arm: arm.confirms for arm in summary.arms})
+
+
+def failures_from_summary(summary: RunSummary) -> dict[str, dict[int, str]]:
+    """arm -> seed -> error of every FAILED confirmation run, as the driver passed them."""
+    from orchestrator.judge.evidence import failed_seeds
+
+    return failed_seeds({arm.arm: arm.confirms for arm in summary.arms})
+
+
+def exact_metrics_from_summary(summary: RunSummary) -> dict[str, frozenset[str]]:
+    """arm -> the metrics its method fixes, the method read from the logged plan.json
+    (the arm run's ``orchestrate.method`` tag where the plan does not name it)."""
+    from orchestrator.judge.evidence import exact_metrics_of
+
+    methods = {arm.arm: arm.method for arm in summary.arms}
+    for arm_plan in summary.plan.get("arms") or []:
+        if isinstance(arm_plan, dict) and arm_plan.get("arm") and arm_plan.get("method"):
+            methods[str(arm_plan["arm"])] = str(arm_plan["method"])
+    return exact_metrics_of(methods)
 
 
 def rejudge(tracker: "Tracker", run_id: str, spec_path: str | Path | None = None) -> Judgement:
@@ -80,10 +97,11 @@ def rejudge(tracker: "Tracker", run_id: str, spec_path: str | Path | None = None
             notes.append(f"{spec_path} is hypothesis {h.name!r}, the run is {summary.hypothesis!r}")
         claims, confidence, family_wise = list(h.expected), h.judge.confidence, h.judge.family_wise
         posthoc = _normal(claims) != _normal(summary.claims) or (confidence, family_wise) != (summary.confidence, summary.family_wise)
-    samples = samples_from_summary(summary)
-    verdicts = judge_claims(claims, samples, confidence=confidence, family_wise=family_wise) if claims else []
+    samples, failed = samples_from_summary(summary), failures_from_summary(summary)
+    verdicts = judge_claims(claims, samples, confidence=confidence, family_wise=family_wise,
+                            exact_metrics=exact_metrics_from_summary(summary), failed=failed) if claims else []
     return Judgement(run_id, claims, list(summary.claims), confidence, family_wise, samples, verdicts, summary.verdicts,
-                     posthoc, str(spec_path) if spec_path is not None else None, notes)
+                     posthoc, str(spec_path) if spec_path is not None else None, notes, failed)
 
 
 def record_posthoc(tracker: "Tracker", judgement: Judgement) -> None:
@@ -93,7 +111,7 @@ def record_posthoc(tracker: "Tracker", judgement: Judgement) -> None:
         "posthoc": True, "judged_at": judged_at, "spec_file": judgement.spec_file,
         "registered_claims": judgement.registered_claims, "claims": judgement.claims,
         "confidence": judgement.confidence, "family_wise": judgement.family_wise,
-        "samples": judgement.samples, "verdicts": [v.model_dump() for v in judgement.verdicts],
+        "samples": judgement.samples, "failed": judgement.failed, "verdicts": [v.model_dump() for v in judgement.verdicts],
     }
     tracker.log_text(judgement.run_id, json.dumps(payload, indent=1, default=str), POSTHOC_FILE)
     tags = {POSTHOC_TAG: "true", "orchestrate.posthoc_judged_at": judged_at, "orchestrate.posthoc_spec": judgement.spec_file or ""}

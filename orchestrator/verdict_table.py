@@ -18,6 +18,7 @@ def console():
 
 
 def print_verdicts(outcome: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     out = console()
@@ -42,7 +43,7 @@ def print_verdicts(outcome: Any) -> None:
         style = STYLE.get(v.verdict, "white")
         out.print(f"  [{style}]{v.verdict:<12}[/] {v.claim}")
         out.print(f"               estimate {_fmt(v.estimate)}, {v.confidence:.3g} interval [{_fmt(v.ci_low)}, {_fmt(v.ci_high)}] ({v.interval_method})")
-        out.print(f"               {v.reason}")
+        out.print(f"               {escape(v.reason)}")  # a failed run's error may hold '[/...]'
     out.print(f"MLflow: experiment {outcome.experiment_id}, hypothesis run {outcome.parent_run_id}")
 
 

@@ -88,23 +88,83 @@ def test_welch_keeps_metrics_within_an_arm_paired():
     assert verdict.df == pytest.approx(4.0)
 
 
-def test_a_nan_breaks_the_pairing_falls_back_to_welch_and_is_counted():
+def test_different_seed_sets_without_gaps_still_use_welch():
+    samples = {"a": {"acc": dict(zip(range(5), A))}, "b": {"acc": dict(zip(range(10, 15), B))}}
+    assert judge_one("a.acc >= b.acc - 0.01", samples).interval_method == "Welch t"
+
+
+# ---------------------------------------------------------------- failed seeds count (rule 4)
+
+def test_a_non_finite_value_makes_the_claim_inconclusive_naming_arm_and_seed():
+    # Before: seed 2 of b was dropped and the other seeds SUPPORTED the claim by Welch t.
     b = list(B)
     b[2] = math.nan
     verdict = judge_one("a.acc >= b.acc - 0.01", runs(a={"acc": A}, b={"acc": b}))
-    assert verdict.interval_method == "Welch t"
-    assert verdict.n == {"a": 5, "b": 4}
+    assert judge_one("a.acc >= b.acc - 0.01", runs(a={"acc": A}, b={"acc": B})).verdict == "SUPPORTED"
+    assert verdict.verdict == "INCONCLUSIVE" and verdict.interval_method == "none"
+    assert "arm b, seed 2: b.acc is not finite" in verdict.reason
     assert verdict.evidence["b.acc"].excluded == {2: "not finite"}
-    assert "1 run excluded" in verdict.reason
+    assert verdict.p_fails is None and verdict.ci_low is None
+    assert verdict.estimate == pytest.approx(np.mean(A) - np.mean(np.delete(B, 2)))  # on the rest, for reading only
 
 
-def test_missing_and_non_numeric_values_are_excluded_not_fatal():
+def test_missing_and_non_numeric_values_are_recorded_and_named():
     samples = {"a": {"acc": {0: 0.9, 1: None, 2: "oops", 3: math.inf, 4: 0.91, 5: 0.92}, "other": {6: 1.0}}}
     verdict = judge_one("a.acc >= 0.5", samples)
-    assert verdict.n == {"a": 3}
+    assert verdict.verdict == "INCONCLUSIVE" and verdict.n == {"a": 3}
     excluded = {1: "not finite", 2: "not finite", 3: "not finite", 6: "missing"}
     assert verdict.evidence["a.acc"].excluded == excluded
-    assert "4 runs excluded" in verdict.reason
+    for seed, why in excluded.items():
+        assert f"arm a, seed {seed}: a.acc is {why}" in verdict.reason
+
+
+def test_a_failed_seed_makes_every_claim_over_its_arm_inconclusive():
+    failed = {"b": {1004: "NonFiniteLossError: non-finite loss (nan) at step 3, epoch 0"}}
+    samples = {"a": {"acc": dict(zip(range(1000, 1005), A))}, "b": {"acc": dict(zip(range(1000, 1004), B))}}
+    claims = ["a.acc >= b.acc - 0.01", "b.acc >= 0.8", "a.acc >= 0.8"]
+    verdicts = judge_claims(claims, samples, failed=failed)
+    assert [v.verdict for v in verdicts] == ["INCONCLUSIVE", "INCONCLUSIVE", "SUPPORTED"]
+    for verdict in verdicts[:2]:
+        assert ("arm b, seed 1004: its run failed (NonFiniteLossError: non-finite loss (nan) at step 3, epoch 0)"
+                in verdict.reason)
+        assert "not on the seeds that happened to survive" in verdict.reason
+        assert verdict.evidence["b.acc"].excluded == {1004: "run failed: " + failed["b"][1004]}
+    assert verdicts[0].n == {"a": 5, "b": 4}
+    # the survivors alone would have supported both
+    assert [v.verdict for v in judge_claims(claims, samples)] == ["SUPPORTED"] * 3
+
+
+def test_a_claim_with_a_failed_seed_stays_in_holms_family_with_p_one():
+    claims, samples = threshold_claims([0.03])
+    samples["b"] = {"x": {0: 1.0, 1: 1.1, 2: 1.2}}
+    verdicts = judge_claims(claims + ["b.x >= 0"], samples, failed={"b": {3: "RuntimeError: boom"}})
+    assert [v.verdict for v in verdicts] == ["INCONCLUSIVE", "INCONCLUSIVE"]   # 0.03 > 0.05 / 2
+    assert verdicts[0].p_fails_adjusted == pytest.approx(0.06) and verdicts[1].p_fails is None
+    assert "Holm's step-down stopped" not in verdicts[0].reason and "arm b, seed 3" in verdicts[1].reason
+
+
+def test_an_arm_whose_seeds_all_failed_names_the_failures_not_missing_runs():
+    failed = {"b": {1: "RuntimeError: injected failure at step 0", 2: "MemoryLimitError: over 512 MB"}}
+    verdict = judge_one("a.acc >= b.acc", runs(a={"acc": A[:3]}), failed=failed)
+    assert verdict.verdict == "INCONCLUSIVE"
+    assert "arm b, seed 1: its run failed (RuntimeError: injected failure at step 0)" in verdict.reason
+    assert "arm b, seed 2: its run failed (MemoryLimitError: over 512 MB)" in verdict.reason
+    assert "no confirmation runs for arm b" not in verdict.reason
+
+
+def test_a_failed_seeds_error_is_shortened_to_its_first_line():
+    trace = "Traceback (most recent call last):\n" + "  File x\n" * 50
+    long_error = "ValueError: " + "x" * 500
+    verdict = judge_one("a.acc >= 0.5", runs(a={"acc": A}), failed={"a": {9: trace, 10: long_error, 11: ""}})
+    assert "its run failed (Traceback (most recent call last):)" in verdict.reason
+    assert len(jstats.short_error(long_error)) == jstats.ERROR_CHARS and jstats.short_error(long_error).endswith("...")
+    assert "arm a, seed 11: its run failed (no error recorded)" in verdict.reason
+
+
+def test_a_failed_seeds_values_are_not_used_even_if_reported():
+    samples = runs(a={"acc": A})
+    verdict = judge_one("a.acc >= 0.5", samples, failed={"a": {0: "RuntimeError: late failure"}})
+    assert verdict.verdict == "INCONCLUSIVE" and 0 not in verdict.evidence["a.acc"].values
 
 
 # ---------------------------------------------------------------- degenerate input
@@ -151,7 +211,8 @@ def test_all_nan_metric_is_inconclusive():
 
 def test_disjoint_seeds_of_two_metrics_in_one_arm_leave_nothing_usable():
     verdict = judge_one("a.x >= a.y", {"a": {"x": {0: 1.0, 1: 1.1}, "y": {2: 0.5, 3: 0.6}}})
-    assert verdict.verdict == "INCONCLUSIVE" and "no usable confirmation runs for arm a" in verdict.reason
+    assert verdict.verdict == "INCONCLUSIVE" and verdict.n == {"a": 0}
+    assert "arm a, seed 0: a.y is missing" in verdict.reason and "arm a, seed 3: a.x is missing" in verdict.reason
 
 
 def test_a_single_seed_is_inconclusive_but_still_reports_the_estimate():
@@ -168,6 +229,9 @@ def test_a_single_seed_in_one_arm_of_a_welch_comparison_is_inconclusive():
     assert verdict.verdict == "INCONCLUSIVE" and "arm b has only 1 confirmation run" in verdict.reason
 
 
+FIXED = {"a": {"flops_ratio", "trainable_params", "x", "y"}, "b": {"trainable_params"}}
+
+
 @pytest.mark.parametrize(("claim", "expected"), [
     ("a.flops_ratio <= 0.25", "SUPPORTED"),
     ("a.flops_ratio < 0.25", "REFUTED"),        # exactly on a strict boundary
@@ -176,8 +240,8 @@ def test_a_single_seed_in_one_arm_of_a_welch_comparison_is_inconclusive():
     ("a.flops_ratio within 0 of 0.25", "SUPPORTED"),
     ("a.flops_ratio > 0.25", "REFUTED"),
 ])
-def test_zero_variance_is_an_exact_comparison(claim, expected):
-    verdict = judge_one(claim, runs(a={"flops_ratio": [0.25, 0.25, 0.25]}))
+def test_zero_variance_of_a_fixed_metric_is_an_exact_comparison(claim, expected):
+    verdict = judge_one(claim, runs(a={"flops_ratio": [0.25, 0.25, 0.25]}), exact_metrics=FIXED)
     assert verdict.interval_method == "exact (no variance)"
     assert verdict.verdict == expected
     assert verdict.ci_low == verdict.ci_high == pytest.approx(0.25)
@@ -186,10 +250,91 @@ def test_zero_variance_is_an_exact_comparison(claim, expected):
 
 
 def test_exact_comparison_ignores_floating_point_noise():
-    verdict = judge_one("a.x <= 0.3", runs(a={"x": [0.1 + 0.2] * 3}))
+    verdict = judge_one("a.x <= 0.3", runs(a={"x": [0.1 + 0.2] * 3}), exact_metrics=FIXED)
     assert verdict.verdict == "SUPPORTED"
-    verdict = judge_one("a.x - a.y >= 0.2", runs(a={"x": [0.3, 0.7, 0.5], "y": [0.1, 0.5, 0.3]}))
+    verdict = judge_one("a.x - a.y >= 0.2", runs(a={"x": [0.3, 0.7, 0.5], "y": [0.1, 0.5, 0.3]}), exact_metrics=FIXED)
     assert verdict.interval_method == "exact (no variance)" and verdict.verdict == "SUPPORTED"
+
+
+def test_fixed_counts_of_two_arms_compare_exactly_on_shared_or_different_seeds():
+    claim = "a.trainable_params <= b.trainable_params / 3"
+    shared = runs(a={"trainable_params": [4096] * 2}, b={"trainable_params": [16384] * 2})
+    apart = {"a": {"trainable_params": {0: 4096, 1: 4096}}, "b": {"trainable_params": {5: 16384, 6: 16384}}}
+    for samples in (shared, apart):
+        verdict = judge_one(claim, samples, exact_metrics=FIXED)
+        assert verdict.verdict == "SUPPORTED" and verdict.interval_method == "exact (no variance)"
+
+
+# ---------------------------------------------------------------- exact only where it is true (rule 3)
+
+def test_one_value_on_every_seed_of_an_accuracy_is_inconclusive_not_exact():
+    # `orchestrate run hypotheses/lora_rank.yaml --profile smoke`: both arms predicted one class,
+    # test accuracy 0.4688 on every seed. Before: SUPPORTED "exact (no variance)".
+    samples = runs(lora_r4={"test_accuracy": [0.4688] * 3}, lora_r16={"test_accuracy": [0.4688] * 3})
+    exact = {"lora_r4": {"trainable_params", "flops_ratio"}, "lora_r16": {"trainable_params", "flops_ratio"}}
+    verdict = judge_one("lora_r4.test_accuracy >= lora_r16.test_accuracy - 0.01", samples, exact_metrics=exact)
+    assert verdict.verdict == "INCONCLUSIVE" and verdict.interval_method == "none"
+    assert verdict.estimate == 0.0 and verdict.p_fails is None and verdict.ci_low is None
+    assert verdict.reason == (
+        "No interval: every seed gave the same value of lora_r4.test_accuracy - lora_r16.test_accuracy (0), but "
+        "lora_r4.test_accuracy and lora_r16.test_accuracy vary with the seed (the method does not fix them); the "
+        "spread cannot be estimated from 3 seeds per arm.")
+
+
+def test_one_value_on_every_seed_of_one_varying_metric_is_named_alone():
+    verdict = judge_one("a.test_accuracy >= 0.4", runs(a={"test_accuracy": [0.4688] * 2}))
+    assert verdict.verdict == "INCONCLUSIVE"
+    assert ("every seed gave the same value of a.test_accuracy (0.4688), which varies with the seed (its method "
+            "does not fix it); its spread cannot be estimated from 2 seeds") in verdict.reason
+
+
+def test_without_exact_metrics_no_metric_is_compared_exactly():
+    verdict = judge_one("a.flops_ratio <= 0.3", runs(a={"flops_ratio": [0.25] * 3}))
+    assert verdict.verdict == "INCONCLUSIVE" and "a.flops_ratio" in verdict.reason
+
+
+def test_a_metric_fixed_in_one_arm_is_not_fixed_in_another():
+    samples = {"a": {"trainable_params": {0: 10.0, 1: 10.0}}, "b": {"trainable_params": {5: 50.0, 6: 50.0}}}
+    verdict = judge_one("a.trainable_params <= b.trainable_params", samples, exact_metrics={"a": {"trainable_params"}})
+    assert verdict.verdict == "INCONCLUSIVE"
+    assert "but b.trainable_params varies with the seed" in verdict.reason   # Welch, zero spread
+
+
+def test_a_varying_metric_with_a_spread_still_gets_its_t_test():
+    samples = runs(a={"acc": A, "trainable_params": [100] * 5}, b={"acc": B})
+    verdict = judge_one("a.acc - b.acc + a.trainable_params >= 99.99", samples, exact_metrics=FIXED)
+    assert verdict.interval_method == "paired t" and verdict.verdict == "SUPPORTED"
+
+
+def test_exact_metrics_of_the_methods_are_metrics_they_report():
+    from methods import available_methods, get_method
+    from orchestrator.metrics import COMMON_METRICS, STATIC_ADAPTER_METRICS
+
+    assert STATIC_ADAPTER_METRICS <= set(COMMON_METRICS)
+    for name in available_methods():
+        method = get_method(name)
+        assert method.exact_metrics <= set(COMMON_METRICS) | set(method.metrics), name
+
+
+@pytest.mark.parametrize("name", ["radlora", "cogalora", "galora", "plateau_lora", "adalora", "qlora_adalora",
+                                  "sora", "adamss"])
+def test_methods_whose_cost_follows_training_or_the_input_do_not_fix_their_flops(name):
+    from methods import get_method
+
+    exact = get_method(name).exact_metrics
+    assert not exact & {"adapter_flops_per_token", "flops_ratio", "active_layers", "total_rank", "kept_modules",
+                        "active_fraction", "kept_fraction", "rank_final"}
+    assert "head_params" in exact
+
+
+def test_static_adapters_fix_their_counts_and_flops():
+    from methods import get_method
+
+    for name in ("lora", "dora", "pissa", "lora_ga", "full", "dylora", "snell", "failing"):
+        assert {"trainable_params", "flops_ratio", "adapter_flops_per_token"} <= get_method(name).exact_metrics, name
+    assert {"active_layers", "total_rank"} <= get_method("lora").exact_metrics
+    assert "trainable_params" not in get_method("plateau_lora").exact_metrics      # it grows
+    assert "trainable_params" not in get_method("adamss").exact_metrics            # seeded K-means
 
 
 # ---------------------------------------------------------------- verdicts = interval rule

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_HYPOTHESIS, new_mlflow_store, private_copy
+from methods import get_method
 from orchestrator.judge import Verdict, judge_claims
-from orchestrator.rejudge import POSTHOC_FILE, exit_code, rejudge, samples_from_summary
+from orchestrator.rejudge import (POSTHOC_FILE, exact_metrics_from_summary, exit_code, failures_from_summary, rejudge,
+                                  samples_from_summary)
 from orchestrator.tracking import ARM, LEVEL, Tracker
 from test_report import orchestrate, synthetic_summary
 
@@ -39,12 +41,21 @@ def test_exit_code_follows_fail_on():
     assert exit_code("inconclusive", ["REFUTED"]) == 1
 
 
-def test_samples_leave_out_failed_confirmation_runs():
+def test_samples_leave_out_failed_confirmation_runs_and_failures_keep_their_error():
     summary = synthetic_summary()
     summary.arms[0].confirms[0].status = "FAILED"
+    summary.arms[0].confirms[0].error = "RuntimeError: injected failure at step 0"
     samples = samples_from_summary(summary)
     assert sorted(samples["routed"]["test_accuracy"]) == [1001, 1002, 1003]
     assert samples["lora"]["flops_ratio"] == {1000: 1.0, 1001: 1.0, 1002: 1.0, 1003: 1.0}
+    assert failures_from_summary(summary) == {"routed": {1000: "RuntimeError: injected failure at step 0"}}
+
+
+def test_exact_metrics_come_from_each_arms_method_in_the_plan():
+    summary = synthetic_summary()
+    summary.plan["arms"][0]["method"] = "plateau_lora"            # the plan wins over the arm run's tag
+    exact = exact_metrics_from_summary(summary)
+    assert "flops_ratio" not in exact["routed"] and "flops_ratio" in exact["lora"]
 
 
 # -- a hand-made tree: what the runner logs ---------------------------------------------------
@@ -52,10 +63,14 @@ SAMPLES = {"small": {"flops_ratio": {1000: 0.25, 1001: 0.25, 1002: 0.25}, "test_
            "large": {"flops_ratio": {1000: 1.0, 1001: 1.0, 1002: 1.0}, "test_accuracy": {1000: 0.83, 1001: 0.84, 1002: 0.82}}}
 
 
+FAILURE = "NonFiniteLossError: non-finite loss (nan) at step 3, epoch 0"
+
+
 @pytest.fixture(scope="module")
 def logged_tree(tmp_path_factory):
-    """A hypothesis run, its arms and confirmation runs (one FAILED, one superseded
-    KILLED) and the run-time verdicts, logged the way ``orchestrate run`` logs them."""
+    """A hypothesis run, its arms small and large (LoRA) and their confirmation runs, a
+    third arm 'flaky' whose seed 1003 FAILED, and the run-time verdicts, logged the way
+    ``orchestrate run`` logs and judges them."""
     from mlflow.tracking import MlflowClient
 
     tmp_path = tmp_path_factory.mktemp("tree")
@@ -66,23 +81,28 @@ def logged_tree(tmp_path_factory):
     parent = tracker.start_run(experiment, "tiny-test [default]", {LEVEL: "hypothesis", "orchestrate.hypothesis": "tiny-test",
                                "orchestrate.profile": "default", "orchestrate.spec_file": "tiny.yaml", "mlflow.note.content": "s"})
     plan = {"hypothesis": "tiny-test", "task": {"metric": "accuracy"}, "judge": {"confidence": 0.95, "family_wise": None},
-            "confirm": {"split": "test", "seeds": 3}, "arms": [{"arm": "small"}, {"arm": "large"}], "expected": REGISTERED}
+            "confirm": {"split": "test", "seeds": 3}, "expected": REGISTERED,
+            "arms": [{"arm": "small", "method": "lora"}, {"arm": "large", "method": "lora"}, {"arm": "flaky", "method": "lora"}]}
     tracker.log_text(parent, json.dumps(plan), "plan.json")
     tracker.log_text(parent, "\n".join(REGISTERED), "expected.txt")
-    for arm, metrics in SAMPLES.items():
+    for arm, metrics in {**SAMPLES, "flaky": SAMPLES["small"]}.items():
         arm_run = tracker.start_run(experiment, arm, {LEVEL: "arm", ARM: arm, "orchestrate.method": "lora"}, parent)
         for seed in metrics["flops_ratio"]:
             run = tracker.start_run(experiment, f"{arm} confirm seed={seed}", {LEVEL: "confirm", ARM: arm}, arm_run)
             tracker.log_params(run, {"seed": seed, "r": 2})
             tracker.log_metrics(run, {m: values[seed] for m, values in metrics.items()}, step=1)
             tracker.end_run(run)
-        failed = tracker.start_run(experiment, f"{arm} confirm seed=1003", {LEVEL: "confirm", ARM: arm, "orchestrate.status": "FAILED"}, arm_run)
-        tracker.log_params(failed, {"seed": 1003})
-        tracker.log_metrics(failed, {"test_accuracy": 0.0}, step=1)
-        tracker.end_run(failed, "FAILED")
+        if arm == "flaky":
+            failed = tracker.start_run(experiment, f"{arm} confirm seed=1003", {LEVEL: "confirm", ARM: arm, "orchestrate.status": "FAILED",
+                                                                                "orchestrate.error": FAILURE}, arm_run)
+            tracker.log_params(failed, {"seed": 1003})
+            tracker.log_metrics(failed, {"test_accuracy": 0.0}, step=1)
+            tracker.end_run(failed, "FAILED")
         tracker.end_run(arm_run)
-    verdicts = judge_claims(REGISTERED, SAMPLES)
-    tracker.log_text(parent, json.dumps({"samples": SAMPLES, "verdicts": [v.model_dump() for v in verdicts]}, default=str), "verdicts.json")
+    exact = {arm: get_method("lora").exact_metrics for arm in ("small", "large", "flaky")}
+    samples = {**SAMPLES, "flaky": SAMPLES["small"]}
+    verdicts = judge_claims(REGISTERED, samples, exact_metrics=exact, failed={"flaky": {1003: FAILURE}})
+    tracker.log_text(parent, json.dumps({"samples": samples, "verdicts": [v.model_dump() for v in verdicts]}, default=str), "verdicts.json")
     tracker.end_run(parent)
     return tracker, parent, verdicts
 
@@ -99,8 +119,22 @@ def tree(logged_tree):
 def test_rejudge_rebuilds_the_samples_and_reproduces_the_logged_verdicts(tree):
     tracker, parent, verdicts = tree
     judgement = rejudge(tracker, parent)
-    assert judgement.samples["small"]["test_accuracy"] == SAMPLES["small"]["test_accuracy"]  # FAILED seed 1003 left out
+    assert judgement.samples["flaky"]["test_accuracy"] == SAMPLES["small"]["test_accuracy"]  # FAILED seed 1003 left out...
+    assert judgement.failed == {"flaky": {1003: FAILURE}}                                     # ...and passed on
     assert judgement.verdicts == verdicts and judgement.reproduces_logged() and not judgement.posthoc
+
+
+def test_a_failed_seed_of_a_claimed_arm_leaves_the_claim_inconclusive_from_mlflow_alone(tree):
+    # Before, seed 1003 was dropped and flaky's three surviving seeds SUPPORTED the claim.
+    from orchestrator.report.collect import collect_summary
+
+    tracker, parent, _ = tree
+    summary = collect_summary(tracker, parent, with_images=False)
+    claims = ["flaky.test_accuracy >= large.test_accuracy - 0.5", "small.test_accuracy >= large.test_accuracy - 0.5"]
+    flaky, small = judge_claims(claims, samples_from_summary(summary), exact_metrics=exact_metrics_from_summary(summary),
+                                failed=failures_from_summary(summary))
+    assert flaky.verdict == "INCONCLUSIVE" and small.verdict == "SUPPORTED"
+    assert f"arm flaky, seed 1003: its run failed ({FAILURE})" in flaky.reason
 
 
 def test_the_same_claims_spelled_differently_are_not_posthoc(tree, tmp_path):

@@ -43,6 +43,7 @@ def _record(arm: str, kind: str, n: int, metrics: dict, status: str = "COMPLETED
 
 def synthetic_summary() -> RunSummary:
     from orchestrator.judge import judge_claims
+    from orchestrator.judge.evidence import exact_metrics_of
 
     arms = []
     for index, (arm, ratio) in enumerate((("routed", 0.2), ("lora", 1.0))):
@@ -64,7 +65,8 @@ def synthetic_summary() -> RunSummary:
             "judge": {"confidence": 0.95, "family_wise": None}, "confirm": {"split": "test", "seeds": 4, "first_seed": 1000},
             "arms": [{"arm": a.arm, "objectives": {"val_accuracy": "max"}, "sampler": {"name": "tpe"}, "trials": 8} for a in arms]}
     return RunSummary("f" * 32, "1", "synthetic", "FINISHED", "Routing matches LoRA at a fifth of the FLOPs.", "a paper",
-                      "h.yaml", "0" * 64, "default", "abc", "sqlite:///x.db", plan, claims, arms, judge_claims(claims, samples))
+                      "h.yaml", "0" * 64, "default", "abc", "sqlite:///x.db", plan, claims, arms,
+                      judge_claims(claims, samples, exact_metrics=exact_metrics_of({a.arm: a.method for a in arms})))
 
 
 def test_pareto_front_keeps_only_non_dominated_points_in_cost_order():
@@ -129,6 +131,22 @@ def test_markdown_of_a_synthetic_summary_has_every_section(tmp_path):
     assert "![Pareto front: validation score vs FLOPs](figures/pareto.png)" in text
     assert "6 / 1 / 1 / 0" in text  # trials completed / failed / stopped / infeasible
     assert "| bf16 (emulated) |" in text and "| fp32 |" in text  # the precision each arm's confirmation runs used
+
+
+def test_the_claim_detail_names_a_failed_confirmation_seed_and_its_error(tmp_path):
+    from orchestrator.judge import judge_claims
+    from orchestrator.rejudge import exact_metrics_from_summary, failures_from_summary, samples_from_summary
+
+    summary = synthetic_summary()
+    failed = summary.arm("lora").confirms[2]
+    failed.status, failed.error, failed.metrics = "FAILED", "NonFiniteLossError: non-finite loss (nan) at step 3 | epoch 0", {}
+    summary.verdicts = judge_claims(summary.claims, samples_from_summary(summary), exact_metrics=exact_metrics_from_summary(summary),
+                                    failed=failures_from_summary(summary))
+    text = to_markdown(build_blocks(summary, [], tmp_path, [], []))
+    claim = _section(text, "### Claim 1")
+    assert "INCONCLUSIVE" in claim and "arm lora, seed 1002: its run failed (NonFiniteLossError: non-finite loss" in claim
+    assert f"seed 1002 `{failed.run_id}` (FAILED: NonFiniteLossError: non-finite loss (nan) at step 3 | epoch 0)" in claim
+    assert "1002: run failed: NonFiniteLossError: non-finite loss (nan) at step 3 \\| epoch 0" in claim  # excluded column
 
 
 def test_the_report_never_shows_tracking_credentials(tmp_path):
@@ -221,7 +239,8 @@ def test_report_arm_table_has_numbers_for_both_arms(report):
         assert "r=" in cells[2] and 0.0 <= float(cells[3]) <= 1.0
         assert re.fullmatch(r"[0-9.]+( ± [0-9.e-]+)? \(n=2\)", cells[4])
         assert float(cells[5]) == pytest.approx(ratio) and int(cells[6]) > 0 and float(cells[7]) > 0
-        assert cells[8] == "3 / 0 / 0 / 0"  # the shared run: 3 trials per arm, all finished
+        assert cells[8] in ("fp32", "bf16")  # the precision its confirmation runs used (auto: what this CPU runs natively)
+        assert cells[9] == "3 / 0 / 0 / 0"  # the shared run: 3 trials per arm, all finished
 
 
 @pytest.mark.slow

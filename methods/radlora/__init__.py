@@ -73,6 +73,10 @@ class RadLoRA(Method):
         "train_target_rho": "current target of the annealed budget (cost=dual)",
         "gumbel_temperature": "current Gumbel temperature",
     }
+    #: The stored parameters are fixed by the configuration; FLOPs and the per-example
+    #: statistics follow the routers' decisions on each input.
+    exact_metrics = frozenset({"trainable_params", "head_params", "trainable_params_final", "router_params",
+                               "generator_params", "flops_examples"})
 
     def __init__(self, config: RadLoraConfig | None = None) -> None:
         super().__init__(config)

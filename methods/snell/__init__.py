@@ -105,6 +105,9 @@ class Snell(Method):
         "trainable_params_final": "parameters that reproduce the update: q * (d_in + d_out) per module",
         "merged_modules": "adapted modules whose update was merged into the base weights",
     }
+    #: The tables and the (dense or merged) cost are fixed by the configuration;
+    #: ``update_density`` depends on training.
+    exact_metrics = Method.exact_metrics | {"trainable_params_final", "merged_modules"}
 
     def __init__(self, config: SnellConfig | None = None) -> None:
         super().__init__(config)

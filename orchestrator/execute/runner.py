@@ -388,22 +388,19 @@ def select_best(trials: list[TrialRecord], plan: ArmPlan) -> tuple[TrialRecord |
 
 
 def _judge(plan: Plan, arms: list[ArmOutcome], tracker: Tracker, parent_id: str) -> list[Any]:
-    from orchestrator.judge import judge_claims
+    """Judge the claims on every confirmation run: a failed seed is passed on (its claims
+    become INCONCLUSIVE, never judged on the survivors), and so are the metrics each
+    arm's method fixes (the only ones a zero spread may compare exactly)."""
     from orchestrator.claims import parse_claim
+    from orchestrator.judge import evidence, judge_claims
 
-    samples: dict[str, dict[str, dict[int, float]]] = {}
-    for outcome in arms:
-        per_metric: dict[str, dict[int, float]] = collections.defaultdict(dict)
-        for run in outcome.confirm:
-            if run.status == FAILED:
-                continue
-            for name, value in run.metrics.items():
-                if isinstance(value, (int, float)):
-                    per_metric[name][int(run.seed if run.seed is not None else 0)] = float(value)
-        samples[outcome.arm] = dict(per_metric)
+    runs_by_arm = {outcome.arm: outcome.confirm for outcome in arms}
+    samples, failed = evidence.confirmation_samples(runs_by_arm), evidence.failed_seeds(runs_by_arm)
+    exact = evidence.exact_metrics_of({arm.arm: arm.method for arm in plan.arms})
     claims = [parse_claim(text) for text in plan.claims]
     h = plan.hypothesis
-    verdicts = judge_claims(claims, samples, confidence=h.judge.confidence, family_wise=h.judge.family_wise) if claims else []
+    verdicts = judge_claims(claims, samples, confidence=h.judge.confidence, family_wise=h.judge.family_wise,
+                            exact_metrics=exact, failed=failed) if claims else []
     tags, metrics = {}, {}
     for index, verdict in enumerate(verdicts):
         tags[f"verdict.{index}"] = f"{verdict.verdict}: {verdict.claim}"
@@ -413,7 +410,9 @@ def _judge(plan: Plan, arms: list[ArmOutcome], tracker: Tracker, parent_id: str)
         metrics[f"claim_{index}_supported"] = 1.0 if verdict.verdict == "SUPPORTED" else 0.0
     tracker.set_tags(parent_id, tags)
     tracker.log_metrics(parent_id, {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v == v})
-    tracker.log_text(parent_id, json.dumps({"samples": samples, "verdicts": [v.model_dump() for v in verdicts]}, indent=1, default=str), "verdicts.json")
+    logged = {"samples": samples, "failed": failed, "exact_metrics": {arm: sorted(names) for arm, names in exact.items()},
+              "verdicts": [v.model_dump() for v in verdicts]}
+    tracker.log_text(parent_id, json.dumps(logged, indent=1, default=str), "verdicts.json")
     return verdicts
 
 

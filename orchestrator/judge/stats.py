@@ -23,13 +23,20 @@ Samples = dict[str, dict[str, dict[int, float]]]
 ZERO_SPREAD = 1e-12
 EXACT_TOLERANCE = 1e-9
 POWER = 0.80
+# A failed run's error text in a reason: its first line, at most this many characters
+# (the recorder's "Type: message" reasons are 40-150 characters; tracebacks are longer).
+ERROR_CHARS = 160
+FAILED, MISSING, NOT_FINITE = "run failed", "missing", "not finite"
+OTHER_METRIC_MISSING = "another metric of this arm is missing on this seed"
 
 PAIRED, ONE_SAMPLE, WELCH, EXACT = "paired t", "one-sample t", "Welch t", "exact (no variance)"
 
 
 @dataclass(frozen=True)
 class ReferenceData:
-    """The finite values of one reference that the claim uses, and what was left out."""
+    """The finite values of one reference that the claim uses, and what was left out
+    (seed -> ``missing``, ``not finite``, ``run failed: <error>``, or that another metric
+    of the arm is missing on the seed)."""
 
     ref: MetricRef
     values: dict[int, float]
@@ -40,7 +47,8 @@ class ReferenceData:
 class Estimate:
     """An estimate of ``V``, the claim's quantity without its constant.
 
-    ``se == 0`` means every seed gave the same value (an exact comparison); ``sd`` is
+    ``se == 0`` means every seed gave the same value (an exact comparison, which the
+    verdicts allow only for metrics fixed by configuration); ``sd`` is
     the spread of ``V`` for one seed of every arm, the unit of the standardized effect.
     """
 
@@ -76,12 +84,14 @@ def _metric_runs(arm_runs: object) -> dict[str, Mapping]:
     return {metric: by_seed for metric, by_seed in arm_runs.items() if isinstance(by_seed, Mapping)}
 
 
-def reference_data(claim: Claim, samples: Mapping) -> tuple[dict[MetricRef, ReferenceData], list[str]]:
+def reference_data(claim: Claim, samples: Mapping, failed: Mapping | None = None,
+                   ) -> tuple[dict[MetricRef, ReferenceData], list[str]]:
     """Values per reference on the seeds its arm can use, and problems that stop the judge.
 
     Within one arm, only seeds where every referenced metric of that arm is finite are
-    used, so metrics of the same seed stay paired. Missing and non-finite values are
-    excluded and recorded with the reason.
+    used, so metrics of the same seed stay paired. Missing and non-finite values, and
+    the seeds whose confirmation run failed (``failed``: arm -> seed -> error), are
+    excluded and recorded with the reason; ``gaps`` turns them into words.
     """
     data: dict[MetricRef, ReferenceData] = {}
     problems: list[str] = []
@@ -89,17 +99,18 @@ def reference_data(claim: Claim, samples: Mapping) -> tuple[dict[MetricRef, Refe
     for arm in claim.arms():
         refs = [r for r in references if r.arm == arm]
         arm_runs = _metric_runs(samples.get(arm) if isinstance(samples, Mapping) else None)
-        if not any(arm_runs.values()):
+        arm_failed = _failures_of(failed, arm)
+        if not any(arm_runs.values()) and not arm_failed:
             problems.append(f"no confirmation runs for arm {arm}")
             continue
-        all_seeds = list(dict.fromkeys(s for by_seed in arm_runs.values() for s in by_seed))
+        all_seeds = list(dict.fromkeys([*(s for by_seed in arm_runs.values() for s in by_seed), *arm_failed]))
         finite: dict[MetricRef, dict] = {}
         for ref in refs:
-            if ref.metric not in arm_runs:
+            if ref.metric not in arm_runs and any(arm_runs.values()):
                 known = ", ".join(sorted(map(str, arm_runs)))
                 problems.append(f"arm {arm} reports no metric '{ref.metric}' (it reports: {known})")
             by_seed = arm_runs.get(ref.metric, {})
-            finite[ref] = {s: float(v) for s, v in by_seed.items() if _is_finite(v)}
+            finite[ref] = {s: float(v) for s, v in by_seed.items() if _is_finite(v) and s not in arm_failed}
         usable = [s for s in all_seeds if all(s in finite[r] for r in refs)]
         usable_set = set(usable)
         for ref in refs:
@@ -108,16 +119,61 @@ def reference_data(claim: Claim, samples: Mapping) -> tuple[dict[MetricRef, Refe
             for s in all_seeds:
                 if s in usable_set:
                     continue
-                if s not in by_seed:
-                    excluded[s] = "missing"
+                if s in arm_failed:
+                    excluded[s] = f"{FAILED}: {arm_failed[s]}"
+                elif s not in by_seed:
+                    excluded[s] = MISSING
                 elif s not in finite[ref]:
-                    excluded[s] = "not finite"
+                    excluded[s] = NOT_FINITE
                 else:
-                    excluded[s] = "another metric of this arm is missing on this seed"
+                    excluded[s] = OTHER_METRIC_MISSING
             data[ref] = ReferenceData(ref, {s: finite[ref][s] for s in usable}, excluded)
             if ref.metric in arm_runs and not finite[ref]:
                 problems.append(f"no finite values of {ref}")
     return data, problems
+
+
+def _failures_of(failed: Mapping | None, arm: str) -> dict[object, str]:
+    """An arm's failed seeds -> the first line of their error, shortened."""
+    by_seed = failed.get(arm) if isinstance(failed, Mapping) else None
+    if not isinstance(by_seed, Mapping):
+        return {}
+    return {seed: short_error(why) for seed, why in by_seed.items()}
+
+
+def short_error(error: object) -> str:
+    """The first non-empty line of a run's error, at most ERROR_CHARS characters."""
+    lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
+    text = lines[0] if lines else "no error recorded"
+    return text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 3].rstrip() + "..."
+
+
+def gaps(data: Mapping[MetricRef, ReferenceData]) -> list[str]:
+    """Each seed the claim cannot use, named with its arm and cause, in seed order per arm:
+    "arm b, seed 2: b.acc is not finite", "arm lora, seed 1001: its run failed (...)"."""
+    found: dict[tuple[str, object], list[str]] = {}
+    for ref, ref_data in data.items():
+        for seed, why in ref_data.excluded.items():
+            causes = found.setdefault((ref.arm, seed), [])
+            if why.startswith(FAILED):
+                cause = f"its run failed ({why[len(FAILED) + 2:]})"
+            elif why in (MISSING, NOT_FINITE):
+                cause = f"{ref} is {why}"
+            else:
+                continue  # the other metric's own entry says why
+            if cause not in causes:
+                causes.append(cause)
+    return [f"arm {arm}, seed {seed}: {' and '.join(causes)}" for (arm, seed), causes in found.items() if causes]
+
+
+def varying_without_spread(claim: Claim, est: Estimate, exact: Mapping) -> list[MetricRef]:
+    """The claim's metrics that the configuration does not fix, when every seed gave the
+    same value of the quantity (empty otherwise, or when all are fixed: then the exact
+    comparison is right). ``exact``: arm -> metric names its method fixes."""
+    if est.se != 0.0:
+        return []
+    fixed = {arm: set(names) for arm, names in exact.items()} if isinstance(exact, Mapping) else {}
+    return [ref for ref in claim.references() if ref.metric not in fixed.get(ref.arm, ())]
 
 
 def estimate(claim: Claim, data: Mapping[MetricRef, ReferenceData]) -> Estimate | Unavailable:
@@ -229,7 +285,8 @@ def one_sided_p(claim: Claim, est: Estimate) -> OneSided:
     "V <= L" (the claim fails at or below L) and ``P(T <= t)`` that of "V >= L".
     To show a band claim holds, every bound must be cleared, so ``p_fails`` is the
     largest (intersection-union: TOST); crossing any one bound shows it fails, so
-    ``p_holds`` is the smallest. A spread of 0 gives an exact 0 or 1.
+    ``p_holds`` is the smallest. A spread of 0 gives an exact 0 or 1; the verdicts
+    reach this only for metrics that the arms' methods fix by configuration.
     """
     lower, upper = bounds_of(claim)
     if est.se == 0.0:

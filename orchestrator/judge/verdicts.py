@@ -7,16 +7,24 @@ P(any false SUPPORTED) <= alpha and P(any false REFUTED) <= alpha, whatever the
 dependence between claims. With one claim this is exactly the interval rule: the
 one-sided (1 - alpha) bounds lie wholly inside (SUPPORTED) or wholly outside
 (REFUTED) the claimed region. docs/claims.md has the details.
+
+Two rules keep the evidence whole. A claim is judged only when every confirmation seed
+of its arms finished with a finite value of each metric it uses: a failed seed, or a
+missing or non-finite value, makes it INCONCLUSIVE with the arm, seed and cause named
+(judging the seeds that happened to survive would select on the outcome). And no
+spread across seeds counts as an exact comparison only for metrics the arm's method
+fixes by configuration (``Method.exact_metrics``); any other metric that gave one value
+on every seed has a spread that n seeds could not show, so the claim is INCONCLUSIVE.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal, Mapping, Sequence
+from typing import Annotated, Iterable, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.claims import Claim, parse_claim
+from orchestrator.claims import Claim, MetricRef, parse_claim
 from orchestrator.judge import stats
 from orchestrator.judge.stats import Estimate, Holm, OneSided, ReferenceData, Unavailable
 
@@ -112,14 +120,47 @@ class _Assessment:
     p: OneSided | None
 
 
-def _assess(claim: Claim, samples: Mapping) -> _Assessment:
-    data, problems = stats.reference_data(claim, samples)
-    if problems:
+@dataclass(frozen=True)
+class _Runs:
+    """What the judge knows about the confirmation runs besides their values."""
+
+    exact: Mapping[str, Iterable[str]]
+    failed: Mapping[str, Mapping[int, str]]
+
+
+def _assess(claim: Claim, samples: Mapping, runs: _Runs) -> _Assessment:
+    data, problems = stats.reference_data(claim, samples, runs.failed)
+    incomplete = stats.gaps(data)
+    if problems or incomplete:
         n = {arm: next((len(d.values) for r, d in data.items() if r.arm == arm), 0) for arm in claim.arms()}
-        return _Assessment(claim, data, Unavailable("; ".join(problems), n), None)
+        value = None if problems else stats.estimate(claim, data).value
+        reasons = problems + ([_incomplete_reason(incomplete)] if incomplete else [])
+        return _Assessment(claim, data, Unavailable("; ".join(reasons), n, value), None)
     outcome = stats.estimate(claim, data)
+    if isinstance(outcome, Estimate):
+        varying = stats.varying_without_spread(claim, outcome, runs.exact)
+        if varying:
+            outcome = Unavailable(_no_spread_reason(claim, outcome, varying), outcome.n, outcome.value)
     p = stats.one_sided_p(claim, outcome) if isinstance(outcome, Estimate) else None
     return _Assessment(claim, data, outcome, p)
+
+
+def _incomplete_reason(incomplete: list[str]) -> str:
+    return ("; ".join(incomplete) + "; a claim is judged only when every confirmation seed of its arms finished "
+            "with a finite value of each metric it uses, not on the seeds that happened to survive")
+
+
+def _no_spread_reason(claim: Claim, est: Estimate, varying: list[MetricRef]) -> str:
+    quantity = str(claim.expr.variable_part())
+    names = " and ".join(str(ref) for ref in varying)
+    seeds = _seeds_phrase(est)
+    if [str(ref) for ref in varying] == [quantity]:
+        return (f"every seed gave the same value of {quantity} ({_num(est.value)}), which varies with the seed "
+                f"(its method does not fix it); its spread cannot be estimated from {seeds}")
+    verb = "varies" if len(varying) == 1 else "vary"
+    return (f"every seed gave the same value of {quantity} ({_num(est.value)}), but {names} {verb} with the seed "
+            f"(the method does not fix {'it' if len(varying) == 1 else 'them'}); the spread cannot be estimated "
+            f"from {seeds}")
 
 
 def judge_claims(
@@ -127,6 +168,8 @@ def judge_claims(
     samples: Mapping[str, Mapping[str, Mapping[int, float]]],
     confidence: float = 0.95,
     family_wise: bool | None = None,
+    exact_metrics: Mapping[str, Iterable[str]] | None = None,
+    failed: Mapping[str, Mapping[int, str]] | None = None,
 ) -> list[Verdict]:
     """Judge every claim of one hypothesis on its confirmation runs.
 
@@ -134,20 +177,33 @@ def judge_claims(
         >>> runs = {"a": {"acc": {1: 0.91, 2: 0.93, 3: 0.92}}}
         >>> judge_claims(["a.acc >= 0.85"], runs)[0].verdict
         'SUPPORTED'
+        >>> counts = {"a": {"trainable_params": {1: 4096, 2: 4096}}}
+        >>> judge_claims(["a.trainable_params <= 5000"], counts)[0].verdict   # spread unknown
+        'INCONCLUSIVE'
+        >>> judge_claims(["a.trainable_params <= 5000"], counts, exact_metrics={"a": {"trainable_params"}})[0].verdict
+        'SUPPORTED'
 
     Args:
         claims: parsed claims (or their text).
-        samples: arm -> metric -> seed -> value; missing and NaN values are excluded.
+        samples: arm -> metric -> seed -> value, from the confirmation runs that finished.
         confidence: 1 - alpha, the error rate allowed for a false SUPPORTED (and,
             separately, for a false REFUTED) over the whole family.
         family_wise: Holm across the claims; None means on when there are >= 2 claims.
+        exact_metrics: arm -> the metrics its method fixes by configuration
+            (``Method.exact_metrics``); only these are compared exactly when every seed
+            gives the same value. None: no metric is known to be fixed.
+        failed: arm -> seed -> error of each confirmation run that failed. A claim over
+            an arm with a failed seed, or with a missing or non-finite value of a metric
+            it uses, is INCONCLUSIVE, and its reason names the arm, seed and cause.
     """
     if not 0.5 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0.5, 1), got {confidence}")
     parsed = [c if isinstance(c, Claim) else parse_claim(c) for c in claims]
     alpha = 1.0 - confidence
     use_holm = len(parsed) >= 2 if family_wise is None else bool(family_wise)
-    assessed = [_assess(c, samples if isinstance(samples, Mapping) else {}) for c in parsed]
+    runs = _Runs(exact_metrics if isinstance(exact_metrics, Mapping) else {},
+                 failed if isinstance(failed, Mapping) else {})
+    assessed = [_assess(c, samples if isinstance(samples, Mapping) else {}, runs) for c in parsed]
     p_fails = [a.p.p_fails if a.p else 1.0 for a in assessed]
     p_holds = [a.p.p_holds if a.p else 1.0 for a in assessed]
     if use_holm:
@@ -203,10 +259,6 @@ def _verdict(a: _Assessment, i: int, support: Holm, refute: Holm, use_holm: bool
         claim=claim.text, kind=claim.kind, canonical=claim.canonical(), quantity=quantity,
         lower=lower, upper=upper, family_size=m, holm=use_holm, evidence=_evidence(a.data),
     )
-    excluded = sum(len(d.excluded) for d in a.data.values())
-    note = ""
-    if excluded:
-        note = f" ({excluded} run{'s' if excluded > 1 else ''} excluded: missing or not finite)"
     outcome = a.outcome
     if isinstance(outcome, Unavailable):
         boundary = None if outcome.value is None else _nearest(outcome.value, lower, upper)
@@ -215,7 +267,7 @@ def _verdict(a: _Assessment, i: int, support: Holm, refute: Holm, use_holm: bool
             confidence=1.0 - support.levels[i], interval_method="none", n=outcome.n, boundary=boundary,
             effect_size=None if boundary is None else outcome.value - boundary, effect_d=None, sd=None,
             df=None, seeds_to_settle=None, p_holds=None, p_fails=None, p_holds_adjusted=None,
-            p_fails_adjusted=None, reason=f"No interval: {outcome.reason}{note}.",
+            p_fails_adjusted=None, reason=f"No interval: {outcome.reason}.",
         )
 
     est, p = outcome, a.p
@@ -241,7 +293,7 @@ def _verdict(a: _Assessment, i: int, support: Holm, refute: Holm, use_holm: bool
         effect_size=est.value - boundary, effect_d=(est.value - boundary) / est.sd if est.sd > 0 else None,
         sd=est.sd, df=est.df, seeds_to_settle=settle, p_holds=p.p_holds, p_fails=p.p_fails,
         p_holds_adjusted=refute.adjusted[i], p_fails_adjusted=support.adjusted[i],
-        reason=reason + note + ".",
+        reason=reason + ".",
     )
 
 
@@ -254,7 +306,8 @@ def _reason(claim: Claim, verdict: str, est: Estimate, level: float, bounds: tup
     seeds = _seeds_phrase(est)
     if est.se == 0.0:
         where = holds if verdict == "SUPPORTED" else fails
-        return (f"Every seed gives {quantity} = {_num(est.value)} (no variance across seeds), "
+        return (f"Every seed gives {quantity} = {_num(est.value)} (no variance across seeds: the methods fix "
+                f"these metrics by configuration), "
                 f"which is {where}, so the claim {'holds' if verdict == 'SUPPORTED' else 'fails'} ({seeds})")
     shown = (f"{quantity} is {_num(est.value)} with one-sided {_pct(1.0 - level)} bounds "
              f"[{_num(bounds[0])}, {_num(bounds[1])}]")

@@ -100,6 +100,10 @@ def provenance(summary: "RunSummary") -> list[Block]:
         f"**intervals**: a claim's interval [low, high] is the pair of one-sided {level} bounds (each bound holds at that "
         f"level; together a central {pct(2 * summary.confidence - 1)} interval), t over seeds; with Holm the level of a "
         "claim is raised to the one it was tested at (shown per claim). The arm table's mean ± half-width uses the same one-sided bounds.",
+        "**complete evidence only**: a claim is INCONCLUSIVE when a confirmation seed of one of its arms failed or gave a "
+        "missing or non-finite value (its detail names the seed and the error), and when every seed gave the same value of "
+        "a metric that varies with the seed (accuracy, say): only metrics the method fixes by configuration "
+        "(`trainable_params`, a static adapter's `flops_ratio`, ...) are compared exactly.",
         FLOP_BASIS,
     ])]
 
@@ -152,10 +156,20 @@ def claim_detail(summary: "RunSummary", number: int, v: "Verdict", level: int) -
         except StopIteration:
             runs.append(f"{arm}: no such arm in this run")
             continue
-        runs.append(f"{arm}: " + (", ".join(f"seed {c.seed} `{c.run_id}`" + ("" if c.status != "FAILED" else " (FAILED)") for c in confirms) or "none"))
+        runs.append(f"{arm}: " + (", ".join(f"seed {c.seed} `{c.run_id}`" + _failure(c) for c in confirms) or "none"))
     return [Heading(f"Claim {number}: `{v.claim}` — {v.verdict}", level), Bullets(items),
             Table(["arm.metric", "mean", "sd", "n", "values by seed", "excluded"], evidence, {1, 2, 3}),
             Para("Confirmation runs (MLflow run ids): " + "; ".join(runs))]
+
+
+def _failure(run: "RunRecord") -> str:
+    """' (FAILED: why)' for a failed confirmation run: any failed seed of a claim's arms
+    leaves the claim INCONCLUSIVE, so the reader sees which run and why."""
+    if run.status != "FAILED":
+        return ""
+    from orchestrator.judge.stats import short_error
+
+    return f" (FAILED: {short_error(run.error)})"
 
 
 def _region(v: "Verdict") -> str:
