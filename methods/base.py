@@ -151,12 +151,10 @@ class Method(abc.ABC):
     #: ``end_eval_stats`` or ``after_evaluation``), with what each means. Claims may
     #: name them; a claim naming a metric no arm reports is a validation error.
     metrics: ClassVar[dict[str, str]] = {}
-    #: Imports bitsandbytes (quantised bases). Ray Tune workers whose trials all run
-    #: methods without it keep peft from importing it (``orchestrator.worker_imports``),
-    #: which saves each worker process seconds of start-up.
-    uses_bitsandbytes: ClassVar[bool] = False
     #: Optional packages the method imports; an arm whose requirement is not installed
     #: is refused when the hypothesis is validated, with the command that installs it.
+    #: Ray Tune workers whose arms need no bitsandbytes keep peft from importing it
+    #: (``orchestrator.worker_imports``), which saves each worker seconds of start-up.
     requires: ClassVar[tuple[Requirement, ...]] = ()
     #: Metrics (the engine's and the method's own) that the configuration alone fixes,
     #: the same on every seed. Only these may be compared exactly when every confirmation
@@ -168,6 +166,11 @@ class Method(abc.ABC):
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()
+
+    @classmethod
+    def needs(cls, module: str) -> bool:
+        """Whether one of the method's ``requires`` is the top-level package ``module``."""
+        return any(requirement.module == module for requirement in cls.requires)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "Method":

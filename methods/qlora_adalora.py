@@ -160,7 +160,6 @@ class QloraAdaLoRA(AdaLoRA):
     name = "qlora_adalora"
     Config = QloraAdaLoraConfig
     summary = "QLoRA + AdaLoRA (peft + bitsandbytes): AdaLoRA on a 4-bit NF4 base model"
-    uses_bitsandbytes = True
     requires = (Requirement("bitsandbytes", extra="quant"),)
     metrics = {
         **AdaLoRA.metrics,

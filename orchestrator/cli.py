@@ -125,7 +125,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     plan = make_plan(_load(args.file, args.profile))  # bad input stops here: no Ray, no MLflow
     if not args.address:
-        for warning in emulated_bf16_warnings(plan.hypothesis):
+        from orchestrator.precision import emulated_bf16_warnings
+
+        for warning in emulated_bf16_warnings(plan.hypothesis):  # local trials run on this CPU
             _err(f"orchestrate: warning: {warning}")
     from orchestrator.execute.runner import AllTrialsFailedError, RunOptions, run_plan
     from orchestrator.tasks.datasets import DatasetUnavailableError
@@ -146,26 +148,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if outcome.report_path is not None:
         print(f"report: {outcome.report_path} (also logged to MLflow under report/)")
     return _fail_on(args.fail_on, [v.verdict for v in outcome.verdicts])
-
-
-def emulated_bf16_warnings(hypothesis) -> list[str]:
-    """Forced bf16 for CPU trials on a CPU that emulates it: allowed (results are
-    correct), but it is much slower than fp32, so say so before hours go into it. Only
-    for local runs: on a cluster the trials' CPUs are not this one."""
-    if hypothesis.search.resources_per_trial.gpu > 0:
-        return []
-    forced = {"training.precision": hypothesis.training.precision}
-    forced |= {f"arms.{name}.fixed.precision": arm.fixed["precision"] for name, arm in hypothesis.arms.items() if "precision" in arm.fixed}
-    where = [field for field, value in forced.items() if value == "bf16"]
-    if not where:
-        return []
-    from orchestrator.precision import cpu_has_native_bf16
-
-    if cpu_has_native_bf16():
-        return []
-    return [f"{', '.join(where)}: bf16 is forced, but this CPU has no native bf16 (AVX512-BF16 or AMX); autocast will "
-            "emulate it, measured 25x slower than fp32 on such a CPU. Results stay correct and are marked "
-            "precision_native=false; 'auto' would choose fp32 here."]
 
 
 def _fail_on(fail_on: str | None, verdicts: list[str]) -> int:

@@ -44,6 +44,8 @@ from typing import TYPE_CHECKING, ContextManager, Literal
 if TYPE_CHECKING:
     import torch
 
+    from orchestrator.spec.models import Hypothesis
+
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 
@@ -100,6 +102,22 @@ def resolve_precision(requested: str, device: str) -> PrecisionChoice:
                                         "range-safe); use auto, bf16 or fp32")
     native = {"fp32": True, "bf16": native_bf16, "fp16": device == "cuda"}[requested]
     return PrecisionChoice(requested, requested, native, device)
+
+
+def emulated_bf16_warnings(hypothesis: "Hypothesis") -> list[str]:
+    """Forced bf16 for CPU trials on a CPU that emulates it: allowed (results are
+    correct), but much slower than fp32, so the CLI says so before a local run starts.
+    (On a cluster the trials' CPUs are not this one: the CLI does not ask there.)"""
+    if hypothesis.search.resources_per_trial.gpu > 0:
+        return []
+    forced = {"training.precision": hypothesis.training.precision}
+    forced |= {f"arms.{name}.fixed.precision": arm.fixed["precision"] for name, arm in hypothesis.arms.items() if "precision" in arm.fixed}
+    where = [field for field, value in forced.items() if value == "bf16"]
+    if not where or cpu_has_native_bf16():
+        return []
+    return [f"{', '.join(where)}: bf16 is forced, but this CPU has no native bf16 (AVX512-BF16 or AMX); autocast will "
+            "emulate it, measured 25x slower than fp32 on such a CPU. Results stay correct and are marked "
+            "precision_native=false; 'auto' would choose fp32 here."]
 
 
 def autocast(choice: PrecisionChoice) -> ContextManager:

@@ -58,7 +58,7 @@ class TrialSetup:
     timeout_s: float | None = None  # wall-time budget of the trial, checked after every step
     memory_limit_mb: float | None = None  # peak memory of the trial's process (RSS; GPU: allocated), checked after every step
     threads: int = 1
-    uses_bitsandbytes: bool = False  # the method's class flag, read by the driver (orchestrator.worker_imports)
+    uses_bitsandbytes: bool = False  # the method requires bitsandbytes (Method.needs), read by the driver (orchestrator.worker_imports)
 
 
 def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

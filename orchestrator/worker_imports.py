@@ -12,7 +12,7 @@ no-bitsandbytes paths (the same code as on a machine without it). It is set only
 
 - inside a Ray actor (a trial's own worker process, never the driver or a test process),
 - before peft or transformers is imported there (both read the answer once), and
-- when no arm this worker can serve uses a method with ``uses_bitsandbytes`` (a worker
+- when no arm this worker can serve uses a method that ``requires`` bitsandbytes (a worker
   serves the trials of one Tuner only, whose arms ``tune_entry`` is given).
 
 Written by hand: neither peft nor Ray has a switch for it.

@@ -137,7 +137,7 @@ def test_an_arm_may_fix_its_precision_and_a_bad_value_is_named(tmp_path):
 
 
 def test_a_local_run_warns_when_bf16_is_forced_on_a_cpu_that_emulates_it(monkeypatch):
-    from orchestrator.cli import emulated_bf16_warnings
+    from orchestrator.precision import emulated_bf16_warnings
     from orchestrator.spec.models import Hypothesis
 
     spec = Hypothesis(name="p", statement="s", arms={"a": {"method": "lora", "fixed": {"precision": "bf16"}}, "b": {"method": "lora"}})

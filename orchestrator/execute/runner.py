@@ -225,7 +225,7 @@ def _prepare_arm(arm_plan: ArmPlan, plan: Plan, tracker: Tracker, experiment_id:
         arm=arm, method=arm_plan.method, model=h.task.model, metric=h.task.metric, training=h.training,
         fixed=dict(arm_plan.fixed), target_modules=h.task.target_modules, threads=max(1, int(arm_plan.resources.cpu)),
         constraints=tuple(arm_plan.constraints), timeout_s=h.search.trial_timeout_s, memory_limit_mb=h.search.trial_memory_mb,
-        uses_bitsandbytes=get_method(arm_plan.method).uses_bitsandbytes,
+        uses_bitsandbytes=get_method(arm_plan.method).needs("bitsandbytes"),
     )
     if state.search_finished(arm):
         return ArmSearch(arm_plan, arm_run, setup)

@@ -247,7 +247,7 @@ def build(name: str) -> tuple[Method, nn.Module, BuildContext]:
 
 
 def needs_optional_dependencies(name: str) -> None:
-    if get_method(name).uses_bitsandbytes:
+    if get_method(name).needs("bitsandbytes"):
         pytest.importorskip("bitsandbytes", reason="the quant extra (bitsandbytes) is not installed")
 
 

@@ -164,26 +164,26 @@ def test_scaling_is_fixed_while_the_rank_grows():
     assert layer.scaling == before == pytest.approx(16 / 8**0.5)
 
 
-def test_trainable_params_mean_is_step_weighted():
-    method, model = build(r0=2, delta_r=2, r_max=8)
+def stats_after_steps_at(ranks: list[int]) -> tuple[dict[str, float], int]:
+    """A plateau model taking one optimizer step at each rank in turn (growing to it
+    first): its stats and the parameters of one rank."""
+    method, model = build(r0=ranks[0], delta_r=2, r_max=8)
     per_rank = sum(layer.in_features + layer.out_features for layer in lora_layers(model))
-    for step in range(3):
+    for step, rank in enumerate(ranks):
+        if rank != method.rank:
+            method.grow(model, rank)
         method.after_optimizer_step(model, StepInfo(step, 100, 0, 10))
-    method.grow(model, 4)
-    method.after_optimizer_step(model, StepInfo(3, 100, 0, 10))
-    stats = method.stats(model)
+    return method.stats(model), per_rank
+
+
+def test_trainable_params_mean_is_step_weighted():
+    stats, per_rank = stats_after_steps_at([2, 2, 2, 4])
     assert stats["trainable_params_final"] == 4 * per_rank
     assert stats["trainable_params_mean"] == pytest.approx((3 * 2 + 4) / 4 * per_rank)
 
 
 def test_effective_counts_follow_the_active_rows_not_the_preallocated_ones():
-    method, model = build(r0=2, delta_r=2, r_max=8)
-    per_rank = sum(layer.in_features + layer.out_features for layer in lora_layers(model))
-    for step in range(2):
-        method.after_optimizer_step(model, StepInfo(step, 100, 0, 10))
-    method.grow(model, 6)
-    method.after_optimizer_step(model, StepInfo(2, 100, 0, 10))
-    stats = method.stats(model)
+    stats, per_rank = stats_after_steps_at([2, 2, 6])
     assert stats["trainable_params_peak"] == 6 * per_rank
     assert stats["mean_train_rank"] == pytest.approx((2 + 2 + 6) / 3)
 
