@@ -17,7 +17,7 @@ from orchestrator.samplers import SAMPLER_TRAITS, SamplerPlan, default_startup_t
 from orchestrator.space import DefineByRun, ParamSpec
 from orchestrator.spec.checks import Constraint, parse_constraint
 from orchestrator.spec.loader import LoadedSpec
-from orchestrator.spec.models import Hypothesis, Resources
+from orchestrator.spec.models import ConfirmSpec, Hypothesis, Resources
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,10 @@ class Plan:
     arms: list[ArmPlan]
     claims: list[str] = field(default_factory=list)
 
+    @property
+    def confirm_rounds(self) -> list[list[int]]:
+        return confirm_rounds(self.hypothesis.confirm)
+
     def to_dict(self) -> dict[str, Any]:
         h = self.hypothesis
         return {
@@ -75,6 +79,21 @@ class Plan:
             "arms": [a.to_dict() for a in self.arms],
             "confirm": h.confirm.model_dump(), "judge": h.judge.model_dump(), "expected": self.claims,
         }
+
+
+def confirm_rounds(confirm: ConfirmSpec) -> list[list[int]]:
+    """The seeds of each round of confirmation, fixed by the round alone (never by what
+    an earlier look found): round 1 is ``first_seed .. first_seed + seeds - 1``, round 2
+    the next ``seeds``, the last one cut at ``max_seeds``. Every arm that takes part in a
+    round runs the same seeds, so the arms stay paired by seed.
+
+        >>> confirm_rounds(ConfirmSpec(seeds=2, max_seeds=5, first_seed=10))
+        [[10, 11], [12, 13], [14]]
+    """
+    from orchestrator.judge.sequential import look_sizes
+
+    sizes = look_sizes(confirm.seeds, confirm.max_seeds)
+    return [[confirm.first_seed + i for i in range(start, end)] for start, end in zip([0, *sizes[:-1]], sizes)]
 
 
 def constraints_for(arm: str, routed: bool, texts: list[str]) -> list[Constraint]:

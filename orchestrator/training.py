@@ -24,6 +24,7 @@ import numpy as np
 from methods import BuildContext, StepInfo, get_method
 from orchestrator.faults import MemoryLimitError, NonFiniteLossError, TrialTimeoutError
 from orchestrator.measure import flops as flop_measure
+from orchestrator.per_example import PerExampleRecord
 from orchestrator.precision import PrecisionChoice, autocast, grad_scaler, resolve_precision
 from orchestrator.results import TRIAL_PARAM_PREFIX
 from orchestrator.spec.models import TRAINING_PARAMS, TrainingSpec
@@ -37,8 +38,6 @@ if TYPE_CHECKING:
 
 Reporter = Callable[[dict[str, Any], "Path | None"], None]
 PROBE_EXAMPLES = 16  # validation examples on which static adapters' FLOPs are counted, one at a time (routed: the whole final split)
-
-
 
 
 @dataclass(frozen=True)
@@ -156,7 +155,8 @@ def run_trial(setup: TrialSetup, params: dict[str, Any], seed: int, data: "Prepa
         metrics.update(method.after_evaluation(model, StepInfo(step, total_steps, epoch, steps_per_epoch), val_loss))
         if last:
             model = method.finalize(model)
-            metrics.update(_final_measurements(model, method, setup, data, precision, training.eval_batch_size))
+            measured, per_example = _final_measurements(model, method, setup, data, precision, training.eval_batch_size)
+            metrics.update(measured)
             metrics["train_time_s"] = train_time
         metrics["trainable_params"] = peak_trainable
         metrics["head_params"] = _head_params(model, heads)
@@ -171,6 +171,8 @@ def run_trial(setup: TrialSetup, params: dict[str, Any], seed: int, data: "Prepa
             artifacts = workdir / "artifacts"
             artifacts.mkdir(parents=True, exist_ok=True)
             method.write_artifacts(model, artifacts)
+            if per_example is not None:
+                per_example.write(artifacts)
             final = metrics
         report(metrics, artifacts)
     return final
@@ -188,52 +190,99 @@ def _analytically_infeasible(method: Any, model: "nn.Module", ctx: BuildContext,
     return {**costs, "epoch": setup.training.epochs, "infeasible_before_training": 1.0}
 
 
-def _final_measurements(model: "nn.Module", method: Any, setup: TrialSetup, data: "PreparedTask", precision: PrecisionChoice, batch_size: int) -> dict[str, Any]:
+def _final_measurements(model: "nn.Module", method: Any, setup: TrialSetup, data: "PreparedTask", precision: PrecisionChoice,
+                        batch_size: int) -> tuple[dict[str, Any], PerExampleRecord | None]:
     """After finalize: the selection metric again (pruning may change it), the held-out
-    split for confirmation runs, and the method's per-example and static stats."""
+    split for confirmation runs, and the method's per-example and static stats.
+
+    A confirmation run also gets the per-example record of the evaluation whose values
+    it finally reports (``extra_evaluations`` may evaluate again); search trials none."""
     out: dict[str, Any] = {}
     split_name = setup.final_split
+    prefix = "test" if setup.confirm else "val"
+    passes: list[tuple[dict[str, float], SplitOutcome]] = []
+
+    def measure(state: "nn.Module") -> dict[str, float]:
+        outcome = evaluate_split(state, data.splits[split_name], data.pad_id, batch_size, precision.device, precision)
+        reported = {f"{prefix}_loss": outcome.mean_loss, f"{prefix}_{setup.metric}": outcome.score(setup.metric)}
+        passes.append((reported, outcome))
+        return reported
+
     method.start_eval_stats(model)
     started = time.perf_counter()
-    loss, score, _ = evaluate(model, data.splits[split_name], data.pad_id, batch_size, setup.metric, precision.device, precision)
+    first = measure(model)
     out["eval_time_s"] = time.perf_counter() - started
     out.update(method.end_eval_stats(model))
-    prefix = "test" if setup.confirm else "val"
-    out[f"{prefix}_loss"], out[f"{prefix}_{setup.metric}"] = loss, score
+    out.update(first)
     out.update(method.stats(model))
+    out.update(method.extra_evaluations(model, measure))
+    if not setup.confirm:
+        return out, None
+    return out, _record_of_reported(passes, out, split_name, f"{prefix}_{setup.metric}")
 
-    def again(state: "nn.Module") -> dict[str, float]:
-        loss, score, _ = evaluate(state, data.splits[split_name], data.pad_id, batch_size, setup.metric, precision.device, precision)
-        return {f"{prefix}_loss": loss, f"{prefix}_{setup.metric}": score}
 
-    out.update(method.extra_evaluations(model, again))
-    return out
+def _record_of_reported(passes: list[tuple[dict[str, float], SplitOutcome]], reported: dict[str, Any], split: str,
+                        metric: str) -> PerExampleRecord | None:
+    """The record of the last pass whose loss and metric are the ones reported. A method's
+    ``extra_evaluations`` may overwrite them with another pass's (or rename its own, as
+    DyLoRA does); a value that no pass produced gets no record rather than a wrong one."""
+    for values, outcome in reversed(passes):
+        if all(reported.get(key) == value for key, value in values.items()):
+            return PerExampleRecord.of(outcome.predictions, outcome.gold, outcome.losses, split, metric)
+    return None
+
+
+@dataclass(frozen=True)
+class SplitOutcome:
+    """One evaluation pass over a split, per example and in split order."""
+
+    predictions: np.ndarray  # int64 predicted labels
+    gold: np.ndarray  # int64 labels
+    losses: np.ndarray  # float64 cross-entropy of each example (fp32 logits)
+
+    @property
+    def mean_loss(self) -> float:
+        return float(self.losses.mean()) if len(self.losses) else float("nan")
+
+    def score(self, metric: str) -> float:
+        return score(metric, self.gold, self.predictions)
 
 
 def evaluate(model: "nn.Module", split: "TokenizedSplit", pad_id: int, batch_size: int, metric: str, device: str,
              precision: PrecisionChoice | None = None) -> tuple[float, float, np.ndarray]:
-    """(mean loss, metric, predictions) over a whole split, in eval mode, under the
-    trial's autocast (the loss itself is taken in fp32)."""
+    """(mean loss, metric, predictions in split order) over a whole split."""
+    outcome = evaluate_split(model, split, pad_id, batch_size, device, precision)
+    return outcome.mean_loss, outcome.score(metric), outcome.predictions
+
+
+def evaluate_split(model: "nn.Module", split: "TokenizedSplit", pad_id: int, batch_size: int, device: str,
+                   precision: PrecisionChoice | None = None) -> SplitOutcome:
+    """Every example of a split, in eval mode, under the trial's autocast (the loss
+    itself is taken in fp32); batched by length, given back in split order."""
     import torch
 
     model.eval()
-    total_loss, count, predictions, labels = 0.0, 0, [], []
-    order = split.order(batch_size, by_length=True)  # little padding; predictions are put back in split order below
+    predictions, labels, losses = [], [], []
+    order = split.order(batch_size, by_length=True)  # little padding; put back in split order below
     with torch.no_grad():
         for batch in _on_device(split.batches(batch_size, pad_id, order=order), device):
             with autocast(precision) if precision is not None else contextlib.nullcontext():
                 out = model(**batch)
-            n = len(batch["labels"])
-            total_loss += float(torch.nn.functional.cross_entropy(out.logits.float(), batch["labels"], reduction="sum"))
-            count += n
+            losses.append(torch.nn.functional.cross_entropy(out.logits.float(), batch["labels"], reduction="none").cpu().numpy())
             predictions.append(out.logits.argmax(-1).cpu().numpy())
             labels.append(batch["labels"].cpu().numpy())
     model.train()
-    preds = np.concatenate(predictions) if predictions else np.array([], dtype=np.int64)
-    gold = np.concatenate(labels) if labels else np.array([], dtype=np.int64)
-    in_split_order = np.empty_like(preds)
-    in_split_order[order[: len(preds)]] = preds
-    return total_loss / max(1, count), score(metric, gold, preds), in_split_order
+    positions = order[: sum(len(part) for part in predictions)]
+    return SplitOutcome(predictions=_in_split_order(predictions, positions, np.int64), gold=_in_split_order(labels, positions, np.int64),
+                        losses=_in_split_order(losses, positions, np.float64))
+
+
+def _in_split_order(parts: list[np.ndarray], positions: np.ndarray, dtype: type) -> np.ndarray:
+    """Per-batch arrays, joined and put back at their examples' places in the split."""
+    values = np.concatenate(parts).astype(dtype) if parts else np.array([], dtype=dtype)
+    ordered = np.empty_like(values)
+    ordered[positions] = values
+    return ordered
 
 
 def score(metric: str, gold: np.ndarray, preds: np.ndarray) -> float:

@@ -2,7 +2,9 @@
 
 Every arm is searched in one Tuner (``tuning.run_searches``: a searcher and a scheduler
 per arm behind one dispatcher, one set of worker processes for all); then every arm's
-winner is confirmed in one Tuner (``tuning.run_confirm``).
+winner is confirmed, one Tuner per round of seeds (``tuning.run_confirm``), with a look
+of the judge after each round (``execute.looks``): only the arms of claims still open go
+on to the next round. Without ``confirm.max_seeds`` that is one round and one look.
 
 Each step is persisted in ``RunState`` as soon as it finishes, so a rerun of the same
 command skips what is done: finished arms are not searched again, trials already in
@@ -25,6 +27,7 @@ from methods import get_method
 from orchestrator.execute.archive import TrialArchive, search_identity
 from orchestrator.execute.interrupts import catching_stop_requests
 from orchestrator.execute.interrupts import install as install_stop_handlers
+from orchestrator.execute.looks import JudgeSettings, Look, round_of, take_look
 from orchestrator.execute.progress import ArmProgress, Progress
 from orchestrator.execute.recorder import TrialRecorder
 from orchestrator.execute.state import RunState
@@ -34,7 +37,8 @@ from orchestrator.tracking import ARM, LEVEL, Tracker
 from orchestrator.training import TrialSetup
 
 if TYPE_CHECKING:
-    from orchestrator.execute.tuning import SearchRequest
+    from orchestrator.execute.tuning import ConfirmRound, SearchRequest
+    from orchestrator.judge import Verdict
 
 PACKAGES = ("torch", "transformers", "peft", "optuna", "optuna-integration", "botorch", "ray", "mlflow", "pydantic", "hypothesis-orchestrator")
 
@@ -90,10 +94,12 @@ def run_plan(plan: Plan, options: RunOptions) -> RunOutcome:
             searched, unusable = _search_arms(plan, tracker, experiment_id, parent_id, state, storage, progress, archive, data_key, data_ref)
             for reason in unusable:
                 progress.line(f"orchestrate: {reason}")
-            arms.extend(_confirm_arms(searched, plan, tracker, experiment_id, parent_id, state, storage, progress, data_ref))
+            run = RunContext(plan, tracker, experiment_id, parent_id, state, storage, progress, data_ref)
+            confirmed, looks = _confirm_arms(searched, run, judging=not unusable)  # no verdict without every arm: one round
+            arms.extend(confirmed)
             if unusable:
                 raise AllTrialsFailedError("no verdict: " + "; ".join(unusable))
-        verdicts = _judge(plan, arms, tracker, parent_id)
+        verdicts = _judge(plan, arms, looks, tracker, parent_id)
     except BaseException as exc:
         _close_open_runs(tracker, state, parent_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
@@ -271,36 +277,106 @@ def _base_tags(plan: Plan, arm_plan: ArmPlan) -> dict[str, str]:
     return {"orchestrate.hypothesis": plan.hypothesis.name, "orchestrate.method": arm_plan.method}
 
 
-def _confirm_arms(searched: list[SearchedArm], plan: Plan, tracker: Tracker, experiment_id: str, parent_id: str, state: RunState, storage: str,
-                  progress: Progress, data_ref: Any) -> list[ArmOutcome]:
-    """Every searched arm's winner on fresh seeds, in one Tuner; then the arm runs close."""
-    from orchestrator.execute.tuning import ConfirmRequest, run_confirm
+@dataclass
+class RunContext:
+    """What the steps of one run share: its plan, where it logs (MLflow, the hypothesis
+    run) and persists (run state, Ray's storage), the live display and the task's data."""
 
-    h = plan.hypothesis
-    seeds = [h.confirm.first_seed + i for i in range(h.confirm.seeds)]
-    pending = [s for s in searched if not state.arm(s.plan.arm).get("confirm_done")]
-    requests = []
-    for s in pending:
-        arm = s.plan.arm
-        _close_stale(tracker, state.trial_runs(arm, "confirm"))
-        recorder = TrialRecorder(tracker, experiment_id, s.arm_run, arm, "confirm", h.training.epochs, [], state,
-                                 progress.arm(arm, "confirm", len(seeds), f"test_{h.task.metric}", "max"),
-                                 _base_tags(plan, s.plan) | {"orchestrate.confirm_split": h.confirm.split}, [], static_params=dict(s.best.params),
-                                 timeout_s=h.search.trial_timeout_s)
-        requests.append(ConfirmRequest(s.plan, s.setup, s.best.params, recorder))
-    run_name = searched[0].run_name if searched else ""
-    confirmed = run_confirm(requests, seeds, h.confirm.split, data_ref, storage, f"{run_name}--confirm")
-    for arm, records in confirmed.items():
-        state.set_arm(arm, confirm_done=True, confirm_records=[asdict(t) for t in records])
+    plan: Plan
+    tracker: Tracker
+    experiment_id: str
+    parent_id: str
+    state: RunState
+    storage: str
+    progress: Progress
+    data_ref: Any
+
+
+def _confirm_arms(searched: list[SearchedArm], run: RunContext, judging: bool) -> tuple[list[ArmOutcome], list[Look]]:
+    """Every searched arm's winner on fresh seeds, round after round, with a look of the
+    judge after each (``judging``: else one round and no look); then the arm runs close.
+
+    A round and a look, once in the run state, are never repeated: a rerun after a kill
+    starts from the first round an arm has not finished (its Tuner restored when the kill
+    came during it) or from the look not yet taken."""
+    from orchestrator.execute.tuning import ConfirmRound
+
+    settings = _judge_settings(run.plan)
+    by_arm = {s.plan.arm: s for s in searched}
+    looks = [Look.from_dict(look).in_order(by_arm) for look in run.state.looks()]
+    if looks:  # a kill may have come between saving a look and logging it
+        _log_looks(run.tracker, run.parent_id, looks)
+    in_round = list(by_arm)
+    for index, seeds in enumerate(settings.rounds if judging else settings.rounds[:1], 1):
+        if index > 1:
+            in_round = [arm for arm in looks[index - 2].continuing if arm in by_arm]
+            if not in_round:
+                break
+        _confirm_round(ConfirmRound(index, seeds), [by_arm[arm] for arm in in_round], run)
+        if judging and len(looks) < index:
+            runs = {arm: [TrialRecord(**t) for t in run.state.confirm_records(arm)] for arm in by_arm}
+            looks.append(take_look(settings, runs, index, looks[-1] if looks else None, run.tracker))
+            run.state.add_look(looks[-1].to_dict())
+            _log_looks(run.tracker, run.parent_id, looks)
+            run.progress.line(_look_line(looks[-1]))
     outcomes = []
     for s in searched:
         arm = s.plan.arm
-        confirm = [TrialRecord(**t) for t in state.arm(arm)["confirm_records"]]
+        confirm = [TrialRecord(**t) for t in run.state.confirm_records(arm)]
         finished = [c for c in confirm if c.status != FAILED]
-        tracker.log_metrics(s.arm_run, {"confirm_runs": len(finished), "confirm_failed": len(confirm) - len(finished)})
-        tracker.end_run(s.arm_run, "FINISHED")
+        rounds = len({round_of(c.seed, settings.rounds) for c in confirm})
+        run.tracker.log_metrics(s.arm_run, {"confirm_runs": len(finished), "confirm_failed": len(confirm) - len(finished), "confirm_rounds": rounds})
+        run.tracker.end_run(s.arm_run, "FINISHED")
         outcomes.append(ArmOutcome(arm, s.plan.method, s.trials, s.best, s.reason, confirm))
-    return outcomes
+    return outcomes, looks
+
+
+def _judge_settings(plan: Plan) -> JudgeSettings:
+    """The run's claims and judge settings, the same at every look."""
+    from orchestrator.judge import evidence
+
+    h = plan.hypothesis
+    exact = evidence.exact_metrics_of({arm.arm: arm.method for arm in plan.arms})
+    return JudgeSettings(list(plan.claims), plan.confirm_rounds, h.judge.confidence, h.judge.family_wise, exact)
+
+
+def _confirm_round(confirm_round: "ConfirmRound", arms: list[SearchedArm], run: RunContext) -> None:
+    """One round's seeds for the arms in it that have not run them yet, in one Tuner."""
+    from orchestrator.execute.tuning import ConfirmRequest, run_confirm
+
+    h, tracker, state = run.plan.hypothesis, run.tracker, run.state
+    phase = "confirm" if confirm_round.index == 1 else f"confirm {confirm_round.index}"
+    requests = []
+    for s in arms:
+        arm = s.plan.arm
+        if state.confirm_round_done(arm, confirm_round.index):
+            continue
+        _close_stale(tracker, state.trial_runs(arm, "confirm"))
+        recorder = TrialRecorder(tracker, run.experiment_id, s.arm_run, arm, "confirm", h.training.epochs, [], state,
+                                 run.progress.arm(arm, phase, len(confirm_round.seeds), f"test_{h.task.metric}", "max"),
+                                 _base_tags(run.plan, s.plan) | {"orchestrate.confirm_split": h.confirm.split}, [], static_params=dict(s.best.params),
+                                 timeout_s=h.search.trial_timeout_s)
+        requests.append(ConfirmRequest(s.plan, s.setup, s.best.params, recorder))
+    run_name = arms[0].run_name if arms else ""
+    confirmed = run_confirm(requests, confirm_round, h.confirm.split, run.data_ref, run.storage, run_name)
+    for arm, records in confirmed.items():
+        state.finish_confirm_round(arm, confirm_round.index, [asdict(t) for t in records])
+
+
+def _log_looks(tracker: Tracker, parent_id: str, looks: list[Look]) -> None:
+    """Every look so far on the hypothesis run: ``looks.json`` (seeds per arm, alpha,
+    verdicts, the arms that went on), a tag per look and the count ``confirm_looks``."""
+    tracker.log_text(parent_id, json.dumps([look.to_dict() for look in looks], indent=1, default=str), "looks.json")
+    tracker.set_tags(parent_id, {f"look.{look.index}": _look_line(look) for look in looks})
+    tracker.log_metrics(parent_id, {"confirm_looks": len(looks)}, step=len(looks))
+
+
+def _look_line(look: Look) -> str:
+    """'look 1 (small=2, large=2 seeds; alpha 0.031): #1 SUPPORTED; go on: large'."""
+    seeds = ", ".join(f"{arm}={len(s)}" for arm, s in look.seeds.items())
+    settled = ", ".join(f"#{number} {v.verdict}" for number, v in look.settled_here()) or "nothing settled"
+    after = "go on: " + ", ".join(look.continuing) if look.continuing else "no arm goes on"
+    return f"look {look.index} ({seeds} seeds; alpha {look.alpha:.3g}): {settled}; {after}"
 
 
 def _log_reused(tracker: Tracker, experiment_id: str, arm_run: str, state: RunState, prior: TrialRecord, base_tags: dict[str, str], progress: ArmProgress) -> TrialRecord:
@@ -387,20 +463,17 @@ def select_best(trials: list[TrialRecord], plan: ArmPlan) -> tuple[TrialRecord |
     return None, f"all {len(trials)} trials failed; commonest cause ({errors.most_common(1)[0][1] if errors else 0}x): {cause}"
 
 
-def _judge(plan: Plan, arms: list[ArmOutcome], tracker: Tracker, parent_id: str) -> list[Any]:
-    """Judge the claims on every confirmation run: a failed seed is passed on (its claims
-    become INCONCLUSIVE, never judged on the survivors), and so are the metrics each
-    arm's method fixes (the only ones a zero spread may compare exactly)."""
-    from orchestrator.claims import parse_claim
-    from orchestrator.judge import evidence, judge_claims
+def _judge(plan: Plan, arms: list[ArmOutcome], looks: list[Look], tracker: Tracker, parent_id: str) -> list["Verdict"]:
+    """The run's verdicts are its last look's (``take_look`` judged them: a failed seed is
+    passed on, its claims INCONCLUSIVE, never judged on the survivors, and so are the
+    metrics each arm's method fixes, the only ones a zero spread may compare exactly);
+    logged with every confirmation value and every look."""
+    from orchestrator.judge import evidence
 
     runs_by_arm = {outcome.arm: outcome.confirm for outcome in arms}
     samples, failed = evidence.confirmation_samples(runs_by_arm), evidence.failed_seeds(runs_by_arm)
     exact = evidence.exact_metrics_of({arm.arm: arm.method for arm in plan.arms})
-    claims = [parse_claim(text) for text in plan.claims]
-    h = plan.hypothesis
-    verdicts = judge_claims(claims, samples, confidence=h.judge.confidence, family_wise=h.judge.family_wise,
-                            exact_metrics=exact, failed=failed) if claims else []
+    verdicts = looks[-1].verdicts if looks else []
     tags, metrics = {}, {}
     for index, verdict in enumerate(verdicts):
         tags[f"verdict.{index}"] = f"{verdict.verdict}: {verdict.claim}"
@@ -411,7 +484,7 @@ def _judge(plan: Plan, arms: list[ArmOutcome], tracker: Tracker, parent_id: str)
     tracker.set_tags(parent_id, tags)
     tracker.log_metrics(parent_id, {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v == v})
     logged = {"samples": samples, "failed": failed, "exact_metrics": {arm: sorted(names) for arm, names in exact.items()},
-              "verdicts": [v.model_dump() for v in verdicts]}
+              "verdicts": [v.model_dump() for v in verdicts], "looks": [look.to_dict() for look in looks]}
     tracker.log_text(parent_id, json.dumps(logged, indent=1, default=str), "verdicts.json")
     return verdicts
 

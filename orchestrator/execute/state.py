@@ -1,9 +1,11 @@
 """What a run has done so far, persisted after every change, so nothing is lost.
 
 One JSON file per (hypothesis, profile) under the state folder. It maps trials to
-their MLflow runs (a resumed driver never logs a trial twice), and marks which arms
-finished their search and confirmation (a rerun skips them). Written atomically
-(write to a temporary file, then rename), so a SIGKILL never leaves half a file.
+their MLflow runs (a resumed driver never logs a trial twice), marks which arms
+finished their search and which rounds of confirmation (a rerun skips them), and keeps
+the looks the judge took between rounds (a rerun continues from the last one, never
+judging a look twice). Written atomically (write to a temporary file, then rename), so
+a SIGKILL never leaves half a file.
 """
 
 from __future__ import annotations
@@ -92,4 +94,25 @@ class RunState:
 
     def set_trial_run(self, arm: str, kind: str, trial_id: str, run_id: str) -> None:
         self.trial_runs(arm, kind)[trial_id] = run_id
+        self.save()
+
+    def confirm_round_done(self, arm: str, round_index: int) -> bool:
+        return str(round_index) in self.arm(arm).get("confirm_rounds", {})
+
+    def finish_confirm_round(self, arm: str, round_index: int, records: list[dict[str, Any]]) -> None:
+        """The arm's confirmation runs of round ``round_index`` (1-based), all ended."""
+        self.arm(arm).setdefault("confirm_rounds", {})[str(round_index)] = records
+        self.save()
+
+    def confirm_records(self, arm: str) -> list[dict[str, Any]]:
+        """The arm's confirmation runs of every finished round, round after round."""
+        rounds = self.arm(arm).get("confirm_rounds", {})
+        return [record for key in sorted(rounds, key=int) for record in rounds[key]]
+
+    def looks(self) -> list[dict[str, Any]]:
+        """The looks taken so far (``execute.looks.Look.to_dict``), in order."""
+        return list(self.data.get("looks", []))
+
+    def add_look(self, look: dict[str, Any]) -> None:
+        self.data.setdefault("looks", []).append(look)
         self.save()

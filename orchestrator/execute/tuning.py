@@ -1,5 +1,5 @@
-"""Run trials through Ray Tune: one Tuner for every arm's search, then one Tuner for
-the confirmation runs of every arm.
+"""Run trials through Ray Tune: one Tuner for every arm's search, then one Tuner per
+round of confirmation for the arms in that round.
 
 Only this module builds ``Tuner`` objects. Ray Tune owns scheduling, resources,
 retries and distribution; we pass it a searcher, a scheduler and a recorder.
@@ -32,6 +32,26 @@ def resources_dict(resources: Resources) -> dict[str, float]:
         out["memory"] = resources.memory_gb * 2**30
     out.update(resources.custom)
     return out
+
+
+@dataclass(frozen=True)
+class ConfirmRound:
+    """One round of confirmation: its number (1-based) and its seeds.
+
+    Each round is its own Tuner experiment, and the key of its callback is saved per arm
+    under its own name, so a kill during round k restores round k's Tuner and never
+    another round's. Round 1 keeps the names a confirmation had before it came in
+    rounds, so a run interrupted then resumes as before."""
+
+    index: int
+    seeds: list[int]
+
+    def experiment(self, run_name: str) -> str:
+        return f"{run_name}--confirm" + ("" if self.index == 1 else f"-{self.index}")
+
+    @property
+    def callback_key(self) -> str:
+        return "confirm_callback_key" if self.index == 1 else f"confirm_{self.index}_callback_key"
 
 
 @dataclass
@@ -67,13 +87,14 @@ def _run_config(name: str, storage: Path | str, callback: RecorderCallback, max_
     )
 
 
-def _fit(recorders: list[TrialRecorder], trainable: Any, storage: Path | str, name: str, build: Callable[[RecorderCallback], Any]) -> list[TrialRecord]:
+def _fit(recorders: list[TrialRecorder], trainable: Any, storage: Path | str, name: str, build: Callable[[RecorderCallback], Any],
+         key_name: str) -> list[TrialRecord]:
     """Fit a new Tuner, or restore the interrupted one of the same experiment.
 
     Ray pickles our callback into the experiment; on restore, the new recorders are
-    registered under the old callback's key (saved in each arm's run state), so the
-    restored callback reports to them. Trials that finished before the interruption
-    come back from the run state.
+    registered under the old callback's key (saved in each arm's run state under
+    ``key_name``), so the restored callback reports to them. Trials that finished before
+    the interruption come back from the run state.
     """
     import os
 
@@ -82,7 +103,6 @@ def _fit(recorders: list[TrialRecorder], trainable: Any, storage: Path | str, na
     # a failed trial's last result carries its reason, not the objectives (orchestrator.faults)
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     path = f"{str(storage).rstrip('/')}/{name}"
-    key_name = f"{recorders[0].kind}_callback_key"
     old_keys = {r.state.arm(r.arm).get(key_name) for r in recorders}
     old_key = old_keys.pop() if len(old_keys) == 1 else None
     if old_key and tune.Tuner.can_restore(path):
@@ -182,14 +202,16 @@ def run_searches(requests: list[SearchRequest], data_ref: Any, storage: Path | s
             run_config=_run_config(name, storage, callback, max_failures=plan.max_retries),
         )
 
-    records = _fit([r.recorder for r in requests], trainable, storage, name, build)
+    records = _fit([r.recorder for r in requests], trainable, storage, name, build, "trial_callback_key")
     return {r.setup.arm: [record for record in records if record.arm == r.setup.arm] for r in requests}
 
 
-def run_confirm(requests: list[ConfirmRequest], seeds: list[int], split: str, data_ref: Any, storage: Path | str, name: str) -> dict[str, list[TrialRecord]]:
-    """Every arm's best configuration again on fresh seeds, evaluated on ``split`` (the
-    held-out test split unless the hypothesis says otherwise), in one Tuner: a trial
-    per (arm, seed). Returns the records per arm."""
+def run_confirm(requests: list[ConfirmRequest], confirm_round: ConfirmRound, split: str, data_ref: Any, storage: Path | str,
+                run_name: str) -> dict[str, list[TrialRecord]]:
+    """One round of confirmation: each requested arm's best configuration again on the
+    round's seeds, evaluated on ``split`` (the held-out test split unless the hypothesis
+    says otherwise), in one Tuner: a trial per (arm, seed). Returns the records of the
+    round's runs per arm."""
     from ray import tune
 
     if not requests:
@@ -199,6 +221,7 @@ def run_confirm(requests: list[ConfirmRequest], seeds: list[int], split: str, da
         for r in requests
     }
     plan = requests[0].plan  # concurrency, resources and retries are the hypothesis's, the same for every arm
+    seeds, name = confirm_round.seeds, confirm_round.experiment(run_name)
     trainable = _trainable(setups, data_ref, seeds[0], plan.resources)
 
     def build(callback: RecorderCallback) -> Any:
@@ -209,5 +232,6 @@ def run_confirm(requests: list[ConfirmRequest], seeds: list[int], split: str, da
             run_config=_run_config(name, storage, callback, max_failures=plan.max_retries),
         )
 
-    records = _fit([r.recorder for r in requests], trainable, storage, name, build)
-    return {arm: [record for record in records if record.arm == arm] for arm in setups}
+    records = _fit([r.recorder for r in requests], trainable, storage, name, build, confirm_round.callback_key)
+    # the recorders also hold the runs of the arm's earlier rounds (from the run state)
+    return {arm: [record for record in records if record.arm == arm and record.seed in seeds] for arm in setups}

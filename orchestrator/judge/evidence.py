@@ -6,7 +6,10 @@ The run (``execute.runner``) and the re-judge (``rejudge``) both build what
 - ``samples``: arm -> metric -> seed -> value of every confirmation run that did not fail;
 - ``failed``: arm -> seed -> error of every one that did (status FAILED);
 - ``exact_metrics``: arm -> the metrics its method fixes by configuration
-  (``Method.exact_metrics``).
+  (``Method.exact_metrics``);
+- ``per_example_outcomes``: arm -> metric -> seed -> the outcome of each held-out
+  example (read back from the runs' MLflow artifacts), for the metrics that are means
+  of them: the sampling variance of the test examples, and arms paired by example.
 
     >>> from types import SimpleNamespace as Run
     >>> runs = {"lora": [Run(seed=1, status="COMPLETED", error=None, metrics={"acc": 0.9}),
@@ -17,13 +20,25 @@ The run (``execute.runner``) and the re-judge (``rejudge``) both build what
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Protocol
 
+import numpy as np
+
+from orchestrator.per_example import PER_EXAMPLE_FOLDER, PerExampleRecord
 from orchestrator.results import FAILED
+
+if TYPE_CHECKING:
+    from orchestrator.tracking import Tracker
+
+#: The reported metrics that are means of per-example values (F1 and MCC are not), and
+#: how far a record's mean may be from the reported value: accuracy exactly, the loss
+#: within its rounding to 5 decimals per example.
+PER_EXAMPLE_TOLERANCE = {"test_accuracy": 1e-12, "test_loss": 1e-4}
 
 
 class ConfirmRun(Protocol):
-    """What both the driver's ``TrialRecord`` and the report's ``RunRecord`` hold."""
+    """What both the driver's ``TrialRecord`` and the report's ``RunRecord`` hold (and an
+    MLflow run id, named differently: see ``per_example_outcomes``)."""
 
     seed: int | None
     status: str
@@ -71,3 +86,76 @@ def exact_metrics_of(arm_methods: Mapping[str, str]) -> dict[str, frozenset[str]
         except (UnknownMethodError, ImportError):
             exact[arm] = frozenset()
     return exact
+
+
+def per_example_outcomes(tracker: "Tracker", runs_by_arm: Mapping[str, Iterable[ConfirmRun]]
+                         ) -> tuple[dict[str, dict[str, dict[int, np.ndarray]]], list[str]]:
+    """(arm -> metric -> seed -> per-example values, notes) of the confirmation runs that
+    did not fail, for "test_accuracy" (0/1 correctness) and "test_loss" (cross-entropy):
+    the mean of each array is the run's reported metric. F1 and MCC are not means of
+    per-example values and are never returned.
+
+    A metric comes back for every arm or for none: every run that reports it must have
+    a per-example record (``per_example/<split>.json``, written by confirmation runs;
+    runs logged before it existed have none) whose mean matches its reported value, and
+    all of them must hold the same examples in the same order (same ``n`` and labels
+    hash). Otherwise the metric is left out and a note says why, e.g. "test_accuracy
+    judged on seed variance only: lora seed 1001 has no per-example record". A run is
+    read by its MLflow run id: ``mlflow_run_id`` (the driver's ``TrialRecord``) or
+    ``run_id`` (the report's ``RunRecord``).
+    """
+    usable = {arm: [run for run in runs if run.status != FAILED] for arm, runs in runs_by_arm.items()}
+    records = {(arm, _seed(run)): _read_record(tracker, run) for arm, runs in usable.items() for run in runs}
+    outcomes: dict[str, dict[str, dict[int, np.ndarray]]] = {arm: {} for arm in runs_by_arm}
+    notes: list[str] = []
+    for metric in PER_EXAMPLE_TOLERANCE:
+        reporting = [(arm, run) for arm, runs in usable.items() for run in runs if isinstance(run.metrics.get(metric), (int, float))]
+        if not reporting:
+            continue
+        values, problems = _metric_outcomes(metric, reporting, records)
+        if problems:
+            notes.append(f"{metric} judged on seed variance only: " + "; ".join(problems))
+            continue
+        for (arm, seed), array in values.items():
+            outcomes[arm].setdefault(metric, {})[seed] = array
+    return outcomes, notes
+
+
+def _metric_outcomes(metric: str, reporting: list[tuple[str, ConfirmRun]], records: Mapping[tuple[str, int], PerExampleRecord | None]
+                     ) -> tuple[dict[tuple[str, int], np.ndarray], list[str]]:
+    """(arm, seed) -> values of one metric, and what keeps it from being judged per example."""
+    values: dict[tuple[str, int], np.ndarray] = {}
+    problems: list[str] = []
+    examples: dict[tuple[int, str], list[str]] = {}  # (n, labels hash) -> runs that scored those examples
+    for arm, run in reporting:
+        name, record = f"{arm} seed {_seed(run)}", records[(arm, _seed(run))]
+        if record is None:
+            problems.append(f"{name} has no per-example record")
+            continue
+        array = record.per_example_means().get(metric)
+        if array is None or abs(float(array.mean()) - float(run.metrics[metric])) > PER_EXAMPLE_TOLERANCE[metric]:
+            problems.append(f"{name}'s per-example record does not give its reported {metric}")
+            continue
+        values[(arm, _seed(run))] = array
+        examples.setdefault((record.n, record.labels_sha256), []).append(name)
+    if len(examples) > 1:
+        groups = [f"{', '.join(names)} ({n} examples, labels {digest[:8]})" for (n, digest), names in examples.items()]
+        problems.append("the runs scored different examples: " + " vs ".join(groups))
+    return values, problems
+
+
+def _read_record(tracker: "Tracker", run: ConfirmRun) -> PerExampleRecord | None:
+    """The run's per-example record, or None when it has none (or one this code cannot read)."""
+    from orchestrator.report.collect import list_artifacts, read_artifact_text
+
+    run_id = getattr(run, "mlflow_run_id", None) or getattr(run, "run_id", None)
+    if not run_id:
+        return None
+    files = [entry.path for entry in list_artifacts(tracker, run_id, PER_EXAMPLE_FOLDER) if entry.path.endswith(".json")]
+    if len(files) != 1:
+        return None
+    text = read_artifact_text(tracker, run_id, files[0])
+    try:
+        return PerExampleRecord.from_json(text) if text is not None else None
+    except ValueError:
+        return None

@@ -15,6 +15,8 @@ from typing import Mapping
 from scipy import special
 
 from orchestrator.claims import Claim, MetricRef
+from orchestrator.judge import examples
+from orchestrator.judge.examples import ExampleComponent, PerExample
 
 Samples = dict[str, dict[str, dict[int, float]]]
 """arm -> metric -> seed -> value, from the confirmation runs."""
@@ -30,6 +32,7 @@ FAILED, MISSING, NOT_FINITE = "run failed", "missing", "not finite"
 OTHER_METRIC_MISSING = "another metric of this arm is missing on this seed"
 
 PAIRED, ONE_SAMPLE, WELCH, EXACT = "paired t", "one-sample t", "Welch t", "exact (no variance)"
+WITH_EXAMPLES = " + test examples"
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,14 @@ class Estimate:
     method: str
     n: dict[str, int]
     arm_variances: dict[str, float] = field(default_factory=dict)
+    seed_variance: float | None = None      # the seeds' part of se**2 (None: all of it)
+    example_variance: float = 0.0           # the test examples' part of se**2 (``judge.examples``)
+    examples: int = 0                       # test examples behind it (0: seed variance only)
+    example_sd: float = 0.0                 # sd of one example's contribution to V
+
+    @property
+    def seeds_part(self) -> float:
+        return self.se ** 2 if self.seed_variance is None else self.seed_variance
 
 
 @dataclass(frozen=True)
@@ -176,10 +187,17 @@ def varying_without_spread(claim: Claim, est: Estimate, exact: Mapping) -> list[
     return [ref for ref in claim.references() if ref.metric not in fixed.get(ref.arm, ())]
 
 
-def estimate(claim: Claim, data: Mapping[MetricRef, ReferenceData]) -> Estimate | Unavailable:
-    """Paired (or one-sample) t when every arm has the same seeds, else Welch."""
+def estimate(claim: Claim, data: Mapping[MetricRef, ReferenceData],
+             per_example: PerExample | None = None) -> Estimate | Unavailable:
+    """Paired (or one-sample) t when every arm has the same seeds, else Welch; plus the
+    test examples' sampling variance where the runs kept per-example outcomes
+    (``judge.examples``)."""
     try:
         result = _estimate(claim, data)
+        if isinstance(result, Estimate) and per_example:
+            found = examples.component(claim, {ref: d.values for ref, d in data.items()}, per_example)
+            if found is not None:
+                result = _with_examples(claim, result, found)
     except OverflowError:
         result = None
     if result is None or (isinstance(result, Estimate)
@@ -260,6 +278,37 @@ def _welch(per_arm: dict[str, list[float]], n: dict[str, int]) -> Estimate | Una
     return Estimate(value, math.sqrt(se2), df, math.sqrt(sum(variances.values())), WELCH, n, variances)
 
 
+def _with_examples(claim: Claim, est: Estimate, part: ExampleComponent) -> Estimate:
+    """The seed estimate with the test examples' variance added (``judge.examples``).
+
+    The seed part's variance is floored at what the seed x example interaction alone
+    puts into it, where the per-example data cover the whole of that part (all of the
+    claim's references when the arms share their seeds, else the arm's references).
+    Degrees of freedom: Welch-Satterthwaite over the seed part and the example part.
+    """
+    covered = set(part.references)
+    if est.method == WELCH or (est.method == EXACT and est.arm_variances):
+        floors = {arm: part.seed_floor.get(arm, 0.0) if all(r in covered for r in claim.references() if r.arm == arm) else 0.0
+                  for arm in est.n}
+        variances = {arm: max(est.arm_variances.get(arm, 0.0), floors[arm]) for arm in est.n}
+        seeds_part = sum(variances[a] / est.n[a] for a in est.n)
+        terms = [(variances[a] / est.n[a]) ** 2 / (est.n[a] - 1) for a in est.n]
+        seeds_df = seeds_part ** 2 / sum(terms) if seeds_part > 0 else math.inf
+        sd, base = math.sqrt(sum(variances.values())), WELCH
+    else:
+        floor = part.seed_floor.get("*", 0.0) if covered == set(claim.references()) else 0.0
+        count = next(iter(est.n.values()))
+        per_seed = max(est.sd ** 2, floor)
+        seeds_part, seeds_df, sd = per_seed / count, est.df, math.sqrt(per_seed)
+        base = est.method if est.method != EXACT else (ONE_SAMPLE if len(est.n) == 1 else PAIRED)
+    total = seeds_part + part.variance
+    if total <= 0.0:
+        return est  # nothing varies, on any seed or example: the exact case
+    denominator = (seeds_part ** 2 / seeds_df if seeds_part > 0 else 0.0) + part.variance ** 2 / (part.examples - 1)
+    return Estimate(est.value, math.sqrt(total), total ** 2 / denominator, sd, base + WITH_EXAMPLES, est.n,
+                    dict(est.arm_variances), seeds_part, part.variance, part.examples, part.per_example_sd)
+
+
 # ---------------------------------------------------------------------------- tests
 
 @dataclass(frozen=True)
@@ -305,13 +354,46 @@ def one_sided_p(claim: Claim, est: Estimate) -> OneSided:
     return OneSided(max(fails), min(holds_p))
 
 
-def interval(est: Estimate, alpha: float) -> tuple[float, float]:
+def interval(est: Estimate, alpha: float, within: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float, float]:
     """One-sided (1 - alpha) lower and upper confidence bounds, i.e. the central
-    (1 - 2 alpha) interval; degenerate at the estimate when there is no spread."""
+    (1 - 2 alpha) interval; degenerate at the estimate when there is no spread.
+
+    ``within``: the values the quantity can take (``quantity_range``); the bounds are cut
+    to it. The true value lies in that range, so cutting keeps the coverage and spares
+    the reader an accuracy difference of -1.23.
+    """
     if est.se == 0.0:
         return est.value, est.value
     half = float(special.stdtrit(est.df, 1.0 - alpha)) * est.se
-    return est.value - half, est.value + half
+    low, high = within
+    return max(est.value - half, low), min(est.value + half, high)
+
+
+#: Metrics bounded by their definition, by name without a ``test_``/``val_`` prefix.
+BOUNDED_METRICS = {"accuracy": (0.0, 1.0), "f1": (0.0, 1.0), "mcc": (-1.0, 1.0)}
+#: ... and those that cannot be negative.
+NONNEGATIVE_PREFIXES = ("flops_ratio", "trainable_params", "head_params", "adapter_flops", "loss", "peak_", "train_time",
+                        "eval_time", "active_", "total_rank", "kept_")
+
+
+def metric_range(metric: str) -> tuple[float, float]:
+    """The values a metric can take by definition; (-inf, inf) when not known."""
+    name = metric.removeprefix("test_").removeprefix("val_")
+    if name in BOUNDED_METRICS:
+        return BOUNDED_METRICS[name]
+    if name.startswith(NONNEGATIVE_PREFIXES):
+        return 0.0, math.inf
+    return -math.inf, math.inf
+
+
+def quantity_range(claim: Claim) -> tuple[float, float]:
+    """The values the claim's quantity ``V`` can take, from its metrics' ranges:
+    ``a.test_accuracy - b.test_accuracy`` lies in [-1, 1]."""
+    low = high = 0.0
+    for ref, coefficient in claim.expr.coefficients.items():
+        ends = [coefficient * end for end in metric_range(ref.metric)]
+        low, high = low + min(ends), high + max(ends)
+    return low, high
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ on every seed has a spread that n seeds could not show, so the claim is INCONCLU
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated, Iterable, Literal, Mapping, Sequence
 
@@ -26,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.claims import Claim, MetricRef, parse_claim
 from orchestrator.judge import stats
+from orchestrator.judge.examples import PerExample
+from orchestrator.judge.settle import SettlingBudget, settling_budget
 from orchestrator.judge.stats import Estimate, Holm, OneSided, ReferenceData, Unavailable
 
 VerdictKind = Literal["SUPPORTED", "REFUTED", "INCONCLUSIVE"]
@@ -52,7 +55,12 @@ class Verdict(BaseModel):
     scale of ``quantity`` (the claim's metrics without its constant), e.g. for
     ``a.acc >= b.acc - 0.01`` the quantity is ``a.acc - b.acc`` and the boundary -0.01.
     ``ci_low``/``ci_high`` are one-sided bounds at level ``confidence`` each (together a
-    central interval at ``2 * confidence - 1``); ``confidence`` is the level after Holm.
+    central interval at ``2 * confidence - 1``), cut to the values the quantity can take;
+    ``confidence`` is the level after Holm (and, with sequential confirmation, after the
+    look's share of alpha). ``se_seeds``/``se_examples`` split the standard error into the
+    seeds' and the test examples' parts (``examples``: how many test examples; 0 when the
+    runs kept no per-example outcomes). ``look``: the look of sequential confirmation
+    whose data gave this verdict (1 without it).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -76,6 +84,11 @@ class Verdict(BaseModel):
     sd: float | None
     df: float | None
     seeds_to_settle: int | None
+    examples_to_settle: int | None = None
+    se_seeds: float | None = None
+    se_examples: float | None = None
+    examples: int = 0
+    look: int = 1
     p_holds: float | None
     p_fails: float | None
     p_holds_adjusted: float | None
@@ -126,6 +139,7 @@ class _Runs:
 
     exact: Mapping[str, Iterable[str]]
     failed: Mapping[str, Mapping[int, str]]
+    per_example: PerExample | None = None
 
 
 def _assess(claim: Claim, samples: Mapping, runs: _Runs) -> _Assessment:
@@ -136,7 +150,7 @@ def _assess(claim: Claim, samples: Mapping, runs: _Runs) -> _Assessment:
         value = None if problems else stats.estimate(claim, data).value
         reasons = problems + ([_incomplete_reason(incomplete)] if incomplete else [])
         return _Assessment(claim, data, Unavailable("; ".join(reasons), n, value), None)
-    outcome = stats.estimate(claim, data)
+    outcome = stats.estimate(claim, data, runs.per_example)
     if isinstance(outcome, Estimate):
         varying = stats.varying_without_spread(claim, outcome, runs.exact)
         if varying:
@@ -170,6 +184,9 @@ def judge_claims(
     family_wise: bool | None = None,
     exact_metrics: Mapping[str, Iterable[str]] | None = None,
     failed: Mapping[str, Mapping[int, str]] | None = None,
+    per_example: PerExample | None = None,
+    alpha: float | None = None,
+    look: int = 1,
 ) -> list[Verdict]:
     """Judge every claim of one hypothesis on its confirmation runs.
 
@@ -195,14 +212,20 @@ def judge_claims(
         failed: arm -> seed -> error of each confirmation run that failed. A claim over
             an arm with a failed seed, or with a missing or non-finite value of a metric
             it uses, is INCONCLUSIVE, and its reason names the arm, seed and cause.
+        per_example: arm -> metric -> seed -> per-example values on the test split whose
+            mean is the metric (``evidence.per_example_outcomes``); their sampling
+            variance joins the seeds' (``judge.examples``). None: seed variance only.
+        alpha: the error rate to spend here, when it is less than ``1 - confidence``
+            (one look of sequential confirmation: ``judge.sequential``).
+        look: which look of sequential confirmation this is, recorded in the verdicts.
     """
     if not 0.5 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0.5, 1), got {confidence}")
     parsed = [c if isinstance(c, Claim) else parse_claim(c) for c in claims]
-    alpha = 1.0 - confidence
+    alpha = 1.0 - confidence if alpha is None else alpha
     use_holm = len(parsed) >= 2 if family_wise is None else bool(family_wise)
     runs = _Runs(exact_metrics if isinstance(exact_metrics, Mapping) else {},
-                 failed if isinstance(failed, Mapping) else {})
+                 failed if isinstance(failed, Mapping) else {}, per_example if isinstance(per_example, Mapping) else None)
     assessed = [_assess(c, samples if isinstance(samples, Mapping) else {}, runs) for c in parsed]
     p_fails = [a.p.p_fails if a.p else 1.0 for a in assessed]
     p_holds = [a.p.p_holds if a.p else 1.0 for a in assessed]
@@ -210,7 +233,7 @@ def judge_claims(
         support, refute = stats.holm(p_fails, alpha), stats.holm(p_holds, alpha)
     else:
         support, refute = _unadjusted(p_fails, alpha), _unadjusted(p_holds, alpha)
-    return [_verdict(a, i, support, refute, use_holm, len(parsed)) for i, a in enumerate(assessed)]
+    return [_verdict(a, i, support, refute, use_holm, len(parsed), look) for i, a in enumerate(assessed)]
 
 
 def _unadjusted(p_values: list[float], alpha: float) -> Holm:
@@ -251,13 +274,13 @@ def _nearest(value: float, lower: float | None, upper: float | None) -> float:
     return min(candidates, key=lambda b: abs(value - b))
 
 
-def _verdict(a: _Assessment, i: int, support: Holm, refute: Holm, use_holm: bool, m: int) -> Verdict:
+def _verdict(a: _Assessment, i: int, support: Holm, refute: Holm, use_holm: bool, m: int, look: int) -> Verdict:
     claim = a.claim
     lower, upper = stats.bounds_of(claim)
     quantity = str(claim.expr.variable_part())
     common = dict(
         claim=claim.text, kind=claim.kind, canonical=claim.canonical(), quantity=quantity,
-        lower=lower, upper=upper, family_size=m, holm=use_holm, evidence=_evidence(a.data),
+        lower=lower, upper=upper, family_size=m, holm=use_holm, evidence=_evidence(a.data), look=look,
     )
     outcome = a.outcome
     if isinstance(outcome, Unavailable):
@@ -279,26 +302,26 @@ def _verdict(a: _Assessment, i: int, support: Holm, refute: Holm, use_holm: bool
         verdict, level = "REFUTED", refute.levels[i]
     else:
         verdict, level = "INCONCLUSIVE", (support.levels[i] if leans_true else refute.levels[i])
-    ci_low, ci_high = stats.interval(est, level)
+    ci_low, ci_high = stats.interval(est, level, stats.quantity_range(claim))
     boundary = _nearest(est.value, lower, upper)
     distance = abs(est.value - boundary)
-    settle = None
-    if verdict == "INCONCLUSIVE":
-        settle = stats.seeds_to_settle(distance, est.sd, level, max(est.n.values()))
-    reason = _reason(claim, verdict, est, level, (ci_low, ci_high), settle,
+    settle = settling_budget(distance, est, level) if verdict == "INCONCLUSIVE" else SettlingBudget(None, None, None, "")
+    reason = _reason(claim, verdict, est, level, (ci_low, ci_high), settle.text,
                      holm_blocked=use_holm and (p.p_fails if leans_true else p.p_holds) <= level)
     return Verdict(
         **common, verdict=verdict, estimate=est.value, ci_low=ci_low, ci_high=ci_high,
         confidence=1.0 - level, interval_method=est.method, n=est.n, boundary=boundary,
         effect_size=est.value - boundary, effect_d=(est.value - boundary) / est.sd if est.sd > 0 else None,
-        sd=est.sd, df=est.df, seeds_to_settle=settle, p_holds=p.p_holds, p_fails=p.p_fails,
+        sd=est.sd, df=est.df, seeds_to_settle=settle.seeds, examples_to_settle=settle.examples,
+        se_seeds=math.sqrt(est.seeds_part), se_examples=math.sqrt(est.example_variance), examples=est.examples,
+        p_holds=p.p_holds, p_fails=p.p_fails,
         p_holds_adjusted=refute.adjusted[i], p_fails_adjusted=support.adjusted[i],
         reason=reason + ".",
     )
 
 
 def _reason(claim: Claim, verdict: str, est: Estimate, level: float, bounds: tuple[float, float],
-            settle: int | None, holm_blocked: bool) -> str:
+            settle: str, holm_blocked: bool) -> str:
     """One plain sentence (without its final period) that says why."""
     lower, upper = stats.bounds_of(claim)
     holds, fails = _regions(claim, lower, upper)
@@ -319,16 +342,17 @@ def _reason(claim: Claim, verdict: str, est: Estimate, level: float, bounds: tup
     if holm_blocked:
         return (f"{shown}, which would settle it on its own, but Holm's step-down stopped earlier "
                 f"at a claim with a smaller p-value that was not settled ({how})")
-    more = "" if settle is None else f"; about {settle} seeds per arm would likely settle it"
+    more = f"; {settle}" if settle else ""
     return f"{shown}: partly {holds} and partly {fails}, so neither is shown ({how}){more}"
 
 
 def _seeds_phrase(est: Estimate) -> str:
     counts = set(est.n.values())
+    examples = f" on {est.examples} test examples" if est.examples else ""
     if len(counts) == 1:
         count = counts.pop()
-        return f"{count} seeds" + (" per arm" if len(est.n) > 1 else "")
-    return "seeds " + ", ".join(f"{arm}={k}" for arm, k in est.n.items())
+        return f"{count} seeds" + (" per arm" if len(est.n) > 1 else "") + examples
+    return "seeds " + ", ".join(f"{arm}={k}" for arm, k in est.n.items()) + examples
 
 
 __all__ = ["ReferenceEvidence", "Verdict", "judge_claims"]

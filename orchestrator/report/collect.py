@@ -24,6 +24,7 @@ from orchestrator.results import COMPLETED, FAILED, INFEASIBLE, STOPPED
 from orchestrator.tracking import ARM, LEVEL, _retry
 
 if TYPE_CHECKING:
+    from orchestrator.execute.looks import Look
     from orchestrator.judge import Verdict
     from orchestrator.tracking import Tracker
 
@@ -104,6 +105,7 @@ class RunSummary:
     arms: list[ArmSummary]
     verdicts: list["Verdict"]
     posthoc: PosthocJudgement | None = None
+    looks: list["Look"] = field(default_factory=list)  # sequential confirmation's looks (looks.json), in order
 
     @property
     def metric(self) -> str:
@@ -120,6 +122,16 @@ class RunSummary:
     @property
     def confirm_split(self) -> str:
         return str(self.plan.get("confirm", {}).get("split", "test"))
+
+    @property
+    def confirm_rounds(self) -> list[list[int]]:
+        """The seeds of each planned round of confirmation (``plan.confirm_rounds``), from
+        the logged plan (one round for a plan logged before rounds existed)."""
+        from orchestrator.plan import confirm_rounds
+        from orchestrator.spec.models import ConfirmSpec
+
+        confirm = self.plan.get("confirm") or {}
+        return confirm_rounds(ConfirmSpec.model_validate({k: v for k, v in confirm.items() if k in ConfirmSpec.model_fields}))
 
     def objectives(self) -> dict[str, str]:
         arms = self.plan.get("arms") or [{}]
@@ -191,6 +203,7 @@ def resolve_hypothesis_run(tracker: "Tracker", target: str) -> str:
 # -- reading the tree -------------------------------------------------------------------
 def collect_summary(tracker: "Tracker", run_id: str, with_images: bool = True) -> RunSummary:
     """Read one hypothesis run and its whole tree from MLflow."""
+    from orchestrator.execute.looks import Look
     from orchestrator.judge import Verdict
 
     parent = tracker.get_run(run_id)
@@ -202,6 +215,7 @@ def collect_summary(tracker: "Tracker", run_id: str, with_images: bool = True) -
     expected = read_artifact_text(tracker, run_id, "expected.txt")
     claims = [line.strip() for line in (expected or "").splitlines() if line.strip()] if expected is not None else list(plan.get("expected", []))
     logged = json.loads(read_artifact_text(tracker, run_id, "verdicts.json") or "{}")
+    looks = json.loads(read_artifact_text(tracker, run_id, "looks.json") or "[]")  # also an unfinished run's looks so far
     spec_file = tags.get("orchestrate.spec_file", "")
     spec_text = read_artifact_text(tracker, run_id, f"spec/{Path(spec_file).name}") if spec_file else None
     arm_runs = [r for r in _children(tracker, experiment_id, run_id) if r.data.tags.get(LEVEL) == "arm"]
@@ -215,6 +229,7 @@ def collect_summary(tracker: "Tracker", run_id: str, with_images: bool = True) -
         git_commit=tags.get("orchestrate.git_commit", "unknown"), tracking_uri=tracker.uri, plan=plan, claims=claims, arms=arms,
         verdicts=[Verdict.model_validate(v) for v in logged.get("verdicts", [])],
         posthoc=_posthoc(tracker, run_id) if tags.get("orchestrate.posthoc") == "true" else None,
+        looks=[Look.from_dict(look) for look in looks],
     )
 
 

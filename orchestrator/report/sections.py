@@ -49,6 +49,7 @@ def build_blocks(summary: "RunSummary", plots: list["Plot"], folder: Path, image
     blocks += identity(summary)
     blocks += provenance(summary)
     blocks += verdict_section(summary, summary.verdicts, "Verdicts (pre-registered claims)")
+    blocks += looks_section(summary)
     blocks += arm_section(summary)
     blocks += figures(plots, folder)
     blocks += run_images(images, left_out)
@@ -78,7 +79,9 @@ def identity(summary: "RunSummary") -> list[Block]:
         ["search", f"{first.get('sampler', {}).get('name', '-')} sampler, {first.get('trials', '-')} trials per arm, "
                    f"objectives {', '.join(f'{k} {v}' for k, v in summary.objectives().items())}, scheduler {first.get('scheduler', '-')}, "
                    f"constraints {', '.join(constraints) or 'none'}"],
-        ["confirmation", f"best configuration of each arm x {confirm.get('seeds', '-')} fresh seeds (from {confirm.get('first_seed', '-')}) on the {summary.confirm_split} split"],
+        ["confirmation", f"best configuration of each arm x {confirm.get('seeds', '-')} fresh seeds (from {confirm.get('first_seed', '-')}) on the {summary.confirm_split} split"
+                         + (f", then rounds of {confirm.get('seeds')} more for the arms of open claims, up to {confirm['max_seeds']} per arm"
+                            if len(summary.confirm_rounds) > 1 else "")],
         ["judge", f"confidence {summary.confidence:g}; " + _holm_words(summary.family_wise, len(summary.claims))],
     ]
     return [Para(f"**Statement.** {summary.statement}"), Table(["item", "value"], rows)]
@@ -200,6 +203,31 @@ def _holm_words(family_wise: bool | None, claims: int) -> str:
     if family_wise is False or (family_wise is None and claims < 2):
         return "no multiplicity correction" + (" (one claim)" if claims < 2 else "")
     return f"Holm's step-down across the {claims} claims"
+
+
+# -- looks of a sequential confirmation -----------------------------------------------------
+def looks_section(summary: "RunSummary") -> list[Block]:
+    """One row per look: the seeds the judge saw, the share of alpha it spent, the claims
+    it settled and the arms it sent on. Only for a confirmation planned in rounds (with
+    one round the verdicts above are the one look)."""
+    rounds = summary.confirm_rounds
+    if len(rounds) < 2:
+        return []
+    sizes = [sum(len(r) for r in rounds[: k + 1]) for k in range(len(rounds))]
+    alpha = 1 - summary.confidence
+    intro = Para(
+        f"Confirmation ran in rounds (planned looks after {', '.join(map(str, sizes))} seeds per arm). At each look the claims "
+        f"still open were judged at that look's share of α = {alpha:.3g} (Lan-DeMets Pocock-type spending; the shares sum to "
+        "α, so looking repeatedly keeps each error rate within α), a claim settled at a look kept its verdict, and only the "
+        "arms of open claims that more seeds could settle went on to the next round's seeds.")
+    if not summary.looks:
+        return [Heading("Looks"), intro, Para("No look was recorded (`looks.json` is missing): the run stopped before its first look.")]
+    rows = [[str(look.index), ", ".join(f"{arm}={len(seeds)}" for arm, seeds in look.seeds.items()) or "-", fmt(look.alpha, 3),
+             "; ".join(f"#{number} `{v.claim}`: {v.verdict}" for number, v in look.settled_here()) or "none",
+             ", ".join(look.continuing) or ("none (max_seeds reached)" if look.index == len(rounds) else "none")]
+            for look in summary.looks]
+    header = ["look", "seeds per arm", "α spent at this look", "claims settled at this look", "arms that went on"]
+    return [Heading("Looks"), intro, Table(header, rows, {2})]
 
 
 # -- arms -----------------------------------------------------------------------------------

@@ -213,6 +213,7 @@ def check_hypothesis(
     _check_sampler(spec, spaces, issue)
     _check_precision(spec, issue)
     _check_confirm_split(spec, issue)
+    _check_confirm_rounds(spec, issue)
 
     issues.extend(check_claims(spec.expected, ("expected",), spec, arm_metrics, located))
     return issues, spaces
@@ -236,6 +237,15 @@ def _check_fixed_training(arm_name: str, fixed: dict[str, Any], issue: Any) -> N
             TrainingSpec(**{key: value})
         except ValidationError as exc:
             issue(("arms", arm_name, "fixed", key), exc.errors()[0]["msg"])
+
+
+def _check_confirm_rounds(spec: Hypothesis, issue: Any) -> None:
+    """Sequential confirmation adds rounds of ``seeds`` seeds up to ``max_seeds``: a cap
+    below the first round would silently cut the first look short."""
+    confirm = spec.confirm
+    if confirm.max_seeds is not None and confirm.max_seeds < confirm.seeds:
+        issue(("confirm", "max_seeds"), f"max_seeds ({confirm.max_seeds}) is below seeds ({confirm.seeds}), the first round's "
+              "seeds per arm; use max_seeds >= seeds (or leave it out for one look)")
 
 
 def _check_confirm_split(spec: Hypothesis, issue: Any) -> None:

@@ -95,6 +95,10 @@ class ConfirmSpec(Strict):
     seeds: int = Field(3, ge=1, le=1000)
     split: Literal["test", "validation"] = "test"
     first_seed: int = Field(1000, ge=0, description="fresh seeds are first_seed, first_seed+1, ...")
+    max_seeds: int | None = Field(None, ge=1, le=1000, description=(
+        "sequential confirmation: after each round of `seeds` seeds the judge looks, and the arms of claims still "
+        "INCONCLUSIVE get the next `seeds` seeds, up to max_seeds per arm (each look spends a share of alpha); "
+        "default: seeds, one look"))
 
 
 class JudgeSpec(Strict):
