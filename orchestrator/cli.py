@@ -70,7 +70,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         out.print(f"    {arm.trials} trials, {arm.max_concurrent} at a time, each with {resources}; up to {arm.max_retries} {'retry' if arm.max_retries == 1 else 'retries'} if its worker is lost")
     limits = [f"{h.search.trial_timeout_s:g} s" if h.search.trial_timeout_s else "", f"{h.search.trial_memory_mb:g} MB" if h.search.trial_memory_mb else ""]
     out.print(f"\nper-trial limits: {' and '.join(x for x in limits if x) or 'none'}; finished trials of earlier runs {'reused' if h.search.reuse_trials else 'not reused'}")
-    out.print(f"\nconfirm: best config per arm x {h.confirm.seeds} fresh seeds on the {h.confirm.split} split")
+    rounds = plan.confirm_rounds
+    out.print(f"\nconfirm: best config per arm x {h.confirm.seeds} fresh seeds on the {h.confirm.split} split"
+              + ("" if len(rounds) == 1 else f", then rounds of seeds for the arms of claims still open, up to "
+                 f"{sum(map(len, rounds))} (seeds by round: {rounds}; docs/claims.md, sequential confirmation)"))
     for claim in plan.claims:
         out.print(f"expected: {claim}")
     return EXIT_OK

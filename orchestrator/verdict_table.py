@@ -42,7 +42,9 @@ def print_verdicts(outcome: Any) -> None:
     for v in outcome.verdicts:
         style = STYLE.get(v.verdict, "white")
         out.print(f"  [{style}]{v.verdict:<12}[/] {v.claim}")
-        out.print(f"               estimate {_fmt(v.estimate)}, {v.confidence:.3g} interval [{_fmt(v.ci_low)}, {_fmt(v.ci_high)}] ({v.interval_method})")
+        seeds = ", ".join(f"{arm}={k}" for arm, k in v.n.items())
+        out.print(f"               estimate {_fmt(v.estimate)}, {v.confidence:.3g} interval [{_fmt(v.ci_low)}, {_fmt(v.ci_high)}] "
+                  f"({v.interval_method}; seeds {seeds}; look {v.look})")
         out.print(f"               {escape(v.reason)}")  # a failed run's error may hold '[/...]'
     out.print(f"MLflow: experiment {outcome.experiment_id}, hypothesis run {outcome.parent_run_id}")
 

@@ -222,7 +222,7 @@ def test_report_verdicts_have_real_numbers_and_their_runs(report):
     first = [cell.strip() for cell in rows[0].strip("|").split("|")]
     assert first[1] == "`small.flops_ratio <= large.flops_ratio / 2`" and first[2] == "SUPPORTED"
     assert float(first[3]) == pytest.approx(-0.25) and first[4] == "[-0.25, -0.25]"
-    for field in ("**estimate**", "**interval**", "one-sided", "**method**", "**effect size**", "**seeds to settle**", "**p-values**", "**Holm**"):
+    for field in ("**estimate**", "**interval**", "one-sided", "**method**", "**effect size**", "**what would settle it**", "**p-values**", "**Holm**"):
         assert verdicts.count(field) >= 2, field
     confirm_ids = re.findall(r"seed 100[01] `([0-9a-f]{32})`", verdicts)
     assert report["confirm_id"] in confirm_ids and len(set(confirm_ids)) == 4

@@ -101,11 +101,14 @@ def provenance(summary: "RunSummary") -> list[Block]:
         f"**confirmation = {split} split**: each arm's best configuration retrained on fresh seeds and evaluated on the "
         f"{split} split (`test_{summary.metric}`, `test_loss`). Every claim and the arm table's confirmation columns use these runs only.",
         f"**intervals**: a claim's interval [low, high] is the pair of one-sided {level} bounds (each bound holds at that "
-        f"level; together a central {pct(2 * summary.confidence - 1)} interval), t over seeds; with Holm the level of a "
-        "claim is raised to the one it was tested at (shown per claim). The arm table's mean ± half-width uses the same one-sided bounds.",
+        f"level; together a central {pct(2 * summary.confidence - 1)} interval), t over seeds plus, for test accuracy and "
+        "loss, the sampling variance of the test examples (every arm is scored on the same examples, so arms are paired by "
+        "example; method '+ test examples'), cut to the values the quantity can take; with Holm (and, with rounds of "
+        "seeds, each look's share of alpha) the level of a claim is raised to the one it was tested at (shown per claim). "
+        "The arm table's mean ± half-width is over seeds only.",
         "**complete evidence only**: a claim is INCONCLUSIVE when a confirmation seed of one of its arms failed or gave a "
         "missing or non-finite value (its detail names the seed and the error), and when every seed gave the same value of "
-        "a metric that varies with the seed (accuracy, say): only metrics the method fixes by configuration "
+        "a metric that varies with the seed and has no per-example record: only metrics the method fixes by configuration "
         "(`trainable_params`, a static adapter's `flops_ratio`, ...) are compared exactly.",
         FLOP_BASIS,
     ])]
@@ -128,8 +131,7 @@ def claim_detail(summary: "RunSummary", number: int, v: "Verdict", level: int) -
     interval = ("none: " + v.reason) if v.ci_low is None else (
         f"[{fmt(v.ci_low)}, {fmt(v.ci_high)}], the one-sided {pct(v.confidence)} lower and upper bounds on "
         f"`{v.quantity}` (together a central {pct(2 * v.confidence - 1)} interval)")
-    settle = "settled" if v.verdict != "INCONCLUSIVE" else (
-        f"about {v.seeds_to_settle} seeds per arm for 80% power" if v.seeds_to_settle else "cannot say (no spread, or the estimate is on the boundary)")
+    settle = _settle(v)
     if v.holm:
         holm = (f"Holm's step-down over {v.family_size} claims at α = {1 - summary.confidence:.3g}; this claim was "
                 f"tested at level {pct(v.confidence)}")
@@ -141,10 +143,10 @@ def claim_detail(summary: "RunSummary", number: int, v: "Verdict", level: int) -
         f"**estimate**: {fmt(v.estimate)} (mean over seeds; sd {fmt(v.sd)}, df {fmt(v.df)}, seeds per arm "
         + (", ".join(f"{arm}={k}" for arm, k in v.n.items()) or "-") + ")",
         f"**interval**: {interval}",
-        f"**method**: {v.interval_method}",
+        f"**method**: {v.interval_method}" + _components(v),
         f"**effect size**: estimate − nearest boundary ({fmt(v.boundary)}) = {fmt(v.effect_size)}"
         + ("" if v.effect_d is None else f"; standardised d = {v.effect_d:.2f}"),
-        f"**seeds to settle**: {settle}",
+        f"**what would settle it**: {settle}",
         f"**p-values** (one-sided): p(claim fails) = {fmt(v.p_fails)}, p(claim holds) = {fmt(v.p_holds)}; Holm-adjusted: "
         f"{fmt(v.p_fails_adjusted)} and {fmt(v.p_holds_adjusted)}",
         f"**Holm**: {holm}",
@@ -163,6 +165,25 @@ def claim_detail(summary: "RunSummary", number: int, v: "Verdict", level: int) -
     return [Heading(f"Claim {number}: `{v.claim}` — {v.verdict}", level), Bullets(items),
             Table(["arm.metric", "mean", "sd", "n", "values by seed", "excluded"], evidence, {1, 2, 3}),
             Para("Confirmation runs (MLflow run ids): " + "; ".join(runs))]
+
+
+def _settle(v: "Verdict") -> str:
+    """What would settle an INCONCLUSIVE claim (``judge.settle``), as its reason says."""
+    if v.verdict != "INCONCLUSIVE":
+        return f"settled at look {v.look}"
+    if v.seeds_to_settle:
+        return f"about {v.seeds_to_settle} seeds per arm (80% power if the truth were the estimate)"
+    if v.examples_to_settle:
+        return (f"not more seeds: the test set's own sampling error is too large for the margin; about "
+                f"{v.examples_to_settle} test examples would")
+    return "cannot say: no interval, no spread, the estimate on the boundary, or a margin finer than the metric resolves"
+
+
+def _components(v: "Verdict") -> str:
+    """'; standard error from seeds 0.012 and from 961 test examples 0.009'."""
+    if not v.examples or v.se_seeds is None or v.se_examples is None:
+        return ""
+    return f"; standard error from seeds {fmt(v.se_seeds)} and from {v.examples} test examples {fmt(v.se_examples)}"
 
 
 def _failure(run: "RunRecord") -> str:
