@@ -381,6 +381,8 @@ def metric_range(metric: str) -> tuple[float, float]:
     name = metric.removeprefix("test_").removeprefix("val_")
     if name in BOUNDED_METRICS:
         return BOUNDED_METRICS[name]
+    if name.endswith("_fraction"):  # kept_fraction, active_fraction, ...: shares of a whole
+        return 0.0, 1.0
     if name.startswith(NONNEGATIVE_PREFIXES):
         return 0.0, math.inf
     return -math.inf, math.inf
