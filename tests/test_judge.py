@@ -12,6 +12,7 @@ from scipy import stats as sps
 from orchestrator.claims import parse_claim
 from orchestrator.judge import Verdict, holm, judge_claims
 from orchestrator.judge import stats as jstats
+from orchestrator.judge.settle import settling_budget
 
 A = [0.912, 0.905, 0.921, 0.899, 0.915]
 B = [0.903, 0.900, 0.910, 0.897, 0.901]
@@ -482,15 +483,33 @@ def test_inconclusive_suggests_how_many_seeds_would_settle_it():
     assert f"about {verdict.seeds_to_settle} seeds per arm" in verdict.reason
 
 
+def _seeds_only(sd: float, n: int) -> jstats.Estimate:
+    """A paired estimate over n seeds with per-seed spread sd, no per-example data."""
+    return jstats.Estimate(0.0, sd / math.sqrt(n), n - 1.0, sd, jstats.PAIRED, {"a": n, "b": n})
+
+
 def test_seeds_to_settle_matches_the_noncentral_t_power():
     # d = 1, one-sided 5%, 80% power: the exact one-sample t answer is 8 seeds
-    n = jstats.seeds_to_settle(distance=1.0, sd=1.0, alpha=0.05, n_now=3)
+    n = settling_budget(1.0, _seeds_only(1.0, 3), 0.05).seeds
     assert n == 8
     power = lambda k: sps.nct.sf(sps.t.ppf(0.95, k - 1), k - 1, math.sqrt(k))  # noqa: E731
     assert power(n) >= 0.8 > power(n - 1)
-    assert jstats.seeds_to_settle(0.0, 1.0, 0.05, 3) is None
-    assert jstats.seeds_to_settle(1.0, 0.0, 0.05, 3) is None
-    assert jstats.seeds_to_settle(10.0, 1.0, 0.05, 3) == 4     # never fewer than one more seed
+    assert settling_budget(0.0, _seeds_only(1.0, 3), 0.05).seeds is None
+    assert settling_budget(1.0, _seeds_only(0.0, 3), 0.05).seeds is None
+    assert settling_budget(10.0, _seeds_only(1.0, 3), 0.05).seeds == 4     # never fewer than one more seed
+
+
+def test_when_the_test_set_is_too_small_the_budget_asks_for_examples_not_seeds():
+    """Seeds barely vary, the test examples' se is 0.01 and the estimate sits 0.005 from
+    its boundary: no number of seeds can clear it; about 33x the examples would."""
+    est = jstats.Estimate(0.0, math.sqrt(1e-6 + 1e-4), 500.0, 0.00173, jstats.PAIRED + jstats.WITH_EXAMPLES, {"a": 3, "b": 3},
+                          seed_variance=1e-6, example_variance=1e-4, examples=1000, example_sd=math.sqrt(0.1))
+    budget = settling_budget(0.005, est, 0.05)
+    assert budget.seeds is None
+    # sigma_e^2 / (delta^2 / (z_0.95 + z_0.8)^2 - seed part) = 0.1 / (0.005^2 / 6.18 - 1e-6) ~ 32,900
+    assert budget.examples is not None and 31_000 < budget.examples < 35_000
+    assert budget.examples_at_seeds == 3
+    assert "more seeds alone cannot settle it" in budget.text
 
 
 def test_claims_may_be_given_as_text_or_parsed():

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 
 from scipy import special
 
-from orchestrator.judge.stats import POWER, Estimate
+from orchestrator.judge.stats import Estimate
+
+POWER = 0.80  # the power a settling budget aims for
 
 # Beyond this many seeds or examples the answer is "not within reach", not a number.
 OUT_OF_REACH = 10 ** 6

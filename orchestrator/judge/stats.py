@@ -1,4 +1,4 @@
-"""The numbers behind a verdict: estimates, t intervals, one-sided p-values, Holm, power.
+"""The numbers behind a verdict: estimates, t intervals, one-sided p-values, Holm.
 
 Pure functions on plain data; ``verdicts`` turns their output into sentences.
 scipy's ``special`` functions are used directly (not ``scipy.stats``): the calibration
@@ -24,7 +24,6 @@ Samples = dict[str, dict[str, dict[int, float]]]
 # Relative size under which a spread or a gap is floating-point noise, not data.
 ZERO_SPREAD = 1e-12
 EXACT_TOLERANCE = 1e-9
-POWER = 0.80
 # A failed run's error text in a reason: its first line, at most this many characters
 # (the recorder's "Type: message" reasons are 40-150 characters; tracebacks are longer).
 ERROR_CHARS = 160
@@ -428,17 +427,3 @@ def holm(p_values: list[float], alpha: float) -> Holm:
         still_rejecting = still_rejecting and p_values[i] <= levels[i]
         rejected[i] = still_rejecting
     return Holm(rejected, levels, adjusted)
-
-
-def seeds_to_settle(distance: float, sd: float, alpha: float, n_now: int) -> int | None:
-    """Seeds per arm for 80% power to clear a boundary ``distance`` away, if the true
-    value were the current estimate (Guenther's t correction of the normal formula:
-    n = ((z_{1-a} + z_{0.8}) sd / distance)^2 + z_{1-a}^2 / 2)."""
-    if sd <= 0.0 or distance <= 0.0 or not math.isfinite(sd / distance):
-        return None
-    z_alpha = float(special.ndtri(1.0 - alpha))
-    z_power = float(special.ndtri(POWER))
-    needed = ((z_alpha + z_power) * sd / distance) ** 2 + z_alpha ** 2 / 2.0
-    if needed > 1e6:
-        return None
-    return max(math.ceil(needed), n_now + 1, 2)
