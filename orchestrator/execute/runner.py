@@ -2,7 +2,7 @@
 
 Every arm is searched in one Tuner (``tuning.run_searches``: a searcher and a scheduler
 per arm behind one dispatcher, one set of worker processes for all); then every arm's
-winner is confirmed, one Tuner per round of seeds (``tuning.run_confirm``), with a look
+winner is confirmed, one Tuner per round of seeds (``execute.confirm``), with a look
 of the judge after each round (``execute.looks``): only the arms of claims still open go
 on to the next round. Without ``confirm.max_seeds`` that is one round and one look.
 
@@ -27,9 +27,10 @@ from methods import get_method
 from orchestrator.execute.archive import TrialArchive, search_identity
 from orchestrator.execute.interrupts import catching_stop_requests
 from orchestrator.execute.interrupts import install as install_stop_handlers
-from orchestrator.execute.looks import JudgeSettings, Look, round_of, take_look
+from orchestrator.execute.confirm import RunContext, SearchedArm, base_tags, confirm_arms, judge_and_log
 from orchestrator.execute.progress import ArmProgress, Progress
 from orchestrator.execute.recorder import TrialRecorder
+from orchestrator.execute.stale_runs import close_open_runs, close_stale, close_stale_children
 from orchestrator.execute.state import RunState
 from orchestrator.plan import ArmPlan, Plan
 from orchestrator.results import COMPLETED, FAILED, INFEASIBLE, STOPPED, ArmOutcome, TrialRecord
@@ -37,8 +38,7 @@ from orchestrator.tracking import ARM, LEVEL, Tracker
 from orchestrator.training import TrialSetup
 
 if TYPE_CHECKING:
-    from orchestrator.execute.tuning import ConfirmRound, SearchRequest
-    from orchestrator.judge import Verdict
+    from orchestrator.execute.tuning import SearchRequest
 
 PACKAGES = ("torch", "transformers", "peft", "optuna", "optuna-integration", "botorch", "ray", "mlflow", "pydantic", "hypothesis-orchestrator")
 
@@ -95,13 +95,13 @@ def run_plan(plan: Plan, options: RunOptions) -> RunOutcome:
             for reason in unusable:
                 progress.line(f"orchestrate: {reason}")
             run = RunContext(plan, tracker, experiment_id, parent_id, state, storage, progress, data_ref)
-            confirmed, looks = _confirm_arms(searched, run, judging=not unusable)  # no verdict without every arm: one round
+            confirmed, looks = confirm_arms(searched, run, judging=not unusable)  # no verdict without every arm: one round
             arms.extend(confirmed)
             if unusable:
                 raise AllTrialsFailedError("no verdict: " + "; ".join(unusable))
-        verdicts = _judge(plan, arms, looks, tracker, parent_id)
+        verdicts = judge_and_log(plan, arms, looks, tracker, parent_id)
     except BaseException as exc:
-        _close_open_runs(tracker, state, parent_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        close_open_runs(tracker, state, parent_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     tracker.end_run(parent_id, "FINISHED")
     state.set(finished=True)
@@ -154,19 +154,6 @@ def _describe_parent(tracker: Tracker, run_id: str, plan: Plan) -> None:
         "arms": ",".join(h.arms), "task_model": h.task.model, "task_dataset": h.task.dataset,
         **{f"version.{name}": version for name, version in _versions().items()},
     })
-
-
-@dataclass
-class SearchedArm:
-    """An arm whose search is done: what its confirmation needs."""
-
-    plan: ArmPlan
-    arm_run: str
-    setup: TrialSetup
-    trials: list[TrialRecord]
-    best: TrialRecord
-    reason: str
-    run_name: str
 
 
 @dataclass
@@ -224,7 +211,7 @@ def _prepare_arm(arm_plan: ArmPlan, plan: Plan, tracker: Tracker, experiment_id:
         arm_run = tracker.start_run(experiment_id, f"{arm} ({arm_plan.method})", {LEVEL: "arm", ARM: arm, "orchestrate.method": arm_plan.method}, parent_id)
         state.set_arm(arm, arm_run_id=arm_run)  # first: a kill now leaves no orphan
     else:
-        _close_stale_children(tracker, experiment_id, arm_run)
+        close_stale_children(tracker, experiment_id, arm_run)
         tracker.client.update_run(arm_run, status="RUNNING")
     tracker.log_params(arm_run, arm_params)  # again on a resume: the same values (a kill may have come before them)
     setup = TrialSetup(
@@ -239,17 +226,17 @@ def _prepare_arm(arm_plan: ArmPlan, plan: Plan, tracker: Tracker, experiment_id:
         state.reopen_search(arm)
         tracker.delete_tag(arm_run, "orchestrate.error")  # the earlier verdict on the arm, no longer true
         progress.line(f"{arm}: every trial failed in the earlier run; searching it again")
-    _close_stale(tracker, state.trial_runs(arm, "trial"))
+    close_stale(tracker, state.trial_runs(arm, "trial"))
     arm_progress = progress.arm(arm, "search", arm_plan.trials, arm_plan.primary_metric, arm_plan.primary_mode)
     identity = search_identity(plan, arm_plan, data_key)
-    base_tags = _base_tags(plan, arm_plan)
+    tags = base_tags(plan, arm_plan)
     prior = archive.load(identity)[: arm_plan.trials] if archive else []
-    reused = [_log_reused(tracker, experiment_id, arm_run, state, replace(record, arm=arm), base_tags, arm_progress) for record in prior]
+    reused = [_log_reused(tracker, experiment_id, arm_run, state, replace(record, arm=arm), tags, arm_progress) for record in prior]
     if reused:
         progress.line(f"{arm}: {len(reused)} finished trials reused from earlier runs; {max(0, arm_plan.trials - len(reused))} new")
     name_params = [k for k in arm_plan.params if k not in arm_plan.fixed]
     recorder = TrialRecorder(tracker, experiment_id, arm_run, arm, "trial", h.training.epochs, arm_plan.constraints, state,
-                             arm_progress, base_tags, name_params, timeout_s=h.search.trial_timeout_s,
+                             arm_progress, tags, name_params, timeout_s=h.search.trial_timeout_s,
                              on_finished=(lambda record: archive.add(identity, [record])) if archive else None)
     return ArmSearch(arm_plan, arm_run, setup, reused, SearchRequest(arm_plan, setup, recorder, prior), identity)
 
@@ -271,112 +258,6 @@ def _pick_winner(a: ArmSearch, tracker: Tracker, state: RunState, run_name: str)
     tracker.log_metrics(arm_run, {f"best_{k}": v for k, v in best.metrics.items()} | _count_metrics(trials))
     tracker.log_params(arm_run, {f"best.{k}": v for k, v in best.params.items()})
     return SearchedArm(arm_plan, arm_run, a.setup, trials, best, reason, run_name)
-
-
-def _base_tags(plan: Plan, arm_plan: ArmPlan) -> dict[str, str]:
-    return {"orchestrate.hypothesis": plan.hypothesis.name, "orchestrate.method": arm_plan.method}
-
-
-@dataclass
-class RunContext:
-    """What the steps of one run share: its plan, where it logs (MLflow, the hypothesis
-    run) and persists (run state, Ray's storage), the live display and the task's data."""
-
-    plan: Plan
-    tracker: Tracker
-    experiment_id: str
-    parent_id: str
-    state: RunState
-    storage: str
-    progress: Progress
-    data_ref: Any
-
-
-def _confirm_arms(searched: list[SearchedArm], run: RunContext, judging: bool) -> tuple[list[ArmOutcome], list[Look]]:
-    """Every searched arm's winner on fresh seeds, round after round, with a look of the
-    judge after each (``judging``: else one round and no look); then the arm runs close.
-
-    A round and a look, once in the run state, are never repeated: a rerun after a kill
-    starts from the first round an arm has not finished (its Tuner restored when the kill
-    came during it) or from the look not yet taken."""
-    from orchestrator.execute.tuning import ConfirmRound
-
-    settings = _judge_settings(run.plan)
-    by_arm = {s.plan.arm: s for s in searched}
-    looks = [Look.from_dict(look).in_order(by_arm) for look in run.state.looks()]
-    if looks:  # a kill may have come between saving a look and logging it
-        _log_looks(run.tracker, run.parent_id, looks)
-    in_round = list(by_arm)
-    for index, seeds in enumerate(settings.rounds if judging else settings.rounds[:1], 1):
-        if index > 1:
-            in_round = [arm for arm in looks[index - 2].continuing if arm in by_arm]
-            if not in_round:
-                break
-        _confirm_round(ConfirmRound(index, seeds), [by_arm[arm] for arm in in_round], run)
-        if judging and len(looks) < index:
-            runs = {arm: [TrialRecord(**t) for t in run.state.confirm_records(arm)] for arm in by_arm}
-            looks.append(take_look(settings, runs, index, looks[-1] if looks else None, run.tracker))
-            run.state.add_look(looks[-1].to_dict())
-            _log_looks(run.tracker, run.parent_id, looks)
-            run.progress.line(_look_line(looks[-1]))
-    outcomes = []
-    for s in searched:
-        arm = s.plan.arm
-        confirm = [TrialRecord(**t) for t in run.state.confirm_records(arm)]
-        finished = [c for c in confirm if c.status != FAILED]
-        rounds = len({round_of(c.seed, settings.rounds) for c in confirm})
-        run.tracker.log_metrics(s.arm_run, {"confirm_runs": len(finished), "confirm_failed": len(confirm) - len(finished), "confirm_rounds": rounds})
-        run.tracker.end_run(s.arm_run, "FINISHED")
-        outcomes.append(ArmOutcome(arm, s.plan.method, s.trials, s.best, s.reason, confirm))
-    return outcomes, looks
-
-
-def _judge_settings(plan: Plan) -> JudgeSettings:
-    """The run's claims and judge settings, the same at every look."""
-    from orchestrator.judge import evidence
-
-    h = plan.hypothesis
-    exact = evidence.exact_metrics_of({arm.arm: arm.method for arm in plan.arms})
-    return JudgeSettings(list(plan.claims), plan.confirm_rounds, h.judge.confidence, h.judge.family_wise, exact)
-
-
-def _confirm_round(confirm_round: "ConfirmRound", arms: list[SearchedArm], run: RunContext) -> None:
-    """One round's seeds for the arms in it that have not run them yet, in one Tuner."""
-    from orchestrator.execute.tuning import ConfirmRequest, run_confirm
-
-    h, tracker, state = run.plan.hypothesis, run.tracker, run.state
-    phase = "confirm" if confirm_round.index == 1 else f"confirm {confirm_round.index}"
-    requests = []
-    for s in arms:
-        arm = s.plan.arm
-        if state.confirm_round_done(arm, confirm_round.index):
-            continue
-        _close_stale(tracker, state.trial_runs(arm, "confirm"))
-        recorder = TrialRecorder(tracker, run.experiment_id, s.arm_run, arm, "confirm", h.training.epochs, [], state,
-                                 run.progress.arm(arm, phase, len(confirm_round.seeds), f"test_{h.task.metric}", "max"),
-                                 _base_tags(run.plan, s.plan) | {"orchestrate.confirm_split": h.confirm.split}, [], static_params=dict(s.best.params),
-                                 timeout_s=h.search.trial_timeout_s)
-        requests.append(ConfirmRequest(s.plan, s.setup, s.best.params, recorder))
-    run_name = arms[0].run_name if arms else ""
-    confirmed = run_confirm(requests, confirm_round, h.confirm.split, run.data_ref, run.storage, run_name)
-    for arm, records in confirmed.items():
-        state.finish_confirm_round(arm, confirm_round.index, [asdict(t) for t in records])
-
-
-def _log_looks(tracker: Tracker, parent_id: str, looks: list[Look]) -> None:
-    """Every look so far on the hypothesis run: ``looks.json`` (seeds per arm, alpha,
-    verdicts, the arms that went on), a tag per look and the count ``confirm_looks``."""
-    tracker.log_text(parent_id, json.dumps([look.to_dict() for look in looks], indent=1, default=str), "looks.json")
-    tracker.set_tags(parent_id, {f"look.{look.index}": _look_line(look) for look in looks})
-    tracker.log_metrics(parent_id, {"confirm_looks": len(looks)}, step=len(looks))
-
-
-def _look_line(look: Look) -> str:
-    """'look 1 (small=2, large=2 seeds; alpha 0.031): #1 SUPPORTED; go on: large'."""
-    seeds = ", ".join(f"{arm}={len(s)}" for arm, s in look.seeds.items())
-    settled = ", ".join(f"#{number} {v.verdict}" for number, v in look.settled_here()) or "nothing settled"
-    after = "go on: " + ", ".join(look.continuing) if look.continuing else "no arm goes on"
-    return f"look {look.index} ({seeds} seeds; alpha {look.alpha:.3g}): {settled}; {after}"
 
 
 def _log_reused(tracker: Tracker, experiment_id: str, arm_run: str, state: RunState, prior: TrialRecord, base_tags: dict[str, str], progress: ArmProgress) -> TrialRecord:
@@ -463,68 +344,9 @@ def select_best(trials: list[TrialRecord], plan: ArmPlan) -> tuple[TrialRecord |
     return None, f"all {len(trials)} trials failed; commonest cause ({errors.most_common(1)[0][1] if errors else 0}x): {cause}"
 
 
-def _judge(plan: Plan, arms: list[ArmOutcome], looks: list[Look], tracker: Tracker, parent_id: str) -> list["Verdict"]:
-    """The run's verdicts are its last look's (``take_look`` judged them: a failed seed is
-    passed on, its claims INCONCLUSIVE, never judged on the survivors, and so are the
-    metrics each arm's method fixes, the only ones a zero spread may compare exactly);
-    logged with every confirmation value and every look."""
-    from orchestrator.judge import evidence
-
-    runs_by_arm = {outcome.arm: outcome.confirm for outcome in arms}
-    samples, failed = evidence.confirmation_samples(runs_by_arm), evidence.failed_seeds(runs_by_arm)
-    exact = evidence.exact_metrics_of({arm.arm: arm.method for arm in plan.arms})
-    verdicts = looks[-1].verdicts if looks else []
-    tags, metrics = {}, {}
-    for index, verdict in enumerate(verdicts):
-        tags[f"verdict.{index}"] = f"{verdict.verdict}: {verdict.claim}"
-        metrics[f"claim_{index}_estimate"] = verdict.estimate
-        metrics[f"claim_{index}_ci_low"] = verdict.ci_low
-        metrics[f"claim_{index}_ci_high"] = verdict.ci_high
-        metrics[f"claim_{index}_supported"] = 1.0 if verdict.verdict == "SUPPORTED" else 0.0
-    tracker.set_tags(parent_id, tags)
-    tracker.log_metrics(parent_id, {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v == v})
-    logged = {"samples": samples, "failed": failed, "exact_metrics": {arm: sorted(names) for arm, names in exact.items()},
-              "verdicts": [v.model_dump() for v in verdicts], "looks": [look.to_dict() for look in looks]}
-    tracker.log_text(parent_id, json.dumps(logged, indent=1, default=str), "verdicts.json")
-    return verdicts
-
-
 def _count_metrics(trials: list[TrialRecord]) -> dict[str, float]:
     counts = collections.Counter(t.status for t in trials)
     return {"trials_completed": counts[COMPLETED], "trials_failed": counts[FAILED], "trials_stopped": counts[STOPPED], "trials_infeasible": counts[INFEASIBLE]}
-
-
-def _close_stale(tracker: Tracker, runs: dict[str, str]) -> None:
-    """Runs a killed driver left RUNNING are closed as KILLED (their trials rerun)."""
-    for run_id in runs.values():
-        if tracker.run_status(run_id) == "RUNNING":
-            tracker.set_tags(run_id, {"orchestrate.status": "KILLED"})
-            tracker.end_run(run_id, "KILLED")
-
-
-def _close_stale_children(tracker: Tracker, experiment_id: str, parent_id: str) -> None:
-    """Also the runs a SIGKILL caught between creating them and saving the state:
-    found in MLflow itself, as RUNNING children of the arm run."""
-    stale = tracker.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'")
-    _close_stale(tracker, {run.info.run_id: run.info.run_id for run in stale})
-
-
-def _close_open_runs(tracker: Tracker, state: RunState, parent_id: str, status: str) -> None:
-    """On a stop or a failure: every run of this hypothesis still RUNNING is closed,
-    also a trial's run that the stop caught between its creation and its entry in the
-    run state (found in MLflow as a child of its arm's run)."""
-    try:
-        for arm in state.data.get("arms", {}).values():
-            _close_stale(tracker, arm.get("trial", {}))
-            _close_stale(tracker, arm.get("confirm", {}))
-            if arm.get("arm_run_id") and state.get("experiment_id"):
-                _close_stale_children(tracker, state.get("experiment_id"), arm["arm_run_id"])
-            if arm.get("arm_run_id") and tracker.run_status(arm["arm_run_id"]) == "RUNNING":
-                tracker.end_run(arm["arm_run_id"], status)
-        if tracker.run_status(parent_id) == "RUNNING":
-            tracker.end_run(parent_id, status)
-    except Exception:  # never mask the original interruption
-        pass
 
 
 def _git_commit(spec_path: str) -> str:
