@@ -202,6 +202,16 @@ class Tracker:
     def get_run(self, run_id: str) -> Any:
         return _retry(lambda: self.client.get_run(run_id))
 
+    def read_text(self, run_id: str, path: str) -> str | None:
+        """The text of one artifact of a run, or None when the run has no such file."""
+        folder = str(Path(path).parent) if "/" in path else None
+        listed = _retry(lambda: self.client.list_artifacts(run_id, folder))
+        if path not in {entry.path for entry in listed if not entry.is_dir}:
+            return None
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        with tempfile.TemporaryDirectory(prefix="orchestrate-read-") as scratch:
+            return Path(_retry(lambda: self.client.download_artifacts(run_id, path, scratch))).read_text()
+
 
 def _param_value(value: Any) -> str:
     text = repr(value) if isinstance(value, float) else str(value)

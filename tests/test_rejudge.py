@@ -196,9 +196,8 @@ def real_run(shared_run, tmp_path_factory):
 
 def _logged_verdicts(run) -> list[Verdict]:
     tracker = Tracker(run["uri"])
-    from orchestrator.report.collect import read_artifact_text
 
-    return [Verdict.model_validate(v) for v in json.loads(read_artifact_text(tracker, run["run_id"], "verdicts.json"))["verdicts"]]
+    return [Verdict.model_validate(v) for v in json.loads(tracker.read_text(run["run_id"], "verdicts.json"))["verdicts"]]
 
 
 @pytest.mark.slow

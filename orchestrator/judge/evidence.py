@@ -145,16 +145,10 @@ def _metric_outcomes(metric: str, reporting: list[tuple[str, ConfirmRun]], recor
 
 
 def _read_record(tracker: "Tracker", run: ConfirmRun) -> PerExampleRecord | None:
-    """The run's per-example record, or None when it has none (or one this code cannot read)."""
-    from orchestrator.report.collect import list_artifacts, read_artifact_text
-
+    """The run's record of the test split, or None when it has none (or one this code
+    cannot read). The judge's per-example metrics are the test split's (``test_*``)."""
     run_id = getattr(run, "mlflow_run_id", None) or getattr(run, "run_id", None)
-    if not run_id:
-        return None
-    files = [entry.path for entry in list_artifacts(tracker, run_id, PER_EXAMPLE_FOLDER) if entry.path.endswith(".json")]
-    if len(files) != 1:
-        return None
-    text = read_artifact_text(tracker, run_id, files[0])
+    text = tracker.read_text(run_id, f"{PER_EXAMPLE_FOLDER}/test.json") if run_id else None
     try:
         return PerExampleRecord.from_json(text) if text is not None else None
     except ValueError:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -151,15 +150,6 @@ def download_artifact(tracker: "Tracker", run_id: str, path: str, folder: Path) 
     return Path(_retry(lambda: tracker.client.download_artifacts(run_id, path, str(folder))))
 
 
-def read_artifact_text(tracker: "Tracker", run_id: str, path: str) -> str | None:
-    """The text of one artifact, or None when the run has no such file."""
-    folder = str(Path(path).parent) if "/" in path else None
-    if path not in {entry.path for entry in list_artifacts(tracker, run_id, folder) if not entry.is_dir}:
-        return None
-    with tempfile.TemporaryDirectory(prefix="orchestrate-report-") as scratch:
-        return download_artifact(tracker, run_id, path, Path(scratch)).read_text()
-
-
 def image_paths(tracker: "Tracker", run_id: str, folder: str | None = None, depth: int = 0) -> list[str]:
     """PNG artifacts of a run, walking sub-folders (a method may nest its plots)."""
     found: list[str] = []
@@ -211,13 +201,13 @@ def collect_summary(tracker: "Tracker", run_id: str, with_images: bool = True) -
     if tags.get(LEVEL) != "hypothesis":
         raise ReportError(f"run {run_id} is a {tags.get(LEVEL, 'non-orchestrate')} run, not a hypothesis run")
     experiment_id = parent.info.experiment_id
-    plan = json.loads(read_artifact_text(tracker, run_id, "plan.json") or "{}")
-    expected = read_artifact_text(tracker, run_id, "expected.txt")
+    plan = json.loads(tracker.read_text(run_id, "plan.json") or "{}")
+    expected = tracker.read_text(run_id, "expected.txt")
     claims = [line.strip() for line in (expected or "").splitlines() if line.strip()] if expected is not None else list(plan.get("expected", []))
-    logged = json.loads(read_artifact_text(tracker, run_id, "verdicts.json") or "{}")
-    looks = json.loads(read_artifact_text(tracker, run_id, "looks.json") or "[]")  # also an unfinished run's looks so far
+    logged = json.loads(tracker.read_text(run_id, "verdicts.json") or "{}")
+    looks = json.loads(tracker.read_text(run_id, "looks.json") or "[]")  # also an unfinished run's looks so far
     spec_file = tags.get("orchestrate.spec_file", "")
-    spec_text = read_artifact_text(tracker, run_id, f"spec/{Path(spec_file).name}") if spec_file else None
+    spec_text = tracker.read_text(run_id, f"spec/{Path(spec_file).name}") if spec_file else None
     arm_runs = [r for r in _children(tracker, experiment_id, run_id) if r.data.tags.get(LEVEL) == "arm"]
     order = list(plan.get("arms") and [a["arm"] for a in plan["arms"]] or params.get("arms", "").split(","))
     arm_runs.sort(key=lambda r: order.index(r.data.tags.get(ARM)) if r.data.tags.get(ARM) in order else len(order))
@@ -301,7 +291,7 @@ def _source(spec_text: str | None, profile: str | None) -> str:
 def _posthoc(tracker: "Tracker", run_id: str) -> PosthocJudgement | None:
     from orchestrator.judge import Verdict
 
-    text = read_artifact_text(tracker, run_id, "verdicts_posthoc.json")
+    text = tracker.read_text(run_id, "verdicts_posthoc.json")
     if not text:
         return None
     data = json.loads(text)
