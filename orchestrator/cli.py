@@ -200,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from orchestrator.errors import InputError
     from orchestrator.spec.errors import SpecError
 
     warnings.filterwarnings("ignore")
@@ -209,6 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except SpecError as exc:
         _err(str(exc))
+        return EXIT_BAD_INPUT
+    except InputError as exc:  # a data file, damaged state, an unusable store, a run already going
+        _err(f"orchestrate: {exc}")
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         _err("orchestrate: interrupted; run the same command again to resume")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.errors import DataFileError
 from orchestrator.spec.models import TaskSpec
 from orchestrator.tasks import datasets
 from orchestrator.tasks.models import ModelUnavailableError, load_tokenizer, resolve_model
@@ -28,8 +29,8 @@ def test_rotten_tomatoes_is_embedded_balanced_and_deduplicated():
 def test_split_depends_on_the_text_only():
     texts = [f"sentence number {i}" for i in range(200)]
     labels = [i % 2 for i in range(200)]
-    a = datasets._hash_split(texts, labels, ["a", "b"])
-    b = datasets._hash_split(list(reversed(texts)), list(reversed(labels)), ["a", "b"])
+    a = datasets.hash_split(texts, labels, ["a", "b"])
+    b = datasets.hash_split(list(reversed(texts)), list(reversed(labels)), ["a", "b"])
     for split in datasets.SPLITS:
         assert sorted(a.splits[split][0]) == sorted(b.splits[split][0])
     assert set(a.splits["train"][0]).isdisjoint(a.splits["test"][0])
@@ -44,9 +45,9 @@ def test_csv_with_string_labels_and_custom_columns(tmp_path):
 
 
 def test_jsonl_and_a_clear_error_for_a_missing_column(tmp_path):
-    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps({"text": f"t{i}", "label": i % 3}) for i in range(30)))
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps({"text": f"text {i}", "label": i % 3}) for i in range(90)))
     assert datasets.load_dataset("jsonl:d.jsonl", tmp_path).label_names == ["0", "1", "2"]
-    with pytest.raises(datasets.DatasetUnavailableError, match="no column 'sentence'"):
+    with pytest.raises(DataFileError, match="d.jsonl:1: sentence: no key 'sentence'"):
         datasets.load_dataset("jsonl:d.jsonl", tmp_path, text_column="sentence")
 
 

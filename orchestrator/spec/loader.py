@@ -1,7 +1,10 @@
 """Load a hypothesis file: YAML with lines → pydantic → profile → cross checks.
 
 ``load_hypothesis(path, profile)`` is the whole Spec stage: it returns a ``LoadedSpec``
-or raises ``SpecError`` with every problem found. It never starts Ray or MLflow.
+or raises ``SpecError`` with every problem found. It never starts Ray or MLflow. It
+also reads the local data files (``csv:`` / ``jsonl:``) the file and its profiles name
+and checks them (``orchestrator.tasks.data_checks``), so bad data stops ``validate``,
+``plan`` and ``run`` here, at exit 2, before anything started.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from orchestrator.spec.errors import SpecError, SpecIssue
 from orchestrator.spec.models import Hypothesis
 from orchestrator.spec.pydantic_errors import issues_from_validation
 from orchestrator.spec.yaml_lines import LocatedYaml, load_located, read_user_file
+from orchestrator.tasks.data_checks import data_file_issues
 
 DEFAULT_PROFILE = "default"
 
@@ -56,6 +60,7 @@ def load_hypothesis(path: str | Path, profile: str | None = None, check_all_prof
         issues.append(SpecIssue(file, located.line_of(("profiles",)), "profiles", f"no profile {wanted!r}; this file has: {', '.join(['default', *base.profiles])}"))
     chosen: Hypothesis = base
     chosen_spaces = spaces
+    checked: list[tuple[Hypothesis, LocatedYaml]] = [(base, located)]
     for name in base.profiles:
         if name != wanted and not check_all_profiles:
             continue
@@ -64,11 +69,14 @@ def load_hypothesis(path: str | Path, profile: str | None = None, check_all_prof
             profiled = _validate(merged_value, merged_located)
             profile_issues, profile_spaces = check_hypothesis(profiled, merged_located, path.parent, space_cache, check_requirements)
             issues.extend(profile_issues)
+            checked.append((profiled, merged_located))
         except SpecError as exc:
             issues.extend(exc.issues)
             continue
         if name == wanted:
             chosen, chosen_spaces = profiled, profile_spaces
+    if check_requirements:  # what training needs; re-judging reads no data
+        issues.extend(data_file_issues(((h.task, lines) for h, lines in checked), path.parent))
     if issues:
         raise SpecError(list(dict.fromkeys(issues)))
     return LoadedSpec(path, text, hashlib.sha256(text.encode()).hexdigest(), wanted, chosen, chosen_spaces)

@@ -10,7 +10,9 @@ References a spec may use for ``task.dataset``:
   their sentiment words; learnable by a randomly initialised tiny model (tests, smoke).
 - ``csv:PATH`` / ``jsonl:PATH`` - your data; ``task.text_column`` and
   ``task.label_column`` name the columns; string labels are mapped in sorted order.
-  A relative PATH is resolved from the hypothesis file's folder.
+  A relative PATH is resolved from the hypothesis file's folder. Read and checked by
+  ``orchestrator.tasks.data_checks`` (the rules: docs/data.md), the same way when a
+  hypothesis is validated and when a run loads it.
 - a Hugging Face dataset id (``glue/sst2``, ``rotten_tomatoes``) on machines that reach
   the hub.
 
@@ -26,8 +28,6 @@ import bz2
 import csv
 import hashlib
 import importlib.util
-import io
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,20 +67,43 @@ def dataset_ref_problem(ref: str) -> str | None:
     return None
 
 
-def load_dataset(ref: str, base_dir: Path, text_column: str = "text", label_column: str = "label") -> TextDataset:
+@dataclass(frozen=True)
+class LocalDataFile:
+    """A user's data file named by ``csv:PATH`` or ``jsonl:PATH``."""
+
+    kind: str  # "csv" or "jsonl"
+    path: Path
+
+
+def local_data_file(ref: str, base_dir: Path) -> LocalDataFile | None:
+    """The file a ``csv:`` / ``jsonl:`` reference names (relative to ``base_dir``, the
+    hypothesis file's folder); None for every other reference."""
+    if not ref.startswith(("csv:", "jsonl:")) or dataset_ref_problem(ref):
+        return None
+    kind, raw_path = ref.split(":", 1)
+    return LocalDataFile(kind, Path(raw_path) if Path(raw_path).is_absolute() else base_dir / raw_path)
+
+
+def load_dataset(ref: str, base_dir: Path, text_column: str = "text", label_column: str = "label",
+                 caps: dict[str, int | None] | None = None) -> TextDataset:
+    """The dataset ``ref`` names, split. A local file that breaks a rule of docs/data.md
+    raises ``DataFileError`` (exit 2), its classes checked within ``caps`` (split name ->
+    the first N examples a run takes, as validation checks them); a dataset that cannot
+    be had here, ``DatasetUnavailableError``."""
     if ref == "embedded:rotten-tomatoes":
         texts, labels = _rotten_tomatoes()
-        return _hash_split(texts, labels, ["rotten", "fresh"])
+        return hash_split(texts, labels, ["rotten", "fresh"])
     if ref == "synthetic:polarity":
         texts, labels = synthetic_polarity()
-        return _hash_split(texts, labels, ["negative", "positive"])
-    if ref.startswith(("csv:", "jsonl:")):
-        kind, raw_path = ref.split(":", 1)
-        path = Path(raw_path) if Path(raw_path).is_absolute() else base_dir / raw_path
-        rows = _read_rows(path, kind)
-        return _from_rows(rows, path, text_column, label_column)
+        return hash_split(texts, labels, ["negative", "positive"])
     if problem := dataset_ref_problem(ref):
         raise DatasetUnavailableError(problem)
+    local = local_data_file(ref, base_dir)
+    if local is not None:
+        # imported here: data_checks splits with this module's hash_split
+        from orchestrator.tasks.data_checks import load_local_dataset
+
+        return load_local_dataset(local, text_column, label_column, caps)
     return _hub_dataset(ref, text_column, label_column)
 
 
@@ -89,7 +112,9 @@ def stable_bucket(text: str) -> int:
     return int.from_bytes(hashlib.sha1(text.encode("utf-8")).digest()[:4], "big") % 100
 
 
-def _hash_split(texts: list[str], labels: list[int], label_names: list[str]) -> TextDataset:
+def hash_split(texts: list[str], labels: list[int], label_names: list[str]) -> TextDataset:
+    """60/20/20 by ``stable_bucket``; each split in the order of the texts' sha1, so a
+    cap (``train_examples``: the first N) picks the same examples whatever the row order."""
     out: dict[str, tuple[list[str], list[int]]] = {s: ([], []) for s in SPLITS}
     for text, label in sorted(zip(texts, labels), key=lambda tl: hashlib.sha1(tl[0].encode()).digest()):
         bucket = stable_bucket(text)
@@ -142,39 +167,6 @@ def synthetic_polarity(n: int = 1500, seed: int = 13) -> tuple[list[str], list[i
         texts.append(text)
         labels.append(label)
     return texts, labels
-
-
-def _read_rows(path: Path, kind: str) -> list[dict]:
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DatasetUnavailableError(f"cannot read dataset file {path}: {exc.strerror}") from None
-    if kind == "csv":
-        return list(csv.DictReader(io.StringIO(raw)))
-    rows = []
-    for number, line in enumerate(raw.splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DatasetUnavailableError(f"{path}:{number}: not valid JSON: {exc.msg}") from None
-    return rows
-
-
-def _from_rows(rows: list[dict], path: Path, text_column: str, label_column: str) -> TextDataset:
-    if not rows:
-        raise DatasetUnavailableError(f"{path}: no rows")
-    for column in (text_column, label_column):
-        if column not in rows[0]:
-            raise DatasetUnavailableError(f"{path}: no column {column!r} (columns: {', '.join(map(str, rows[0]))}); set task.text_column / task.label_column")
-    raw_labels = [str(row[label_column]).strip() for row in rows]
-    names = sorted(set(raw_labels), key=lambda v: (not v.lstrip("-").isdigit(), int(v) if v.lstrip("-").isdigit() else 0, v))
-    if len(names) < 2:
-        raise DatasetUnavailableError(f"{path}: column {label_column!r} has a single label ({names[0]!r})")
-    index = {name: i for i, name in enumerate(names)}
-    texts = [" ".join(str(row[text_column]).split()) for row in rows]
-    keep = [(t, index[l]) for t, l in zip(texts, raw_labels) if t]
-    return _hash_split([t for t, _ in keep], [l for _, l in keep], names)
 
 
 def _hub_dataset(ref: str, text_column: str, label_column: str) -> TextDataset:
