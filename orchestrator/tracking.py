@@ -8,6 +8,11 @@ than the fluent API: no hidden global "active run", so a crash cannot leave a ru
 attached to the wrong parent. Every run name, param, tag, metric name and text artifact
 passes through ``redact``: values of environment variables named like secrets
 (``*TOKEN*``, ``*KEY*``, ``*SECRET*``, ``*PASSWORD*``...) never reach the store.
+
+A store that cannot be used (a damaged sqlite file, a read-only one, a full disk) is a
+``StoreError``: one line naming the store and what to do, exit 2. A damaged store is
+found when the ``Tracker`` is made, before anything starts; a store that refuses a
+write fails that write.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from orchestrator.errors import StoreError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _T = TypeVar("_T")
@@ -41,9 +49,16 @@ _SECRET_MIN_LENGTH = 8  # shorter values ("1", "true") would redact ordinary tex
 REDACTED = "REDACTED"  # also valid inside MLflow param and metric names
 
 
+def looks_secret(name: str, value: str | None = None) -> bool:
+    """The one rule for what a secret is: a variable named like one (``*TOKEN*``,
+    ``*KEY*``...) whose value, when given, is long enough to be one. ``ray_session``
+    keeps such variables from Ray's processes by the same rule."""
+    return bool(_SECRET_NAME.search(name)) and (value is None or len(value) >= _SECRET_MIN_LENGTH)
+
+
 def _secret_values() -> list[str]:
     """Current values of secret-looking environment variables, longest first."""
-    values = {v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= _SECRET_MIN_LENGTH}
+    values = {v for k, v in os.environ.items() if looks_secret(k, v)}
     return sorted(values, key=len, reverse=True)
 
 
@@ -87,13 +102,57 @@ def _first_connection_lock(uri: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _retry(call: Callable[[], _T], attempts: int = 8) -> _T:
-    """SQLite answers "database is locked" under concurrent writers; wait and retry."""
+#: What sqlite (through SQLAlchemy and MLflow) or the file system says when a store
+#: cannot be used, and what the user can do about it.
+_STORE_FAULTS = (
+    (("file is not a database", "database disk image is malformed"),
+     "is damaged ({found}); restore it from a copy, or name another store with --tracking-uri (a new file starts empty)"),
+    (("readonly database", "read-only file system", "permission denied"),
+     "is read-only ({found}); make it writable, or name another store with --tracking-uri"),
+    (("database or disk is full", "no space left on device"),
+     "cannot be written: the disk is full ({found}); free space, then run the same command again"),
+    (("unable to open database file",),
+     "cannot be opened ({found}); its folder must exist and be writable, or name another store with --tracking-uri"),
+)
+
+
+def store_error(exc: BaseException, uri: str | None) -> StoreError | None:
+    """``exc`` (or what caused it) as a ``StoreError`` when it says the store cannot be
+    used; None for any other error."""
+    chain, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        chain.append(str(exc).lower())
+        exc = exc.__cause__ or exc.__context__
+    text = " ".join(chain)
+    for signs, what in _STORE_FAULTS:
+        found = next((sign for sign in signs if sign in text), None)
+        if found:
+            store = f"the MLflow store {display_uri(uri)}" if uri else "the MLflow store"
+            return StoreError(f"{store} " + what.format(found=found))
+    return None
+
+
+def display_uri(uri: str) -> str:
+    """The store as a user may be shown it: a server's address without user, password
+    or query (which may hold a token); a file store as it is."""
+    if uri.startswith("sqlite:") or "://" not in uri:
+        return redact(uri)
+    parts = urlsplit(uri)
+    return redact(urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, "", "")))
+
+
+def _retry(call: Callable[[], _T], attempts: int = 8, uri: str | None = None) -> _T:
+    """SQLite answers "database is locked" under concurrent writers; wait and retry.
+    A store that cannot be used raises ``StoreError`` (``store_error``)."""
     for attempt in range(attempts):
         try:
             return call()
         except Exception as exc:  # mlflow wraps sqlalchemy errors in MlflowException
             if "locked" not in str(exc).lower() or attempt == attempts - 1:
+                error = store_error(exc, uri)
+                if error is not None:
+                    raise error from exc
                 raise
             time.sleep(0.2 * 2**attempt)
     raise AssertionError("unreachable")
@@ -108,20 +167,27 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)  # logs, then raises, what StoreError says
         logging.getLogger("alembic").setLevel(logging.WARNING)
         self.uri = tracking_uri(uri)
         with _first_connection_lock(self.uri):
-            self.client = MlflowClient(tracking_uri=self.uri)  # creates/migrates the tables
+            # connects, creates/migrates the tables: a damaged sqlite file fails here
+            self.client = _retry(lambda: MlflowClient(tracking_uri=self.uri), uri=self.uri)
+
+    def call(self, call: Callable[[], _T]) -> _T:
+        """Any ``self.client`` call, retried while sqlite is locked; a store that cannot
+        be used raises ``StoreError`` naming this store."""
+        return _retry(call, uri=self.uri)
 
     def experiment_id(self, name: str) -> str:
         """The experiment's id, creating it once (a race with another driver is fine)."""
-        existing = _retry(lambda: self.client.get_experiment_by_name(name))
+        existing = self.call(lambda: self.client.get_experiment_by_name(name))
         if existing is not None:
             if existing.lifecycle_stage == "deleted":
-                _retry(lambda: self.client.restore_experiment(existing.experiment_id))
+                self.call(lambda: self.client.restore_experiment(existing.experiment_id))
             return existing.experiment_id
         try:
-            return _retry(lambda: self.client.create_experiment(name, artifact_location=self._artifact_location(name)))
+            return self.call(lambda: self.client.create_experiment(name, artifact_location=self._artifact_location(name)))
         except Exception:
             found = self.client.get_experiment_by_name(name)
             if found is None:
@@ -142,7 +208,7 @@ class Tracker:
         all_tags = _redact_mapping({"mlflow.runName": name, **tags})
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id
-        run = _retry(lambda: self.client.create_run(experiment_id, tags=all_tags, run_name=name))
+        run = self.call(lambda: self.client.create_run(experiment_id, tags=all_tags, run_name=name))
         return run.info.run_id
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
@@ -151,7 +217,7 @@ class Tracker:
         secrets = _secret_values()
         items = [Param(redact(str(k), secrets), redact(_param_value(v), secrets)) for k, v in params.items()]
         for start in range(0, len(items), 100):
-            _retry(lambda: self.client.log_batch(run_id, params=items[start : start + 100]))
+            self.call(lambda: self.client.log_batch(run_id, params=items[start : start + 100]))
 
     def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int | None = None) -> None:
         from mlflow.entities import Metric
@@ -164,53 +230,61 @@ class Tracker:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isinf(float(v))
         ]
         for start in range(0, len(items), 1000):
-            _retry(lambda: self.client.log_batch(run_id, metrics=items[start : start + 1000]))
+            self.call(lambda: self.client.log_batch(run_id, metrics=items[start : start + 1000]))
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
         items = [RunTag(k, v[:5000]) for k, v in _redact_mapping(tags).items()]
         for start in range(0, len(items), 100):
-            _retry(lambda: self.client.log_batch(run_id, tags=items[start : start + 100]))
+            self.call(lambda: self.client.log_batch(run_id, tags=items[start : start + 100]))
 
     def delete_tag(self, run_id: str, key: str) -> None:
         """Remove a tag that no longer holds (absent: nothing to do)."""
         if key in self.get_run(run_id).data.tags:
-            _retry(lambda: self.client.delete_tag(run_id, key))
+            self.call(lambda: self.client.delete_tag(run_id, key))
 
     def log_artifacts(self, run_id: str, folder: Path, artifact_path: str | None = None) -> None:
         """Files are copied as they are (not redacted): only method artifacts go here."""
         if folder.exists() and any(folder.iterdir()):
-            _retry(lambda: self.client.log_artifacts(run_id, str(folder), artifact_path))
+            self.call(lambda: self.client.log_artifacts(run_id, str(folder), artifact_path))
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         text = redact(text)
-        _retry(lambda: self.client.log_text(run_id, text, artifact_file))
+        self.call(lambda: self.client.log_text(run_id, text, artifact_file))
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
-        _retry(lambda: self.client.set_terminated(run_id, status=status))
+        self.call(lambda: self.client.set_terminated(run_id, status=status))
+
+    def reopen_run(self, run_id: str) -> None:
+        """A run a resumed driver goes on with: RUNNING again."""
+        self.call(lambda: self.client.update_run(run_id, status="RUNNING"))
 
     def run_status(self, run_id: str) -> str | None:
+        """The run's status; None when the store has no such run."""
         try:
             return self.client.get_run(run_id).info.status
-        except Exception:
+        except Exception as exc:
+            error = store_error(exc, self.uri)
+            if error is not None:
+                raise error from exc
             return None
 
     def search_runs(self, experiment_ids: list[str], filter_string: str = "", max_results: int = 5000) -> list[Any]:
-        return list(_retry(lambda: self.client.search_runs(experiment_ids, filter_string=filter_string, max_results=max_results)))
+        return list(self.call(lambda: self.client.search_runs(experiment_ids, filter_string=filter_string, max_results=max_results)))
 
     def get_run(self, run_id: str) -> Any:
-        return _retry(lambda: self.client.get_run(run_id))
+        return self.call(lambda: self.client.get_run(run_id))
 
     def read_text(self, run_id: str, path: str) -> str | None:
         """The text of one artifact of a run, or None when the run has no such file."""
         folder = str(Path(path).parent) if "/" in path else None
-        listed = _retry(lambda: self.client.list_artifacts(run_id, folder))
+        listed = self.call(lambda: self.client.list_artifacts(run_id, folder))
         if path not in {entry.path for entry in listed if not entry.is_dir}:
             return None
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         with tempfile.TemporaryDirectory(prefix="orchestrate-read-") as scratch:
-            return Path(_retry(lambda: self.client.download_artifacts(run_id, path, scratch))).read_text()
+            return Path(self.call(lambda: self.client.download_artifacts(run_id, path, scratch))).read_text()
 
 
 def _param_value(value: Any) -> str:

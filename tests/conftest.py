@@ -146,24 +146,30 @@ class SharedRun:
     exit_code: int
 
 
-@pytest.fixture(scope="session")
-def shared_run(tmp_path_factory, shared_ray) -> SharedRun:
-    """The one real run (search, a failing trial, confirmation, judge) of SHARED_HYPOTHESIS,
-    with SECRETS set. Read-only for its users: see ``private_copy``."""
+def run_in_folder(folder: Path, spec_name: str, text: str, env: dict[str, str] | None = None) -> SharedRun:
+    """``orchestrate run`` of the hypothesis TEXT, written to FOLDER/SPEC_NAME, as a user
+    runs it from FOLDER: a new store and the state folder there, ``--quiet``, ENV set."""
     from orchestrator.cli import main
 
-    folder = tmp_path_factory.mktemp("shared-run")
-    (folder / "flaky.yaml").write_text(FLAKY_SPACE)
-    spec = folder / "tiny.yaml"
-    spec.write_text(SHARED_HYPOTHESIS)
+    spec = folder / spec_name
+    spec.write_text(text)
     uri = new_mlflow_store(folder)
     state_dir = folder / "state"
     with pytest.MonkeyPatch.context() as mp:
-        for name, value in SECRETS.items():
+        for name, value in (env or {}).items():
             mp.setenv(name, value)
         mp.chdir(folder)  # MLflow's artifacts and reports go under the working directory
         code = main(["run", str(spec), "--tracking-uri", uri, "--state-dir", str(state_dir), "--quiet"])
     return SharedRun(folder=folder, spec=spec, uri=uri, state_dir=state_dir, exit_code=code)
+
+
+@pytest.fixture(scope="session")
+def shared_run(tmp_path_factory, shared_ray) -> SharedRun:
+    """The one real run (search, a failing trial, confirmation, judge) of SHARED_HYPOTHESIS,
+    with SECRETS set. Read-only for its users: see ``private_copy``."""
+    folder = tmp_path_factory.mktemp("shared-run")
+    (folder / "flaky.yaml").write_text(FLAKY_SPACE)
+    return run_in_folder(folder, "tiny.yaml", SHARED_HYPOTHESIS, SECRETS)
 
 
 def forget_artifact_repos() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import new_mlflow_store
+from conftest import run_in_folder
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -48,16 +48,9 @@ expected:
 
 @pytest.fixture(scope="module")
 def known_truth_run(tmp_path_factory, shared_ray):
-    from orchestrator.cli import main
-
-    folder = tmp_path_factory.mktemp("known-truth")
-    spec = folder / "known_truth.yaml"
-    spec.write_text(KNOWN_TRUTH)
-    uri = new_mlflow_store(folder)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)
-        code = main(["run", str(spec), "--tracking-uri", uri, "--state-dir", str(folder / "state"), "--quiet"])
-    client = MlflowClient(uri)
+    run = run_in_folder(tmp_path_factory.mktemp("known-truth"), "known_truth.yaml", KNOWN_TRUTH)
+    folder, code = run.folder, run.exit_code
+    client = MlflowClient(run.uri)
     experiment = client.get_experiment_by_name("known-truth")
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     (parent,) = [r for r in runs if r.data.tags.get("orchestrate.level") == "hypothesis"]

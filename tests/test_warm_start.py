@@ -38,9 +38,9 @@ def test_the_archive_keeps_reusable_trials_once_and_survives_a_torn_line(tmp_pat
     with open(tmp_path / "x.jsonl", "a") as out:
         out.write('{"trial_id": "torn", "arm"')  # a crash mid-write
     loaded = archive.load("x")
-    assert [r.trial_id for r in loaded] == ["t0", "t2", "t3"]  # FAILED trials run again
+    assert [r.trial_id for r in loaded.records] == ["t0", "t2", "t3"]  # FAILED trials run again
     assert len((tmp_path / "x.jsonl").read_text().splitlines()) == 4
-    assert archive.load("unknown") == []
+    assert archive.load("unknown").records == []
 
 
 @pytest.mark.slow

@@ -63,6 +63,15 @@ class Progress:
         if self._live is not None:
             self._live.update(self._table())
 
+    def warn(self, text: str) -> None:
+        """``orchestrate: warning: <text>``, printed even when quiet: something the run
+        set aside (a damaged cache, a damaged archive line) that the user should know."""
+        quiet, self.quiet = self.quiet, False
+        try:
+            self.line(f"orchestrate: warning: {text}")
+        finally:
+            self.quiet = quiet
+
     def line(self, text: str) -> None:
         """A plain status line (printed even without a live table, unless quiet)."""
         if self.quiet:

@@ -71,7 +71,7 @@ class TrialRecorder:
         status = self.tracker.run_status(run_id) if run_id else None
         logged = self.static_params | params | ({"seed": seed} if seed is not None else {})
         if status is not None:  # a trial resumed after an interruption: same MLflow run
-            self.tracker.client.update_run(run_id, status="RUNNING")
+            self.tracker.reopen_run(run_id)
             self.tracker.set_tags(run_id, {"orchestrate.resumed": "true"})
             # again: a kill between creating the run and logging its params left none
             # (MLflow accepts a param logged twice with the same value)

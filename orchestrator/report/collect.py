@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from orchestrator.results import COMPLETED, FAILED, INFEASIBLE, STOPPED
-from orchestrator.tracking import ARM, LEVEL, _retry
+from orchestrator.tracking import ARM, LEVEL
 
 if TYPE_CHECKING:
     from orchestrator.execute.looks import Look
@@ -142,12 +142,12 @@ class RunSummary:
 
 # -- MLflow reads the Tracker does not offer (candidates for orchestrator/tracking.py) ----
 def list_artifacts(tracker: "Tracker", run_id: str, path: str | None = None) -> list[Any]:
-    return list(_retry(lambda: tracker.client.list_artifacts(run_id, path)))
+    return list(tracker.call(lambda: tracker.client.list_artifacts(run_id, path)))
 
 
 def download_artifact(tracker: "Tracker", run_id: str, path: str, folder: Path) -> Path:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    return Path(_retry(lambda: tracker.client.download_artifacts(run_id, path, str(folder))))
+    return Path(tracker.call(lambda: tracker.client.download_artifacts(run_id, path, str(folder))))
 
 
 def image_paths(tracker: "Tracker", run_id: str, folder: str | None = None, depth: int = 0) -> list[str]:
@@ -179,7 +179,7 @@ def resolve_hypothesis_run(tracker: "Tracker", target: str) -> str:
                     break
                 run = tracker.get_run(parent)
             raise ReportError(f"run {target} is not part of an orchestrate hypothesis run")
-    experiment = _retry(lambda: tracker.client.get_experiment_by_name(target))
+    experiment = tracker.call(lambda: tracker.client.get_experiment_by_name(target))
     if experiment is None:
         raise ReportError(f"no hypothesis (MLflow experiment) named {target!r} and no run with that id in {tracker.uri}")
     runs = tracker.search_runs([experiment.experiment_id], "tags.`orchestrate.level` = 'hypothesis'")
