@@ -1,7 +1,7 @@
 """Sample efficiency of orchestrate's samplers on a cheap but real objective.
 
     python benchmarks/samplers.py collect       # 105 real trainings -> surrogate_table.csv (19 min here)
-    python benchmarks/samplers.py [--reps 10] [--trials 40] [--samplers random,tpe,gp,botorch[,botorch-default]]
+    python benchmarks/samplers.py [--reps 10] [--trials 40] [--samplers random,tpe,gp,botorch-legacy,botorch] [--concurrency 1,4]
 
 The objective is a surrogate of REAL measured trials: ``collect`` runs
 ``orchestrator.training.run_trial`` (LoRA through orchestrate's own training loop) on
@@ -13,9 +13,10 @@ so every (r, alpha) cell is measured exactly; along lr the accuracy is a monoton
 deterministic, and every sampler faces the same landscape.
 
 Each sampler is built with ``orchestrator.samplers.build_sampler`` (the planner's
-startup-trial rule) and asked under ``limited_threads(1)``, as the driver does. We
-record best-so-far curves, trials to reach 99% of the table's best value, and the wall
-time per suggestion; ``docs/samplers.md`` holds the numbers, and
+startup-trial rule) and asked under ``limited_threads(1)``, as the driver does, either
+one trial at a time or with several running at once (``--concurrency``, asynchronous, as
+Ray Tune with ``max_concurrent``). We record best-so-far curves, trials to reach 99% of
+the table's best value, and the wall time per suggestion; ``docs/samplers.md`` holds the numbers, and
 ``docs/samplers_efficiency.png`` the curves.
 """
 
@@ -146,7 +147,8 @@ def space_params() -> dict:
 def make_sampler(name: str, seed: int, trials: int):
     from orchestrator.samplers import SamplerPlan, build_sampler, default_startup_trials
 
-    plan = SamplerPlan("botorch" if name == "botorch-default" else name, seed, default_startup_trials(name.split("-")[0], trials), 1)
+    base = "botorch-legacy" if name == "botorch-default" else name
+    plan = SamplerPlan(base, seed, default_startup_trials(base, trials), 1)
     sampler = build_sampler(plan)
     if name == "botorch-default":  # optuna-integration's own candidates function and budget, for comparison
         sampler._candidates_func = None
@@ -154,8 +156,16 @@ def make_sampler(name: str, seed: int, trials: int):
     return sampler
 
 
-def one_search(name: str, seed: int, trials: int, objective: Surrogate) -> tuple[list[float], list[float]]:
-    """(value of each trial in order, wall seconds of each suggestion)."""
+def one_search(name: str, seed: int, trials: int, objective: Surrogate, concurrency: int = 1) -> tuple[list[float], list[float]]:
+    """(value of each trial in order, wall seconds of each suggestion).
+
+    With ``concurrency`` > 1 the search is asynchronous, as Ray Tune runs it with
+    ``max_concurrent``: that many trials are RUNNING in the study at once (their parameters
+    chosen, no value yet); the oldest is told, then a new one is asked, so every suggestion
+    after the first few is made while ``concurrency - 1`` others are still running. Trials
+    are told in the order they were asked, so "trials to 99%" counts finished trials."""
+    import collections
+
     import optuna
 
     from orchestrator.samplers import limited_threads
@@ -163,16 +173,21 @@ def one_search(name: str, seed: int, trials: int, objective: Surrogate) -> tuple
 
     space = DefineByRun(space_params(), {})
     study = optuna.create_study(direction="maximize", sampler=make_sampler(name, seed, trials))
+    running: collections.deque = collections.deque()
     values, seconds = [], []
-    for _ in range(trials):
-        started = time.perf_counter()
-        with limited_threads(1):  # as HonestOptunaSearch.suggest
-            trial = study.ask()
-            space(trial)
-        seconds.append(time.perf_counter() - started)
-        value = objective(**trial.params)
-        study.tell(trial, value)
-        values.append(value)
+    for asked in range(trials + concurrency):
+        if len(running) == concurrency or asked >= trials:
+            trial = running.popleft()
+            value = objective(**trial.params)
+            study.tell(trial, value)
+            values.append(value)
+        if asked < trials:
+            started = time.perf_counter()
+            with limited_threads(1):  # as HonestOptunaSearch.suggest
+                trial = study.ask()
+                space(trial)
+            seconds.append(time.perf_counter() - started)
+            running.append(trial)
     return values, seconds
 
 
@@ -223,32 +238,41 @@ def markdown_table(rows: list[dict], trials: int) -> str:
 
 
 def plot(results: dict, best: float, path: Path) -> None:
+    """One panel per concurrency (sequential, then asynchronous)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    panels: dict[str, dict] = {}
     for name, runs in results.items():
-        curves = np.maximum.accumulate(np.array([run["values"] for run in runs]), axis=1)
-        mean, sd = curves.mean(axis=0), curves.std(axis=0, ddof=1)
-        x = np.arange(1, curves.shape[1] + 1)
-        ax.plot(x, mean, label=f"{name} (n={len(runs)})")
-        ax.fill_between(x, mean - sd, mean + sd, alpha=0.15)
-    ax.axhline(best, color="black", lw=0.8, ls=":", label=f"best measured ({best:.3f})")
-    ax.axhline(0.99 * best, color="grey", lw=0.8, ls="--", label="99% of best")
-    ax.set_xlabel("trial")
-    ax.set_ylabel("best val_accuracy so far (mean ± sd over seeds)")
-    ax.set_title("Sample efficiency on a surrogate of real LoRA trials (bert-tiny, synthetic:polarity)", fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.grid(alpha=0.3)
+        panels.setdefault(name.partition(" (")[2].rstrip(")") or "sequential", {})[name] = runs
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.0 * len(panels), 4.5), dpi=110, squeeze=False)
+    for ax, (title, panel) in zip(axes[0], panels.items()):
+        for name, runs in panel.items():
+            curves = np.maximum.accumulate(np.array([run["values"] for run in runs]), axis=1)
+            mean, sd = curves.mean(axis=0), curves.std(axis=0, ddof=1)
+            x = np.arange(1, curves.shape[1] + 1)
+            ax.plot(x, mean, label=f"{name.partition(' (')[0]} (n={len(runs)})")
+            ax.fill_between(x, mean - sd, mean + sd, alpha=0.12)
+        ax.axhline(best, color="black", lw=0.8, ls=":", label=f"best measured ({best:.3f})")
+        ax.axhline(0.99 * best, color="grey", lw=0.8, ls="--", label="99% of best")
+        ax.set_xlabel("finished trials")
+        ax.set_ylabel("best val_accuracy so far (mean ± sd over seeds)")
+        ax.set_title(f"{title}: surrogate of real LoRA trials (bert-tiny, synthetic:polarity)", fontsize=9)
+        ax.legend(fontsize=8, loc="lower right")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
 
 
-def run(samplers: list[str], reps: int, trials: int, plot_path: Path | None, json_path: Path | None) -> None:
+def label(name: str, concurrency: int) -> str:
+    return name if concurrency == 1 else f"{name} ({concurrency} async)"
+
+
+def run(samplers: list[str], reps: int, trials: int, concurrencies: list[int], plot_path: Path | None, json_path: Path | None) -> None:
     import json
     import warnings
 
@@ -262,12 +286,13 @@ def run(samplers: list[str], reps: int, trials: int, plot_path: Path | None, jso
     print(f"surrogate: {len(read_table())} measured points, best {objective.best:.4f}; target 99% = {0.99 * objective.best:.4f}")
     print(f"load average before: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     results: dict[str, list[dict]] = {}
-    for name in samplers:
-        for seed in range(reps):
-            values, seconds = one_search(name, seed, trials, objective)
-            results.setdefault(name, []).append({"seed": seed, "values": values, "seconds": seconds})
-            print(f"{name:16} seed {seed:2}: best {max(values):.4f}, trials to 99% {trials_to_reach(values, 0.99 * objective.best)}, "
-                  f"mean suggestion {np.mean(seconds):.3f} s", flush=True)
+    for concurrency in concurrencies:
+        for name in samplers:
+            for seed in range(reps):
+                values, seconds = one_search(name, seed, trials, objective, concurrency)
+                results.setdefault(label(name, concurrency), []).append({"seed": seed, "values": values, "seconds": seconds})
+                print(f"{label(name, concurrency):26} seed {seed:2}: best {max(values):.4f}, trials to 99% {trials_to_reach(values, 0.99 * objective.best)}, "
+                      f"mean suggestion {np.mean(seconds):.3f} s", flush=True)
     rows = summarise(results, objective.best, trials)
     load = os.getloadavg()
     print(f"\nload average after: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; total {time.perf_counter() - started:.0f} s\n")
@@ -284,7 +309,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", nargs="?", default="run", choices=["run", "collect"])
     parser.add_argument("--out", type=Path, default=TABLE, help="collect: the table to write (appends; resumes)")
-    parser.add_argument("--samplers", default="random,tpe,gp,botorch", help="also: botorch-default (optuna-integration's candidates)")
+    parser.add_argument("--samplers", default="random,tpe,gp,botorch-legacy,botorch",
+                        help="also: botorch-default (optuna-integration's own candidates function)")
+    parser.add_argument("--concurrency", default="1,4", help="trials running at once; 1 = sequential, more = asynchronous")
     parser.add_argument("--reps", type=int, default=10, help="repetitions (seeds 0..reps-1) per sampler")
     parser.add_argument("--trials", type=int, default=40, help="trials per search")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "samplers_efficiency.png")
@@ -294,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "collect":
         collect(args.out)
     else:
-        run(args.samplers.split(","), args.reps, args.trials, args.plot, args.json)
+        run(args.samplers.split(","), args.reps, args.trials, [int(c) for c in args.concurrency.split(",")], args.plot, args.json)
 
 
 if __name__ == "__main__":

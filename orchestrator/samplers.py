@@ -1,9 +1,17 @@
 """Sampler names in a hypothesis -> Optuna sampler instances.
 
-Each sampler is built fresh per arm (one study per sampler instance; BoTorch's
-sampler keeps per-study state). Model-based samplers get ``n_startup_trials`` random
-trials first. Nothing is written by hand: these are Optuna's and
-optuna-integration's samplers, configured.
+Each sampler is built fresh per arm (one study per sampler instance; the BoTorch
+samplers keep per-study state). Model-based samplers get ``n_startup_trials`` random
+trials first. These are Optuna's and optuna-integration's samplers, configured, except
+``botorch``: ``orchestrator.botorch_sampler``, BoTorch's models and optimisers behind
+Optuna's sampler interface, because optuna-integration's one-hot relaxation of
+categoricals stalled on the incumbent's cell (docs/samplers.md); the integration sampler
+stays reachable as ``botorch-legacy``, for comparison.
+
+With several trials running at once (``max_concurrent > 1``) the model-based samplers
+see the running trials: ``botorch`` and ``botorch-legacy`` as BoTorch ``X_pending``,
+``gp`` as pending points of its q-batch acquisition (Optuna 5's ``GPSampler`` does so by
+itself), ``tpe`` through its constant liar.
 """
 
 from __future__ import annotations
@@ -11,22 +19,30 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
 
 if TYPE_CHECKING:
     import optuna
     import torch
 
-#: (sampler name, handles several objectives, is model-based)
-SAMPLER_TRAITS: dict[str, tuple[bool, bool]] = {
-    "tpe": (True, True),
-    "gp": (True, True),
-    "botorch": (True, True),
-    "nsga2": (True, False),
-    "cmaes": (False, True),
-    "qmc": (True, False),
-    "random": (True, False),
-    "grid": (True, False),
+class SamplerTraits(NamedTuple):
+    """What the planner and the spec checks need to know of a sampler (a tuple, so
+    ``SAMPLER_TRAITS[name][0]`` still reads ``multi_objective``)."""
+
+    multi_objective: bool
+    model_based: bool
+
+
+SAMPLER_TRAITS: dict[str, SamplerTraits] = {
+    "tpe": SamplerTraits(multi_objective=True, model_based=True),
+    "gp": SamplerTraits(multi_objective=True, model_based=True),
+    "botorch": SamplerTraits(multi_objective=True, model_based=True),
+    "botorch-legacy": SamplerTraits(multi_objective=True, model_based=True),
+    "nsga2": SamplerTraits(multi_objective=True, model_based=False),
+    "cmaes": SamplerTraits(multi_objective=False, model_based=True),
+    "qmc": SamplerTraits(multi_objective=True, model_based=False),
+    "random": SamplerTraits(multi_objective=True, model_based=False),
+    "grid": SamplerTraits(multi_objective=True, model_based=False),
 }
 
 
@@ -41,14 +57,14 @@ class SamplerPlan:
     grid: dict[str, list[Any]] | None = None
 
     def describe(self) -> str:
-        extra = f", {self.startup_trials} random startup trials" if SAMPLER_TRAITS[self.name][1] else ""
+        extra = f", {self.startup_trials} random startup trials" if SAMPLER_TRAITS[self.name].model_based else ""
         return f"{self.name} (seed {self.seed}{extra})"
 
 
 def default_startup_trials(name: str, trials: int) -> int:
     """A third of the budget, at least 2 and at most 10 (Optuna's own default is 10,
     which would make a 12-trial search almost random)."""
-    if not SAMPLER_TRAITS[name][1]:
+    if not SAMPLER_TRAITS[name].model_based:
         return 0
     return max(2, min(10, trials // 3))
 
@@ -58,12 +74,17 @@ def build_sampler(plan: SamplerPlan) -> "optuna.samplers.BaseSampler":
 
     import optuna
 
+    from orchestrator.botorch_sampler import MixedBoTorchSampler
+
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
     builders: dict[str, Callable[[], optuna.samplers.BaseSampler]] = {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=plan.startup_trials, multivariate=True, group=True),
+        # constant_liar: running trials count as bad ones, so concurrent asks spread (Optuna 5's default, said here)
+        "tpe": lambda: optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=plan.startup_trials, multivariate=True, group=True,
+                                                  constant_liar=True),
         "gp": lambda: optuna.samplers.GPSampler(seed=plan.seed, n_startup_trials=plan.startup_trials),
-        "botorch": _botorch(plan),
+        "botorch": lambda: MixedBoTorchSampler(n_startup_trials=plan.startup_trials, seed=plan.seed),
+        "botorch-legacy": _botorch_legacy(plan),
         "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=plan.seed, population_size=max(4, plan.startup_trials or 4)),
         "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=plan.seed, n_startup_trials=plan.startup_trials, warn_independent_sampling=False),
         "qmc": lambda: optuna.samplers.QMCSampler(seed=plan.seed, scramble=True, warn_independent_sampling=False),
@@ -73,7 +94,7 @@ def build_sampler(plan: SamplerPlan) -> "optuna.samplers.BaseSampler":
     return builders[plan.name]()
 
 
-def _botorch(plan: SamplerPlan) -> Callable[[], "optuna.samplers.BaseSampler"]:
+def _botorch_legacy(plan: SamplerPlan) -> Callable[[], "optuna.samplers.BaseSampler"]:
     def build() -> "optuna.samplers.BaseSampler":
         import optuna
         from optuna_integration import BoTorchSampler

@@ -137,3 +137,126 @@ def test_botorch_candidates_stay_in_bounds_and_avoid_a_pending_point():
     assert torch.dist(first, second) > 1e-3
     two = botorch_candidates(x, torch.cat([y, -x[:, 1:]], dim=1), con, bounds, None)
     assert two.shape == (1, 2) and bool(((two >= bounds[0]) & (two <= bounds[1])).all())
+
+
+# -- botorch: orchestrator.botorch_sampler ------------------------------------------------
+# Every kind of parameter a space file can declare: categorical (numbers and strings), a
+# narrow int (discrete), a wide int (relaxed, snapped), a log int, a log float, a stepped
+# float, and a conditional parameter (left to the independent sampler).
+MIXED = {
+    "r": ParamSpec(type="categorical", choices=[2, 4, 8, 16]),
+    "cost": ParamSpec(type="categorical", choices=["dual", "fixed"]),
+    "layers": ParamSpec(type="int", low=1, high=6),
+    "steps": ParamSpec(type="int", low=10, high=500, step=10),
+    "rank": ParamSpec(type="int", low=1, high=64, log=True),
+    "lr": ParamSpec(type="float", low=1e-4, high=1e-2, log=True),
+    "dropout": ParamSpec(type="float", low=0.0, high=0.2, step=0.05),
+    "lambda_c": ParamSpec(type="categorical", choices=[0.0, 0.1], when={"cost": "fixed"}),
+}
+
+
+def mixed_objective(p: dict) -> float:
+    return -abs(math.log10(p["lr"]) + 2.5) + 0.05 * math.log2(p["r"]) - p["dropout"] - 0.01 * abs(p["layers"] - 3) + (p["cost"] == "dual") * 0.1
+
+
+def test_the_mixed_space_encoding_round_trips_every_kind_of_parameter():
+    from orchestrator.botorch_sampler import MixedSpace
+
+    search_space = {}
+    for name in ("r", "cost", "layers", "steps", "rank", "lr", "dropout"):
+        trial = optuna.create_study().ask()
+        space = DefineByRun({name: MIXED[name]}, {})
+        space(trial)
+        search_space.update(trial.distributions)
+    space = MixedSpace.of(search_space)
+    kinds = {c.name: c.kind for c in space.columns}
+    assert kinds == {"r": "categorical", "cost": "categorical", "layers": "discrete", "steps": "continuous",
+                     "rank": "continuous", "lr": "continuous", "dropout": "discrete"}
+    point = {"r": 8, "cost": "fixed", "layers": 4, "steps": 250, "rank": 8, "lr": 1e-3, "dropout": 0.15}
+    row = space.encode([point])[0]
+    assert space.decode(row) == pytest.approx(point)
+    assert row[[c.name for c in space.columns].index("lr")].item() == pytest.approx(0.5)  # log scale: 1e-3 is the middle
+    assert row[[c.name for c in space.columns].index("r")].item() == 2.0  # a categorical is its choice's index
+
+
+def test_botorch_suggests_valid_values_for_every_kind_of_parameter():
+    sampler = build_sampler(SamplerPlan("botorch", 0, 4, 1))
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    space = DefineByRun(MIXED, {})
+    for _ in range(8):
+        with limited_threads(1):
+            trial = study.ask()
+            space(trial)
+        study.tell(trial, mixed_objective(trial.params))
+    for trial in study.trials:
+        p = trial.params
+        assert p["r"] in (2, 4, 8, 16) and p["cost"] in ("dual", "fixed")
+        assert isinstance(p["layers"], int) and 1 <= p["layers"] <= 6
+        assert isinstance(p["steps"], int) and 10 <= p["steps"] <= 500 and p["steps"] % 10 == 0
+        assert isinstance(p["rank"], int) and 1 <= p["rank"] <= 64
+        assert 1e-4 <= p["lr"] <= 1e-2
+        assert any(p["dropout"] == pytest.approx(v) for v in (0.0, 0.05, 0.1, 0.15, 0.2))
+        assert ("lambda_c" in p) == (p["cost"] == "fixed")
+    # past the startup trials the model chose every unconditional parameter
+    relative = sampler.infer_relative_search_space(study, study.trials[-1])
+    assert set(relative) == set(MIXED) - {"lambda_c"}
+
+
+def _asks_with_and_without_a_running_trial() -> tuple[dict, dict, dict]:
+    """(first ask, second ask while the first runs, second ask after the first failed)."""
+    results = []
+    for keep_running in (True, False):
+        study = search("botorch", trials=8)
+        first = study.ask()
+        DefineByRun(SPACE, {})(first)
+        if not keep_running:
+            study.tell(first, state=optuna.trial.TrialState.FAIL)
+        second = study.ask()
+        DefineByRun(SPACE, {})(second)
+        results.append((first.params, second.params))
+    (first, spread), (_, alone) = results
+    return first, spread, alone
+
+
+def test_botorch_spreads_a_suggestion_away_from_a_running_trial():
+    first, spread, alone = _asks_with_and_without_a_running_trial()
+
+    def distance(a: dict, b: dict) -> float:
+        return abs(math.log10(a["lr"]) - math.log10(b["lr"])) / 2 + (a["r"] != b["r"]) + abs(a["dropout"] - b["dropout"]) / 0.2
+
+    assert distance(first, alone) < 0.05  # without a pending point the same model suggests the same place
+    assert distance(first, spread) > 0.1  # with it, somewhere else
+
+
+def test_botorch_pickles_with_a_trial_running_and_goes_on_sampling():
+    study = search("botorch", trials=6)
+    running = study.ask()
+    DefineByRun(SPACE, {})(running)
+    restored = pickle.loads(pickle.dumps(study))
+    trial = restored.ask()
+    DefineByRun(SPACE, {})(trial)
+    assert set(trial.params) == set(SPACE) and trial.params != running.params
+
+
+@pytest.mark.slow
+def test_botorch_drives_a_real_tune_search_with_two_trials_at_once(tmp_path, shared_ray):
+    """Ray Tune + HonestOptunaSearch + botorch: concurrent suggestions, a checkpointed searcher."""
+    from optuna.trial import TrialState
+    from ray import tune
+
+    from orchestrator.searcher import HonestOptunaSearch
+
+    def trainable(config):  # self-contained: Ray's workers cannot import this test module
+        import math
+
+        tune.report({"val_accuracy": math.log10(config["lr"]) + 0.1 * math.log2(config["r"]) - config["dropout"], "epoch": 1})
+
+    searcher = HonestOptunaSearch(space=DefineByRun(SPACE, {}), metric="val_accuracy", mode="max", epochs=1,
+                                  sampler=build_sampler(SamplerPlan("botorch", 0, 2, 1)))
+    grid = tune.Tuner(trainable, tune_config=tune.TuneConfig(search_alg=searcher, num_samples=6, max_concurrent_trials=2),
+                      run_config=tune.RunConfig(storage_path=str(tmp_path), name="botorch", verbose=0)).fit()
+    assert not grid.errors and len(grid) == 6
+    trials = searcher._ot_study.trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
+    assert all(t.params["r"] in (2, 4, 8, 16) and 1e-4 <= t.params["lr"] <= 1e-2 for t in trials)
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 6
