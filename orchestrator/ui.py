@@ -24,8 +24,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Sequence
 
+from orchestrator.errors import StoreError
+
 HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
+MAX_PORT = 65535
 START_TIMEOUT_S = 180.0  # a cold ``mlflow server`` import takes ~10-60 s on a busy 2-core machine
 
 
@@ -48,6 +51,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from orchestrator.tracking import tracking_uri
 
     uri = tracking_uri(args.tracking_uri)
+    if not 0 <= args.port <= MAX_PORT:
+        _err(f"orchestrate ui: --port {args.port} is not a port: pass 1-{MAX_PORT}, or 0 for any free one")
+        return 2
     try:
         name = _hypothesis_name(args.hypothesis)
     except Exception as exc:  # an unreadable YAML: say so, nothing started
@@ -60,6 +66,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if uri.startswith("sqlite:///") and not _sqlite_path(uri).exists():
         _err(f"orchestrate ui: no MLflow store at {_sqlite_path(uri)} (run `orchestrate run` first, or pass --tracking-uri)")
         return 1
+    try:
+        _open_store(uri)
+    except StoreError as exc:  # a server on a store it cannot read only answers with tracebacks
+        _err(f"orchestrate ui: {exc}")
+        return 2
     experiment = _experiment_id(uri, name) if name else None
     if name and experiment is None:
         _err(f"orchestrate ui: no experiment named {name!r} in {uri}; showing every experiment")
@@ -73,7 +84,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
     base = f"http://{HOST}:{port}"
     try:
         if not wait_until_up(base, server, args.start_timeout):
-            _err(f"orchestrate ui: the MLflow server did not answer on {base} within {args.start_timeout:g} s")
+            if server.poll() is not None:
+                _err(f"orchestrate ui: the MLflow server exited with code {server.returncode} before answering (its messages are above)")
+            else:
+                _err(f"orchestrate ui: the MLflow server did not answer on {base} within {args.start_timeout:g} s")
             return 1
         print(f"MLflow UI for {uri}: {experiment_url(base, experiment)}", flush=True)
         print("Ctrl-C to stop.", flush=True)
@@ -175,6 +189,14 @@ def _hypothesis_name(value: str | None) -> str | None:
 
         return load_hypothesis(value, None, check_requirements=False).name
     return value
+
+
+def _open_store(uri: str) -> None:
+    """Open the store as ``orchestrate run`` does: ``StoreError`` (one line, the store
+    and what to do) when it cannot be read, e.g. a sqlite file whose header is damaged."""
+    from orchestrator.tracking import Tracker
+
+    Tracker(uri)
 
 
 def _experiment_id(uri: str, name: str) -> str | None:

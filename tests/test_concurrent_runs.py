@@ -5,6 +5,8 @@ separate instance: its own session folder and ports) and write to one ``mlflow.d
 Both must finish with complete records: every run FINISHED, nothing lost to
 "database is locked", and no crash while MLflow creates the tables of the new store
 (two drivers doing that at once crashed before ``tracking._first_connection_lock``).
+They share one ``--state-dir`` too: the run lock (``execute/run_lock.py``) is per
+hypothesis and profile, so two hypotheses in one folder run side by side.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def two_runs(tmp_path_factory):
         spec = folder / f"{name}.yaml"
         spec.write_text(ONE_ARM.replace("name: tiny-test", f"name: {name}"))
         command = [sys.executable, "-m", "orchestrator.cli", "run", str(spec), "--tracking-uri", uri,
-                   "--state-dir", str(folder / f"state-{name}"), "--quiet"]
+                   "--state-dir", str(folder / "state"), "--quiet"]
         processes.append(subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     started = time.monotonic()
     results = []

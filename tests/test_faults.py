@@ -116,3 +116,8 @@ def test_every_injected_fault_is_recorded_with_its_reason(tmp_path, shared_ray):
     assert "val_accuracy" in lost.data.metrics
     # every trial exactly once
     assert sum(1 for r in runs if r.data.tags.get("orchestrate.level") == "trial") == 5
+    # the run could not finish: the hypothesis's run is closed FAILED with the reason, nothing is left open
+    (hypothesis,) = [r for r in runs if r.data.tags.get("orchestrate.level") == "hypothesis"]
+    assert hypothesis.info.status == "FAILED"
+    assert hypothesis.data.tags["orchestrate.error"].startswith("AllTrialsFailedError: no verdict: arm ")
+    assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []

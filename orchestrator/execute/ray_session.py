@@ -1,10 +1,30 @@
-"""Start (or join) Ray, quietly, with local listeners on 127.0.0.1 only.
+"""Start (or join) Ray, quietly, with local listeners on 127.0.0.1 only, its files in a
+private folder, and no credential in its processes that the trials do not need.
 
 Call ``prepare_ray_environment`` before anything imports ``ray``: Ray reads
 ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` when it is imported, and without it a local
 Ray listens on every interface with the machine's address (measured here with
 ``ss -ltn``: ``*:port`` and 192.0.2.x; with it, every listener is on 127.0.0.1).
 That mode refuses extra nodes, which is what a local run wants.
+
+A local Ray we start keeps no secret on disk (measured before: with
+``AWS_SECRET_ACCESS_KEY`` set, its value 10 times in
+``/tmp/ray/session_*/logs/runtime_env_agent.log``, under folders of mode 0777):
+
+- its session files (logs, sockets, spilled objects) go to a folder of our own, mode
+  0700, removed after shutdown (``ORCHESTRATE_KEEP_RAY_SESSION=1`` keeps it, for
+  reading Ray's logs);
+- its processes (GCS, raylet, and the workers they start) inherit the driver's
+  environment without secret-looking variables (``tracking.looks_secret``), except
+  the Hugging Face token: trials download hub weights themselves, and gated models
+  need it. The driver keeps its own environment (its MLflow calls need
+  ``MLFLOW_TRACKING_*``; trials never talk to MLflow);
+- Ray Tune copies ``AWS_*`` keys from the driver's environment into every trial
+  actor's ``runtime_env`` (``ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE``, for
+  checkpoints on S3), and Ray's runtime-env agent logs that ``runtime_env`` in full:
+  that copy is switched off for the session.
+
+A cluster (``--address``) owns its processes and files: nothing of that changes there.
 """
 
 from __future__ import annotations
@@ -12,10 +32,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import sys
-from typing import Iterator
+import tempfile
+from typing import Iterator, Mapping
+
+from orchestrator.tracking import looks_secret
 
 LOOPBACK_FLAG = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+KEEP_SESSION_FLAG = "ORCHESTRATE_KEEP_RAY_SESSION"
+#: Secret-looking variables that trial processes need: they load hub models themselves.
+TRIAL_CREDENTIALS = frozenset({"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"})
+#: Bytes a Unix socket path of Ray's takes below our private folder, with room to spare:
+#: ``/ray/session_2026-11-29_10-11-12_123456_1234567/sockets/plasma_store`` (68); the
+#: kernel allows 107 in all (103 on macOS).
+_SOCKET_SUFFIX = 72
 
 
 def prepare_ray_environment(address: str | None = None) -> None:
@@ -36,7 +67,7 @@ def prepare_ray_environment(address: str | None = None) -> None:
 @contextlib.contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[str]:
     """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local,
-    loopback-only instance; shut down only what we started. Yields a description."""
+    loopback-only, private instance; shut down only what we started. Yields a description."""
     address = address or os.environ.get("RAY_ADDRESS") or None
     if "ray" not in sys.modules:
         prepare_ray_environment(address)
@@ -47,24 +78,84 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         return
     if address:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
-        where = f"Ray cluster at {address}"
-    else:
-        if sys.platform.startswith("linux") and os.environ.get(LOOPBACK_FLAG) != "0":
-            raise RuntimeError(
-                f"refusing to start a local Ray that would listen on every interface: set {LOOPBACK_FLAG}=0 "
-                "(orchestrator.execute.ray_session.prepare_ray_environment) before ray is imported"
-            )
-        ray.init(
-            address="local",  # a new instance; never join a `ray start` cluster found on this machine
-            num_cpus=num_cpus or os.cpu_count(),
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-            configure_logging=True,
-            _node_ip_address="127.0.0.1",
+        try:
+            yield f"Ray cluster at {address}"
+        finally:
+            ray.shutdown()
+        return
+    if sys.platform.startswith("linux") and os.environ.get(LOOPBACK_FLAG) != "0":
+        raise RuntimeError(
+            f"refusing to start a local Ray that would listen on every interface: set {LOOPBACK_FLAG}=0 "
+            "(orchestrator.execute.ray_session.prepare_ray_environment) before ray is imported"
         )
-        where = "local Ray (127.0.0.1)"
+    with _private_folder() as folder, _without_tune_credential_copy():
+        with _environment_without_secrets():  # what Ray's processes inherit; the driver's comes back after
+            # Ray makes its temp folder mode 0777: a folder inside ours, which stays 0700
+            ray.init(
+                address="local",  # a new instance; never join a `ray start` cluster found on this machine
+                num_cpus=num_cpus or os.cpu_count(),
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                configure_logging=True,
+                _node_ip_address="127.0.0.1",
+                _temp_dir=os.path.join(folder, "ray"),
+            )
+        kept = f"; its files kept in {folder}" if os.environ.get(KEEP_SESSION_FLAG) == "1" else ""
+        try:
+            yield f"local Ray (127.0.0.1{kept})"
+        finally:
+            ray.shutdown()
+
+
+def secret_variables(environ: Mapping[str, str]) -> list[str]:
+    """Names of ``environ``'s variables that a local Ray's processes must not inherit:
+    secret-looking by ``tracking``'s rule (name and length), except Ray's own settings
+    (``RAY_AUTH_TOKEN``: a token-authenticated Ray needs it) and ``TRIAL_CREDENTIALS``."""
+    return sorted(
+        name for name, value in environ.items()
+        if looks_secret(name, value)
+        and not name.startswith("RAY_") and name not in TRIAL_CREDENTIALS
+    )
+
+
+@contextlib.contextmanager
+def _environment_without_secrets() -> Iterator[None]:
+    """``os.environ`` without ``secret_variables`` for the block (Ray starts its processes
+    with a copy of it), then as it was."""
+    removed = {name: os.environ.pop(name) for name in secret_variables(os.environ)}
     try:
-        yield where
+        yield
     finally:
-        ray.shutdown()
+        os.environ.update(removed)
+
+
+@contextlib.contextmanager
+def _without_tune_credential_copy() -> Iterator[None]:
+    """Ray Tune's list of driver variables copied into each trial actor's ``runtime_env``
+    without the secret-looking ones (the ``AWS_*`` keys), for the block."""
+    from ray.tune.execution import class_cache
+
+    propagated = class_cache.ENV_VARS_TO_PROPAGATE
+    class_cache.ENV_VARS_TO_PROPAGATE = {name for name in propagated if not looks_secret(name)}
+    try:
+        yield
+    finally:
+        class_cache.ENV_VARS_TO_PROPAGATE = propagated
+
+
+@contextlib.contextmanager
+def _private_folder() -> Iterator[str]:
+    """A new folder of mode 0700 for Ray's session files, removed afterwards unless
+    ``ORCHESTRATE_KEEP_RAY_SESSION=1``. Under the temp folder (``TMPDIR``) when its path
+    leaves room for Ray's socket paths, else under /tmp (a state folder would often not:
+    pytest's are 60-90 bytes)."""
+    root = tempfile.gettempdir()
+    if len(os.path.join(root, "orchestrate-ray-12345678")) + _SOCKET_SUFFIX > (103 if sys.platform == "darwin" else 107):
+        root = "/tmp"
+    folder = tempfile.mkdtemp(prefix="orchestrate-ray-", dir=root)
+    try:
+        yield folder
+    finally:
+        if os.environ.get(KEEP_SESSION_FLAG) != "1":
+            shutil.rmtree(folder, ignore_errors=True)

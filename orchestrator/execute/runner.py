@@ -30,6 +30,7 @@ from orchestrator.execute.interrupts import install as install_stop_handlers
 from orchestrator.execute.confirm import RunContext, SearchedArm, base_tags, confirm_arms, judge_and_log
 from orchestrator.execute.progress import ArmProgress, Progress
 from orchestrator.execute.recorder import TrialRecorder
+from orchestrator.execute.run_lock import hold_run_lock
 from orchestrator.execute.stale_runs import close_open_runs, close_stale, close_stale_children
 from orchestrator.execute.state import RunState
 from orchestrator.plan import ArmPlan, Plan
@@ -69,22 +70,39 @@ class RunOutcome:
 
 
 def run_plan(plan: Plan, options: RunOptions) -> RunOutcome:
+    """Search, confirm and judge ``plan``, holding the run lock of its hypothesis and
+    profile in the state folder (``run_lock``): a second run of the same refuses with
+    ``RunLockedError`` before MLflow or Ray are touched."""
+    with hold_run_lock(options.state_dir.resolve(), plan.hypothesis.name, plan.profile):
+        return _run_plan_locked(plan, options)
+
+
+def _run_plan_locked(plan: Plan, options: RunOptions) -> RunOutcome:
+    """Search, confirm and judge ``plan``; see the module docstring.
+
+    The order of the first steps is what makes "nothing started" true for bad input:
+    the store is opened and the run state read (either may be damaged: exit 2), the
+    data are read and tokenised (a model or dataset that cannot load: exit 1), and only
+    then is the hypothesis's MLflow run created. Any failure after that closes every
+    run still open, the hypothesis's run with the reason in ``orchestrate.error``.
+    """
     from orchestrator.execute.ray_session import ray_session
     from orchestrator.tasks.prepare import cache_key, prepare_task
 
     h = plan.hypothesis
-    tracker = Tracker(options.tracking_uri)
-    experiment_id = tracker.experiment_id(h.name)
     state_dir = options.state_dir.resolve()
+    tracker = Tracker(options.tracking_uri)
     state = RunState.open(state_dir / "state", h.name, plan.profile, plan.spec_sha256, options.fresh)
+    progress = Progress(options.quiet)
+    data = prepare_task(h.task, Path(plan.spec_path).parent, state_dir / "cache", warn=progress.warn)
+    data_key = cache_key(h.task, Path(plan.spec_path).parent)
+    experiment_id = tracker.experiment_id(h.name)
     parent_id = _parent_run(tracker, experiment_id, plan, state)
     storage = options.storage_path or str(state_dir / "ray")
-    data = prepare_task(h.task, Path(plan.spec_path).parent, state_dir / "cache")
-    data_key = cache_key(h.task, Path(plan.spec_path).parent)
     archive = TrialArchive(state_dir / "archive") if h.search.reuse_trials and not options.fresh else None
     arms: list[ArmOutcome] = []
-    progress = Progress(options.quiet)
     try:
+        _describe_parent(tracker, parent_id, plan)
         with catching_stop_requests(), ray_session(options.address) as where, progress:
             import ray
 
@@ -101,11 +119,18 @@ def run_plan(plan: Plan, options: RunOptions) -> RunOutcome:
                 raise AllTrialsFailedError("no verdict: " + "; ".join(unusable))
         verdicts = judge_and_log(plan, arms, looks, tracker, parent_id)
     except BaseException as exc:
-        close_open_runs(tracker, state, parent_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        close_open_runs(tracker, state, parent_id, "KILLED" if interrupted else "FAILED", None if interrupted else _one_line(exc))
         raise
     tracker.end_run(parent_id, "FINISHED")
     state.set(finished=True)
     return RunOutcome(plan, parent_id, experiment_id, arms, verdicts, _report(tracker, parent_id, options, progress))
+
+
+def _one_line(exc: BaseException) -> str:
+    """What failed, for the ``orchestrate.error`` tag: the exception's last line."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:500]
 
 
 def _report(tracker: Tracker, parent_id: str, options: RunOptions, progress: Progress) -> Path | None:
@@ -126,10 +151,9 @@ def _parent_run(tracker: Tracker, experiment_id: str, plan: Plan, state: RunStat
     not an orphan beside a second parent."""
     existing = state.get("parent_run_id")
     if existing and tracker.run_status(existing) is not None:
-        tracker.client.update_run(existing, status="RUNNING")
+        tracker.reopen_run(existing)
         tracker.set_tags(existing, {"orchestrate.resumed": "true"})
-        if "profile" not in tracker.client.get_run(existing).data.params:  # killed before its description was logged
-            _describe_parent(tracker, existing, plan)
+        tracker.delete_tag(existing, "orchestrate.error")  # why the earlier attempt failed; this one goes on
         return existing
     h = plan.hypothesis
     tags = {
@@ -139,11 +163,14 @@ def _parent_run(tracker: Tracker, experiment_id: str, plan: Plan, state: RunStat
     }
     run_id = tracker.start_run(experiment_id, f"{h.name} [{plan.profile}]", tags)
     state.set(parent_run_id=run_id, experiment_id=experiment_id)
-    _describe_parent(tracker, run_id, plan)
     return run_id
 
 
 def _describe_parent(tracker: Tracker, run_id: str, plan: Plan) -> None:
+    """The spec, the plan and the claims on the hypothesis's run, once (a resumed run
+    that a kill caught before its description was complete gets it now)."""
+    if "profile" in tracker.get_run(run_id).data.params:
+        return
     h = plan.hypothesis
     tracker.log_text(run_id, Path(plan.spec_path).read_text(), f"spec/{Path(plan.spec_path).name}")
     tracker.log_text(run_id, json.dumps(plan.to_dict(), indent=1, default=str), "plan.json")
@@ -212,7 +239,7 @@ def _prepare_arm(arm_plan: ArmPlan, plan: Plan, tracker: Tracker, experiment_id:
         state.set_arm(arm, arm_run_id=arm_run)  # first: a kill now leaves no orphan
     else:
         close_stale_children(tracker, experiment_id, arm_run)
-        tracker.client.update_run(arm_run, status="RUNNING")
+        tracker.reopen_run(arm_run)
     tracker.log_params(arm_run, arm_params)  # again on a resume: the same values (a kill may have come before them)
     setup = TrialSetup(
         arm=arm, method=arm_plan.method, model=h.task.model, metric=h.task.metric, training=h.training,
@@ -230,7 +257,12 @@ def _prepare_arm(arm_plan: ArmPlan, plan: Plan, tracker: Tracker, experiment_id:
     arm_progress = progress.arm(arm, "search", arm_plan.trials, arm_plan.primary_metric, arm_plan.primary_mode)
     identity = search_identity(plan, arm_plan, data_key)
     tags = base_tags(plan, arm_plan)
-    prior = archive.load(identity)[: arm_plan.trials] if archive else []
+    prior: list[TrialRecord] = []
+    if archive:
+        archived = archive.load(identity)
+        for skipped in archived.skipped:  # damaged lines: named, never reused
+            progress.warn(skipped)
+        prior = archived.records[: arm_plan.trials]
     reused = [_log_reused(tracker, experiment_id, arm_run, state, replace(record, arm=arm), tags, arm_progress) for record in prior]
     if reused:
         progress.line(f"{arm}: {len(reused)} finished trials reused from earlier runs; {max(0, arm_plan.trials - len(reused))} new")
@@ -316,8 +348,8 @@ def _log_pareto_front(tracker: Tracker, arm_run: str, arm: str, trials: list[Tri
     if not feasible:
         title = f"{arm}: NO feasible trial; front of {len(pool)} violating {', '.join(map(str, plan.constraints))}"
     with tempfile.TemporaryDirectory() as folder:
-        path = plot_front(points, front, names, modes, title, Path(folder) / "pareto_front.png")
-        tracker.client.log_artifact(arm_run, str(path))
+        plot_front(points, front, names, modes, title, Path(folder) / "pareto_front.png")
+        tracker.log_artifacts(arm_run, Path(folder))
     tracker.log_metrics(arm_run, {"pareto_size": len(front)})
 
 

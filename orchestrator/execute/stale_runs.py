@@ -29,11 +29,14 @@ def close_stale_children(tracker: "Tracker", experiment_id: str, parent_id: str)
     close_stale(tracker, {run.info.run_id: run.info.run_id for run in stale})
 
 
-def close_open_runs(tracker: "Tracker", state: "RunState", parent_id: str, status: str) -> None:
+def close_open_runs(tracker: "Tracker", state: "RunState", parent_id: str, status: str, reason: str | None = None) -> None:
     """On a stop or a failure: every run of this hypothesis still RUNNING is closed,
     also a trial's run that the stop caught between its creation and its entry in the
-    run state (found in MLflow as a child of its arm's run)."""
+    run state (found in MLflow as a child of its arm's run). A failure's ``reason``
+    goes to the hypothesis run's ``orchestrate.error`` tag, where the UI shows it."""
     try:
+        if reason:
+            tracker.set_tags(parent_id, {"orchestrate.error": reason})
         for arm in state.data.get("arms", {}).values():
             close_stale(tracker, arm.get("trial", {}))
             close_stale(tracker, arm.get("confirm", {}))

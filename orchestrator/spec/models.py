@@ -7,11 +7,12 @@ or other files (methods, spaces, claims) live in ``orchestrator.spec.checks``.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SAMPLERS = ("botorch", "gp", "tpe", "cmaes", "nsga2", "qmc", "random", "grid")
+SAMPLERS = ("botorch", "botorch-legacy", "gp", "tpe", "cmaes", "nsga2", "qmc", "random", "grid")
 #: Ray Tune's schedulers (asha, fifo) and Optuna's pruners run as a scheduler (median, sha, hyperband).
 SCHEDULERS = ("asha", "fifo", "median", "sha", "hyperband")
 #: Training keys that a search space or an arm's ``fixed`` may set per trial
@@ -20,7 +21,11 @@ TRAINING_PARAMS = ("lr", "weight_decay", "warmup_ratio", "precision")
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown keys are errors, and so is a NaN or an infinity in a number field (YAML's
+    ``.nan`` / ``.inf``): every range check is false for NaN, so it would pass as ``le=1``
+    and fail deep in a run, or read "should be <= 1" (``allow_inf_nan=False``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class TaskSpec(Strict):
@@ -40,6 +45,22 @@ class ArmSpec(Strict):
     method: str
     space: str | None = Field(None, description="search-space YAML; default: the method's shipped space")
     fixed: dict[str, Any] = Field(default_factory=dict, description="hyperparameters held fixed (override the space)")
+
+    @field_validator("fixed")
+    @classmethod
+    def _finite_fixed(cls, fixed: dict[str, Any]) -> dict[str, Any]:
+        """``fixed`` values are typed by the method's config, checked later; a NaN would
+        read "should be less than 1" there. Each is reported at its own line."""
+        from pydantic import ValidationError
+        from pydantic_core import InitErrorDetails, PydanticCustomError
+
+        bad = [key for key, value in fixed.items() if isinstance(value, float) and not math.isfinite(value)]
+        if bad:
+            raise ValidationError.from_exception_data("fixed", [
+                InitErrorDetails(type=PydanticCustomError("finite_number", "Input should be a finite number"), loc=(key,), input=fixed[key])
+                for key in bad
+            ])
+        return fixed
 
 
 class TrainingSpec(Strict):
