@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -169,6 +170,27 @@ def test_rays_private_folder_is_mode_0700_and_removed_afterwards(monkeypatch):
         pass
     assert os.path.isdir(kept)
     shutil.rmtree(kept)
+
+
+def test_a_folder_whose_driver_was_killed_is_removed_by_the_next_start(monkeypatch):
+    """SIGKILL leaves a driver no time to clean up; the next start does it for the dead."""
+    monkeypatch.delenv(ray_session.KEEP_SESSION_FLAG, raising=False)
+    with ray_session._private_folder() as first:
+        root = Path(first).parent  # where this machine's private folders go
+    driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    abandoned, running, kept = (root / f"{ray_session.PRIVATE_PREFIX}test-{name}-{os.getpid()}" for name in ("dead", "live", "kept"))
+    for folder in (abandoned, running, kept):
+        folder.mkdir()
+    (abandoned / ray_session.OWNER_FILE).write_text(f"{socket.gethostname()} {driver.pid}")
+    (running / ray_session.OWNER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}")
+    driver.kill()
+    driver.wait()
+    with ray_session._private_folder() as folder:
+        assert Path(folder).parent == root
+    assert not abandoned.exists()
+    assert running.exists() and kept.exists()  # a live driver's, and one kept on purpose (no owner)
+    for folder in (running, kept):
+        shutil.rmtree(folder)
 
 
 def test_a_long_temp_folder_falls_back_to_tmp_for_rays_socket_paths(monkeypatch, tmp_path):

@@ -30,9 +30,11 @@ A cluster (``--address``) owns its processes and files: nothing of that changes 
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from typing import Iterator, Mapping
@@ -41,6 +43,9 @@ from orchestrator.tracking import looks_secret
 
 LOOPBACK_FLAG = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 KEEP_SESSION_FLAG = "ORCHESTRATE_KEEP_RAY_SESSION"
+PRIVATE_PREFIX = "orchestrate-ray-"
+#: "HOST PID" of the driver using a private folder (see ``_private_folder``).
+OWNER_FILE = "driver"
 #: Secret-looking variables that trial processes need: they load hub models themselves.
 TRIAL_CREDENTIALS = frozenset({"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"})
 #: Bytes a Unix socket path of Ray's takes below our private folder, with room to spare:
@@ -149,13 +154,48 @@ def _private_folder() -> Iterator[str]:
     """A new folder of mode 0700 for Ray's session files, removed afterwards unless
     ``ORCHESTRATE_KEEP_RAY_SESSION=1``. Under the temp folder (``TMPDIR``) when its path
     leaves room for Ray's socket paths, else under /tmp (a state folder would often not:
-    pytest's are 60-90 bytes)."""
+    pytest's are 60-90 bytes).
+
+    A driver killed with SIGKILL cannot remove its folder: the folder names its driver
+    in ``OWNER_FILE`` while the run lasts, and the next start removes those whose driver
+    is gone (``_remove_abandoned``). A folder kept on purpose has no owner file."""
     root = tempfile.gettempdir()
     if len(os.path.join(root, "orchestrate-ray-12345678")) + _SOCKET_SUFFIX > (103 if sys.platform == "darwin" else 107):
         root = "/tmp"
-    folder = tempfile.mkdtemp(prefix="orchestrate-ray-", dir=root)
+    _remove_abandoned(root)
+    folder = tempfile.mkdtemp(prefix=PRIVATE_PREFIX, dir=root)
+    owner = os.path.join(folder, OWNER_FILE)
+    with open(owner, "w", encoding="utf-8") as handle:
+        handle.write(f"{socket.gethostname()} {os.getpid()}")
     try:
         yield folder
     finally:
         if os.environ.get(KEEP_SESSION_FLAG) != "1":
             shutil.rmtree(folder, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.remove(owner)
+
+
+def _remove_abandoned(root: str) -> None:
+    """Remove our private folders under ``root`` whose driver, on this host, has ended
+    (another user's folders are not ours to read: mode 0700 keeps us out anyway)."""
+    host = socket.gethostname()
+    for folder in glob.glob(os.path.join(root, PRIVATE_PREFIX + "*")):
+        try:
+            with open(os.path.join(folder, OWNER_FILE), encoding="utf-8") as handle:
+                owner_host, pid = handle.read().split()
+        except (OSError, ValueError):
+            continue  # kept on purpose, being created, or not ours
+        if owner_host == host and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
