@@ -1,7 +1,7 @@
 """A LoRA linear layer with pre-allocated factors and an active rank prefix.
 
 Shared by the hand-written rank-adaptive methods (``plateau_lora``, ``dylora``,
-``sora``) and, for the injection helpers, by ``snell``. peft ships none of them
+``sora``); they put it into the model with ``methods._injection``. peft ships none of them
 (METHODS.md section 7), and peft's ``LoraLayer`` cannot change its rank in place.
 
 One layer holds ``A in R^{r_max x d_in}`` and ``B in R^{d_out x r_max}`` from the start
@@ -22,17 +22,13 @@ what growth needs (METHODS.md section 3); ``"rank"`` (alpha / rank) is DyLoRA's.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable, Iterator, Literal, TypeVar
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:
-    from collections.abc import Iterable
-
 ScaleBy = Literal["r_max", "sqrt_r_max", "rank"]
-AdapterT = TypeVar("AdapterT", bound=nn.Module)
 
 
 def kaiming_rows_(rows: torch.Tensor, fan_in: int, generator: torch.Generator | None = None) -> None:
@@ -216,59 +212,6 @@ class MaskedLoraLinear(nn.Module):
     def extra_repr(self) -> str:
         gate = ", gate" if self.lora_gate is not None else ""
         return f"r_max={self.r_max}, rank={self.rank}, scale_by={self.scale_by}{gate}"
-
-
-# -- injection helpers (also used by snell) ---------------------------------------------
-def matches(name: str, suffixes: "Iterable[str]") -> bool:
-    """peft's rule for a list of target modules: exact name or a ``.suffix`` ending."""
-    return any(name == s or name.endswith("." + s) for s in suffixes)
-
-
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
-def adapt_linear_layers(
-    model: nn.Module, target_modules: list[str], make: Callable[[str, nn.Linear], AdapterT]
-) -> dict[str, AdapterT]:
-    """Replace every ``nn.Linear`` whose name matches ``target_modules`` by ``make(name, layer)``.
-
-    Raises ValueError when nothing matches (a typo in ``target_modules`` must not
-    silently train the head alone).
-    """
-    targets = [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and matches(name, target_modules)
-    ]
-    if not targets:
-        raise ValueError(f"no nn.Linear module matches target_modules={target_modules}")
-    adapted = {}
-    for name, module in targets:
-        adapter = make(name, module)
-        replace_module(model, name, adapter)
-        adapted[name] = adapter
-    return adapted
-
-
-def freeze_base(model: nn.Module, head_modules: list[str]) -> None:
-    """Freeze every parameter, then unfreeze the task head (trained in full, like
-    peft's ``modules_to_save``). Adapter parameters are created afterwards, trainable."""
-    for param in model.parameters():
-        param.requires_grad_(False)
-    for name, module in model.named_modules():
-        if matches(name, head_modules):
-            for param in module.parameters():
-                param.requires_grad_(True)
-
-
-def adapters(model: nn.Module, kind: type[AdapterT]) -> Iterator[tuple[str, AdapterT]]:
-    """(name, layer) of every adapter layer of type ``kind`` in ``model``."""
-    for name, module in model.named_modules():
-        if isinstance(module, kind):
-            yield name, module
 
 
 def seeded_generator(seed: int) -> torch.Generator:

@@ -2,9 +2,8 @@
 
 What lives here, and why it is shared:
 
-- **Injection**: find the target ``nn.Linear`` layers, replace each with a wrapper that
-  keeps the frozen layer as ``base_layer`` (so ``orchestrator.measure.flops.linear_shapes``
-  sees through it, as through peft's wrappers), freeze the base, train the head.
+- **Layers**: the transformer block a module belongs to (one router per block) and
+  LoRA factors initialised as peft does. Injection itself is ``methods._injection``.
 - **Straight-through gates** with the correct sign, ``hard - soft.detach() + soft``
   (the seed sketch had ``hard + p.detach() - p``, whose gradient is -1: METHODS.md
   section 6, flaw 1), Gumbel-sigmoid and nested rank masks.
@@ -26,7 +25,7 @@ import abc
 import math
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,58 +34,14 @@ from torch import nn
 if TYPE_CHECKING:
     from torch import Tensor
 
-# -- injection ------------------------------------------------------------------------
-def matches_suffix(name: str, suffixes: list[str]) -> bool:
-    """peft's rule for a list of target modules: the exact name or a ``.suffix``."""
-    return any(name == s or name.endswith("." + s) for s in suffixes)
 
-
-def parse_module_list(value: Any) -> list[str] | None:
-    """``target_modules`` as a list; a comma-separated string (what a categorical
-    search-space choice can hold) is split: ``"query,value"`` -> ``["query", "value"]``."""
-    if value is None or isinstance(value, list):
-        return value
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return list(value)
-
-
-def find_targets(model: nn.Module, suffixes: list[str], exclude: list[str]) -> list[tuple[str, nn.Linear]]:
-    """Every plain ``nn.Linear`` named by ``suffixes``, outside the ``exclude`` (head) modules."""
-    found = []
-    for name, module in model.named_modules():
-        if type(module) is not nn.Linear or not matches_suffix(name, suffixes):
-            continue
-        if any(f".{h}." in f".{name}." for h in exclude):  # the head itself or inside it
-            continue
-        found.append((name, module))
-    if not found:
-        raise ValueError(f"no nn.Linear module matches target_modules {suffixes}")
-    return found
-
-
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, new)
-
-
+# -- layers ----------------------------------------------------------------------------
 def block_of(name: str) -> str:
     """The transformer block a module belongs to: the prefix up to the first numbered
     path component (``bert.encoder.layer.3.attention.self.query`` -> ``...layer.3``;
     T5's ``encoder.block.3.layer.0.SelfAttention.q`` -> ``encoder.block.3``)."""
     match = re.search(r"\.\d+(?=\.)", name)
     return name[: match.end()] if match else ""
-
-
-def freeze_base_train_head(model: nn.Module, head_modules: list[str]) -> None:
-    """Freeze every parameter, then make the classifier head trainable in full."""
-    for param in model.parameters():
-        param.requires_grad_(False)
-    for name, module in model.named_modules():
-        if matches_suffix(name, head_modules):
-            for param in module.parameters():
-                param.requires_grad_(True)
 
 
 def init_lora_factors(r: int, d_in: int, d_out: int) -> tuple[nn.Parameter, nn.Parameter]:

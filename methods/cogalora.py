@@ -29,10 +29,12 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import Tensor, nn
 
 from methods import register
+from methods._injection import find_targets, freeze_base_train_head, replace_module
+from methods._low_rank_config import LowRankConfig, TargetModules
 from methods._routing import (
     RoutedUnit,
     RoutingSchedule,
@@ -40,22 +42,16 @@ from methods._routing import (
     add_routed,
     bernoulli_st,
     block_of,
-    find_targets,
-    freeze_base_train_head,
     gumbel_sigmoid_st,
     init_lora_factors,
     masked_mean,
-    parse_module_list,
-    replace_module,
     zero_example,
 )
 from methods._routing_stats import EXAMPLE_METRICS, start_recording, summarize, write_summary
-from methods.base import BuildContext, Method, MethodConfig, StepInfo
+from methods.base import BuildContext, Method, StepInfo
 
 
-class CoGaLoraConfig(MethodConfig):
-    r: int = Field(8, ge=1, le=256, description="LoRA rank of every module")
-    lora_alpha: float = Field(16.0, gt=0, description="scaling numerator: s = alpha / r")
+class CoGaLoraConfig(LowRankConfig):
     router_hidden: int = Field(4, ge=1, le=1024, description="hidden width of each module's router (seed: 4)")
     lam: float = Field(0.2, ge=0.0, description="lambda: weight of mean gate probability in the loss (seed grid 0.1-0.4)")
     gate: Literal["bernoulli", "gumbel"] = Field("bernoulli", description="training gate: ST Bernoulli or ST Gumbel-sigmoid")
@@ -64,14 +60,7 @@ class CoGaLoraConfig(MethodConfig):
     warmup_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of steps with every gate on, no penalty")
     tau_start: float = Field(1.0, gt=0.0, description="gate=gumbel: temperature after warmup")
     tau_end: float = Field(0.1, gt=0.0, description="gate=gumbel: temperature at the end (geometric decay)")
-    target_modules: list[str] | None = Field(
-        None, description="module-name suffixes to adapt (a list, or 'query,value'); default: the task's"
-    )
-
-    @field_validator("target_modules", mode="before")
-    @classmethod
-    def _split(cls, value: object) -> object:
-        return parse_module_list(value)
+    target_modules: TargetModules = None
 
 
 class CoGaLoRALinear(nn.Module, RoutedUnit):

@@ -81,7 +81,8 @@ class DyLoraConfig(MethodConfig):
 
 
 def _dylora_layers(model: "nn.Module"):
-    from methods._masked_lora import MaskedLoraLinear, adapters
+    from methods._injection import adapters
+    from methods._masked_lora import MaskedLoraLinear
 
     return [layer for _, layer in adapters(model, MaskedLoraLinear) if layer.scale_by == "rank"]
 
@@ -135,10 +136,11 @@ class DyLoRA(Method):
         return self.config.eval_rank or self.config.r_max
 
     def build(self, model: "nn.Module", ctx: BuildContext) -> "nn.Module":
-        from methods._masked_lora import MaskedLoraLinear, adapt_linear_layers, freeze_base, seeded_generator
+        from methods._injection import adapt_linear_layers, freeze_base_train_head
+        from methods._masked_lora import MaskedLoraLinear, seeded_generator
 
         cfg = self.config
-        freeze_base(model, ctx.head_modules)
+        freeze_base_train_head(model, ctx.head_modules)
         self._generator = seeded_generator(ctx.seed)
         adapt_linear_layers(
             model,

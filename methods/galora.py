@@ -58,25 +58,18 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import Tensor, nn
 
 from methods import register
-from methods._routing import (
-    block_of,
-    find_targets,
-    freeze_base_train_head,
-    init_lora_factors,
-    parse_module_list,
-    replace_module,
-)
+from methods._injection import find_targets, freeze_base_train_head, replace_module
+from methods._low_rank_config import LowRankConfig, TargetModules
+from methods._routing import block_of, init_lora_factors
 from methods._routing_stats import write_heatmap
-from methods.base import BuildContext, Method, MethodConfig, StepInfo
+from methods.base import BuildContext, Method, StepInfo
 
 
-class GaLoraConfig(MethodConfig):
-    r: int = Field(8, ge=1, le=256, description="LoRA rank of every module")
-    lora_alpha: float = Field(16.0, gt=0, description="scaling numerator: s = alpha / r")
+class GaLoraConfig(LowRankConfig):
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the adapter input")
     lam: float = Field(5e-3, ge=0.0, description="lambda: L1 weight on the gates, in loss units (seed grid 0-1e-2)")
     gate_lr: float = Field(1.0, gt=0.0, description="eta: step size of the proximal gradient step on the gates")
@@ -84,14 +77,7 @@ class GaLoraConfig(MethodConfig):
         1e-5, gt=0.0, description="mu: weight of mu * (||A||^2 + ||B||^2) added to the loss; > 0 (0 re-opens the g-B scale symmetry)"
     )
     prune_threshold: float = Field(0.1, ge=0.0, description="after training, modules with |g| below this are removed")
-    target_modules: list[str] | None = Field(
-        None, description="module-name suffixes to adapt (a list, or 'query,value'); default: the task's"
-    )
-
-    @field_validator("target_modules", mode="before")
-    @classmethod
-    def _split(cls, value: object) -> object:
-        return parse_module_list(value)
+    target_modules: TargetModules = None
 
 
 class GaLoRALinear(nn.Module):

@@ -172,10 +172,11 @@ class PlateauLoRA(Method):
         self._generator = None
 
     def build(self, model: "nn.Module", ctx: BuildContext) -> "nn.Module":
-        from methods._masked_lora import MaskedLoraLinear, adapt_linear_layers, freeze_base, seeded_generator
+        from methods._injection import adapt_linear_layers, freeze_base_train_head
+        from methods._masked_lora import MaskedLoraLinear, seeded_generator
 
         cfg = self.config
-        freeze_base(model, ctx.head_modules)
+        freeze_base_train_head(model, ctx.head_modules)
         self._generator = seeded_generator(ctx.seed)
         adapt_linear_layers(
             model,
@@ -194,7 +195,8 @@ class PlateauLoRA(Method):
         return model
 
     def _layers(self, model: "nn.Module"):
-        from methods._masked_lora import MaskedLoraLinear, adapters
+        from methods._injection import adapters
+        from methods._masked_lora import MaskedLoraLinear
 
         return [layer for _, layer in adapters(model, MaskedLoraLinear)]
 

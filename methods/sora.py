@@ -112,10 +112,11 @@ class SoRA(Method):
         self._final: dict[str, float] | None = None
 
     def build(self, model: "nn.Module", ctx: BuildContext) -> "nn.Module":
-        from methods._masked_lora import MaskedLoraLinear, adapt_linear_layers, freeze_base, seeded_generator
+        from methods._injection import adapt_linear_layers, freeze_base_train_head
+        from methods._masked_lora import MaskedLoraLinear, seeded_generator
 
         cfg = self.config
-        freeze_base(model, ctx.head_modules)
+        freeze_base_train_head(model, ctx.head_modules)
         generator = seeded_generator(ctx.seed)
         adapt_linear_layers(
             model,
@@ -135,7 +136,8 @@ class SoRA(Method):
 
     @staticmethod
     def _layers(model: "nn.Module"):
-        from methods._masked_lora import MaskedLoraLinear, adapters
+        from methods._injection import adapters
+        from methods._masked_lora import MaskedLoraLinear
 
         return list(adapters(model, MaskedLoraLinear))
 
@@ -158,7 +160,7 @@ class SoRA(Method):
 
     def finalize(self, model: "nn.Module") -> "nn.Module":
         """Drop the ranks whose gate is 0, fold g into B; merge if asked. Outputs unchanged."""
-        from methods._masked_lora import replace_module
+        from methods._injection import replace_module
 
         gates = self._gates(model)
         total_gates = sum(g.numel() for g in gates)

@@ -22,9 +22,6 @@ COMMON_METRICS: dict[str, str] = {
     "epoch": "epochs completed",
 }
 
-#: Only confirmation runs report these (evaluated once, on the held-out split).
-CONFIRM_ONLY = ("test_loss",)
-
 #: Engine metrics that a static adapter's configuration fixes: they are the same on every
 #: seed, so when every confirmation seed gives one value the judge may compare that value
 #: exactly. The FLOPs are counted on a fixed probe of validation examples and a static

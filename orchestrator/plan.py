@@ -122,11 +122,11 @@ def default_concurrency(resources: Resources, trials: int) -> int:
 def first_point(searched: dict[str, ParamSpec], defaults: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
     """The paper's defaults as a trial: conditional parameters are included exactly
     when their condition holds for the other defaults and the fixed values."""
-    from orchestrator.space import _condition_holds
+    from orchestrator.space import condition_holds
 
     point = {k: v for k, v in defaults.items() if k in searched and not searched[k].when}
     for name, spec in searched.items():
-        if spec.when and name in defaults and _condition_holds(spec.when, {**fixed, **point}):
+        if spec.when and name in defaults and condition_holds(spec.when, {**fixed, **point}):
             point[name] = defaults[name]
     return point
 

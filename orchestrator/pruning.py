@@ -13,7 +13,6 @@ trials in a study, which Ray's OptunaSearch does not consult for stopping.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import optuna
@@ -21,6 +20,7 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from orchestrator.faults import ERROR_KEY
+from orchestrator.finite import is_finite_number
 
 PRUNERS = ("median", "sha", "hyperband")
 
@@ -66,7 +66,7 @@ class OptunaPrunerScheduler(FIFOScheduler):
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         value = result.get(self._metric)
-        if ERROR_KEY in result or not _finite(value) or trial.trial_id in self.pruned:
+        if ERROR_KEY in result or not is_finite_number(value) or trial.trial_id in self.pruned:
             return TrialScheduler.CONTINUE
         ot_trial = self._trial(trial.trial_id)
         ot_trial.report(float(value), int(result.get("training_iteration", len(ot_trial.study.trials))))
@@ -90,14 +90,10 @@ class OptunaPrunerScheduler(FIFOScheduler):
         if ot_trial is None or trial_id in self.pruned:
             return
         value = (result or {}).get(self._metric)
-        if ERROR_KEY in (result or {}) or not _finite(value):
+        if ERROR_KEY in (result or {}) or not is_finite_number(value):
             self._study.tell(ot_trial, state=TrialState.FAIL)
         else:
             self._study.tell(ot_trial, float(value))
 
     def debug_string(self) -> str:
         return f"Optuna {self.pruner_name} pruner: {len(self.pruned)} trials stopped"
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -18,7 +18,6 @@ Everything else (suggestion, bookkeeping, checkpointing) is Ray's and Optuna's.
 
 from __future__ import annotations
 
-import math
 import pickle
 import time
 from typing import Any
@@ -28,6 +27,7 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator.faults import ERROR_KEY
+from orchestrator.finite import is_finite_number
 from orchestrator.results import STOPPED, TrialRecord
 from orchestrator.samplers import limited_threads
 from orchestrator.spec.checks import Constraint
@@ -80,11 +80,11 @@ class HonestOptunaSearch(OptunaSearch):
         metrics = record.metrics
         for constraint in self._constraints:
             value = metrics.get(constraint.metric)
-            ot_trial.set_constraint(str(constraint), constraint.violation(float(value)) if _finite(value) else MISSING_METRIC_VIOLATION)
+            ot_trial.set_constraint(str(constraint), constraint.violation(float(value)) if is_finite_number(value) else MISSING_METRIC_VIOLATION)
         values = [metrics.get(m) for m in _as_list(self.metric)]
         if record.status == STOPPED:
             self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
-        elif metrics.get("infeasible_before_training") or not all(_finite(v) for v in values):
+        elif metrics.get("infeasible_before_training") or not all(is_finite_number(v) for v in values):
             worst = [-1e9 if mode == "max" else 1e9 for mode in _as_list(self.mode)]
             self._ot_study.tell(ot_trial, worst if len(worst) > 1 else worst[0])
         else:
@@ -123,7 +123,7 @@ class HonestOptunaSearch(OptunaSearch):
         ot_trial = self._ot_trials[trial_id]
         for constraint in self._constraints:
             value = (result or {}).get(constraint.metric)
-            violation = constraint.violation(float(value)) if _finite(value) else MISSING_METRIC_VIOLATION
+            violation = constraint.violation(float(value)) if is_finite_number(value) else MISSING_METRIC_VIOLATION
             ot_trial.set_constraint(str(constraint), violation)
         if result and result.get("infeasible_before_training"):
             # Never trained: its objectives are unknown. Optuna's constrained samplers
@@ -137,15 +137,11 @@ class HonestOptunaSearch(OptunaSearch):
             self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
             self._completed_trials.add(trial_id)
             return None
-        if result and any(not _finite(result.get(m)) for m in _as_list(self.metric)) and not error:
+        if result and any(not is_finite_number(result.get(m)) for m in _as_list(self.metric)) and not error:
             self._ot_study.tell(ot_trial, state=TrialState.FAIL)
             self._completed_trials.add(trial_id)
             return None
         return super().on_trial_complete(trial_id, result, error)
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _as_list(metric: Any) -> list[str]:

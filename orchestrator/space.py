@@ -152,7 +152,9 @@ def _dependency_order(params: dict[str, ParamSpec]) -> list[str]:
     return order
 
 
-def _condition_holds(condition: dict[str, Any] | None, chosen: dict[str, Any]) -> bool:
+def condition_holds(condition: dict[str, Any] | None, chosen: dict[str, Any]) -> bool:
+    """Whether every parent named in a ``when`` condition has been chosen with one of
+    the wanted values (a value or a list of them); no condition always holds."""
     for parent, wanted in (condition or {}).items():
         if parent not in chosen:
             return False
@@ -178,7 +180,7 @@ class DefineByRun:
         chosen: dict[str, Any] = dict(self.fixed)
         for name in self.order:
             spec = self.params[name]
-            if not _condition_holds(spec.when, chosen):
+            if not condition_holds(spec.when, chosen):
                 continue
             chosen[name] = suggest(trial, name, spec)
         return dict(self.fixed)  # OptunaSearch merges these constants into the config
@@ -186,7 +188,7 @@ class DefineByRun:
     def searched(self) -> dict[str, ParamSpec]:
         """Parameters a trial can sample: a condition on a fixed value that fails
         removes its parameter from the search altogether."""
-        return {k: v for k, v in self.params.items() if all(p not in self.fixed or _condition_holds({p: w}, self.fixed) for p, w in (v.when or {}).items())}
+        return {k: v for k, v in self.params.items() if all(p not in self.fixed or condition_holds({p: w}, self.fixed) for p, w in (v.when or {}).items())}
 
     def active(self, sampled: dict[str, Any]) -> dict[str, Any]:
         """The hyperparameters a trial actually uses: sampled plus fixed."""

@@ -36,14 +36,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from methods import register
-from methods._routing import (
-    RoutingSchedule,
-    TokenMask,
-    block_of,
-    find_targets,
-    freeze_base_train_head,
-    replace_module,
-)
+from methods._injection import find_targets, freeze_base_train_head, replace_module
+from methods._routing import RoutingSchedule, TokenMask, block_of
 from methods._routing_stats import EXAMPLE_METRICS, start_recording, summarize, write_summary
 from methods.base import BuildContext, Method, StepInfo
 from methods.radlora.config import RadLoraConfig

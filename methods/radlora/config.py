@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from methods._routing import parse_module_list
+from methods._low_rank_config import TargetModules
 from methods.base import MethodConfig
 
 
@@ -53,14 +53,7 @@ class RadLoraConfig(MethodConfig):
     expected_fraction: float = Field(
         0.3, ge=0.0, le=1.0, description="until this fraction of steps the rank uses the expected nested mask P(k >= j)"
     )
-    target_modules: list[str] | None = Field(
-        None, description="module-name suffixes to adapt (a list, or 'query,value'); default: the task's"
-    )
-
-    @field_validator("target_modules", mode="before")
-    @classmethod
-    def _split(cls, value: object) -> object:
-        return parse_module_list(value)
+    target_modules: TargetModules = None
 
     @model_validator(mode="after")
     def _temperatures(self) -> "RadLoraConfig":

@@ -114,11 +114,12 @@ class Snell(Method):
         self._final: dict[str, float] | None = None
 
     def build(self, model: "nn.Module", ctx: BuildContext) -> "nn.Module":
-        from methods._masked_lora import adapt_linear_layers, freeze_base, seeded_generator
+        from methods._injection import adapt_linear_layers, freeze_base_train_head
+        from methods._masked_lora import seeded_generator
         from methods.snell.layer import SnellLinear
 
         cfg = self.config
-        freeze_base(model, ctx.head_modules)
+        freeze_base_train_head(model, ctx.head_modules)
         generator = seeded_generator(ctx.seed)
         layers = adapt_linear_layers(
             model,
@@ -141,7 +142,7 @@ class Snell(Method):
 
     @staticmethod
     def _layers(model: "nn.Module") -> list[tuple[str, "SnellLinear"]]:
-        from methods._masked_lora import adapters
+        from methods._injection import adapters
         from methods.snell.layer import SnellLinear
 
         return list(adapters(model, SnellLinear))
@@ -160,7 +161,7 @@ class Snell(Method):
         }
 
     def finalize(self, model: "nn.Module") -> "nn.Module":
-        from methods._masked_lora import replace_module
+        from methods._injection import replace_module
 
         layers = self._layers(model)
         self._final = self._measure([layer for _, layer in layers])

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from orchestrator.finite import is_finite_number
 from orchestrator.results import COMPLETED, FAILED, INFEASIBLE, STOPPED
 
 if TYPE_CHECKING:
@@ -103,7 +104,7 @@ def plot_pareto(summary: "RunSummary", path: Path) -> Plot | None:
     for arm in summary.arms:
         for trial in arm.trials:
             x, y = trial.metrics.get(FLOPS), trial.metrics.get(metric)
-            if trial.status != FAILED and _finite(x) and _finite(y):
+            if trial.status != FAILED and is_finite_number(x) and is_finite_number(y):
                 points.append((float(x), float(y)))
                 owners.append((arm, trial))
     if not points:
@@ -126,7 +127,7 @@ def plot_pareto(summary: "RunSummary", path: Path) -> Plot | None:
     _count_coincident(ax, points, owners)
     for arm in summary.arms:
         best = arm.best_trial()
-        if best and _finite(best.metrics.get(FLOPS)) and _finite(best.metrics.get(metric)):
+        if best and is_finite_number(best.metrics.get(FLOPS)) and is_finite_number(best.metrics.get(metric)):
             ax.scatter([best.metrics[FLOPS]], [best.metrics[metric]], marker="*", s=220, color=colours[arm.arm],
                        edgecolors="black", lw=0.8, zorder=4)
     ax.scatter([], [], marker="*", s=120, color="white", edgecolors="black", label="selected config")
@@ -200,7 +201,7 @@ def plot_confirmation(summary: "RunSummary", metrics: list[str], path: Path) -> 
     from orchestrator.report.numbers import mean_and_half_width
 
     colours = arm_colours([a.arm for a in summary.arms])
-    present = [m for m in metrics if any(_finite(c.metrics.get(m)) for a in summary.arms for c in a.usable_confirms())]
+    present = [m for m in metrics if any(is_finite_number(c.metrics.get(m)) for a in summary.arms for c in a.usable_confirms())]
     if not present:
         return None
     cols = min(3, len(present))
@@ -228,7 +229,7 @@ def _strip(ax: "Axes", arms: list["ArmSummary"], metric: str, colours: dict[str,
 
     rng = np.random.default_rng(0)
     for position, arm in enumerate(arms):
-        values = [float(c.metrics[metric]) for c in arm.usable_confirms() if _finite(c.metrics.get(metric))]
+        values = [float(c.metrics[metric]) for c in arm.usable_confirms() if is_finite_number(c.metrics.get(metric))]
         if not values:
             continue
         colour = colours[arm.arm]
@@ -273,15 +274,6 @@ def _pad(ax: "Axes", xs: list[float], ys: list[float]) -> None:
             continue
         span = high - low or max(abs(high) * 0.1, 0.05)
         setter(low - 0.12 * span, high + 0.12 * span)
-
-
-def _axis_floor(values: list[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return min(finite) if finite else 0.0
-
-
-def _finite(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _fmt(value: float) -> str:

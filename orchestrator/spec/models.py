@@ -170,7 +170,3 @@ class Hypothesis(Strict):
                 for name in bad
             ])
         return arms
-
-    @property
-    def arm_names(self) -> list[str]:
-        return list(self.arms)

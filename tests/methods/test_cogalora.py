@@ -2,35 +2,23 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from methods import get_method
 from methods._routing import RoutingSchedule, TokenMask, force_routing
-from methods.base import BuildContext, StepInfo
+from methods.base import StepInfo
 from methods.cogalora import CoGaLoRALinear
 from orchestrator.measure.flops import count_flops
-from orchestrator.tasks.models import load_model, resolve_model
+
+from bert_tiny import base_model, build_method, make_batch
 
 torch.set_num_threads(1)
-REF = resolve_model("random:bert-tiny")  # 2 blocks, hidden 32
 HIDDEN, MODULES = 32, 4  # query and value in 2 blocks
-
-
-def build(total_steps: int = 20, **params):
-    cls = get_method("cogalora")
-    method = cls(cls.Config(**params))
-    ctx = BuildContext(total_steps=total_steps, steps_per_epoch=total_steps, num_labels=2, target_modules=["query", "value"], seed=0)
-    return method, method.build(load_model(REF, num_labels=2, seed=0), ctx)
-
-
-def make_batch(lengths=(12, 9, 5, 12), seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    width = max(lengths)
-    mask = torch.tensor([[1] * n + [0] * (width - n) for n in lengths])
-    ids = torch.randint(1000, 5000, (len(lengths), width), generator=gen) * mask
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids), "labels": torch.tensor([0, 1] * (len(lengths) // 2))}
+build = partial(build_method, "cogalora")
 
 
 def router_prob(layer, x):
@@ -79,7 +67,7 @@ def test_penalty_is_lambda_times_mean_gate_probability_and_lowers_it():
 
 def test_forced_off_gates_cost_exactly_the_routers():
     batch = make_batch()
-    base = count_flops(load_model(REF, num_labels=2, seed=0), batch)
+    base = count_flops(base_model(), batch)
     method, model = build()
     force_routing(model, activity=0.0)
     b, t = batch["input_ids"].shape
@@ -89,7 +77,7 @@ def test_forced_off_gates_cost_exactly_the_routers():
 
 def test_active_adapters_cost_lora_on_real_tokens_only():
     batch = make_batch()
-    base = count_flops(load_model(REF, num_labels=2, seed=0), batch)
+    base = count_flops(base_model(), batch)
     method, model = build(r=8)
     force_routing(model, activity=0.0)
     routers = count_flops(model, batch) - base

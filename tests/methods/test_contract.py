@@ -514,7 +514,8 @@ class TestContract:
             return trial.stats_before_finalize["trainable_params_final"]
         if rule is FinalParams.TRAINED:
             return numel({n: t for n, t in built.items() if t.requires_grad})
-        from methods._masked_lora import MaskedLoraLinear, adapters
+        from methods._injection import adapters
+        from methods._masked_lora import MaskedLoraLinear
 
         trial.finalized.eval()
         layers = [layer for _, layer in adapters(trial.finalized, MaskedLoraLinear)]
@@ -543,7 +544,8 @@ class TestContract:
         if contract.merge is Merge.PEFT:
             merged = merged.merge_and_unload()
         else:
-            from methods._masked_lora import MaskedLoraLinear, adapters, replace_module
+            from methods._injection import adapters, replace_module
+            from methods._masked_lora import MaskedLoraLinear
 
             for name, layer in list(adapters(merged, MaskedLoraLinear)):
                 replace_module(merged, name, layer.merged())

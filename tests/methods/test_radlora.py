@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pytest
 import torch
@@ -10,28 +11,15 @@ import torch.nn.functional as F
 
 from methods import get_method
 from methods._routing import RoutingSchedule, TokenMask, force_routing, gumbel_softmax_st, nested_mask
-from methods.base import BuildContext, StepInfo
+from methods.base import StepInfo
 from methods.radlora import BlockRouter, RadLoRALinear, hyper_param_count
 from orchestrator.measure.flops import count_flops
-from orchestrator.tasks.models import load_model, resolve_model
+
+from bert_tiny import base_model, build_method, make_batch
 
 torch.set_num_threads(1)
-REF = resolve_model("random:bert-tiny")  # 2 blocks, hidden 32
 HIDDEN, BLOCKS = 32, 2
-
-
-def build(total_steps: int = 20, **params):
-    method = get_method("radlora")(get_method("radlora").Config(**params))
-    ctx = BuildContext(total_steps=total_steps, steps_per_epoch=total_steps, num_labels=2, target_modules=["query", "value"], seed=0)
-    return method, method.build(load_model(REF, num_labels=2, seed=0), ctx)
-
-
-def make_batch(lengths=(12, 9, 5, 12), seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    width = max(lengths)
-    mask = torch.tensor([[1] * n + [0] * (width - n) for n in lengths])
-    ids = torch.randint(1000, 5000, (len(lengths), width), generator=gen) * mask
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids), "labels": torch.tensor([0, 1] * (len(lengths) // 2))}
+build = partial(build_method, "radlora")
 
 
 def randomize(model, seed: int = 1, scale: float = 0.5):
@@ -101,7 +89,7 @@ def router_flops(batch, r_max=8, hidden=16, hyper_dim=0):
 @pytest.mark.parametrize("generator", ["static", "hyper"])
 def test_forced_off_gates_cost_exactly_the_router(generator):
     batch = make_batch()
-    base = count_flops(load_model(REF, num_labels=2, seed=0), batch)
+    base = count_flops(base_model(), batch)
     method, model = build(generator=generator)
     force_routing(model, activity=0.0)
     hyper_dim = 4 if generator == "hyper" else 0
@@ -111,7 +99,7 @@ def test_forced_off_gates_cost_exactly_the_router(generator):
 @pytest.mark.parametrize("generator", ["static", "hyper"])
 def test_active_adapter_flops_scale_with_real_tokens_and_rank(generator):
     batch = make_batch()
-    base = count_flops(load_model(REF, num_labels=2, seed=0), batch)
+    base = count_flops(base_model(), batch)
     method, model = build(generator=generator)
     hyper_dim = 4 if generator == "hyper" else 0
     tokens, examples, modules = int(batch["attention_mask"].sum()), 4, 2 * BLOCKS
