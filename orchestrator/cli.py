@@ -18,8 +18,19 @@ from typing import Sequence
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
-def _err(text: str) -> None:
+def print_error(text: str) -> None:
+    """One line on stderr, flushed at once (every command's messages go through here)."""
     print(text, file=sys.stderr, flush=True)
+
+
+def verdict_exit_code(fail_on: str | None, verdicts: list[str]) -> int:
+    """The exit code of a command that judged (``run``, ``judge``): 0 whatever the verdicts;
+    ``--fail-on refuted``: 1 if any is REFUTED; ``--fail-on inconclusive``: 1 if any is not SUPPORTED."""
+    if fail_on == "refuted" and "REFUTED" in verdicts:
+        return EXIT_FAILED
+    if fail_on == "inconclusive" and any(v != "SUPPORTED" for v in verdicts):
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _load(path: str, profile: str | None):
@@ -37,7 +48,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             _load(path, None)
             print(f"{path}: ok")
         except SpecError as exc:
-            _err(str(exc))
+            print_error(str(exc))
             status = EXIT_BAD_INPUT
     return status
 
@@ -131,8 +142,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         from orchestrator.precision import emulated_bf16_warnings
 
         for warning in emulated_bf16_warnings(plan.hypothesis):  # local trials run on this CPU
-            _err(f"orchestrate: warning: {warning}")
-    from orchestrator.execute.runner import AllTrialsFailedError, RunOptions, run_plan
+            print_error(f"orchestrate: warning: {warning}")
+    from orchestrator.execute.runner import AllTrialsFailedError, RunOptions
+    from orchestrator.pipeline import run_hypothesis
     from orchestrator.tasks.datasets import DatasetUnavailableError
     from orchestrator.tasks.models import ModelUnavailableError
 
@@ -141,24 +153,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         state_dir=Path(args.state_dir), fresh=args.fresh, quiet=args.quiet,
     )
     try:
-        outcome = run_plan(plan, options)
+        outcome = run_hypothesis(plan, options)
     except (AllTrialsFailedError, ModelUnavailableError, DatasetUnavailableError) as exc:
-        _err(f"orchestrate: {exc}")
+        print_error(f"orchestrate: {exc}")
         return EXIT_FAILED
     from orchestrator.verdict_table import print_verdicts
 
     print_verdicts(outcome)
     if outcome.report_path is not None:
         print(f"report: {outcome.report_path} (also logged to MLflow under report/)")
-    return _fail_on(args.fail_on, [v.verdict for v in outcome.verdicts])
-
-
-def _fail_on(fail_on: str | None, verdicts: list[str]) -> int:
-    if fail_on == "refuted" and "REFUTED" in verdicts:
-        return EXIT_FAILED
-    if fail_on == "inconclusive" and any(v != "SUPPORTED" for v in verdicts):
-        return EXIT_FAILED
-    return EXIT_OK
+    return verdict_exit_code(args.fail_on, [v.verdict for v in outcome.verdicts])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,13 +213,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except SpecError as exc:
-        _err(str(exc))
+        print_error(str(exc))
         return EXIT_BAD_INPUT
     except InputError as exc:  # a data file, damaged state, an unusable store, a run already going
-        _err(f"orchestrate: {exc}")
+        print_error(f"orchestrate: {exc}")
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        _err("orchestrate: interrupted; run the same command again to resume")
+        print_error("orchestrate: interrupted; run the same command again to resume")
         return 130
 
 

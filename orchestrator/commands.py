@@ -9,12 +9,12 @@ a bad ``--spec`` file).
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+from orchestrator.cli import EXIT_BAD_INPUT, EXIT_OK, print_error, verdict_exit_code
+
 TARGET_HELP = "a hypothesis name (its newest FINISHED run) or an MLflow run id"
 URI_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
 
@@ -44,14 +44,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         run_id = resolve_hypothesis_run(tracker, args.target)
         path = write_report(tracker.uri, run_id, args.out)
     except ReportError as exc:
-        _err(f"orchestrate: {exc}")
+        print_error(f"orchestrate: {exc}")
         return EXIT_BAD_INPUT
     print(f"{path}\n{path.with_name('report.html')}\n(also logged under report/ on MLflow run {run_id})")
     return EXIT_OK
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
-    from orchestrator.rejudge import exit_code, record_posthoc, rejudge
+    from orchestrator.rejudge import record_posthoc, rejudge
     from orchestrator.report import ReportError, resolve_hypothesis_run, write_report
     from orchestrator.tracking import Tracker
 
@@ -60,10 +60,10 @@ def cmd_judge(args: argparse.Namespace) -> int:
         run_id = resolve_hypothesis_run(tracker, args.target)
         judgement = rejudge(tracker, run_id, args.spec)
     except ReportError as exc:
-        _err(f"orchestrate: {exc}")
+        print_error(f"orchestrate: {exc}")
         return EXIT_BAD_INPUT
     for note in judgement.notes:
-        _err(f"orchestrate: note: {note}")
+        print_error(f"orchestrate: note: {note}")
     print_judgement(judgement)
     if judgement.posthoc:
         record_posthoc(tracker, judgement)
@@ -71,7 +71,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
             write_report(tracker.uri, run_id, Path(scratch))  # keeps the logged report/ in step
         print(f"POST-HOC: stored as verdicts_posthoc.json and tag orchestrate.posthoc=true on run {run_id}; "
               "the registered verdicts are unchanged")
-    return exit_code(args.fail_on, [v.verdict for v in judgement.verdicts])
+    return verdict_exit_code(args.fail_on, [v.verdict for v in judgement.verdicts])
 
 
 def print_judgement(judgement: Any) -> None:
@@ -102,7 +102,3 @@ def print_judgement(judgement: Any) -> None:
             out.print(f"reproduces the {len(judgement.logged)} verdicts logged at run time (verdicts.json)")
         else:
             out.print("[bold yellow]differs from the verdicts logged at run time (verdicts.json)[/]: were confirmation runs changed or deleted?")
-
-
-def _err(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)

@@ -150,15 +150,6 @@ def record_posthoc(tracker: "Tracker", judgement: Judgement) -> None:
     tracker.set_tags(judgement.run_id, tags)
 
 
-def exit_code(fail_on: str | None, verdicts: list[str]) -> int:
-    """0 whatever the verdicts; ``refuted``: 1 if any is REFUTED; ``inconclusive``: 1 if any is not SUPPORTED."""
-    if fail_on == "refuted" and "REFUTED" in verdicts:
-        return 1
-    if fail_on == "inconclusive" and any(v != "SUPPORTED" for v in verdicts):
-        return 1
-    return 0
-
-
 def _normal(claims: list[str]) -> list[str]:
     """Claims compared by meaning: '1%' and '0.01', spacing and order do not matter."""
     from orchestrator.claims import parse_claim

@@ -24,6 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Sequence
 
+from orchestrator.cli import print_error
 from orchestrator.errors import StoreError
 
 HOST = "127.0.0.1"
@@ -52,32 +53,32 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     uri = tracking_uri(args.tracking_uri)
     if not 0 <= args.port <= MAX_PORT:
-        _err(f"orchestrate ui: --port {args.port} is not a port: pass 1-{MAX_PORT}, or 0 for any free one")
+        print_error(f"orchestrate ui: --port {args.port} is not a port: pass 1-{MAX_PORT}, or 0 for any free one")
         return 2
     try:
         name = _hypothesis_name(args.hypothesis)
     except Exception as exc:  # an unreadable YAML: say so, nothing started
-        _err(f"orchestrate ui: {exc}")
+        print_error(f"orchestrate ui: {exc}")
         return 2
     if uri.startswith(("http://", "https://")):
         experiment = _experiment_id(uri, name) if name else None
         print(experiment_url(uri.rstrip("/"), experiment), flush=True)
         return 0
     if uri.startswith("sqlite:///") and not _sqlite_path(uri).exists():
-        _err(f"orchestrate ui: no MLflow store at {_sqlite_path(uri)} (run `orchestrate run` first, or pass --tracking-uri)")
+        print_error(f"orchestrate ui: no MLflow store at {_sqlite_path(uri)} (run `orchestrate run` first, or pass --tracking-uri)")
         return 1
     try:
         _open_store(uri)
     except StoreError as exc:  # a server on a store it cannot read only answers with tracebacks
-        _err(f"orchestrate ui: {exc}")
+        print_error(f"orchestrate ui: {exc}")
         return 2
     experiment = _experiment_id(uri, name) if name else None
     if name and experiment is None:
-        _err(f"orchestrate ui: no experiment named {name!r} in {uri}; showing every experiment")
+        print_error(f"orchestrate ui: no experiment named {name!r} in {uri}; showing every experiment")
 
     port = args.port or free_port()
     if not _port_free(port):
-        _err(f"orchestrate ui: port {port} on {HOST} is in use; pass --port (0 picks a free one)")
+        print_error(f"orchestrate ui: port {port} on {HOST} is in use; pass --port (0 picks a free one)")
         return 1
     previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the server too, not only Ctrl-C
     server = start_server(uri, port)
@@ -85,14 +86,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
     try:
         if not wait_until_up(base, server, args.start_timeout):
             if server.poll() is not None:
-                _err(f"orchestrate ui: the MLflow server exited with code {server.returncode} before answering (its messages are above)")
+                print_error(f"orchestrate ui: the MLflow server exited with code {server.returncode} before answering (its messages are above)")
             else:
-                _err(f"orchestrate ui: the MLflow server did not answer on {base} within {args.start_timeout:g} s")
+                print_error(f"orchestrate ui: the MLflow server did not answer on {base} within {args.start_timeout:g} s")
             return 1
         print(f"MLflow UI for {uri}: {experiment_url(base, experiment)}", flush=True)
         print("Ctrl-C to stop.", flush=True)
         code = server.wait()
-        _err(f"orchestrate ui: the MLflow server exited with code {code}")
+        print_error(f"orchestrate ui: the MLflow server exited with code {code}")
         return 1
     except KeyboardInterrupt:
         return 0
@@ -209,17 +210,13 @@ def _experiment_id(uri: str, name: str) -> str | None:
     try:
         experiment = MlflowClient(tracking_uri=uri).get_experiment_by_name(name)
     except Exception as exc:
-        _err(f"orchestrate ui: could not read {uri}: {exc}")
+        print_error(f"orchestrate ui: could not read {uri}: {exc}")
         return None
     return experiment.experiment_id if experiment is not None else None
 
 
 def _sqlite_path(uri: str) -> Path:
     return Path(uri[len("sqlite:///"):].split("?", 1)[0])
-
-
-def _err(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -115,7 +115,10 @@ def test_an_arm_whose_trials_all_failed_is_searched_again_on_resume(tmp_path):
     and a new Tuner, ``fine`` with none."""
     from conftest import new_mlflow_store
     from orchestrator.execute.progress import Progress
-    from orchestrator.execute.runner import AllTrialsFailedError, _parent_run, _pick_winner, _prepare_arm
+    from orchestrator.execute.mlflow_runs import open_hypothesis_run
+    from orchestrator.execute.run_context import RunContext
+    from orchestrator.execute.runner import _prepare_arm
+    from orchestrator.execute.winners import AllTrialsFailedError, pick_winner
     from orchestrator.execute.state import RunState
     from orchestrator.results import COMPLETED, FAILED, TrialRecord
     from orchestrator.tracking import Tracker
@@ -125,8 +128,9 @@ def test_an_arm_whose_trials_all_failed_is_searched_again_on_resume(tmp_path):
     experiment_id = tracker.experiment_id(plan.hypothesis.name)
 
     def prepare(state: RunState) -> dict:
-        parent = _parent_run(tracker, experiment_id, plan, state)
-        return {a.arm: _prepare_arm(a, plan, tracker, experiment_id, parent, state, Progress(quiet=True), None, "data") for a in plan.arms}
+        parent = open_hypothesis_run(tracker, experiment_id, plan, state)
+        run = RunContext(plan, tracker, experiment_id, parent, state, "", Progress(quiet=True), None, None, "data")
+        return {a.arm: _prepare_arm(a, run) for a in plan.arms}
 
     first = RunState.open(tmp_path / "state", plan.hypothesis.name, plan.profile, plan.spec_sha256, fresh=False)
     prepared = prepare(first)
@@ -141,7 +145,7 @@ def test_an_arm_whose_trials_all_failed_is_searched_again_on_resume(tmp_path):
         first.set_record(arm, "trial", record.trial_id, asdict(record))
         first.set_arm(arm, search_done=True, trials=[asdict(record)], trial_callback_key="key-of-the-first-tuner")
     with pytest.raises(AllTrialsFailedError, match="ImportError"):
-        _pick_winner(prepared["late"], tracker, first, "retry-test")
+        pick_winner(tracker, first, prepared["late"].plan, prepared["late"].arm_run)
 
     resumed = RunState.open(tmp_path / "state", plan.hypothesis.name, plan.profile, plan.spec_sha256, fresh=False)
     again = prepare(resumed)

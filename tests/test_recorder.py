@@ -14,7 +14,7 @@ import pytest
 
 from conftest import new_mlflow_store
 from orchestrator.execute.recorder import TrialRecorder
-from orchestrator.execute.stale_runs import close_stale as _close_stale
+from orchestrator.execute.mlflow_runs import close_stale as _close_stale
 from orchestrator.execute.state import RunState
 from orchestrator.tracking import Tracker
 from orchestrator.trainable import SEED_KEY

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from orchestrator.execute.looks import JudgeSettings, Look, round_of, take_look
-from orchestrator.execute.progress import Progress
+from orchestrator.execute.mlflow_runs import base_tags, close_stale
 from orchestrator.execute.recorder import TrialRecorder
-from orchestrator.execute.stale_runs import close_stale
-from orchestrator.execute.state import RunState
+from orchestrator.execute.run_context import RunContext
 from orchestrator.plan import ArmPlan, Plan
 from orchestrator.results import FAILED, ArmOutcome, TrialRecord
 from orchestrator.tracking import Tracker
@@ -42,27 +41,6 @@ class SearchedArm:
     best: TrialRecord
     reason: str
     run_name: str
-
-
-def base_tags(plan: Plan, arm_plan: ArmPlan) -> dict[str, str]:
-    """The tags every run of an arm carries (search trials, reused trials, confirmation runs)."""
-    return {"orchestrate.hypothesis": plan.hypothesis.name, "orchestrate.method": arm_plan.method}
-
-
-
-@dataclass
-class RunContext:
-    """What the steps of one run share: its plan, where it logs (MLflow, the hypothesis
-    run) and persists (run state, Ray's storage), the live display and the task's data."""
-
-    plan: Plan
-    tracker: Tracker
-    experiment_id: str
-    parent_id: str
-    state: RunState
-    storage: str
-    progress: Progress
-    data_ref: Any
 
 
 def confirm_arms(searched: list[SearchedArm], run: RunContext, judging: bool) -> tuple[list[ArmOutcome], list[Look]]:
@@ -152,13 +130,14 @@ def _look_line(look: Look) -> str:
     return f"look {look.index} ({seeds} seeds; alpha {look.alpha:.3g}): {settled}; {after}"
 
 
-def judge_and_log(plan: Plan, arms: list[ArmOutcome], looks: list[Look], tracker: Tracker, parent_id: str) -> list["Verdict"]:
+def judge_and_log(run: RunContext, arms: list[ArmOutcome], looks: list[Look]) -> list["Verdict"]:
     """The run's verdicts are its last look's (``take_look`` judged them: a failed seed is
     passed on, its claims INCONCLUSIVE, never judged on the survivors, and so are the
     metrics each arm's method fixes, the only ones a zero spread may compare exactly);
     logged with every confirmation value and every look."""
     from orchestrator.judge import evidence
 
+    plan, tracker, parent_id = run.plan, run.tracker, run.parent_id
     runs_by_arm = {outcome.arm: outcome.confirm for outcome in arms}
     samples, failed = evidence.confirmation_samples(runs_by_arm), evidence.failed_seeds(runs_by_arm)
     exact = evidence.exact_metrics_of({arm.arm: arm.method for arm in plan.arms})

@@ -7,7 +7,7 @@ of alpha); the arms of the claims still open that more seeds could settle get th
 round, the others stop. Without ``max_seeds`` there is one round and one look, which is
 the plain ``judge_claims``.
 
-The driver takes the looks as its rounds finish (``execute.runner``); ``orchestrate
+The driver takes the looks as its rounds finish (``execute.confirm``); ``orchestrate
 judge`` replays them from MLflow (``rejudge``). Both go through ``take_look``, so a
 re-judgement sees at each look exactly the runs the driver saw: for every arm, the seeds
 of the rounds it ran up to that look, nothing of a later round.

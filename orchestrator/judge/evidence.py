@@ -1,6 +1,6 @@
 """Confirmation runs -> the judge's inputs: values, failed seeds, and fixed metrics.
 
-The run (``execute.runner``) and the re-judge (``rejudge``) both build what
+The run (``execute.confirm``) and the re-judge (``rejudge``) both build what
 ``judge_claims`` takes from here, so a re-judgement sees the same evidence as the run:
 
 - ``samples``: arm -> metric -> seed -> value of every confirmation run that did not fail;
