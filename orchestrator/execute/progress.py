@@ -66,16 +66,15 @@ class Progress:
     def warn(self, text: str) -> None:
         """``orchestrate: warning: <text>``, printed even when quiet: something the run
         set aside (a damaged cache, a damaged archive line) that the user should know."""
-        quiet, self.quiet = self.quiet, False
-        try:
-            self.line(f"orchestrate: warning: {text}")
-        finally:
-            self.quiet = quiet
+        self._print(f"orchestrate: warning: {text}")
 
     def line(self, text: str) -> None:
         """A plain status line (printed even without a live table, unless quiet)."""
-        if self.quiet:
-            return
+        if not self.quiet:
+            self._print(text)
+
+    def _print(self, text: str) -> None:
+        """Above the live table while it shows, else on stderr."""
         if self._live is not None:
             self._live.console.print(text)
         else:

@@ -162,7 +162,8 @@ def _private_folder() -> Iterator[str]:
     root = tempfile.gettempdir()
     if len(os.path.join(root, "orchestrate-ray-12345678")) + _SOCKET_SUFFIX > (103 if sys.platform == "darwin" else 107):
         root = "/tmp"
-    _remove_abandoned(root)
+    if os.name == "posix":  # elsewhere os.kill(pid, 0) is no probe (Windows: it stops the process)
+        _remove_abandoned(root)
     folder = tempfile.mkdtemp(prefix=PRIVATE_PREFIX, dir=root)
     owner = os.path.join(folder, OWNER_FILE)
     with open(owner, "w", encoding="utf-8") as handle:
