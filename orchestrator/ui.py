@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from orchestrator.cli import print_error
-from orchestrator.errors import StoreError
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
@@ -49,7 +48,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from orchestrator.tracking import tracking_uri
+    from orchestrator.tracking import Tracker, tracking_uri
 
     uri = tracking_uri(args.tracking_uri)
     if not 0 <= args.port <= MAX_PORT:
@@ -67,11 +66,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if uri.startswith("sqlite:///") and not _sqlite_path(uri).exists():
         print_error(f"orchestrate ui: no MLflow store at {_sqlite_path(uri)} (run `orchestrate run` first, or pass --tracking-uri)")
         return 1
-    try:
-        _open_store(uri)
-    except StoreError as exc:  # a server on a store it cannot read only answers with tracebacks
-        print_error(f"orchestrate ui: {exc}")
-        return 2
+    # a server on a store it cannot read only answers with tracebacks: open it first, as
+    # `run` does; a damaged one is a StoreError, exit 2 with one line (cli.main)
+    Tracker(uri)
     experiment = _experiment_id(uri, name) if name else None
     if name and experiment is None:
         print_error(f"orchestrate ui: no experiment named {name!r} in {uri}; showing every experiment")
@@ -190,14 +187,6 @@ def _hypothesis_name(value: str | None) -> str | None:
 
         return load_hypothesis(value, None, check_requirements=False).name
     return value
-
-
-def _open_store(uri: str) -> None:
-    """Open the store as ``orchestrate run`` does: ``StoreError`` (one line, the store
-    and what to do) when it cannot be read, e.g. a sqlite file whose header is damaged."""
-    from orchestrator.tracking import Tracker
-
-    Tracker(uri)
 
 
 def _experiment_id(uri: str, name: str) -> str | None:
