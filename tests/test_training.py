@@ -90,23 +90,37 @@ def test_a_trial_over_its_memory_limit_fails_with_that_reason(data, tmp_path):
 def test_a_trials_peak_memory_starts_from_what_the_process_holds_not_what_earlier_trials_freed():
     """Ray Tune runs each trial of a reused worker in a new thread; glibc keeps what a
     thread's arena freed. Without handing it back, every trial's peak started ~600 MB
-    above the previous one's (measured on MiniLM, see ``reset_peak_memory``)."""
-    import threading
+    above the previous one's (measured on MiniLM, see ``reset_peak_memory``).
 
-    import torch
+    The check runs in a fresh interpreter: inside the whole suite, the heap earlier tests
+    left (their arenas, glibc's raised mmap threshold) decides how much a trim can return,
+    and once only 62 of 320 MB came back (CI, 2026-11-30), although the function did its job."""
+    import subprocess
+    import sys
 
-    from orchestrator.training import _peak_memory_mb, reset_peak_memory
+    script = """
+import threading
+from pathlib import Path
+import torch
+from orchestrator.training import _peak_memory_mb, reset_peak_memory
 
-    def rss_mb() -> float:
-        return next(int(line.split()[1]) / 1024 for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmRSS:"))
+def rss_mb():
+    return next(int(line.split()[1]) / 1024 for line in Path("/proc/self/status").read_text().splitlines()
+                if line.startswith("VmRSS:"))
 
-    def earlier_trial() -> None:
-        tensors = [torch.ones(8192) for _ in range(10000)]  # 320 MB in 32 KiB blocks: heap, not mmap
-        del tensors
+def earlier_trial():
+    tensors = [torch.ones(8192) for _ in range(10000)]  # 320 MB in 32 KiB blocks: heap, not mmap
+    del tensors
 
-    worker = threading.Thread(target=earlier_trial)
-    worker.start()
-    worker.join()
-    held = rss_mb()
-    reset_peak_memory("cpu")
-    assert _peak_memory_mb("cpu") < held - 200, (held, _peak_memory_mb("cpu"))
+worker = threading.Thread(target=earlier_trial)
+worker.start()
+worker.join()
+held = rss_mb()
+reset_peak_memory("cpu")
+print(held, _peak_memory_mb("cpu"))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    held, peak = map(float, done.stdout.split())
+    assert peak < held - 200, (held, peak)
