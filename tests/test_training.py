@@ -123,4 +123,6 @@ print(held, _peak_memory_mb("cpu"))
                           cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0, done.stderr
     held, peak = map(float, done.stdout.split())
-    assert peak < held - 200, (held, peak)
+    # Measured here: the trim hands back ~310 MB (540 -> 230); without it the peak drops only
+    # ~180 MB (what glibc trims at the top of the arena by itself), so 250 separates the two.
+    assert peak < held - 250, (held, peak)
