@@ -59,11 +59,11 @@ def run_orchestrate(trials: int, concurrent: int, epochs: int, folder: Path) -> 
     from orchestrator.execute.recorder import TrialRecorder
     from orchestrator.execute.state import RunState
     from orchestrator.plan import ArmPlan
-    from orchestrator.samplers import SamplerPlan
-    from orchestrator.space import ParamSpec
+    from orchestrator.search.samplers import SamplerPlan
+    from orchestrator.search.space import ParamSpec
     from orchestrator.spec.models import Resources, TrainingSpec
     from orchestrator.tracking import Tracker
-    from orchestrator.training import TrialSetup
+    from orchestrator.trial.training import TrialSetup
 
     tuning.tune_entry = trivial_entry  # the only difference from a real run: no training
     started = time.perf_counter()

@@ -4,7 +4,7 @@
     python benchmarks/samplers.py [--reps 10] [--trials 40] [--samplers random,tpe,gp,botorch-legacy,botorch] [--concurrency 1,4]
 
 The objective is a surrogate of REAL measured trials: ``collect`` runs
-``orchestrator.training.run_trial`` (LoRA through orchestrate's own training loop) on
+``orchestrator.trial.training.run_trial`` (LoRA through orchestrate's own training loop) on
 every point of a grid over (r, lora_alpha, lr) and writes the validation accuracies to
 ``benchmarks/surrogate_table.csv`` with the command and date that produced them. The
 benchmark then interpolates that table: r and lora_alpha are categorical in the space,
@@ -12,7 +12,7 @@ so every (r, alpha) cell is measured exactly; along lr the accuracy is a monoton
 (PCHIP) through the measured points in log10(lr), so the function is smooth, cheap and
 deterministic, and every sampler faces the same landscape.
 
-Each sampler is built with ``orchestrator.samplers.build_sampler`` (the planner's
+Each sampler is built with ``orchestrator.search.samplers.build_sampler`` (the planner's
 startup-trial rule) and asked under ``limited_threads(1)``, as the driver does, either
 one trial at a time or with several running at once (``--concurrency``, asynchronous, as
 Ray Tune with ``max_concurrent``). We record best-so-far curves, trials to reach 99% of
@@ -76,7 +76,7 @@ def collect(out: Path) -> None:
 
     from orchestrator.spec.models import TaskSpec, TrainingSpec
     from orchestrator.tasks.prepare import prepare_task
-    from orchestrator.training import TrialSetup, run_trial
+    from orchestrator.trial.training import TrialSetup, run_trial
 
     torch.set_num_threads(1)
     done = {(row["r"], row["lora_alpha"], row["lr"]) for row in read_table(out)}
@@ -86,7 +86,7 @@ def collect(out: Path) -> None:
             f"# command: {command}\n"
             f"# started: {datetime.datetime.now().isoformat(timespec='seconds')}\n"
             f"# task: {TASK}, training: {TRAINING}, lora_dropout: {DROPOUT}, seed: {SEED}, 1 thread\n"
-            "# each row is one real run of orchestrator.training.run_trial (method lora); val_accuracy is after the last epoch\n"
+            "# each row is one real run of orchestrator.trial.training.run_trial (method lora); val_accuracy is after the last epoch\n"
             "r,lora_alpha,lr,val_accuracy,val_loss,seconds\n"
         )
     data = prepare_task(TaskSpec(**TASK), ROOT, Path(tempfile.gettempdir()) / "orchestrate-bench-cache")
@@ -134,7 +134,7 @@ class Surrogate:
 
 
 def space_params() -> dict:
-    from orchestrator.space import ParamSpec
+    from orchestrator.search.space import ParamSpec
 
     return {
         "r": ParamSpec(type="categorical", choices=GRID_R),
@@ -145,7 +145,7 @@ def space_params() -> dict:
 
 # --------------------------------------------------------------------------- benchmark
 def make_sampler(name: str, seed: int, trials: int):
-    from orchestrator.samplers import SamplerPlan, build_sampler, default_startup_trials
+    from orchestrator.search.samplers import SamplerPlan, build_sampler, default_startup_trials
 
     base = "botorch-legacy" if name == "botorch-default" else name
     plan = SamplerPlan(base, seed, default_startup_trials(base, trials), 1)
@@ -168,8 +168,8 @@ def one_search(name: str, seed: int, trials: int, objective: Surrogate, concurre
 
     import optuna
 
-    from orchestrator.samplers import limited_threads
-    from orchestrator.space import DefineByRun
+    from orchestrator.search.samplers import limited_threads
+    from orchestrator.search.space import DefineByRun
 
     space = DefineByRun(space_params(), {})
     study = optuna.create_study(direction="maximize", sampler=make_sampler(name, seed, trials))

@@ -14,7 +14,7 @@ search_spaces/lora.yaml: r and lora_alpha categorical, lr log-float, lora_dropou
 float; a smooth toy response) and ``--pending`` more trials left RUNNING with their
 parameters chosen (what 4 concurrent trials leave while a fourth is asked for: the samplers
 take them as pending points), then the sampler built by
-``orchestrator.samplers.build_sampler(SamplerPlan(...))`` takes over and is asked ``--asks``
+``orchestrator.search.samplers.build_sampler(SamplerPlan(...))`` takes over and is asked ``--asks``
 times. An ask is what ``OptunaSearch.suggest`` does: ``study.ask()`` plus every parameter's
 suggestion (the relative sample is computed lazily at the first one). Each asked trial is
 told FAIL, so the history stays at N completed trials. Each cell is timed in three thread
@@ -56,7 +56,7 @@ TARGET_S = 1.0
 def lora_space():
     import yaml
 
-    from orchestrator.space import DefineByRun, SpaceFile
+    from orchestrator.search.space import DefineByRun, SpaceFile
 
     space = SpaceFile(**yaml.safe_load((ROOT / "search_spaces" / "lora.yaml").read_text()))
     return DefineByRun(space.params, {})
@@ -95,7 +95,7 @@ def thread_mode(mode: str) -> Iterator[None]:
     """``shipped``: orchestrate's ``limited_threads(1)``; ``blas1``: that plus every loaded
     BLAS/OpenMP pool limited with threadpoolctl (OMP_NUM_THREADS set at run time does not
     reach an OpenBLAS that is already loaded); ``default``: neither."""
-    from orchestrator.samplers import limited_threads
+    from orchestrator.search.samplers import limited_threads
 
     if mode == "default":
         yield
@@ -115,7 +115,7 @@ def time_asks(sampler_name: str, scenario: str, completed: int, pending: int, as
     """(wall seconds, process CPU seconds) of each ask."""
     import optuna
 
-    from orchestrator.samplers import SamplerPlan, build_sampler, default_startup_trials
+    from orchestrator.search.samplers import SamplerPlan, build_sampler, default_startup_trials
 
     names, _, _ = SCENARIOS[scenario]
     study, space = filled_study(scenario, completed, pending, seed)

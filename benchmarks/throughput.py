@@ -77,7 +77,7 @@ def plain_loop(data, threads: int, precision: str, seed: int = 0) -> float:
 
 def trial_loop(data, threads: int, precision: str, seed: int = 0, group_by_length: bool = False) -> float:
     from orchestrator.spec.models import TrainingSpec
-    from orchestrator.training import TrialSetup, run_trial
+    from orchestrator.trial.training import TrialSetup, run_trial
 
     training = TrainingSpec(epochs=1, batch_size=32, lr=5e-4, group_by_length=group_by_length, precision=precision)
     setup = TrialSetup(arm="lora", method="lora", model="embedded:minilm-l6", metric="accuracy", training=training, fixed={"r": 8}, threads=threads)
@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    from orchestrator.precision import cpu_has_native_bf16
+    from orchestrator.trial.precision import cpu_has_native_bf16
     from orchestrator.spec.models import TaskSpec
     from orchestrator.tasks.prepare import prepare_task
 

@@ -2,7 +2,7 @@
 
 A method is a class with a pydantic ``Config`` (its hyperparameters, each with a
 description and a default) and a handful of hooks that the trainable calls at fixed
-points of the training loop. The loop itself lives in ``orchestrator.trainable``; a
+points of the training loop. The loop itself lives in ``orchestrator.trial.trainable``; a
 method never owns the loop, so every method is trained, evaluated and measured the
 same way and comparisons between arms stay fair.
 
@@ -76,7 +76,7 @@ class Requirement:
 
     def is_installed(self) -> bool:
         """Found on the import path, without importing it: importing bitsandbytes costs
-        2-4 s of CPU (``orchestrator.worker_imports``), too much for ``validate``."""
+        2-4 s of CPU (``orchestrator.trial.worker_imports``), too much for ``validate``."""
         try:
             return importlib.util.find_spec(self.module) is not None
         except (ImportError, ValueError):  # a broken parent package, a module without __spec__
@@ -154,7 +154,7 @@ class Method(abc.ABC):
     #: Optional packages the method imports; an arm whose requirement is not installed
     #: is refused when the hypothesis is validated, with the command that installs it.
     #: Ray Tune workers whose arms need no bitsandbytes keep peft from importing it
-    #: (``orchestrator.worker_imports``), which saves each worker seconds of start-up.
+    #: (``orchestrator.trial.worker_imports``), which saves each worker seconds of start-up.
     requires: ClassVar[tuple[Requirement, ...]] = ()
     #: Metrics (the engine's and the method's own) that the configuration alone fixes,
     #: the same on every seed. Only these may be compared exactly when every confirmation

@@ -13,9 +13,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from orchestrator.samplers import SAMPLER_TRAITS, SamplerPlan, default_startup_trials
-from orchestrator.space import DefineByRun, ParamSpec
-from orchestrator.spec.checks import Constraint, parse_constraint
+from orchestrator.search.samplers import SAMPLER_TRAITS, SamplerPlan, default_startup_trials
+from orchestrator.search.space import DefineByRun, ParamSpec
+from orchestrator.spec.constraints import Constraint, parse_constraint
 from orchestrator.spec.loader import LoadedSpec
 from orchestrator.spec.models import ConfirmSpec, Hypothesis, Resources
 
@@ -122,7 +122,7 @@ def default_concurrency(resources: Resources, trials: int) -> int:
 def first_point(searched: dict[str, ParamSpec], defaults: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
     """The paper's defaults as a trial: conditional parameters are included exactly
     when their condition holds for the other defaults and the fixed values."""
-    from orchestrator.space import condition_holds
+    from orchestrator.search.space import condition_holds
 
     point = {k: v for k, v in defaults.items() if k in searched and not searched[k].when}
     for name, spec in searched.items():

@@ -10,10 +10,10 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from orchestrator.execute.by_arm import ArmScheduler, ArmSearcher
-from orchestrator.samplers import SamplerPlan, build_sampler
-from orchestrator.searcher import HonestOptunaSearch
-from orchestrator.space import DefineByRun, ParamSpec
-from orchestrator.trainable import ARM_KEY
+from orchestrator.search.samplers import SamplerPlan, build_sampler
+from orchestrator.execute.searcher import HonestOptunaSearch
+from orchestrator.search.space import DefineByRun, ParamSpec
+from orchestrator.trial.trainable import ARM_KEY
 
 SPACES = {
     "lora": {"r": ParamSpec(type="categorical", choices=[2, 4, 8])},

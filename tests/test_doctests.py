@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 MODULES = ["orchestrator.judge", "orchestrator.judge.verdicts", "orchestrator.judge.stats", "orchestrator.judge.evidence",
-           "orchestrator.judge.sequential", "orchestrator.per_example", "orchestrator.execute.looks", "orchestrator.botorch_sampler",
+           "orchestrator.judge.sequential", "orchestrator.trial.per_example", "orchestrator.execute.looks", "orchestrator.search.botorch_sampler",
            "orchestrator.finite"]
 
 

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from orchestrator.faults import (
+from orchestrator.trial.faults import (
     ERROR_KEY, TRACE_KEY, MemoryLimitError, NonFiniteLossError, TrialHungError, TrialTimeoutError, failure_result, is_transient,
 )
-from orchestrator.watchdog import HangWatchdog
+from orchestrator.trial.watchdog import HangWatchdog
 
 
 def test_a_trials_own_faults_are_not_transient_and_lost_workers_are():

@@ -121,7 +121,7 @@ def test_a_routed_trial_reports_flops_over_the_whole_final_split_not_the_probe(p
     from methods.radlora import RadLoRA
     from orchestrator.spec.models import TrainingSpec
     from orchestrator.tasks.models import default_target_modules, load_model, resolve_model
-    from orchestrator.training import PROBE_EXAMPLES, TrialSetup, run_trial
+    from orchestrator.trial.training import PROBE_EXAMPLES, TrialSetup, run_trial
 
     final_models = []
 

@@ -22,7 +22,7 @@ INSTALL = "pip install 'hypothesis-orchestrator[quant]'"
 def without_bitsandbytes(monkeypatch):
     """bitsandbytes as on a machine without the ``quant`` extra: a ``None`` entry in
     ``sys.modules`` makes ``find_spec`` answer None and ``import`` fail (the mechanism
-    ``orchestrator.worker_imports`` uses in workers)."""
+    ``orchestrator.trial.worker_imports`` uses in workers)."""
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)
 
 

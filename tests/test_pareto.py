@@ -1,6 +1,6 @@
 """Pareto fronts of multi-objective searches."""
 
-from orchestrator.pareto import dominates, pareto_indices, plot_front
+from orchestrator.execute.pareto import dominates, pareto_indices, plot_front
 
 
 def test_dominance_respects_each_objectives_direction():

@@ -23,8 +23,8 @@ from orchestrator.judge.evidence import per_example_outcomes
 from orchestrator.spec.models import TaskSpec, TrainingSpec
 from orchestrator.tasks.prepare import prepare_task
 from orchestrator.tracking import Tracker
-from orchestrator.per_example import PER_EXAMPLE_FOLDER, PerExampleRecord
-from orchestrator.training import TrialSetup, run_trial
+from orchestrator.trial.per_example import PER_EXAMPLE_FOLDER, PerExampleRecord
+from orchestrator.trial.training import TrialSetup, run_trial
 
 
 @pytest.fixture(scope="module")

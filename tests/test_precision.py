@@ -1,4 +1,4 @@
-"""Training precision (orchestrator.precision): what ``auto`` picks, what forcing does,
+"""Training precision (orchestrator.trial.precision): what ``auto`` picks, what forcing does,
 that autocast really runs the model in the chosen dtype, and that the choice is recorded."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator import precision as precision_module
-from orchestrator.precision import PrecisionUnavailableError, resolve_precision
+from orchestrator.trial import precision as precision_module
+from orchestrator.trial.precision import PrecisionUnavailableError, resolve_precision
 from orchestrator.spec.models import TaskSpec, TrainingSpec
 from orchestrator.tasks.prepare import prepare_task
-from orchestrator.training import TrialSetup, run_trial
+from orchestrator.trial.training import TrialSetup, run_trial
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_an_arm_may_fix_its_precision_and_a_bad_value_is_named(tmp_path):
 
 
 def test_a_local_run_warns_when_bf16_is_forced_on_a_cpu_that_emulates_it(monkeypatch):
-    from orchestrator.precision import emulated_bf16_warnings
+    from orchestrator.trial.precision import emulated_bf16_warnings
     from orchestrator.spec.models import Hypothesis
 
     spec = Hypothesis(name="p", statement="s", arms={"a": {"method": "lora", "fixed": {"precision": "bf16"}}, "b": {"method": "lora"}})
@@ -151,8 +151,8 @@ def test_a_local_run_warns_when_bf16_is_forced_on_a_cpu_that_emulates_it(monkeyp
 def test_the_fp16_loss_scaler_unscales_before_clipping_and_steps_like_plain_training():
     """The GradScaler path (fp16 on GPUs), run on CPU in fp32: scaling the loss, then
     unscaling before clipping, must give the very step an unscaled loss gives."""
-    from orchestrator.precision import PrecisionChoice, grad_scaler
-    from orchestrator.training import _backward_and_step
+    from orchestrator.trial.precision import PrecisionChoice, grad_scaler
+    from orchestrator.trial.training import _backward_and_step
 
     def one_step(scaler):
         torch.manual_seed(0)

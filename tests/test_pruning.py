@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 from ray.tune.schedulers import TrialScheduler
 
-from orchestrator.faults import ERROR_KEY
-from orchestrator.pruning import OptunaPrunerScheduler, build_pruner
+from orchestrator.trial.faults import ERROR_KEY
+from orchestrator.execute.pruning import OptunaPrunerScheduler, build_pruner
 
 
 def trial(name: str) -> SimpleNamespace:
@@ -73,9 +73,9 @@ def test_a_real_tune_search_with_the_median_pruner_stops_bad_trials_and_optuna_s
     from ray import tune
 
     from orchestrator.execute.ray_session import ray_session
-    from orchestrator.samplers import SamplerPlan, build_sampler
-    from orchestrator.searcher import HonestOptunaSearch
-    from orchestrator.space import DefineByRun, ParamSpec
+    from orchestrator.search.samplers import SamplerPlan, build_sampler
+    from orchestrator.execute.searcher import HonestOptunaSearch
+    from orchestrator.search.space import DefineByRun, ParamSpec
 
     def trainable(config):
         for epoch in range(1, 5):

@@ -17,7 +17,7 @@ from orchestrator.execute.recorder import TrialRecorder
 from orchestrator.execute.mlflow_runs import close_stale as _close_stale
 from orchestrator.execute.state import RunState
 from orchestrator.tracking import Tracker
-from orchestrator.trainable import SEED_KEY
+from orchestrator.trial.trainable import SEED_KEY
 
 
 class Killed(BaseException):

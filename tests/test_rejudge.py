@@ -15,7 +15,7 @@ from conftest import TINY_HYPOTHESIS, new_mlflow_store, private_copy
 from methods import get_method
 from orchestrator.cli import verdict_exit_code as exit_code
 from orchestrator.judge import Verdict, judge_claims
-from orchestrator.rejudge import POSTHOC_FILE, exact_metrics_from_summary, failures_from_summary, rejudge, samples_from_summary
+from orchestrator.judge.rejudge import POSTHOC_FILE, exact_metrics_from_summary, failures_from_summary, rejudge, samples_from_summary
 from orchestrator.tracking import ARM, LEVEL, Tracker
 from test_report import orchestrate, synthetic_summary
 

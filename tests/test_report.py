@@ -135,7 +135,7 @@ def test_markdown_of_a_synthetic_summary_has_every_section(tmp_path):
 
 def test_the_claim_detail_names_a_failed_confirmation_seed_and_its_error(tmp_path):
     from orchestrator.judge import judge_claims
-    from orchestrator.rejudge import exact_metrics_from_summary, failures_from_summary, samples_from_summary
+    from orchestrator.judge.rejudge import exact_metrics_from_summary, failures_from_summary, samples_from_summary
 
     summary = synthetic_summary()
     failed = summary.arm("lora").confirms[2]

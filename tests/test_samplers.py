@@ -11,8 +11,8 @@ import optuna
 import pytest
 import torch
 
-from orchestrator.samplers import SAMPLER_TRAITS, SamplerPlan, botorch_candidates, build_sampler, limited_threads
-from orchestrator.space import DefineByRun, ParamSpec
+from orchestrator.search.samplers import SAMPLER_TRAITS, SamplerPlan, botorch_candidates, build_sampler, limited_threads
+from orchestrator.search.space import DefineByRun, ParamSpec
 
 torch.set_num_threads(1)
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -85,7 +85,7 @@ def test_a_constrained_two_objective_search_keeps_only_feasible_trials_on_its_fr
 
 
 def test_the_grid_sampler_enumerates_a_finite_space_exactly_once_through_the_searcher():
-    from orchestrator.searcher import HonestOptunaSearch
+    from orchestrator.execute.searcher import HonestOptunaSearch
 
     space = DefineByRun({"r": SPACE["r"], "dropout": SPACE["dropout"], "alpha": ParamSpec(type="categorical", choices=[8, 16])}, {})
     grid = space.grid()
@@ -139,7 +139,7 @@ def test_botorch_candidates_stay_in_bounds_and_avoid_a_pending_point():
     assert two.shape == (1, 2) and bool(((two >= bounds[0]) & (two <= bounds[1])).all())
 
 
-# -- botorch: orchestrator.botorch_sampler ------------------------------------------------
+# -- botorch: orchestrator.search.botorch_sampler ------------------------------------------------
 # Every kind of parameter a space file can declare: categorical (numbers and strings), a
 # narrow int (discrete), a wide int (relaxed, snapped), a log int, a log float, a stepped
 # float, and a conditional parameter (left to the independent sampler).
@@ -160,7 +160,7 @@ def mixed_objective(p: dict) -> float:
 
 
 def test_the_mixed_space_encoding_round_trips_every_kind_of_parameter():
-    from orchestrator.botorch_sampler import MixedSpace
+    from orchestrator.search.botorch_sampler import MixedSpace
 
     search_space = {}
     for name in ("r", "cost", "layers", "steps", "rank", "lr", "dropout"):
@@ -244,7 +244,7 @@ def test_botorch_drives_a_real_tune_search_with_two_trials_at_once(tmp_path, sha
     from optuna.trial import TrialState
     from ray import tune
 
-    from orchestrator.searcher import HonestOptunaSearch
+    from orchestrator.execute.searcher import HonestOptunaSearch
 
     def trainable(config):  # self-contained: Ray's workers cannot import this test module
         import math

@@ -9,12 +9,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from orchestrator.faults import ERROR_KEY
+from orchestrator.trial.faults import ERROR_KEY
 from orchestrator.results import COMPLETED, INFEASIBLE, STOPPED, TrialRecord
-from orchestrator.samplers import SamplerPlan, build_sampler
-from orchestrator.searcher import HonestOptunaSearch
-from orchestrator.spec.checks import parse_constraint
-from orchestrator.space import DefineByRun, ParamSpec
+from orchestrator.search.samplers import SamplerPlan, build_sampler
+from orchestrator.execute.searcher import HonestOptunaSearch
+from orchestrator.spec.constraints import parse_constraint
+from orchestrator.search.space import DefineByRun, ParamSpec
 
 SPACE = {
     "r": ParamSpec(type="categorical", choices=[2, 4, 8, 16]),

@@ -29,7 +29,7 @@ from orchestrator.execute.state import RunState
 from orchestrator.judge import judge_claims
 from orchestrator.judge.sequential import look_alpha
 from orchestrator.plan import confirm_rounds
-from orchestrator.rejudge import rejudge
+from orchestrator.judge.rejudge import rejudge
 from orchestrator.spec.errors import SpecError
 from orchestrator.spec.loader import load_hypothesis
 from orchestrator.spec.models import ConfirmSpec

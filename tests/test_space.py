@@ -6,7 +6,7 @@ import optuna
 import pytest
 from pydantic import ValidationError
 
-from orchestrator.space import DefineByRun, ParamSpec, SpaceFile
+from orchestrator.search.space import DefineByRun, ParamSpec, SpaceFile
 
 
 def space(**params) -> SpaceFile:

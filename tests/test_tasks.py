@@ -110,7 +110,7 @@ def test_evaluation_batches_by_length_but_returns_predictions_in_split_order(tmp
     import numpy as np
     import torch
 
-    from orchestrator.training import evaluate
+    from orchestrator.trial.training import evaluate
 
     class ParityOfLength(torch.nn.Module):
         def forward(self, input_ids, attention_mask, **_):

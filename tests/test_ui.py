@@ -8,7 +8,7 @@ import argparse
 import socket
 
 from conftest import new_mlflow_store
-from orchestrator import ui
+from orchestrator.cli import ui
 
 
 def _args(**kw) -> argparse.Namespace:

@@ -77,7 +77,7 @@ def store(browser, shared_run):
 @pytest.fixture(scope="module")
 def ui_url(store):
     """`orchestrate ui` as a subprocess on a free port; yields the URL it prints."""
-    from orchestrator.ui import free_port
+    from orchestrator.cli.ui import free_port
 
     folder, uri, _ = store
     command = _ui_command() + ["--port", str(free_port()), "--tracking-uri", uri, "--hypothesis", "tiny-test"]

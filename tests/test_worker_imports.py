@@ -1,5 +1,5 @@
 """bitsandbytes is kept out of Ray Tune workers whose arms do not quantise
-(orchestrator.worker_imports), and only there."""
+(orchestrator.trial.worker_imports), and only there."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from orchestrator.worker_imports import hide_bitsandbytes_unless
+from orchestrator.trial.worker_imports import hide_bitsandbytes_unless
 
 
 def test_outside_a_ray_actor_nothing_is_hidden():
@@ -24,7 +24,7 @@ def test_a_worker_hides_it_unless_an_arm_needs_it_and_peft_imports_either_way(sh
     @ray.remote(num_cpus=0)
     class Worker:
         def start(self, needed: bool) -> tuple[bool, bool, bool]:
-            from orchestrator.worker_imports import hide_bitsandbytes_unless
+            from orchestrator.trial.worker_imports import hide_bitsandbytes_unless
 
             hidden = hide_bitsandbytes_unless(needed)
             import peft  # noqa: F401

@@ -25,7 +25,7 @@ from typing import Any
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from orchestrator.trainable import ARM_KEY
+from orchestrator.trial.trainable import ARM_KEY
 
 
 class ArmSearcher(Searcher):

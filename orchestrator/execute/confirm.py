@@ -23,7 +23,7 @@ from orchestrator.execute.run_context import RunContext
 from orchestrator.plan import ArmPlan, Plan
 from orchestrator.results import FAILED, ArmOutcome, TrialRecord
 from orchestrator.tracking import Tracker
-from orchestrator.training import TrialSetup
+from orchestrator.trial.training import TrialSetup
 
 if TYPE_CHECKING:
     from orchestrator.execute.tuning import ConfirmRound

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any, Callable
 from ray.tune import Callback
 
 from orchestrator.execute.progress import ArmProgress
-from orchestrator.faults import ERROR_KEY, TRACE_KEY
+from orchestrator.trial.faults import ERROR_KEY, TRACE_KEY
 from orchestrator.results import COMPLETED, FAILED, INFEASIBLE, STOPPED, TRIAL_PARAM_PREFIX, TrialRecord
-from orchestrator.spec.checks import Constraint
+from orchestrator.spec.constraints import Constraint
 from orchestrator.tracking import ARM, LEVEL, Tracker
-from orchestrator.trainable import ARM_KEY, SEED_KEY
+from orchestrator.trial.trainable import ARM_KEY, SEED_KEY
 
 if TYPE_CHECKING:
     from orchestrator.execute.state import RunState

@@ -37,7 +37,7 @@ from orchestrator.execute.winners import AllTrialsFailedError, pick_winner
 from orchestrator.plan import ArmPlan, Plan
 from orchestrator.results import ArmOutcome, TrialRecord
 from orchestrator.tracking import Tracker
-from orchestrator.training import TrialSetup
+from orchestrator.trial.training import TrialSetup
 
 if TYPE_CHECKING:
     from orchestrator.execute.tuning import SearchRequest

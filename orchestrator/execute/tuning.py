@@ -20,10 +20,10 @@ from typing import Any, Callable
 from orchestrator.execute.recorder import RecorderCallback, TrialRecorder
 from orchestrator.plan import ArmPlan
 from orchestrator.results import TrialRecord
-from orchestrator.samplers import build_sampler
+from orchestrator.search.samplers import build_sampler
 from orchestrator.spec.models import Resources
-from orchestrator.trainable import ARM_KEY, SEED_KEY, tune_entry
-from orchestrator.training import TrialSetup
+from orchestrator.trial.trainable import ARM_KEY, SEED_KEY, tune_entry
+from orchestrator.trial.training import TrialSetup
 
 
 def resources_dict(resources: Resources) -> dict[str, float]:
@@ -100,7 +100,7 @@ def _fit(recorders: list[TrialRecorder], trainable: Any, storage: Path | str, na
 
     from ray import tune
 
-    # a failed trial's last result carries its reason, not the objectives (orchestrator.faults)
+    # a failed trial's last result carries its reason, not the objectives (orchestrator.trial.faults)
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     path = f"{str(storage).rstrip('/')}/{name}"
     old_keys = {r.state.arm(r.arm).get(key_name) for r in recorders}
@@ -128,7 +128,7 @@ def _scheduler(plan: ArmPlan, epochs: int) -> Any:
     """Ray's ASHA, FIFO, or an Optuna pruner; with one epoch there is nothing to stop early."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from orchestrator.pruning import PRUNERS, OptunaPrunerScheduler
+    from orchestrator.execute.pruning import PRUNERS, OptunaPrunerScheduler
 
     if epochs <= 1 or plan.scheduler == "fifo":
         return FIFOScheduler()
@@ -168,7 +168,7 @@ def run_searches(requests: list[SearchRequest], data_ref: Any, storage: Path | s
     from ray import tune
 
     from orchestrator.execute.by_arm import ArmScheduler, ArmSearcher
-    from orchestrator.searcher import HonestOptunaSearch
+    from orchestrator.execute.searcher import HonestOptunaSearch
 
     plan = requests[0].plan
     trainable = _trainable({r.setup.arm: r.setup for r in requests}, data_ref, seed, plan.resources)

@@ -49,7 +49,7 @@ def log_pareto_front(tracker: "Tracker", arm_run: str, trials: list[TrialRecord]
     """
     import tempfile
 
-    from orchestrator.pareto import pareto_indices, plot_front
+    from orchestrator.execute.pareto import pareto_indices, plot_front
 
     arm = plan.arm
     names, modes = list(plan.objectives), list(plan.objectives.values())

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Protocol
 
 import numpy as np
 
-from orchestrator.per_example import PER_EXAMPLE_FOLDER, PerExampleRecord
+from orchestrator.trial.per_example import PER_EXAMPLE_FOLDER, PerExampleRecord
 from orchestrator.results import FAILED
 
 if TYPE_CHECKING:

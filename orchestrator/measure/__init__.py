@@ -1,1 +1,2 @@
-"""Measured quantities the judge trusts: FLOPs, parameters, memory, time."""
+"""Measured quantities the judge trusts: FLOPs (``flops``), parameters (``parameters``)
+and peak memory (``memory``), each measured on the trained model, not declared."""

@@ -7,7 +7,6 @@ reports every problem of a file at once.
 from __future__ import annotations
 
 import difflib
-import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -16,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from orchestrator.metrics import known_metrics
-from orchestrator.space import SpaceFile
+from orchestrator.search.space import SpaceFile
+from orchestrator.spec.constraints import parse_constraint
 from orchestrator.spec.errors import SpecError, SpecIssue
+from orchestrator.spec.errors import clip as _clip  # one rule for quoting user values
 from orchestrator.spec.models import TRAINING_PARAMS, Hypothesis, TrainingSpec
 from orchestrator.spec.pydantic_errors import issues_from_validation
 from orchestrator.spec.yaml_lines import LocatedYaml, load_located, read_user_file
@@ -25,32 +26,6 @@ from orchestrator.tasks.models import is_known_model_ref
 
 if TYPE_CHECKING:
     from methods.base import Requirement
-
-_CONSTRAINT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
-
-
-@dataclass(frozen=True)
-class Constraint:
-    """``metric OP bound``; feasible when it holds. Parsed by a regex, never eval'd."""
-
-    metric: str
-    op: str
-    bound: float
-
-    def violation(self, value: float) -> float:
-        """Optuna's convention: <= 0 feasible, > 0 by how much it is violated."""
-        return value - self.bound if self.op in ("<=", "<") else self.bound - value
-
-    def __str__(self) -> str:
-        return f"{self.metric} {self.op} {self.bound:g}"
-
-
-def parse_constraint(text: str) -> Constraint:
-    match = _CONSTRAINT.match(text)
-    if not match:
-        raise ValueError(f"{_clip(text)} is not 'metric <= number' (or <, >=, >)")
-    return Constraint(match[1], match[2], float(match[3]))
-
 
 @dataclass(frozen=True)
 class ResolvedSpace:
@@ -259,7 +234,7 @@ def _check_confirm_split(spec: Hypothesis, issue: Any) -> None:
 
 
 def _check_precision(spec: Hypothesis, issue: Any) -> None:
-    """fp16 autocast is for GPUs (``orchestrator.precision``): refuse it for CPU trials."""
+    """fp16 autocast is for GPUs (``orchestrator.trial.precision``): refuse it for CPU trials."""
     if spec.search.resources_per_trial.gpu > 0:
         return
     message = "fp16 needs a GPU and search.resources_per_trial.gpu is 0; use auto (bf16 where the CPU has it), bf16 or fp32"
@@ -272,8 +247,8 @@ def _check_precision(spec: Hypothesis, issue: Any) -> None:
 
 def _check_sampler(spec: Hypothesis, spaces: dict[str, ResolvedSpace], issue: Any) -> None:
     """What ``orchestrator.plan.make_plan`` would otherwise raise as a bare ValueError."""
-    from orchestrator.samplers import SAMPLER_TRAITS
-    from orchestrator.space import DefineByRun
+    from orchestrator.search.samplers import SAMPLER_TRAITS
+    from orchestrator.search.space import DefineByRun
 
     sampler = spec.search.sampler
     if len(spec.search.objectives) > 1 and not SAMPLER_TRAITS[sampler][0]:
@@ -308,11 +283,6 @@ def check_claims(claims: list[str], at: tuple[Any, ...], spec: Hypothesis, arm_m
     return issues
 
 
-def _clip(text: Any, limit: int = 120) -> str:
-    """``repr`` of a user's value, shortened: messages must stay one readable line."""
-    shown = repr(text)
-    return shown if len(shown) <= limit else shown[: limit - 5] + "...'"
-
 
 def _not_accepted(key: str, method: str, accepted: set[str]) -> str:
     near = difflib.get_close_matches(key, sorted(accepted), n=2)
@@ -324,3 +294,4 @@ def _unknown_metric(name: str, known: set[str]) -> str:
     near = difflib.get_close_matches(name, sorted(known), n=2)
     hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else ""
     return f"unknown metric {name!r}{hint}"
+

@@ -36,3 +36,9 @@ class SpecError(ValueError):
     def __init__(self, issues: list[SpecIssue]) -> None:
         self.issues = sorted(issues, key=lambda i: (i.file, i.line or 0, i.field))
         super().__init__("\n".join(str(i) for i in self.issues))
+
+
+def clip(value: object, limit: int = 120) -> str:
+    """``repr`` of a user's value, shortened: messages must stay one readable line."""
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[: limit - 5] + "...'"

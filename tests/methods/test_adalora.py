@@ -272,7 +272,7 @@ def test_every_reported_metric_is_declared():
 
 
 def _space_params_are_valid(space_file: Path, method_name: str) -> None:
-    from orchestrator.space import SpaceFile
+    from orchestrator.search.space import SpaceFile
     from orchestrator.spec.models import TRAINING_PARAMS
 
     space = SpaceFile(**yaml.safe_load(space_file.read_text()))

@@ -158,7 +158,7 @@ def test_write_artifacts(tmp_path):
 
 
 def test_search_space_and_hypothesis_are_valid():
-    from orchestrator.space import SpaceFile
+    from orchestrator.search.space import SpaceFile
     from orchestrator.spec.loader import load_hypothesis
     from orchestrator.spec.models import TRAINING_PARAMS
 
@@ -173,7 +173,7 @@ def test_search_space_and_hypothesis_are_valid():
 def test_a_trial_through_the_engine_reports_asa_over_time(tmp_path):
     from orchestrator.spec.models import TaskSpec, TrainingSpec
     from orchestrator.tasks.prepare import prepare_task
-    from orchestrator.training import TrialSetup, run_trial
+    from orchestrator.trial.training import TrialSetup, run_trial
 
     task = TaskSpec(model="random:bert-tiny", dataset="synthetic:polarity", max_length=32,
                     train_examples=320, val_examples=32, test_examples=32)

@@ -24,7 +24,7 @@ comparisons the adapter's tensors are scaled up (``AMPLIFY``), and a test checks
 the comparisons can see the adapter at all.
 
 ``bf16`` runs forward and loss under ``torch.autocast("cpu", dtype=torch.bfloat16)`` as
-the engine does (``orchestrator.training``): backward, optimizer step and the hooks
+the engine does (``orchestrator.trial.training``): backward, optimizer step and the hooks
 after it outside the block, evaluation under it, FLOPs counted outside it.
 
 What a method does differently from the common contract (it cannot merge, it counts
@@ -48,10 +48,10 @@ from torch import nn
 
 from methods import BuildContext, Method, StepInfo, available_methods, get_method
 from orchestrator.measure.flops import count_flops_unpadded, linear_shapes, unpadded_examples
-from orchestrator.space import SpaceFile
+from orchestrator.search.space import SpaceFile
 from orchestrator.spec.models import TRAINING_PARAMS
 from orchestrator.tasks.models import default_target_modules, head_modules, load_model, resolve_model
-from orchestrator.training import seed_everything, split_params
+from orchestrator.trial.training import seed_everything, split_params
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "random:bert-tiny"
@@ -144,9 +144,9 @@ EVAL_KEYS = ("val_loss", "val_accuracy")  # what the evaluate() handed to extra_
 
 # -- precision ----------------------------------------------------------------------------
 def autocast(precision: str):
-    """The engine's own block (``orchestrator.precision``): forced bf16 autocast on CPU,
+    """The engine's own block (``orchestrator.trial.precision``): forced bf16 autocast on CPU,
     nothing for fp32, whatever this CPU would choose under ``auto``."""
-    from orchestrator.precision import autocast as engine_autocast, resolve_precision
+    from orchestrator.trial.precision import autocast as engine_autocast, resolve_precision
 
     return engine_autocast(resolve_precision(precision, "cpu"))
 

@@ -164,7 +164,7 @@ def test_the_engine_reports_every_eval_rank_after_training(tmp_path):
     is the trial's own final evaluation."""
     from orchestrator.spec.models import TaskSpec, TrainingSpec
     from orchestrator.tasks.prepare import prepare_task
-    from orchestrator.training import TrialSetup, run_trial
+    from orchestrator.trial.training import TrialSetup, run_trial
 
     data = prepare_task(TaskSpec(model="random:bert-tiny", dataset="synthetic:polarity", train_examples=64, val_examples=32, test_examples=32),
                         tmp_path, tmp_path / "cache")

@@ -120,7 +120,7 @@ def test_lora_ga_needs_calibration_batches():
 def test_search_space_names_real_fields(name):
     import yaml
 
-    from orchestrator.space import SpaceFile
+    from orchestrator.search.space import SpaceFile
     from orchestrator.spec.models import TRAINING_PARAMS
 
     space = SpaceFile(**yaml.safe_load((ROOT / "search_spaces" / f"{name}.yaml").read_text()))
@@ -135,7 +135,7 @@ def test_search_space_names_real_fields(name):
 def test_a_full_trial_through_the_engine(name, tmp_path):
     from orchestrator.spec.models import TaskSpec, TrainingSpec
     from orchestrator.tasks.prepare import prepare_task
-    from orchestrator.training import TrialSetup, run_trial
+    from orchestrator.trial.training import TrialSetup, run_trial
 
     task = TaskSpec(model="random:bert-tiny", dataset="synthetic:polarity", max_length=32,
                     train_examples=96, val_examples=32, test_examples=32)

@@ -195,7 +195,7 @@ def test_the_engine_reports_active_rows_as_the_effective_count_before_any_growth
     r_max rows the optimizer holds."""
     from orchestrator.spec.models import TaskSpec, TrainingSpec
     from orchestrator.tasks.prepare import prepare_task
-    from orchestrator.training import TrialSetup, run_trial
+    from orchestrator.trial.training import TrialSetup, run_trial
 
     data = prepare_task(TaskSpec(model="random:bert-tiny", dataset="synthetic:polarity", train_examples=64, val_examples=32, test_examples=32),
                         tmp_path, tmp_path / "cache")

@@ -144,7 +144,7 @@ def test_trains_again_after_a_no_grad_evaluation():
 def test_search_space_and_hypothesis_are_valid():
     import yaml
 
-    from orchestrator.space import SpaceFile
+    from orchestrator.search.space import SpaceFile
     from orchestrator.spec.loader import load_hypothesis
     from orchestrator.spec.models import TRAINING_PARAMS
 
@@ -163,7 +163,7 @@ def test_a_two_epoch_trial_through_the_engine(name, tmp_path):
     exactly LoRA-r8's FLOPs, 4-bit matmuls counted like float ones."""
     from orchestrator.spec.models import TaskSpec, TrainingSpec
     from orchestrator.tasks.prepare import prepare_task
-    from orchestrator.training import TrialSetup, run_trial
+    from orchestrator.trial.training import TrialSetup, run_trial
 
     task = TaskSpec(model="random:bert-tiny", dataset="synthetic:polarity", max_length=32,
                     train_examples=128, val_examples=32, test_examples=32)

@@ -1,6 +1,6 @@
 """``orchestrate report`` and ``orchestrate judge``: read a finished run back from MLflow.
 
-``cli.py`` registers them with ``add_report_commands(sub)``. Both take a hypothesis name
+``cli.main`` registers them with ``add_report_commands(sub)``. Both take a hypothesis name
 (its newest FINISHED run) or an MLflow run id. Exit codes as for ``run``: 0 done
 (whatever the verdicts, unless ``--fail-on``), 2 nothing to report (unknown name or run,
 a bad ``--spec`` file).
@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from orchestrator.cli import EXIT_BAD_INPUT, EXIT_OK, print_error, verdict_exit_code
+from orchestrator.cli.main import EXIT_BAD_INPUT, EXIT_OK, print_error, verdict_exit_code
 
 TARGET_HELP = "a hypothesis name (its newest FINISHED run) or an MLflow run id"
 URI_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
@@ -51,7 +51,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
-    from orchestrator.rejudge import record_posthoc, rejudge
+    from orchestrator.judge.rejudge import record_posthoc, rejudge
     from orchestrator.report import ReportError, resolve_hypothesis_run, write_report
     from orchestrator.tracking import Tracker
 
@@ -78,7 +78,7 @@ def print_judgement(judgement: Any) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from orchestrator.verdict_table import STYLE, console
+    from orchestrator.cli.verdict_table import STYLE, console
 
     out = console()
     if judgement.posthoc:

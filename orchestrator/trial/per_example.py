@@ -1,6 +1,6 @@
 """A confirmation run's per-example outcomes on the held-out split, as one JSON artifact.
 
-Written by the trial (``orchestrator.training``) into its artifacts, logged to the
+Written by the trial (``orchestrator.trial.training``) into its artifacts, logged to the
 run's MLflow artifacts by the recorder, and read back by the judge
 (``orchestrator.judge.evidence``), which counts the test examples' sampling variance
 and pairs arms example by example (``orchestrator.judge.examples``). Kept apart from

@@ -3,7 +3,7 @@
 Each sampler is built fresh per arm (one study per sampler instance; the BoTorch
 samplers keep per-study state). Model-based samplers get ``n_startup_trials`` random
 trials first. These are Optuna's and optuna-integration's samplers, configured, except
-``botorch``: ``orchestrator.botorch_sampler``, BoTorch's models and optimisers behind
+``botorch``: ``orchestrator.search.botorch_sampler``, BoTorch's models and optimisers behind
 Optuna's sampler interface, because optuna-integration's one-hot relaxation of
 categoricals stalled on the incumbent's cell (docs/samplers.md); the integration sampler
 stays reachable as ``botorch-legacy``, for comparison.
@@ -74,7 +74,7 @@ def build_sampler(plan: SamplerPlan) -> "optuna.samplers.BaseSampler":
 
     import optuna
 
-    from orchestrator.botorch_sampler import MixedBoTorchSampler
+    from orchestrator.search.botorch_sampler import MixedBoTorchSampler
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 

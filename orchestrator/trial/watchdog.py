@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Any
 
-from orchestrator.faults import TrialHungError
+from orchestrator.trial.faults import TrialHungError
 
 HUNG_EXIT_CODE = 75
 

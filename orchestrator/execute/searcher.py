@@ -26,11 +26,11 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from orchestrator.faults import ERROR_KEY
+from orchestrator.trial.faults import ERROR_KEY
 from orchestrator.finite import is_finite_number
 from orchestrator.results import STOPPED, TrialRecord
-from orchestrator.samplers import limited_threads
-from orchestrator.spec.checks import Constraint
+from orchestrator.search.samplers import limited_threads
+from orchestrator.spec.constraints import Constraint
 
 #: A constraint whose metric was never reported (a failed trial) counts as violated by this much.
 MISSING_METRIC_VIOLATION = 1e6
@@ -116,7 +116,7 @@ class HonestOptunaSearch(OptunaSearch):
         return super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if result and ERROR_KEY in result:  # the trial failed of its own doing (orchestrator.faults)
+        if result and ERROR_KEY in result:  # the trial failed of its own doing (orchestrator.trial.faults)
             result, error = None, True
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)

@@ -5,7 +5,7 @@ Ray Tune's own. Optuna decides (``Trial.should_prune`` on the intermediate value
 Ray Tune stops: this adapter keeps a small in-memory Optuna study that mirrors every
 trial's per-epoch objective, asks the pruner after each report, and answers STOP
 when it says prune. The searcher then tells its own study PRUNED (a stopped trial
-never counts as a finished one; ``orchestrator.searcher``).
+never counts as a finished one; ``orchestrator.execute.searcher``).
 
 Written by hand: Ray Tune has no Optuna-pruner scheduler, and Optuna's pruners need
 trials in a study, which Ray's OptunaSearch does not consult for stopping.
@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from orchestrator.faults import ERROR_KEY
+from orchestrator.trial.faults import ERROR_KEY
 from orchestrator.finite import is_finite_number
 
 PRUNERS = ("median", "sha", "hyperband")

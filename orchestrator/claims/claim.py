@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, Mapping
 
-from orchestrator.claim_tokens import ClaimSyntaxError, Token, tokenize
+from orchestrator.claims.tokens import ClaimSyntaxError, Token, tokenize
 
 __all__ = ["Claim", "ClaimSyntaxError", "LinearExpr", "MetricRef", "parse_claim"]
 

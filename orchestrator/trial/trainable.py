@@ -1,11 +1,11 @@
 """The Ray Tune entry point of one trial: unpack, run, report. Nothing else.
 
-All the work is in ``orchestrator.training.run_trial`` (testable without Ray). This
+All the work is in ``orchestrator.trial.training.run_trial`` (testable without Ray). This
 adapter turns its reports into ``tune.report`` calls; the last one carries the
 trial's artifact folder as a checkpoint, so the files reach the run's storage (shared
 or object store on a cluster) and the driver can log them to MLflow. A trial that
 fails of its own doing reports the reason as its last result instead of raising, so
-Ray Tune retries only the transient failures (``orchestrator.faults``).
+Ray Tune retries only the transient failures (``orchestrator.trial.faults``).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from orchestrator.faults import failure_result, is_transient
-from orchestrator.training import TrialSetup, run_trial
-from orchestrator.watchdog import HangWatchdog
-from orchestrator.worker_imports import hide_bitsandbytes_unless
+from orchestrator.trial.faults import failure_result, is_transient
+from orchestrator.trial.training import TrialSetup, run_trial
+from orchestrator.trial.watchdog import HangWatchdog
+from orchestrator.trial.worker_imports import hide_bitsandbytes_unless
 
 SEED_KEY = "_seed"
 ARM_KEY = "_arm"  # which arm's setup a trial runs: one Tuner serves every arm (search, confirmation)

@@ -1,6 +1,6 @@
 """One trial's training and evaluation, free of Ray: build, train, measure, report.
 
-``run_trial`` is what a Ray Tune trial runs (through ``orchestrator.trainable``) and
+``run_trial`` is what a Ray Tune trial runs (through ``orchestrator.trial.trainable``) and
 what tests call directly. It owns the one training loop every method shares: AdamW
 with linear warmup/decay, the method's hooks at fixed points (see
 ``methods.base``), validation after each epoch, and the measurements the judge
@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +21,12 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from methods import BuildContext, StepInfo, get_method
-from orchestrator.faults import MemoryLimitError, NonFiniteLossError, TrialTimeoutError
+from orchestrator.trial.faults import MemoryLimitError, NonFiniteLossError, TrialTimeoutError
 from orchestrator.measure import flops as flop_measure
-from orchestrator.per_example import PerExampleRecord
-from orchestrator.precision import PrecisionChoice, autocast, grad_scaler, resolve_precision
+from orchestrator.measure.memory import peak_memory_mb, reset_peak_memory
+from orchestrator.measure.parameters import adapter_trainable, head_params
+from orchestrator.trial.per_example import PerExampleRecord
+from orchestrator.trial.precision import PrecisionChoice, autocast, grad_scaler, resolve_precision
 from orchestrator.results import TRIAL_PARAM_PREFIX
 from orchestrator.spec.models import TRAINING_PARAMS, TrainingSpec
 from orchestrator.tasks.models import default_target_modules, head_modules, load_model, resolve_model
@@ -57,7 +58,7 @@ class TrialSetup:
     timeout_s: float | None = None  # wall-time budget of the trial, checked after every step
     memory_limit_mb: float | None = None  # peak memory of the trial's process (RSS; GPU: allocated), checked after every step
     threads: int = 1
-    uses_bitsandbytes: bool = False  # the method requires bitsandbytes (Method.needs), read by the driver (orchestrator.worker_imports)
+    uses_bitsandbytes: bool = False  # the method requires bitsandbytes (Method.needs), read by the driver (orchestrator.trial.worker_imports)
 
 
 def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -118,7 +119,7 @@ def run_trial(setup: TrialSetup, params: dict[str, Any], seed: int, data: "Prepa
     scheduler = get_linear_schedule_with_warmup(optimizer, int(training.warmup_ratio * total_steps), total_steps)
     scaler = grad_scaler(precision)
 
-    step, peak_trainable, train_time = 0, _adapter_trainable(model, method, heads), 0.0
+    step, peak_trainable, train_time = 0, adapter_trainable(model, method, heads), 0.0
     deadline = time.monotonic() + setup.timeout_s if setup.timeout_s else None
     final: dict[str, Any] = {}
     for epoch in range(training.epochs):
@@ -139,10 +140,10 @@ def run_trial(setup: TrialSetup, params: dict[str, Any], seed: int, data: "Prepa
             method.after_optimizer_step(model, info)
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            peak_trainable = max(peak_trainable, _adapter_trainable(model, method, heads))
+            peak_trainable = max(peak_trainable, adapter_trainable(model, method, heads))
             if deadline is not None and time.monotonic() > deadline:
                 raise TrialTimeoutError(f"trial exceeded its {setup.timeout_s:g} s budget (search.trial_timeout_s) at step {step}")
-            if setup.memory_limit_mb and (used := _peak_memory_mb(device)) > setup.memory_limit_mb:
+            if setup.memory_limit_mb and (used := peak_memory_mb(device)) > setup.memory_limit_mb:
                 raise MemoryLimitError(f"trial peaked at {used:.0f} MB, over its {setup.memory_limit_mb:g} MB limit (search.trial_memory_mb) at step {step}")
             losses.append(loss.item())
         train_time += time.perf_counter() - started
@@ -159,12 +160,12 @@ def run_trial(setup: TrialSetup, params: dict[str, Any], seed: int, data: "Prepa
             metrics.update(measured)
             metrics["train_time_s"] = train_time
         metrics["trainable_params"] = peak_trainable
-        metrics["head_params"] = _head_params(model, heads)
+        metrics["head_params"] = head_params(model, heads)
         if "adapter_flops_per_token" not in metrics:  # routed methods count every example of the final split (end_eval_stats)
             metrics["adapter_flops_per_token"] = flop_measure.adapter_flops_per_token(base_flops, flop_measure.count_flops_unpadded(model, [_to(e, device) for e in probe]), tokens)
         adapter = metrics["adapter_flops_per_token"]
         metrics["flops_ratio"] = adapter / reference_flops if reference_flops else float("nan")
-        metrics["peak_rss_mb"] = _peak_memory_mb(device)
+        metrics["peak_rss_mb"] = peak_memory_mb(device)
         metrics.update({TRIAL_PARAM_PREFIX + k: v for k, v in precision.as_params().items()})
         artifacts = None
         if last:
@@ -295,74 +296,6 @@ def score(metric: str, gold: np.ndarray, preds: np.ndarray) -> float:
     if metric == "f1":
         return float(f1_score(gold, preds, average="binary" if gold.max() <= 1 else "macro"))
     return float(matthews_corrcoef(gold, preds))
-
-
-def _adapter_trainable(model: "nn.Module", method: Any, heads: list[str]) -> int:
-    """Adapter parameters trained at this step (head excluded): the method's own count
-    where it allocates more than it uses (``Method.trainable_adapter_params``)."""
-    own = method.trainable_adapter_params(model)
-    if own is not None:
-        return own
-    return sum(p.numel() for name, p in model.named_parameters() if p.requires_grad and not _is_head(name, heads))
-
-
-def _head_params(model: "nn.Module", heads: list[str]) -> int:
-    return sum(p.numel() for name, p in model.named_parameters() if p.requires_grad and _is_head(name, heads))
-
-
-def _is_head(name: str, heads: list[str]) -> bool:
-    return any(part in heads for part in name.split("."))
-
-
-def reset_peak_memory(device: str) -> None:
-    """Start the trial's peak-memory window. Ray reuses a worker process for several
-    trials, so the process-lifetime peak (ru_maxrss) would mix them up; on Linux,
-    writing 5 to /proc/self/clear_refs resets the peak RSS (VmHWM).
-
-    First the memory the previous trials freed goes back to the system: Ray Tune runs
-    each trial in a new thread, glibc gives threads their own malloc arenas and keeps
-    what they free. Measured in one reused worker (MiniLM, 400 examples, five
-    confirmation trials in a row): without this, each trial's peak started ~600 MB
-    above the last one's (1348 -> 3929 MB); with it, 1344-1370 MB. Without it a long
-    search also grows each worker's memory trial after trial."""
-    if device == "cuda":
-        import torch
-
-        torch.cuda.reset_peak_memory_stats()
-        return
-    release_freed_memory()
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def release_freed_memory() -> None:
-    """Collect garbage, then return glibc's free heap pages to the system (a no-op
-    where the C library is not glibc)."""
-    import ctypes
-    import ctypes.util
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # musl, macOS: no malloc_trim
-        pass
-
-
-def _peak_memory_mb(device: str) -> float:
-    if device == "cuda":
-        import torch
-
-        return torch.cuda.max_memory_allocated() / 2**20
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; never reset
 
 
 def _to(batch: dict[str, "torch.Tensor"], device: str) -> dict[str, "torch.Tensor"]:

@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Sequence
 
-from orchestrator.cli import print_error
+from orchestrator.cli.main import print_error
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 5000

@@ -1,4 +1,4 @@
-"""Tokens of the claim language (see ``orchestrator.claims`` for the grammar).
+"""Tokens of the claim language (see ``orchestrator.claims.claim`` for the grammar).
 
 Kept apart from the parser so each stays small; nothing here is public except through
 ``orchestrator.claims``.

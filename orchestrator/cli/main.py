@@ -60,7 +60,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2, default=str))
         return EXIT_OK
-    from orchestrator.verdict_table import console
+    from orchestrator.cli.verdict_table import console
 
     h = plan.hypothesis
     out = console()
@@ -139,7 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     plan = make_plan(_load(args.file, args.profile))  # bad input stops here: no Ray, no MLflow
     if not args.address:
-        from orchestrator.precision import emulated_bf16_warnings
+        from orchestrator.trial.precision import emulated_bf16_warnings
 
         for warning in emulated_bf16_warnings(plan.hypothesis):  # local trials run on this CPU
             print_error(f"orchestrate: warning: {warning}")
@@ -157,7 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (AllTrialsFailedError, ModelUnavailableError, DatasetUnavailableError) as exc:
         print_error(f"orchestrate: {exc}")
         return EXIT_FAILED
-    from orchestrator.verdict_table import print_verdicts
+    from orchestrator.cli.verdict_table import print_verdicts
 
     print_verdicts(outcome)
     if outcome.report_path is not None:
@@ -194,10 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", help="list every method with its hyperparameters and defaults")
     p.set_defaults(func=cmd_methods)
 
-    from orchestrator.commands import add_report_commands
+    from orchestrator.cli.commands import add_report_commands
 
     add_report_commands(sub)  # report, judge
-    from orchestrator.ui import add_ui_command
+    from orchestrator.cli.ui import add_ui_command
 
     add_ui_command(sub)
     return parser

@@ -33,7 +33,7 @@ class TrialTimeoutError(TrialFault, TimeoutError):
 
 
 class TrialHungError(TrialTimeoutError):
-    """Raised inside a trial that hangs within a step (by ``orchestrator.watchdog``)."""
+    """Raised inside a trial that hangs within a step (by ``orchestrator.trial.watchdog``)."""
 
     message = "trial hung inside a step past its time budget (search.trial_timeout_s)"
 
