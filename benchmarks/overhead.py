@@ -58,7 +58,7 @@ def run_orchestrate(trials: int, concurrent: int, epochs: int, folder: Path) -> 
     from orchestrator.execute.progress import Progress
     from orchestrator.execute.recorder import TrialRecorder
     from orchestrator.execute.state import RunState
-    from orchestrator.plan import ArmPlan
+    from orchestrator.plan import ArmPlan, SearchSettings
     from orchestrator.search.samplers import SamplerPlan
     from orchestrator.search.space import ParamSpec
     from orchestrator.spec.models import Resources, TrainingSpec
@@ -75,14 +75,16 @@ def run_orchestrate(trials: int, concurrent: int, epochs: int, folder: Path) -> 
         arm="a", method="lora", routed=False, space_file=None,
         params={"lr": ParamSpec(type="float", low=1e-4, high=1e-1, log=True)}, fixed={}, points_to_evaluate=[],
         sampler=SamplerPlan("tpe", 0, 10, 1), objectives={"val_accuracy": "max"}, constraints=[],
-        scheduler="asha", trials=trials, max_concurrent=concurrent, resources=Resources(cpu=1),
+        scheduler="asha", trials=trials,
     )
+    settings = SearchSettings(seed=0, max_concurrent=concurrent, resources=Resources(cpu=1), max_retries=1, trial_timeout_s=None,
+                              trial_memory_mb=None, reuse_trials=False)
     setup = TrialSetup(arm="a", method="lora", model="random:bert-tiny", metric="accuracy", training=TrainingSpec(epochs=epochs))
     state = RunState.open(folder / "state", "overhead", "default", "x", fresh=True)
     progress = Progress(quiet=True)
     recorder = TrialRecorder(tracker, experiment, arm_run, "a", "trial", epochs, [], state,
                              progress.arm("a", "search", trials, "val_accuracy", "max"), {}, ["lr"])
-    records = tuning.run_searches([tuning.SearchRequest(plan, setup, recorder)], None, str(folder / "ray"), "orchestrate", 0)["a"]
+    records = tuning.run_searches([tuning.SearchRequest(plan, setup, recorder)], settings, None, str(folder / "ray"), "orchestrate")["a"]
     assert len(records) == trials, len(records)
     return time.perf_counter() - started
 

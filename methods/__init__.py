@@ -78,7 +78,9 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
-def _plugin_entry_points() -> dict[str, "Callable[[], object]"]:
+def _plugin_entry_points() -> dict[str, Callable[[], type[Method]]]:
+    """name -> loader of the plug-in's class; the entry point group's contract is a
+    ``Method`` subclass (``register`` reads its ``name``)."""
     return {ep.name: ep.load for ep in entry_points(group="orchestrate.methods")}
 
 
@@ -96,7 +98,7 @@ def get_method(name: str) -> type[Method]:
         else:
             plugins = _plugin_entry_points()
             if name in plugins:
-                register(plugins[name]())  # type: ignore[arg-type]
+                register(plugins[name]())
     if name not in _REGISTRY:
         raise UnknownMethodError(name, difflib.get_close_matches(name, available_methods(), n=3, cutoff=0.5))
     return _REGISTRY[name]

@@ -4,33 +4,35 @@ Shared by every method peft does not ship: the rank-adaptive ones built on
 ``methods._masked_lora`` (plateau_lora, dylora, sora), snell, and the gated and routed
 ones built on ``methods._routing`` (galora, cogalora, radlora). Each wrapper keeps the
 frozen layer as ``base_layer`` (the attribute name peft uses), so
-``orchestrator.measure.flops.linear_shapes`` sees through it as through peft's wrappers.
+``methods.base.linear_shapes`` sees through it as through peft's wrappers.
 
 Example::
 
-    freeze_base_train_head(model, ["classifier"])
-    layers = adapt_linear_layers(model, ["query", "value"], lambda name, linear: MyAdapter(linear))
+    layers = inject_adapters(model, ctx, self.config.target_modules, lambda linear: MyAdapter(linear))
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, TypeVar
 
 from torch import nn
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from methods.base import BuildContext
+
 AdapterT = TypeVar("AdapterT", bound=nn.Module)
 
 
-def matches_suffix(name: str, suffixes: "Iterable[str]") -> bool:
+def matches_suffix(name: str, suffixes: Iterable[str]) -> bool:
     """peft's rule for a list of target modules: the exact name or a ``.suffix`` ending."""
     return any(name == s or name.endswith("." + s) for s in suffixes)
 
 
 def find_targets(
-    model: nn.Module, suffixes: list[str], exclude: "Iterable[str]" = (), *, plain_only: bool = True
+    model: nn.Module, suffixes: list[str], exclude: Iterable[str] = (), *, plain_only: bool = True
 ) -> list[tuple[str, nn.Linear]]:
     """Every linear layer named by ``suffixes``, outside the ``exclude`` (head) modules.
 
@@ -81,6 +83,16 @@ def freeze_base_train_head(model: nn.Module, head_modules: list[str]) -> None:
         if matches_suffix(name, head_modules):
             for param in module.parameters():
                 param.requires_grad_(True)
+
+
+def inject_adapters(
+    model: nn.Module, ctx: BuildContext, own_targets: list[str] | None, make: Callable[[nn.Linear], AdapterT]
+) -> dict[str, AdapterT]:
+    """How a hand-written method's ``build`` starts: freeze the base, keep the head
+    trainable, and replace every target linear layer (the method's own
+    ``target_modules`` if set, else the task's) by ``make(layer)``; the adapters by name."""
+    freeze_base_train_head(model, ctx.head_modules)
+    return adapt_linear_layers(model, list(own_targets or ctx.target_modules), lambda _name, linear: make(linear))
 
 
 def adapters(model: nn.Module, kind: type[AdapterT]) -> Iterator[tuple[str, AdapterT]]:

@@ -22,11 +22,16 @@ what growth needs (METHODS.md section 3); ``"rank"`` (alpha / rank) is DyLoRA's.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from methods._injection import inject_adapters
+
+if TYPE_CHECKING:
+    from methods.base import BuildContext
 
 ScaleBy = Literal["r_max", "sqrt_r_max", "rank"]
 
@@ -52,7 +57,7 @@ class MaskedLoraLinear(nn.Module):
 
     Args:
         base: the frozen linear layer (kept as ``base_layer``, the attribute name peft
-            uses, so ``orchestrator.measure.flops.linear_shapes`` looks through it).
+            uses, so ``methods.base.linear_shapes`` looks through it).
         r_max: rows of A / columns of B allocated.
         rank: active prefix while training (default ``r_max``).
         lora_alpha: scaling numerator.
@@ -95,16 +100,16 @@ class MaskedLoraLinear(nn.Module):
         self.lora_alpha = lora_alpha
         self.scale_by: ScaleBy = scale_by
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
-        self.lora_A = nn.Parameter(torch.zeros(r_max, self.in_features, **factory))
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r_max, **factory))
+        device, dtype = base.weight.device, base.weight.dtype
+        self.lora_A = nn.Parameter(torch.zeros(r_max, self.in_features, device=device, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r_max, device=device, dtype=dtype))
         kaiming_rows_(self.lora_A[: r_max if init_rows is None else init_rows], self.in_features, generator)
         self.lora_gate: nn.Parameter | None = None
         if gate:
             if gate_init == "randn":
-                values = torch.randn(r_max, generator=generator).to(**factory)
+                values = torch.randn(r_max, generator=generator).to(device=device, dtype=dtype)
             else:
-                values = torch.ones(r_max, **factory)
+                values = torch.ones(r_max, device=device, dtype=dtype)
             self.lora_gate = nn.Parameter(values)
 
     # -- rank bookkeeping ------------------------------------------------------------
@@ -218,3 +223,42 @@ def seeded_generator(seed: int) -> torch.Generator:
     generator = torch.Generator()
     generator.manual_seed(seed)
     return generator
+
+
+class MaskedLoraHyperparameters(Protocol):
+    """The config fields every method built on ``MaskedLoraLinear`` has (read-only:
+    the configs are frozen)."""
+
+    @property
+    def r_max(self) -> int: ...
+    @property
+    def lora_alpha(self) -> float: ...
+    @property
+    def lora_dropout(self) -> float: ...
+    @property
+    def target_modules(self) -> list[str] | None: ...
+
+
+def inject_masked_lora(
+    model: nn.Module,
+    ctx: BuildContext,
+    config: MaskedLoraHyperparameters,
+    generator: torch.Generator,
+    **layer_options: Any,
+) -> dict[str, MaskedLoraLinear]:
+    """The ``build`` of dylora, plateau_lora and sora: a ``MaskedLoraLinear`` of
+    ``config.r_max`` rows on every target layer, base frozen, head trained.
+    ``layer_options`` (``scale_by``, ``gate``, an initial ``rank``...) are where they differ."""
+    return inject_adapters(
+        model,
+        ctx,
+        config.target_modules,
+        lambda linear: MaskedLoraLinear(
+            linear,
+            config.r_max,
+            lora_alpha=config.lora_alpha,
+            dropout=config.lora_dropout,
+            generator=generator,
+            **layer_options,
+        ),
+    )

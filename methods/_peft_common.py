@@ -17,13 +17,18 @@ engine as ``head_params``, so neither here nor there); everything else is the ba
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, TypeVar, cast
 
 if TYPE_CHECKING:
     import torch
+    from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTuner
     from torch import nn
+
+LayerT = TypeVar("LayerT")  # a peft layer class; peft's are mixins, not nn.Module subclasses
 
 MB = 1024 * 1024
 
@@ -36,11 +41,11 @@ MEMORY_METRICS = {
 }
 
 
-def _tensor_bytes(tensor: "torch.Tensor") -> int:
+def _tensor_bytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
-def _quant_state_tensors(quant_state) -> Iterator["torch.Tensor"]:
+def _quant_state_tensors(quant_state) -> Iterator[torch.Tensor]:
     """Tensors a bitsandbytes ``QuantState`` holds besides the packed weight: absmax,
     the code book, the double-quantisation offset and the nested state's own absmax/code."""
     import torch
@@ -54,7 +59,7 @@ def _quant_state_tensors(quant_state) -> Iterator["torch.Tensor"]:
         yield from _quant_state_tensors(nested)
 
 
-def adapter_markers(model: "nn.Module") -> tuple[str, ...]:
+def adapter_markers(model: nn.Module) -> tuple[str, ...]:
     """Name fragments that mark adapter tensors in a peft model."""
     prefix = getattr(getattr(model, "base_model", None), "prefix", None) or "lora_"
     return (prefix, "ranknum")
@@ -69,7 +74,7 @@ def _role(name: str, markers: tuple[str, ...]) -> str:
     return "base"
 
 
-def memory_bytes(model: "nn.Module") -> dict[str, int]:
+def memory_bytes(model: nn.Module) -> dict[str, int]:
     """Bytes of ``base``, ``adapter`` and ``head`` tensors (parameters and buffers).
 
     Shared storage is counted once. A 4-bit ``Params4bit`` counts its packed uint8 data
@@ -96,13 +101,13 @@ def memory_bytes(model: "nn.Module") -> dict[str, int]:
     return totals
 
 
-def memory_stats(model: "nn.Module") -> dict[str, float]:
+def memory_stats(model: nn.Module) -> dict[str, float]:
     """``base_memory_mb`` and ``adapter_memory_mb`` of a peft model (see MEMORY_METRICS)."""
     totals = memory_bytes(model)
     return {"base_memory_mb": totals["base"] / MB, "adapter_memory_mb": totals["adapter"] / MB}
 
 
-def trainable_adapter_params(model: "nn.Module") -> int:
+def trainable_adapter_params(model: nn.Module) -> int:
     """Adapter parameters that currently require a gradient (the trained head excluded)."""
     markers = adapter_markers(model)
     return sum(
@@ -139,6 +144,25 @@ class TrainableTracker:
         }
 
 
+def as_peft_model(model: nn.Module) -> PeftModel:
+    """``model`` as the PeftModel that a peft-wrapping method's ``build`` returned: the
+    hooks receive it typed as ``nn.Module``. A cast, not a check (no runtime cost)."""
+    return cast("PeftModel", model)
+
+
+def peft_layers(model: nn.Module, kind: type[LayerT], weights: str, adapter: str) -> dict[str, LayerT]:
+    """Layers of peft's type ``kind`` that hold ``adapter`` in their ``weights`` dict
+    (``lora_E``, ``adamss_A``), by module path inside the transformers model: the keys
+    of peft's ``rank_pattern``, and of our heatmaps."""
+    tuner = cast("BaseTuner", as_peft_model(model).base_model)
+    inner: nn.Module = tuner.model
+    return {
+        name: module
+        for name, module in inner.named_modules()
+        if isinstance(module, kind) and adapter in getattr(module, weights)
+    }
+
+
 _LAYER_MODULE = re.compile(r"(?:^|\.)(?P<layer>\d+)\.(?P<module>.+)$")
 
 
@@ -161,11 +185,11 @@ def layer_module_grid(values: dict[str, float]) -> tuple[list[int], list[str], l
 
 def save_heatmap(values: dict[str, float], path: Path, title: str, colorbar_label: str) -> Path:
     """A layer x module heatmap PNG of ``values`` (Agg backend, no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from methods._figures import pyplot, save_figure
+
+    plt = pyplot()
 
     layers, modules, grid = layer_module_grid(values)
     data = np.array(grid, dtype=float)
@@ -183,11 +207,7 @@ def save_heatmap(values: dict[str, float], path: Path, title: str, colorbar_labe
                 ax.text(j, i, f"{data[i, j]:g}", ha="center", va="center", color=color, fontsize=8)
     fig.colorbar(image, ax=ax, label=colorbar_label)
     ax.set_title(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def steps_from(value_steps: int, fraction: float | None, total_steps: int) -> int:
@@ -195,4 +215,4 @@ def steps_from(value_steps: int, fraction: float | None, total_steps: int) -> in
     (the fraction wins when set)."""
     if fraction is None:
         return int(value_steps)
-    return int(round(fraction * total_steps))
+    return round(fraction * total_steps)

@@ -24,8 +24,9 @@ from __future__ import annotations
 import abc
 import math
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +78,7 @@ class TokenMask:
         return mask.to(device=x.device).bool()
 
     @staticmethod
-    def install(model: nn.Module) -> "TokenMask":
+    def install(model: nn.Module) -> TokenMask:
         holder = TokenMask()
         model.register_forward_pre_hook(holder, with_kwargs=True)
         return holder
@@ -202,7 +203,7 @@ class RoutedUnit(abc.ABC):
     """Mixin of whatever makes one routing decision per example (a block router, or a
     gated module): recording of the hard decisions and forced routing.
 
-    ``modules`` lists the adapted modules the decision applies to, with their cost
+    ``gated_modules`` lists the adapted modules the decision applies to, with their cost
     c = 2 (d_in + d_out) per rank and token.
 
     ``run_router`` and ``run_adapters`` let ``methods._routing_stats.routed_adapter_flops``
@@ -213,11 +214,11 @@ class RoutedUnit(abc.ABC):
     """
 
     block: str
-    modules: list[tuple[str, int]]
+    gated_modules: list[tuple[str, int]]
     full_rank: int
 
     def init_unit(self, block: str, modules: list[tuple[str, int]], full_rank: int) -> None:
-        self.block, self.modules, self.full_rank = block, modules, full_rank
+        self.block, self.gated_modules, self.full_rank = block, modules, full_rank
         self.recording = False
         self.decisions: list[HardDecisions] = []
         self.forced: ForcedRouting | None = None

@@ -11,7 +11,7 @@ the measured ``flops_ratio`` without the router.
 (``routed_adapter_flops``): a routed adapter's cost depends on the input, so a fixed
 probe of a few examples would judge a budget claim on a sample, shared by every seed.
 Per unit and example b, with the FlopCounterMode counts of the unit's paths on one
-example of T tokens (``orchestrator.measure.flops.token_affine_flops``),
+example of T tokens (``methods.flop_count.token_affine_flops``),
 
     flops_b = router(T_b) + g_b * adapters(k_b, T_b),
 
@@ -28,13 +28,19 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from methods.flop_count import token_affine_flops
+
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from methods._routing import RoutedUnit
+    from methods.base import FlopFormulas
 
 EXAMPLE_METRICS = {
     "active_layers": "mean over evaluated examples of the adapted modules that ran (hard decisions)",
@@ -85,14 +91,15 @@ class RoutingSummary:
         }
 
 
-def start_recording(units: list["RoutedUnit"]) -> None:
+def start_recording(units: Sequence[RoutedUnit]) -> None:
     for unit in units:
         unit.recording = True
         unit.decisions = []
 
 
-def summarize(units: list["RoutedUnit"]) -> RoutingSummary | None:
-    """Stop recording and summarise; None when nothing was recorded."""
+def summarize(units: Sequence[RoutedUnit], flop_formulas: FlopFormulas | None = None) -> RoutingSummary | None:
+    """Stop recording and summarise; None when nothing was recorded. ``flop_formulas``:
+    the method's (``Method.flop_formulas``), for ops of its paths FlopCounterMode does not know."""
     for unit in units:
         unit.recording = False
     recorded = [(u, u.decisions) for u in units if u.decisions]
@@ -109,17 +116,17 @@ def summarize(units: list["RoutedUnit"]) -> RoutingSummary | None:
     for unit, decisions in recorded:
         on = torch.cat([d[0] for d in decisions])[:n].float()
         rank = torch.cat([d[1] for d in decisions])[:n].float() * on
-        active += on * len(unit.modules)
-        total_modules += len(unit.modules)
-        ranks += rank * len(unit.modules)
-        cost = float(sum(c for _, c in unit.modules))
+        active += on * len(unit.gated_modules)
+        total_modules += len(unit.gated_modules)
+        ranks += rank * len(unit.gated_modules)
+        cost = float(sum(c for _, c in unit.gated_modules))
         work += rank * cost
         full_work += unit.full_rank * cost
         per_block[unit.block] = torch.maximum(per_block.get(unit.block, torch.zeros(n)), on)
         block_rank[unit.block] = torch.maximum(block_rank.get(unit.block, torch.zeros(n)), rank)
         fraction = float(on.mean())
         mean_rank = float(rank.sum() / on.sum()) if on.sum() > 0 else 0.0
-        for module, _ in unit.modules:
+        for module, _ in unit.gated_modules:
             cells[(unit.block, module)] = (fraction, mean_rank)
     blocks = torch.stack(list(per_block.values())).sum(0)
     metrics = {
@@ -133,7 +140,7 @@ def summarize(units: list["RoutedUnit"]) -> RoutingSummary | None:
         "block_rank": float(torch.stack(list(block_rank.values())).sum(0).mean()),
         "routed_budget": float(work.mean() / max(full_work, 1e-12)),
     }
-    flops = routed_adapter_flops([u for u, _ in recorded])
+    flops = routed_adapter_flops([u for u, _ in recorded], flop_formulas)
     metrics["adapter_flops_per_token"] = flops.per_token
     metrics["flops_examples"] = float(flops.examples)
     histograms = {
@@ -144,10 +151,9 @@ def summarize(units: list["RoutedUnit"]) -> RoutingSummary | None:
     return RoutingSummary(metrics, histograms, cells, n)
 
 
-def routed_adapter_flops(units: list["RoutedUnit"]) -> SplitFlops:
+def routed_adapter_flops(units: Sequence[RoutedUnit], flop_formulas: FlopFormulas | None = None) -> SplitFlops:
     """Sum over units and recorded examples of router(T_b) + g_b adapters(k_b, T_b),
     each path counted once per unit (and rank) by FlopCounterMode."""
-    from orchestrator.measure.flops import token_affine_flops
 
     total, seen = 0, None
     for unit in units:
@@ -157,11 +163,13 @@ def routed_adapter_flops(units: list["RoutedUnit"]) -> SplitFlops:
         if seen is None:
             seen = tokens
         elif not torch.equal(seen, tokens):
-            raise ValueError(f"routing unit of {unit.block!r} saw other examples than the first unit: FLOPs would not add up")
+            raise ValueError(
+                f"routing unit of {unit.block!r} saw other examples than the first unit: FLOPs would not add up"
+            )
         longest = int(tokens.max())
-        total += token_affine_flops(unit.run_router, check_at=longest).total(tokens)
+        total += token_affine_flops(unit.run_router, check_at=longest, formulas=flop_formulas).total(tokens)
         for k in torch.unique(rank[on]).tolist():
-            path = token_affine_flops(lambda t, k=int(k): unit.run_adapters(k, t), check_at=longest)
+            path = token_affine_flops(partial(unit.run_adapters, int(k)), check_at=longest, formulas=flop_formulas)
             total += path.total(tokens[on & (rank == k)])
     if seen is None:
         return SplitFlops(0, 0, 0)
@@ -170,7 +178,7 @@ def routed_adapter_flops(units: list["RoutedUnit"]) -> SplitFlops:
 
 def _histogram(values: torch.Tensor) -> dict[int, int]:
     uniq, counts = torch.unique(values.round().long(), return_counts=True)
-    return {int(v): int(c) for v, c in zip(uniq.tolist(), counts.tolist())}
+    return {int(v): int(c) for v, c in zip(uniq.tolist(), counts.tolist(), strict=True)}
 
 
 def _block_key(block: str) -> tuple[str, int]:
@@ -185,23 +193,27 @@ def write_heatmap(
     suptitle: str = "",
 ) -> Path:
     """Two layer x module panels from ``cells`` ((block, module) -> (value1, value2))."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from methods._figures import pyplot, save_figure
+
+    plt = pyplot()
 
     blocks = sorted({b for b, _ in cells}, key=_block_key)
     modules = list(dict.fromkeys(m for _, m in cells))
     fig, axes = plt.subplots(1, 2, figsize=(4 + 1.4 * len(modules), 1.5 + 0.35 * len(blocks)), squeeze=False)
-    for panel, (ax, title) in enumerate(zip(axes[0], titles)):
+    for panel, (ax, title) in enumerate(zip(axes[0], titles, strict=True)):
         grid = np.full((len(blocks), len(modules)), np.nan)
         for (block, module), values in cells.items():
             grid[blocks.index(block), modules.index(module)] = values[panel]
         image = ax.imshow(grid, aspect="auto", cmap="viridis")
         ax.set_title(title, fontsize=9)
         ax.set_xticks(range(len(modules)), modules, rotation=45, ha="right", fontsize=7)
-        ax.set_yticks(range(len(blocks)), [b.rsplit(".", 2)[-2] + "." + b.rsplit(".", 1)[-1] if "." in b else b for b in blocks], fontsize=7)
+        ax.set_yticks(
+            range(len(blocks)),
+            [b.rsplit(".", 2)[-2] + "." + b.rsplit(".", 1)[-1] if "." in b else b for b in blocks],
+            fontsize=7,
+        )
         for i in range(len(blocks)):
             for j in range(len(modules)):
                 if not np.isnan(grid[i, j]):
@@ -209,11 +221,7 @@ def write_heatmap(
         fig.colorbar(image, ax=ax, fraction=0.046)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def write_summary(folder: Path, summary: RoutingSummary | None, method: str) -> list[Path]:

@@ -40,16 +40,18 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from pydantic import Field, model_validator
 
 from methods import register
-from methods._peft_common import MEMORY_METRICS, memory_stats, save_heatmap
+from methods._peft_common import MEMORY_METRICS, as_peft_model, memory_stats, peft_layers, save_heatmap
 from methods.base import BuildContext, Method, MethodConfig, StepInfo
 
 if TYPE_CHECKING:
     import torch
+    from peft import AdaLoraConfig
+    from peft.tuners.adalora import AdaLoraLayer, AdaLoraModel
     from torch import nn
 
 ADAPTER = "default"
@@ -60,12 +62,17 @@ class AdaLoraMethodConfig(MethodConfig):
     schedule, which is given as fractions of the run and defaults to the paper's scripts
     (peft's step counts tinit = tfinal = 0, deltaT = 1 do not scale with the run)."""
 
-    init_r: int = Field(12, ge=1, le=512, description="initial rank r0 of every module (the starting budget is r0 * M)")
+    init_r: int = Field(
+        12, ge=1, le=512, description="initial rank r0 of every module (the starting budget is r0 * M)"
+    )
     init_r_factor: float | None = Field(
         None, ge=1.0, le=8.0, description="init_r as a multiple of target_r (rounded); wins over init_r when set"
     )
     target_r: int = Field(
-        8, ge=1, le=512, description="average final rank: the final budget is target_r * M triplets, allocated globally"
+        8,
+        ge=1,
+        le=512,
+        description="average final rank: the final budget is target_r * M triplets, allocated globally",
     )
     tinit_frac: float = Field(
         0.1,
@@ -107,13 +114,13 @@ class AdaLoraMethodConfig(MethodConfig):
         return self.init_r
 
     @model_validator(mode="after")
-    def _target_below_init(self) -> "AdaLoraMethodConfig":
+    def _target_below_init(self) -> AdaLoraMethodConfig:
         if self.target_r > self.initial_rank:
             raise ValueError(f"target_r ({self.target_r}) must not exceed init_r ({self.initial_rank})")
         return self
 
     @model_validator(mode="after")
-    def _schedule_leaves_a_pruning_window(self) -> "AdaLoraMethodConfig":
+    def _schedule_leaves_a_pruning_window(self) -> AdaLoraMethodConfig:
         """The budget shrinks between tinit and T - tfinal: that window must exist and
         hold at least two masks, or allocation collapses into the single final one."""
         window = 1.0 - self.tinit_frac - self.tfinal_frac
@@ -180,14 +187,14 @@ def adalora_config(config: AdaLoraMethodConfig, ctx: BuildContext, schedule: Bud
         beta2=config.beta2,
         orth_reg_weight=config.orth_reg_weight,
         total_step=schedule.total_step,
-        lora_alpha=config.lora_alpha,
+        lora_alpha=config.lora_alpha,  # type: ignore[arg-type]  # peft annotates int; it only divides by it
         lora_dropout=config.lora_dropout,
         target_modules=list(config.target_modules or ctx.target_modules),
         modules_to_save=list(ctx.head_modules),
     )
 
 
-def orthogonal_regulariser(model: "nn.Module", adapter: str = ADAPTER) -> "torch.Tensor":
+def orthogonal_regulariser(model: nn.Module, adapter: str = ADAPTER) -> torch.Tensor:
     """peft's regulariser, the same formula as in ``AdaLoraModel.forward``: the mean over
     all A and B matrices of ||A A^T - I||_F and ||B^T B - I||_F (plain Frobenius norm).
 
@@ -207,23 +214,28 @@ def orthogonal_regulariser(model: "nn.Module", adapter: str = ADAPTER) -> "torch
     return torch.stack(terms).mean()
 
 
-def adalora_layers(model: "nn.Module") -> dict[str, "nn.Module"]:
+def adalora_layers(model: nn.Module) -> dict[str, AdaLoraLayer]:
     """AdaLoRA layers by module path inside the transformers model (peft's rank_pattern keys)."""
     from peft.tuners.adalora.layer import AdaLoraLayer
 
-    inner = model.base_model.model
-    return {
-        name: module
-        for name, module in inner.named_modules()
-        if isinstance(module, AdaLoraLayer) and ADAPTER in module.lora_E
-    }
+    return peft_layers(model, AdaLoraLayer, "lora_E", ADAPTER)
 
 
-def kept_ranks(model: "nn.Module") -> dict[str, int]:
+def adalora_tuner(model: nn.Module) -> AdaLoraModel:
+    """peft's AdaLoRA tuner inside the PeftModel ``build`` returned (the budget allocator)."""
+    return cast("AdaLoraModel", as_peft_model(model).base_model)
+
+
+def adalora_peft_config(model: nn.Module) -> AdaLoraConfig:
+    """The AdaLoraConfig peft keeps for the adapter (its ``rank_pattern`` after masking)."""
+    return cast("AdaLoraConfig", as_peft_model(model).peft_config[ADAPTER])
+
+
+def kept_ranks(model: nn.Module) -> dict[str, int]:
     """Ranks kept per module: from peft's rank pattern once a budget mask ran, else the
     module's current rank. (peft may strip the adapter name from the pattern's keys when
     it saves; both spellings are accepted.)"""
-    pattern = model.peft_config[ADAPTER].rank_pattern or {}
+    pattern = adalora_peft_config(model).rank_pattern or {}
     ranks = {}
     for name, module in adalora_layers(model).items():
         mask = pattern.get(f"{name}.lora_E.{ADAPTER}", pattern.get(f"{name}.lora_E"))
@@ -235,9 +247,12 @@ def kept_ranks(model: "nn.Module") -> dict[str, int]:
 class AdaLoRA(Method):
     name = "adalora"
     Config = AdaLoraMethodConfig
+    config: AdaLoraMethodConfig
     summary = "AdaLoRA (peft): SVD-form LoRA whose ranks are pruned globally to a target budget"
-    metrics = {
-        "total_rank": "sum over adapted modules of the ranks kept at the end (target_r * M once the budget is reached)",
+    metrics: ClassVar[dict[str, str]] = {
+        "total_rank": (
+            "sum over adapted modules of the ranks kept at the end (target_r * M once the budget is reached)"
+        ),
         "kept_modules": "adapted modules that keep at least one rank",
         "init_rank_budget": "rank budget at the start: init_r * M",
         "target_rank_budget": "rank budget at the end: target_r * M",
@@ -252,8 +267,16 @@ class AdaLoRA(Method):
     #: (and ties at peft's threshold can prune past the budget). What the configuration
     #: fixes: the peak count (every triplet trains until the end), the budgets, the mean
     #: (equal to the peak) and the base's memory.
-    exact_metrics = frozenset({"trainable_params", "head_params", "init_rank_budget", "target_rank_budget",
-                               "trainable_params_mean", "base_memory_mb"})
+    exact_metrics = frozenset(
+        {
+            "trainable_params",
+            "head_params",
+            "init_rank_budget",
+            "target_rank_budget",
+            "trainable_params_mean",
+            "base_memory_mb",
+        }
+    )
 
     def __init__(self, config: AdaLoraMethodConfig | None = None) -> None:
         super().__init__(config)
@@ -261,7 +284,7 @@ class AdaLoRA(Method):
         #: whether peft added the orthogonal regulariser to the last forward's loss
         self._peft_added_orth: bool = False
 
-    def build(self, model: "nn.Module", ctx: BuildContext) -> "nn.Module":
+    def build(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
         from peft import get_peft_model
 
         self.schedule = resolve_schedule(self.config, ctx.total_steps)
@@ -269,30 +292,34 @@ class AdaLoRA(Method):
         self._watch_orth_regulariser(peft_model)
         return peft_model
 
-    def _watch_orth_regulariser(self, peft_model: "nn.Module") -> None:
+    def _watch_orth_regulariser(self, peft_model: nn.Module) -> None:
         def record(_module, _args, output) -> None:
             self._peft_added_orth = getattr(output, "loss", None) is not None
 
-        peft_model.base_model.register_forward_hook(record)
+        as_peft_model(peft_model).base_model.register_forward_hook(record)
 
-    def extra_loss(self, model: "nn.Module", step: StepInfo) -> "torch.Tensor | None":
+    def extra_loss(self, model: nn.Module, step: StepInfo) -> torch.Tensor | None:
         if self._peft_added_orth or self.config.orth_reg_weight == 0:
             return None
         return self.config.orth_reg_weight * orthogonal_regulariser(model)
 
-    def after_optimizer_step(self, model: "nn.Module", step: StepInfo) -> None:
-        model.base_model.update_and_allocate(step.step)
+    def after_optimizer_step(self, model: nn.Module, step: StepInfo) -> None:
+        adalora_tuner(model).update_and_allocate(step.step)
 
-    def finalize(self, model: "nn.Module") -> "nn.Module":
-        pattern = model.peft_config[ADAPTER].rank_pattern
+    def finalize(self, model: nn.Module) -> nn.Module:
+        pattern = adalora_peft_config(model).rank_pattern
         if pattern:
-            model.base_model.resize_modules_by_rank_pattern(pattern, ADAPTER)
+            adalora_tuner(model).resize_modules_by_rank_pattern(pattern, ADAPTER)
         return model
 
-    def _param_counts(self, model: "nn.Module") -> dict[str, float]:
+    def _param_counts(self, model: nn.Module) -> dict[str, float]:
         ranks = kept_ranks(model)
         layers = adalora_layers(model)
-        per_rank = {name: layer.in_features + layer.out_features + 1 for name, layer in layers.items()}
+        per_rank = {
+            # peft types in/out_features as int | None; both are set on every Linear it adapts
+            name: layer.in_features + layer.out_features + 1  # type: ignore[operator]
+            for name, layer in layers.items()
+        }
         n_modules = len(layers)
         return {
             "total_rank": float(sum(ranks.values())),
@@ -303,14 +330,14 @@ class AdaLoRA(Method):
             "trainable_params_mean": float(sum(self.config.initial_rank * per_rank[n] for n in layers)),
         }
 
-    def stats(self, model: "nn.Module") -> dict[str, float]:
+    def stats(self, model: nn.Module) -> dict[str, float]:
         return {**self._param_counts(model), **memory_stats(model)}
 
-    def write_artifacts(self, model: "nn.Module", folder: Path) -> list[Path]:
+    def write_artifacts(self, model: nn.Module, folder: Path) -> list[Path]:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         ranks = kept_ranks(model)
-        pattern = model.peft_config[ADAPTER].rank_pattern or {}
+        pattern = adalora_peft_config(model).rank_pattern or {}
         record: dict[str, Any] = {
             "init_r": self.config.initial_rank,
             "target_r": self.config.target_r,

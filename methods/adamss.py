@@ -51,7 +51,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from pydantic import Field, model_validator
 
@@ -59,7 +59,9 @@ from methods import register
 from methods._peft_common import (
     MEMORY_METRICS,
     TrainableTracker,
+    as_peft_model,
     memory_stats,
+    peft_layers,
     save_heatmap,
     steps_from,
     trainable_adapter_params,
@@ -67,6 +69,8 @@ from methods._peft_common import (
 from methods.base import BuildContext, Method, MethodConfig, StepInfo
 
 if TYPE_CHECKING:
+    from peft import AdamssConfig
+    from peft.tuners.adamss import AdamssLayer, AdamssModel
     from torch import nn
 
 ADAPTER = "default"
@@ -118,19 +122,33 @@ class AdamssMethodConfig(MethodConfig):
         50, ge=1, description="active subspaces at the end, a GLOBAL count over all modules (alias target_kk)"
     )
     asa_target_frac: float | None = Field(
-        None, gt=0.0, le=1.0, description="the ASA target as a fraction of all subspaces; wins over asa_target_subspaces"
+        None,
+        gt=0.0,
+        le=1.0,
+        description="the ASA target as a fraction of all subspaces; wins over asa_target_subspaces",
     )
     init_warmup: int | None = Field(None, ge=0, description="ASA: first step of importance accumulation")
-    final_warmup: int | None = Field(None, ge=1, description="ASA: step of the last mask (rounded down to a mask step)")
+    final_warmup: int | None = Field(
+        None, ge=1, description="ASA: step of the last mask (rounded down to a mask step)"
+    )
     mask_interval: int | None = Field(None, ge=1, description="ASA: steps between two masks")
     init_warmup_frac: float | None = Field(
-        None, ge=0.0, lt=1.0, description="init_warmup as a fraction of all steps; wins; default 0.05 if neither is set"
+        None,
+        ge=0.0,
+        lt=1.0,
+        description="init_warmup as a fraction of all steps; wins; default 0.05 if neither is set",
     )
     final_warmup_frac: float | None = Field(
-        None, gt=0.0, le=1.0, description="final_warmup as a fraction of all steps; wins; default 0.95 if neither is set"
+        None,
+        gt=0.0,
+        le=1.0,
+        description="final_warmup as a fraction of all steps; wins; default 0.95 if neither is set",
     )
     mask_interval_frac: float | None = Field(
-        None, gt=0.0, le=1.0, description="mask_interval as a fraction of all steps; wins; default 0.05 if neither is set"
+        None,
+        gt=0.0,
+        le=1.0,
+        description="mask_interval as a fraction of all steps; wins; default 0.05 if neither is set",
     )
     asa_importance_beta: float = Field(0.85, gt=0.0, lt=1.0, description="EMA of the importance (alias beta1)")
     asa_uncertainty_beta: float = Field(0.85, gt=0.0, lt=1.0, description="EMA of the uncertainty (alias beta2)")
@@ -193,22 +211,28 @@ def resolve_asa_schedule(config: AdamssMethodConfig, total_steps: int) -> AsaSch
     return AsaSchedule(init_warmup=init_warmup, final_warmup=final_warmup, mask_interval=mask_interval)
 
 
-def adamss_layers(model: "nn.Module") -> dict[str, "nn.Module"]:
+def adamss_layers(model: nn.Module) -> dict[str, AdamssLayer]:
     """AdaMSS layers by module path inside the transformers model."""
     from peft.tuners.adamss.layer import AdamssLayer
 
-    inner = model.base_model.model
-    return {
-        name: module
-        for name, module in inner.named_modules()
-        if isinstance(module, AdamssLayer) and ADAPTER in module.adamss_A
-    }
+    return peft_layers(model, AdamssLayer, "adamss_A", ADAPTER)
 
 
-def active_subspaces(model: "nn.Module") -> dict[str, int]:
+def subspace_factors(layer: AdamssLayer, key: str) -> nn.ParameterList:
+    """The adapter's ``adamss_A`` or ``adamss_B`` of ``layer``: one tensor per subspace,
+    a ParameterList that peft keeps in a ModuleDict (so typed as a plain Module)."""
+    return cast("nn.ParameterList", getattr(layer, key)[ADAPTER])
+
+
+def adamss_peft_config(model: nn.Module) -> AdamssConfig:
+    """The AdamssConfig peft keeps for the adapter (ASA's target count lives there)."""
+    return cast("AdamssConfig", as_peft_model(model).peft_config[ADAPTER])
+
+
+def active_subspaces(model: nn.Module) -> dict[str, int]:
     """Subspaces per module that ASA has not frozen (A_i still requires a gradient)."""
     return {
-        name: sum(1 for param in layer.adamss_A[ADAPTER] if param.requires_grad)
+        name: sum(1 for param in subspace_factors(layer, "adamss_A") if param.requires_grad)
         for name, layer in adamss_layers(model).items()
     }
 
@@ -217,8 +241,9 @@ def active_subspaces(model: "nn.Module") -> dict[str, int]:
 class AdaMSS(Method):
     name = "adamss"
     Config = AdamssMethodConfig
+    config: AdamssMethodConfig
     summary = "AdaMSS (peft): SVD + K-means subspaces with rank-r_i updates; ASA freezes subspaces globally"
-    metrics = {
+    metrics: ClassVar[dict[str, str]] = {
         "active_subspaces": "subspaces still trained at the end, summed over modules (with ASA: the target or "
         "target - 1, peft's strict comparison; see the module doc)",
         "total_subspaces": "subspaces over all modules (sum of K after clamping to d_out)",
@@ -237,15 +262,16 @@ class AdaMSS(Method):
     #: sizes, hence every A_i/B_i shape (the parameter counts, ``adapter_memory_mb``) and
     #: the adapter's FLOPs, can differ between seeds; ASA's masks depend on training.
     #: What the configuration fixes: the subspace counts, the V^T buffers, the base.
-    exact_metrics = frozenset({"head_params", "total_subspaces", "asa_target_subspaces",
-                               "projection_buffer_params", "base_memory_mb"})
+    exact_metrics = frozenset(
+        {"head_params", "total_subspaces", "asa_target_subspaces", "projection_buffer_params", "base_memory_mb"}
+    )
 
     def __init__(self, config: AdamssMethodConfig | None = None) -> None:
         super().__init__(config)
         self.schedule: AsaSchedule | None = None
         self.tracker = TrainableTracker()
 
-    def build(self, model: "nn.Module", ctx: BuildContext) -> "nn.Module":
+    def build(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
         from peft import AdamssConfig, TaskType, get_peft_model
 
         cfg = self.config
@@ -273,24 +299,27 @@ class AdaMSS(Method):
         peft_model = get_peft_model(model, peft_config)
         if cfg.use_asa and cfg.asa_target_frac is not None:
             total = self._total_subspaces(peft_model)
-            peft_model.peft_config[ADAPTER].asa_target_subspaces = max(1, round(cfg.asa_target_frac * total))
+            adamss_peft_config(peft_model).asa_target_subspaces = max(1, round(cfg.asa_target_frac * total))
         return peft_model
 
     @staticmethod
-    def _total_subspaces(model: "nn.Module") -> int:
+    def _total_subspaces(model: nn.Module) -> int:
         return sum(layer.num_subspaces[ADAPTER] for layer in adamss_layers(model).values())
 
-    def after_optimizer_step(self, model: "nn.Module", step: StepInfo) -> None:
+    def after_optimizer_step(self, model: nn.Module, step: StepInfo) -> None:
         self.tracker.record(trainable_adapter_params(model))  # what this step trained
-        model.base_model.update_and_allocate(step.step)
+        cast("AdamssModel", as_peft_model(model).base_model).update_and_allocate(step.step)
 
-    def stats(self, model: "nn.Module") -> dict[str, float]:
+    def stats(self, model: nn.Module) -> dict[str, float]:
         layers = adamss_layers(model)
         stored = sum(
-            p.numel() for layer in layers.values() for key in ("adamss_A", "adamss_B") for p in getattr(layer, key)[ADAPTER]
+            p.numel()
+            for layer in layers.values()
+            for key in ("adamss_A", "adamss_B")
+            for p in subspace_factors(layer, key)
         )
         buffers = sum(layer.adamss_newB[ADAPTER].numel() for layer in layers.values())
-        target = model.peft_config[ADAPTER].asa_target_subspaces if self.config.use_asa else 0
+        target = adamss_peft_config(model).asa_target_subspaces if self.config.use_asa else 0
         return {
             "active_subspaces": float(sum(active_subspaces(model).values())),
             "total_subspaces": float(self._total_subspaces(model)),
@@ -301,19 +330,19 @@ class AdaMSS(Method):
             **memory_stats(model),
         }
 
-    def write_artifacts(self, model: "nn.Module", folder: Path) -> list[Path]:
+    def write_artifacts(self, model: nn.Module, folder: Path) -> list[Path]:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         active = active_subspaces(model)
         layers = adamss_layers(model)
         record = {
             "schedule": asdict(self.schedule) if self.schedule else None,
-            "asa_target_subspaces": model.peft_config[ADAPTER].asa_target_subspaces if self.config.use_asa else None,
+            "asa_target_subspaces": adamss_peft_config(model).asa_target_subspaces if self.config.use_asa else None,
             "modules": {
                 name: {
                     "active_subspaces": active[name],
-                    "cluster_sizes": [int(p.shape[0]) for p in layer.adamss_B[ADAPTER]],
-                    "subspace_ranks": [int(p.shape[0]) for p in layer.adamss_A[ADAPTER]],
+                    "cluster_sizes": [int(p.shape[0]) for p in subspace_factors(layer, "adamss_B")],
+                    "subspace_ranks": [int(p.shape[0]) for p in subspace_factors(layer, "adamss_A")],
                 }
                 for name, layer in layers.items()
             },

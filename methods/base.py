@@ -2,7 +2,7 @@
 
 A method is a class with a pydantic ``Config`` (its hyperparameters, each with a
 description and a default) and a handful of hooks that the trainable calls at fixed
-points of the training loop. The loop itself lives in ``orchestrator.trial.trainable``; a
+points of the training loop. The loop itself lives in ``orchestrator.trial.training``; a
 method never owns the loop, so every method is trained, evaluated and measured the
 same way and comparisons between arms stay fair.
 
@@ -29,17 +29,56 @@ from __future__ import annotations
 
 import abc
 import importlib.util
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+# The one engine import of the interface, kept on purpose: metric names are the
+# vocabulary methods and engine share (``exact_metrics`` below names the engine's own
+# counts), and ``orchestrator.metrics`` is a leaf catalogue that imports nothing.
 from orchestrator.metrics import STATIC_ADAPTER_METRICS
 
 if TYPE_CHECKING:  # torch is heavy; the CLI validates specs without importing it
     import torch
     from torch import nn
+
+#: The rank of the unmerged LoRA every ``flops_ratio`` is taken against (METHODS.md
+#: section 8). Here, with ``linear_shapes``, because methods price themselves against it
+#: in ``analytic_costs`` before any training, and the engine measures against the same
+#: number: the engine imports both from the interface, never the reverse.
+REFERENCE_RANK = 8
+
+#: A FLOP formula for one torch op, FlopCounterMode's ``custom_mapping`` signature:
+#: ``f(*arg_shapes, out_shape=..., **kwargs) -> int``.
+FlopFormula = Callable[..., int]
+#: torch op (an ``OpOverloadPacket`` such as ``torch.ops.aten._euclidean_dist``) -> formula.
+FlopFormulas = Mapping[Any, FlopFormula]
+
+
+def linear_shapes(model: nn.Module, suffixes: list[str]) -> list[tuple[str, int, int]]:
+    """(name, d_in, d_out) of every nn.Linear whose name ends with one of ``suffixes``.
+
+    Matches peft's rule for a list of target modules (exact name or ``.suffix``), and
+    looks through wrappers that keep the adapted layer as ``base_layer`` (peft's, and
+    ``methods._injection``'s) to that layer. Part of the interface because both sides
+    read a model through it: a method's ``analytic_costs`` and the engine's LoRA-r8
+    FLOP reference (``orchestrator.measure.flops``) must agree on which layers count.
+    """
+    from torch import nn
+
+    from methods._injection import matches_suffix
+
+    found = []
+    for name, module in model.named_modules():
+        base = getattr(module, "base_layer", module)
+        if not isinstance(base, nn.Linear) or ".base_layer" in name or "lora_" in name:
+            continue
+        if matches_suffix(name, suffixes):
+            found.append((name, base.in_features, base.out_features))
+    return found
 
 
 class MethodConfig(BaseModel):
@@ -143,6 +182,12 @@ class Method(abc.ABC):
 
     name: ClassVar[str]
     Config: ClassVar[type[MethodConfig]]
+    #: An instance of ``Config``. Each subclass narrows it next to ``Config``
+    #: (``Config = SoraConfig`` then ``config: SoraConfig``) so its hooks read their own
+    #: fields with types. Chosen over ``Method(Generic[ConfigT])``: subclasses of methods
+    #: (DoRA of LoRA, QLoRA-AdaLoRA of AdaLoRA) narrow the same way with no second type
+    #: variable, and ``type[Method]`` in the registry and engine needs no variance.
+    config: MethodConfig
     summary: ClassVar[str] = ""
     #: Decides per input which adapters run; budget constraints such as
     #: ``flops_ratio <= 0.25`` are meant for these arms.
@@ -173,17 +218,17 @@ class Method(abc.ABC):
         return any(requirement.module == module for requirement in cls.requires)
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> "Method":
+    def from_params(cls, params: dict[str, Any]) -> Method:
         """Build from a flat dict of hyperparameters (as a search samples them)."""
         return cls(cls.Config(**params))
 
     # -- required -----------------------------------------------------------------
     @abc.abstractmethod
-    def build(self, model: "nn.Module", ctx: BuildContext) -> "nn.Module":
+    def build(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
         """Return the adapted model; only parameters to train keep ``requires_grad``."""
 
     # -- optional hooks -------------------------------------------------------------
-    def param_groups(self, model: "nn.Module", weight_decay: float) -> list[dict[str, Any]]:
+    def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups. Default: every trainable parameter, with no
         weight decay on biases, norms and one-element parameters (gates, scales)."""
         decay, no_decay = [], []
@@ -199,58 +244,74 @@ class Method(abc.ABC):
             groups.append({"params": no_decay, "weight_decay": 0.0})
         return groups
 
-    def extra_loss(self, model: "nn.Module", step: StepInfo) -> "torch.Tensor | None":
+    def extra_loss(self, model: nn.Module, step: StepInfo) -> torch.Tensor | None:
         """A term added to the task loss (regularisers, budget penalties)."""
         return None
 
-    def after_optimizer_step(self, model: "nn.Module", step: StepInfo) -> None:
+    def after_optimizer_step(self, model: nn.Module, step: StepInfo) -> None:  # noqa: B027 (optional hook)
         """Called after ``optimizer.step()`` and before ``zero_grad()``, once per
         optimizer step (AdaLoRA's ``update_and_allocate``, ASA, proximal steps)."""
 
-    def after_evaluation(self, model: "nn.Module", step: StepInfo, val_loss: float) -> dict[str, float]:
+    def after_evaluation(self, model: nn.Module, step: StepInfo, val_loss: float) -> dict[str, float]:
         """Called after each validation pass (plateau-triggered growth). Returns
         metrics to report at this step (e.g. the current rank)."""
         return {}
 
-    def finalize(self, model: "nn.Module") -> "nn.Module":
+    def finalize(self, model: nn.Module) -> nn.Module:
         """Once, after training: prune, drop zero ranks, merge. Must keep outputs."""
         return model
 
-    def start_eval_stats(self, model: "nn.Module") -> None:
+    def start_eval_stats(self, model: nn.Module) -> None:  # noqa: B027 (optional hook)
         """Reset per-example counters before an evaluation pass (routed methods)."""
 
-    def end_eval_stats(self, model: "nn.Module") -> dict[str, float]:
+    def end_eval_stats(self, model: nn.Module) -> dict[str, float]:
         """Per-example statistics from the hard decisions of the evaluation pass just
         run, e.g. ``active_layers`` and ``total_rank`` means."""
         return {}
 
-    def stats(self, model: "nn.Module") -> dict[str, float]:
+    def stats(self, model: nn.Module) -> dict[str, float]:
         """Static numbers the judge may use (stored parameters, kept modules...)."""
         return {}
 
-    def extra_evaluations(self, model: "nn.Module", evaluate: Callable[["nn.Module"], dict[str, float]]) -> dict[str, float]:
+    def extra_evaluations(
+        self, model: nn.Module, evaluate: Callable[[nn.Module], dict[str, float]]
+    ) -> dict[str, float]:
         """After the final evaluation: more passes over the same split with the model
         in other states, e.g. DyLoRA at each of its ``eval_ranks``. ``evaluate(model)``
         returns ``{"<split>_<metric>": ..., "<split>_loss": ...}``; name what comes back
         after it and declare the names in ``metrics``. Must leave the model as found."""
         return {}
 
-    def write_artifacts(self, model: "nn.Module", folder: Path) -> list[Path]:
+    def write_artifacts(self, model: nn.Module, folder: Path) -> list[Path]:
         """Write method-specific files (heatmap PNGs, rank patterns) into ``folder``."""
         return []
 
-    def trainable_adapter_params(self, model: "nn.Module") -> int | None:
+    def trainable_adapter_params(self, model: nn.Module) -> int | None:
         """Adapter parameters this step really trains, where that is fewer than the
         ones with ``requires_grad`` (rows allocated up front and not yet in use, as
         plateau_lora's). ``None``: every trainable parameter outside the head counts.
         The engine's ``trainable_params`` is the peak of this over the steps."""
         return None
 
-    def analytic_costs(self, model: "nn.Module", ctx: BuildContext) -> dict[str, float]:
+    def analytic_costs(self, model: nn.Module, ctx: BuildContext) -> dict[str, float]:
         """Costs known from the hyperparameters alone, before any training, e.g.
         ``{"trainable_params": ..., "flops_ratio": ...}`` for a static adapter. A trial
         whose analytic cost already violates a constraint is recorded as infeasible and
         never trained. Return only numbers that training cannot change."""
+        return {}
+
+    def flop_formulas(self) -> FlopFormulas:
+        """FLOP formulas for torch ops of the built model that FlopCounterMode does not
+        count (SNELL's cdist, bitsandbytes' 4-bit matmuls); the engine counts every FLOP
+        figure of this method's model with them. Default: none, every op is a matmul-type
+        op the counter knows.
+
+        A hook rather than a class attribute: the keys are torch ops, and the CLI imports
+        methods without torch. The engine calls it in the trial, where torch is loaded,
+        and counts the base model with the same formulas (adapted minus base stays the
+        adapter's cost). May return ``{}`` when the optional package that owns the ops
+        is missing: then the model cannot contain them.
+        """
         return {}
 
     def reference_target_modules(self, ctx: BuildContext) -> list[str]:

@@ -25,7 +25,7 @@ and a routed adapter cannot be merged (flaw 9).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -47,14 +47,18 @@ from methods._routing import (
     masked_mean,
     zero_example,
 )
-from methods._routing_stats import EXAMPLE_METRICS, start_recording, summarize, write_summary
+from methods._routing_stats import EXAMPLE_METRICS, RoutingSummary, start_recording, summarize, write_summary
 from methods.base import BuildContext, Method, StepInfo
 
 
 class CoGaLoraConfig(LowRankConfig):
     router_hidden: int = Field(4, ge=1, le=1024, description="hidden width of each module's router (seed: 4)")
-    lam: float = Field(0.2, ge=0.0, description="lambda: weight of mean gate probability in the loss (seed grid 0.1-0.4)")
-    gate: Literal["bernoulli", "gumbel"] = Field("bernoulli", description="training gate: ST Bernoulli or ST Gumbel-sigmoid")
+    lam: float = Field(
+        0.2, ge=0.0, description="lambda: weight of mean gate probability in the loss (seed grid 0.1-0.4)"
+    )
+    gate: Literal["bernoulli", "gumbel"] = Field(
+        "bernoulli", description="training gate: ST Bernoulli or ST Gumbel-sigmoid"
+    )
     gate_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="tau: at inference a module runs when p > tau")
     gate_bias_init: float = Field(3.0, description="initial router output bias (+3: p = 0.95, adapters start on)")
     warmup_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of steps with every gate on, no penalty")
@@ -80,11 +84,11 @@ class CoGaLoRALinear(nn.Module, RoutedUnit):
         self.init_unit(block, [(module, 2 * (d_in + d_out))], config.r)
         self.base_layer = base
         self.cogalora_A, self.cogalora_B = init_lora_factors(config.r, d_in, d_out)
-        self.cogalora_router = nn.Sequential(
-            nn.Linear(d_in, config.router_hidden), nn.GELU(), nn.Linear(config.router_hidden, 1)
-        )
+        hidden_layer = nn.Linear(d_in, config.router_hidden)
+        logit_layer = nn.Linear(config.router_hidden, 1)  # made second, as before: the same random init
+        self.cogalora_router = nn.Sequential(hidden_layer, nn.GELU(), logit_layer)
         with torch.no_grad():
-            self.cogalora_router[2].bias.fill_(config.gate_bias_init)
+            logit_layer.bias.fill_(config.gate_bias_init)
         self.scale = config.lora_alpha / config.r
         self.gate_kind = config.gate
         self.gate_threshold = config.gate_threshold
@@ -136,9 +140,10 @@ class CoGaLoRALinear(nn.Module, RoutedUnit):
 class CoGaLoRA(Method):
     name = "cogalora"
     Config = CoGaLoraConfig
+    config: CoGaLoraConfig
     summary = "CoGaLoRA: per-module, per-input router switches each LoRA adapter on or off"
     routed = True
-    metrics = {
+    metrics: ClassVar[dict[str, str]] = {
         **EXAMPLE_METRICS,
         "trainable_params_final": "stored adapter parameters: LoRA factors and routers",
         "router_params": "parameters of the per-module routers",
@@ -146,12 +151,13 @@ class CoGaLoRA(Method):
     }
     #: The stored parameters are fixed by the configuration; FLOPs and the per-example
     #: statistics follow the router's decisions on each input.
-    exact_metrics = frozenset({"trainable_params", "head_params", "trainable_params_final", "router_params",
-                               "flops_examples"})
+    exact_metrics = frozenset(
+        {"trainable_params", "head_params", "trainable_params_final", "router_params", "flops_examples"}
+    )
 
     def __init__(self, config: CoGaLoraConfig | None = None) -> None:
         super().__init__(config)
-        self._summary = None
+        self._summary: RoutingSummary | None = None
         self._train_mean_gate: float | None = None
 
     def build(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
@@ -172,10 +178,10 @@ class CoGaLoRA(Method):
 
     def extra_loss(self, model: nn.Module, step: StepInfo) -> Tensor | None:
         layers = self.layers(model)
-        probs = [layer.last_prob for layer in layers]
+        probs = [layer.last_prob for layer in layers if layer.last_prob is not None]
         for layer in layers:
             layer.last_prob = None
-        if not layers or any(p is None for p in probs):
+        if not layers or len(probs) < len(layers):
             return None
         mean_prob = torch.stack([p.mean() for p in probs]).mean()
         self._train_mean_gate = float(mean_prob.detach())
@@ -194,7 +200,7 @@ class CoGaLoRA(Method):
         start_recording(self.layers(model))
 
     def end_eval_stats(self, model: nn.Module) -> dict[str, float]:
-        self._summary = summarize(self.layers(model))
+        self._summary = summarize(self.layers(model), self.flop_formulas())
         return dict(self._summary.metrics) if self._summary else {}
 
     def stats(self, model: nn.Module) -> dict[str, float]:

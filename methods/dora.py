@@ -9,7 +9,7 @@ Parameters: r (d_in + d_out) + d_out per module.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from methods import register
 from methods._peft_common import MEMORY_METRICS, memory_stats
@@ -28,15 +28,16 @@ class DoraConfig(LoraMethodConfig):
 class DoRA(LoRA):
     name = "dora"
     Config = DoraConfig
+    config: DoraConfig
     summary = "DoRA (peft): LoRA on the weight direction plus a trained magnitude vector"
-    metrics = {**LoRA.metrics, **MEMORY_METRICS}
+    metrics: ClassVar[dict[str, str]] = {**LoRA.metrics, **MEMORY_METRICS}
     #: LoRA's, and the bytes of tensors whose shapes the configuration fixes.
     exact_metrics = LoRA.exact_metrics | set(MEMORY_METRICS)
 
-    def build(self, model: "nn.Module", ctx: BuildContext) -> "nn.Module":
+    def build(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
         from peft import get_peft_model
 
         return get_peft_model(model, lora_config(self.config, ctx, use_dora=True))
 
-    def stats(self, model: "nn.Module") -> dict[str, float]:
+    def stats(self, model: nn.Module) -> dict[str, float]:
         return {**super().stats(model), **memory_stats(model)}

@@ -40,7 +40,8 @@ parameters per rank.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field, model_validator
 
@@ -48,6 +49,7 @@ from methods import register
 from methods.base import BuildContext, Method, MethodConfig, StepInfo
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 _REPORTED_RANKS = (1, 2, 4, 8, 16, 32, 64)
@@ -70,7 +72,7 @@ class DyLoraConfig(MethodConfig):
     )
 
     @model_validator(mode="after")
-    def _ranks_in_range(self) -> "DyLoraConfig":
+    def _ranks_in_range(self) -> DyLoraConfig:
         if self.r_min > self.r_max:
             raise ValueError(f"r_min ({self.r_min}) must not exceed r_max ({self.r_max})")
         if self.eval_rank is not None and self.eval_rank > self.r_max:
@@ -80,14 +82,14 @@ class DyLoraConfig(MethodConfig):
         return self
 
 
-def _dylora_layers(model: "nn.Module"):
+def _dylora_layers(model: nn.Module):
     from methods._injection import adapters
     from methods._masked_lora import MaskedLoraLinear
 
     return [layer for _, layer in adapters(model, MaskedLoraLinear) if layer.scale_by == "rank"]
 
 
-def set_rank(model: "nn.Module", rank: int) -> int:
+def set_rank(model: nn.Module, rank: int) -> int:
     """Make every DyLoRA layer of ``model`` run rank ``rank`` in eval mode; returns the
     previous eval rank (of the first layer)."""
     layers = _dylora_layers(model)
@@ -105,8 +107,9 @@ def set_rank(model: "nn.Module", rank: int) -> int:
 class DyLoRA(Method):
     name = "dylora"
     Config = DyLoraConfig
+    config: DyLoraConfig
     summary = "DyLoRA: nested ranks, one rank b ~ U{r_min..r_max} trained per step, any b usable at inference"
-    metrics = {
+    metrics: ClassVar[dict[str, str]] = {
         "eval_rank": "rank every adapted module runs at in evaluation",
         "total_rank": "sum of evaluation ranks over adapted modules",
         "trainable_params_final": "adapter parameters of the evaluated rank, what inference uses and a saved "
@@ -129,31 +132,17 @@ class DyLoRA(Method):
     def __init__(self, config: DyLoraConfig | None = None) -> None:
         super().__init__(config)
         self.rank_samples: list[int] = []
-        self._generator = None
+        self._generator: torch.Generator | None = None
 
     @property
     def eval_rank(self) -> int:
         return self.config.eval_rank or self.config.r_max
 
-    def build(self, model: "nn.Module", ctx: BuildContext) -> "nn.Module":
-        from methods._injection import adapt_linear_layers, freeze_base_train_head
-        from methods._masked_lora import MaskedLoraLinear, seeded_generator
+    def build(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
+        from methods._masked_lora import inject_masked_lora, seeded_generator
 
-        cfg = self.config
-        freeze_base_train_head(model, ctx.head_modules)
-        self._generator = seeded_generator(ctx.seed)
-        adapt_linear_layers(
-            model,
-            list(cfg.target_modules or ctx.target_modules),
-            lambda _name, linear: MaskedLoraLinear(
-                linear,
-                cfg.r_max,
-                lora_alpha=cfg.lora_alpha,
-                scale_by="rank",
-                dropout=cfg.lora_dropout,
-                generator=self._generator,
-            ),
-        )
+        self._generator = generator = seeded_generator(ctx.seed)
+        inject_masked_lora(model, ctx, self.config, generator, scale_by="rank")
         set_rank(model, self.eval_rank)
         self._sample_rank(model)
         return model
@@ -165,18 +154,18 @@ class DyLoRA(Method):
         low, high = self.config.r_min, self.config.r_max
         return int(torch.randint(low, high + 1, (1,), generator=self._generator).item())
 
-    def _sample_rank(self, model: "nn.Module") -> None:
+    def _sample_rank(self, model: nn.Module) -> None:
         b = self.sample_rank()
         self.rank_samples.append(b)
         for layer in _dylora_layers(model):
             layer.rank = b
             layer.frozen_prefix = b - 1 if self.config.frozen else 0
 
-    def after_optimizer_step(self, model: "nn.Module", step: StepInfo) -> None:
+    def after_optimizer_step(self, model: nn.Module, step: StepInfo) -> None:
         self._sample_rank(model)  # the rank of the next step
 
     def evaluate_at_ranks(
-        self, model: "nn.Module", evaluate: Callable[["nn.Module"], dict[str, float]]
+        self, model: nn.Module, evaluate: Callable[[nn.Module], dict[str, float]]
     ) -> dict[str, float]:
         """Run ``evaluate`` once per rank in ``eval_ranks`` (<= r_max); metrics come back
         as ``<name>_r<b>``. The eval rank in force before the call is restored."""
@@ -193,11 +182,13 @@ class DyLoRA(Method):
             set_rank(model, previous)
         return results
 
-    def extra_evaluations(self, model: "nn.Module", evaluate: Callable[["nn.Module"], dict[str, float]]) -> dict[str, float]:
+    def extra_evaluations(
+        self, model: nn.Module, evaluate: Callable[[nn.Module], dict[str, float]]
+    ) -> dict[str, float]:
         """The engine's final evaluation again at every rank in ``eval_ranks``."""
         return self.evaluate_at_ranks(model, evaluate)
 
-    def end_eval_stats(self, model: "nn.Module") -> dict[str, float]:
+    def end_eval_stats(self, model: nn.Module) -> dict[str, float]:
         layers = _dylora_layers(model)
         return {"eval_rank": float(layers[0].eval_rank or layers[0].r_max)} if layers else {}
 
@@ -205,7 +196,7 @@ class DyLoRA(Method):
         """Rows of A (columns of B) a step at ``sampled_rank`` gives a gradient."""
         return 1 if self.config.frozen else sampled_rank
 
-    def stats(self, model: "nn.Module") -> dict[str, float]:
+    def stats(self, model: nn.Module) -> dict[str, float]:
         layers = _dylora_layers(model)
         ranks = [layer.eval_rank or layer.r_max for layer in layers]
         per_rank = sum(layer.active_params(1) for layer in layers)
@@ -215,7 +206,9 @@ class DyLoRA(Method):
         return {
             "eval_rank": float(ranks[0]) if ranks else 0.0,
             "total_rank": float(sum(ranks)),
-            "trainable_params_final": float(sum(layer.active_params(r) for r, layer in zip(ranks, layers))),
+            "trainable_params_final": float(
+                sum(layer.active_params(r) for r, layer in zip(ranks, layers, strict=True))
+            ),
             "trainable_params_peak": float(max(rows) * per_rank),
             "trainable_params_mean": sum(rows) / len(rows) * per_rank,
             "mean_train_rank": sum(trained) / len(trained) if trained else 0.0,

@@ -34,7 +34,9 @@ if TYPE_CHECKING:
 
 
 class FailingConfig(LoraMethodConfig):
-    mode: Literal["raise", "nan", "hang", "hang_native", "memory", "die_once", "none"] = Field("raise", description="which fault to inject")
+    mode: Literal["raise", "nan", "hang", "hang_native", "memory", "die_once", "none"] = Field(
+        "raise", description="which fault to inject"
+    )
     when: int = Field(0, ge=0, description="optimizer step at which the fault strikes")
     hog_mb: int = Field(256, ge=1, description="memory mode: MB held per step")
     marker: str = Field("", description="die_once mode: file whose absence means 'first attempt'")
@@ -44,9 +46,10 @@ class FailingConfig(LoraMethodConfig):
 class Failing(LoRA):
     name = "failing"
     Config = FailingConfig
+    config: FailingConfig
     summary = "LoRA that fails on purpose (testing fault handling)"
 
-    def extra_loss(self, model: "nn.Module", step: StepInfo) -> "torch.Tensor | None":
+    def extra_loss(self, model: nn.Module, step: StepInfo) -> torch.Tensor | None:
         import torch
 
         mode = self.config.mode

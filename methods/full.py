@@ -19,9 +19,10 @@ class FullConfig(MethodConfig):
 class Full(Method):
     name = "full"
     Config = FullConfig
+    config: FullConfig
     summary = "full fine-tuning of every base-model weight"
 
-    def build(self, model: "nn.Module", ctx: BuildContext) -> "nn.Module":
+    def build(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
         for param in model.parameters():
             param.requires_grad_(True)
         return model

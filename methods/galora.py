@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -74,7 +74,11 @@ class GaLoraConfig(LowRankConfig):
     lam: float = Field(5e-3, ge=0.0, description="lambda: L1 weight on the gates, in loss units (seed grid 0-1e-2)")
     gate_lr: float = Field(1.0, gt=0.0, description="eta: step size of the proximal gradient step on the gates")
     factor_l2: float = Field(
-        1e-5, gt=0.0, description="mu: weight of mu * (||A||^2 + ||B||^2) added to the loss; > 0 (0 re-opens the g-B scale symmetry)"
+        1e-5,
+        gt=0.0,
+        description=(
+            "mu: weight of mu * (||A||^2 + ||B||^2) added to the loss; > 0 (0 re-opens the g-B scale symmetry)"
+        ),
     )
     prune_threshold: float = Field(0.1, ge=0.0, description="after training, modules with |g| below this are removed")
     target_modules: TargetModules = None
@@ -99,13 +103,12 @@ class GaLoRALinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         update = self.scale * F.linear(F.linear(self.dropout(x), self.galora_A), self.galora_B)
-        return self.base_layer(x) + (update if self.galora_gate is None else self._tapped_gate() * update)
+        return self.base_layer(x) + (update if self.galora_gate is None else self._tapped(self.galora_gate) * update)
 
-    def _tapped_gate(self) -> Tensor:
+    def _tapped(self, gate: Tensor) -> Tensor:
         """The gate, with a hook on this use of it that collects its gradient (a fresh
         node per forward pass: nothing is stored on the parameter, so copies and
         pickles of the model carry no hook)."""
-        gate = self.galora_gate
         if not (gate.requires_grad and torch.is_grad_enabled()):
             return gate
         tapped = gate.clone()
@@ -141,8 +144,9 @@ class GaLoRALinear(nn.Module):
 class GaLoRA(Method):
     name = "galora"
     Config = GaLoraConfig
+    config: GaLoraConfig
     summary = "GaLoRA: LoRA with a scalar gate per module, proximal L1 on the gates, pruned after training"
-    metrics = {
+    metrics: ClassVar[dict[str, str]] = {
         "kept_modules": "adapted modules kept after pruning (|g| >= prune_threshold)",
         "kept_fraction": "kept_modules over the adapted modules",
         "active_layers": "modules whose adapter runs for every input (the kept modules)",
@@ -181,11 +185,20 @@ class GaLoRA(Method):
         for name, param in model.named_parameters():
             if not param.requires_grad or name.endswith("galora_gate"):
                 continue
-            if name.endswith(("galora_A", "galora_B")) or param.ndim < 2 or "norm" in name.lower() or name.endswith(".bias"):
+            if (
+                name.endswith(("galora_A", "galora_B"))
+                or param.ndim < 2
+                or "norm" in name.lower()
+                or name.endswith(".bias")
+            ):
                 no_decay.append(param)
             else:
                 decay.append(param)
-        return [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+        return [
+            g
+            for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0})
+            if g["params"]
+        ]
 
     def extra_loss(self, model: nn.Module, step: StepInfo) -> Tensor | None:
         """mu * sum over modules of (||A||^2 + ||B||^2): equal L2 on both factors."""
@@ -248,10 +261,14 @@ class GaLoRA(Method):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         gates_path = folder / "galora_gates.json"
-        gates_path.write_text(json.dumps({n: {"gate": g, "kept": k} for n, (g, k) in self._final_gates.items()}, indent=1))
+        gates_path.write_text(
+            json.dumps({n: {"gate": g, "kept": k} for n, (g, k) in self._final_gates.items()}, indent=1)
+        )
         cells = {}
         for name, (gate, kept) in self._final_gates.items():
             block = block_of(name)
             cells[(block or name, name[len(block) + 1 :] if block else name)] = (float(kept), abs(gate))
-        heatmap = write_heatmap(folder / "galora_gates.png", cells, ("kept after pruning", "|gate| at the end of training"), "GaLoRA")
+        heatmap = write_heatmap(
+            folder / "galora_gates.png", cells, ("kept after pruning", "|gate| at the end of training"), "GaLoRA"
+        )
         return [gates_path, heatmap]

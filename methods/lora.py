@@ -7,12 +7,12 @@ written by hand here: peft ships LoRA, and its variants (DoRA, PiSSA, ...) reuse
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
 
 from methods import register
-from methods.base import BuildContext, Method, MethodConfig
+from methods.base import REFERENCE_RANK, BuildContext, Method, MethodConfig, linear_shapes
 
 if TYPE_CHECKING:
     from torch import nn
@@ -39,7 +39,7 @@ def lora_config(config: LoraMethodConfig, ctx: BuildContext, **extra: Any):
     return LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=config.r,
-        lora_alpha=config.lora_alpha,
+        lora_alpha=config.lora_alpha,  # type: ignore[arg-type]  # peft annotates int; it only divides by it
         lora_dropout=config.lora_dropout,
         use_rslora=config.use_rslora,
         target_modules=list(config.target_modules or ctx.target_modules),
@@ -52,24 +52,23 @@ def lora_config(config: LoraMethodConfig, ctx: BuildContext, **extra: Any):
 class LoRA(Method):
     name = "lora"
     Config = LoraMethodConfig
+    config: LoraMethodConfig
     summary = "LoRA (peft): low-rank update B A on the target linear layers"
-    metrics = {
+    metrics: ClassVar[dict[str, str]] = {
         "active_layers": "adapted modules that run for every input (static for LoRA)",
         "total_rank": "sum of ranks over adapted modules",
     }
     #: Fixed by r and the target modules, as are the engine's counts and FLOPs.
     exact_metrics = Method.exact_metrics | {"active_layers", "total_rank"}
 
-    def build(self, model: "nn.Module", ctx: BuildContext) -> "nn.Module":
+    def build(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
         from peft import get_peft_model
 
         return get_peft_model(model, lora_config(self.config, ctx))
 
-    def analytic_costs(self, model: "nn.Module", ctx: BuildContext) -> dict[str, float]:
+    def analytic_costs(self, model: nn.Module, ctx: BuildContext) -> dict[str, float]:
         """Unmerged LoRA: 2r(d_in+d_out) FLOPs and r(d_in+d_out) parameters per module
         and token; exact (the FLOP test checks it against FlopCounterMode)."""
-        from orchestrator.measure.flops import REFERENCE_RANK, linear_shapes
-
         shapes = linear_shapes(model, list(self.config.target_modules or ctx.target_modules))
         width = sum(d_in + d_out for _, d_in, d_out in shapes)
         reference = sum(d_in + d_out for _, d_in, d_out in linear_shapes(model, self.reference_target_modules(ctx)))
@@ -78,6 +77,6 @@ class LoRA(Method):
             "flops_ratio": self.config.r * width / (REFERENCE_RANK * reference) if reference else float("nan"),
         }
 
-    def stats(self, model: "nn.Module") -> dict[str, float]:
+    def stats(self, model: nn.Module) -> dict[str, float]:
         n_modules = sum(1 for name, _ in model.named_modules() if name.endswith("lora_A.default"))
         return {"active_layers": float(n_modules), "total_rank": float(n_modules * self.config.r)}

@@ -14,7 +14,7 @@ It needs full-precision weights: peft raises on quantised models.
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
 
@@ -42,8 +42,9 @@ class LoraGaMethodConfig(LoraMethodConfig):
 class LoraGA(LoRA):
     name = "lora_ga"
     Config = LoraGaMethodConfig
+    config: LoraGaMethodConfig
     summary = "LoRA-GA (peft): LoRA initialised from the SVD of the full gradient on a few batches"
-    metrics = {
+    metrics: ClassVar[dict[str, str]] = {
         **LoRA.metrics,
         **MEMORY_METRICS,
         "gradient_examples_used": "training examples whose gradients initialised the adapters",
@@ -56,10 +57,11 @@ class LoraGA(LoRA):
         super().__init__(config)
         self.gradient_examples_used = 0
 
-    def build(self, model: "nn.Module", ctx: BuildContext) -> "nn.Module":
+    def build(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
         from peft import LoraGAConfig, get_peft_model, preprocess_loraga
 
-        if ctx.calibration_batches is None:
+        calibration_batches = ctx.calibration_batches
+        if calibration_batches is None:
             raise ValueError("lora_ga needs training batches to estimate gradients (BuildContext.calibration_batches)")
         cfg = self.config
         peft_config = lora_config(
@@ -71,7 +73,7 @@ class LoraGA(LoRA):
 
         def train_step() -> None:
             seen = 0
-            for batch in ctx.calibration_batches():
+            for batch in calibration_batches():
                 model(**batch).loss.backward()
                 seen += int(batch["labels"].shape[0])
                 if seen >= cfg.gradient_examples:
@@ -86,7 +88,7 @@ class LoraGA(LoRA):
             raise ValueError("lora_ga: calibration_batches yielded no batch")
         return get_peft_model(model, peft_config)
 
-    def stats(self, model: "nn.Module") -> dict[str, float]:
+    def stats(self, model: nn.Module) -> dict[str, float]:
         return {
             **super().stats(model),
             **memory_stats(model),

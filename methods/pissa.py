@@ -11,7 +11,7 @@ exporting an adapter for the original W0 needs peft's conversion on save.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import Field
 
@@ -34,16 +34,17 @@ class PissaConfig(LoraMethodConfig):
 class PiSSA(LoRA):
     name = "pissa"
     Config = PissaConfig
+    config: PissaConfig
     summary = "PiSSA (peft): LoRA initialised from W0's principal singular vectors, residual frozen"
-    metrics = {**LoRA.metrics, **MEMORY_METRICS}
+    metrics: ClassVar[dict[str, str]] = {**LoRA.metrics, **MEMORY_METRICS}
     #: LoRA's, and the bytes of tensors whose shapes the configuration fixes.
     exact_metrics = LoRA.exact_metrics | set(MEMORY_METRICS)
 
-    def build(self, model: "nn.Module", ctx: BuildContext) -> "nn.Module":
+    def build(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
         from peft import get_peft_model
 
         init = "pissa" if self.config.niter is None else f"pissa_niter_{self.config.niter}"
         return get_peft_model(model, lora_config(self.config, ctx, init_lora_weights=init))
 
-    def stats(self, model: "nn.Module") -> dict[str, float]:
+    def stats(self, model: nn.Module) -> dict[str, float]:
         return {**super().stats(model), **memory_stats(model)}

@@ -44,7 +44,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -52,6 +52,7 @@ from methods import register
 from methods.base import BuildContext, Method, MethodConfig, StepInfo
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 
@@ -64,9 +65,7 @@ class PlateauLoraConfig(MethodConfig):
         0.0, ge=0.0, description="an evaluation improves only if the loss drops by more than this"
     )
     cooldown: int = Field(0, ge=0, le=100, description="evaluations ignored after each growth")
-    ema: float = Field(
-        0.0, ge=0.0, lt=1.0, description="EMA factor smoothing the validation loss (0: raw loss)"
-    )
+    ema: float = Field(0.0, ge=0.0, lt=1.0, description="EMA factor smoothing the validation loss (0: raw loss)")
     lora_alpha: float = Field(16.0, gt=0, description="scaling numerator (divided by r_max, fixed)")
     scaling: Literal["r_max", "sqrt_r_max"] = Field(
         "r_max", description="fixed scaling: alpha / r_max, or alpha / sqrt(r_max) (rsLoRA-style)"
@@ -77,7 +76,7 @@ class PlateauLoraConfig(MethodConfig):
     )
 
     @model_validator(mode="after")
-    def _r0_within_cap(self) -> "PlateauLoraConfig":
+    def _r0_within_cap(self) -> PlateauLoraConfig:
         if self.r0 > self.r_max:
             raise ValueError(f"r0 ({self.r0}) must not exceed r_max ({self.r_max})")
         return self
@@ -148,8 +147,9 @@ class _Trajectory:
 class PlateauLoRA(Method):
     name = "plateau_lora"
     Config = PlateauLoraConfig
+    config: PlateauLoraConfig
     summary = "LoRA starting at rank r0, grown by delta_r on validation-loss plateaus up to r_max"
-    metrics = {
+    metrics: ClassVar[dict[str, str]] = {
         "rank": "current rank of every adapted module, reported after each evaluation (trajectory)",
         "rank_final": "rank of every adapted module at the end of training",
         "total_rank": "sum of final ranks over adapted modules",
@@ -169,48 +169,33 @@ class PlateauLoRA(Method):
         self.rank = self.config.r0
         self.rule = PlateauRule(self.config.patience, self.config.min_delta, self.config.cooldown, self.config.ema)
         self.trajectory = _Trajectory(ranks=[(0, self.config.r0)])
-        self._generator = None
+        self._generator: torch.Generator | None = None
 
-    def build(self, model: "nn.Module", ctx: BuildContext) -> "nn.Module":
-        from methods._injection import adapt_linear_layers, freeze_base_train_head
-        from methods._masked_lora import MaskedLoraLinear, seeded_generator
+    def build(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
+        from methods._masked_lora import inject_masked_lora, seeded_generator
 
         cfg = self.config
-        freeze_base_train_head(model, ctx.head_modules)
-        self._generator = seeded_generator(ctx.seed)
-        adapt_linear_layers(
-            model,
-            list(cfg.target_modules or ctx.target_modules),
-            lambda _name, linear: MaskedLoraLinear(
-                linear,
-                cfg.r_max,
-                rank=cfg.r0,
-                init_rows=cfg.r0,
-                lora_alpha=cfg.lora_alpha,
-                scale_by=cfg.scaling,
-                dropout=cfg.lora_dropout,
-                generator=self._generator,
-            ),
-        )
+        self._generator = generator = seeded_generator(ctx.seed)
+        inject_masked_lora(model, ctx, cfg, generator, rank=cfg.r0, init_rows=cfg.r0, scale_by=cfg.scaling)
         return model
 
-    def _layers(self, model: "nn.Module"):
+    def _layers(self, model: nn.Module):
         from methods._injection import adapters
         from methods._masked_lora import MaskedLoraLinear
 
         return [layer for _, layer in adapters(model, MaskedLoraLinear)]
 
-    def active_params(self, model: "nn.Module") -> int:
+    def active_params(self, model: nn.Module) -> int:
         return sum(layer.active_params() for layer in self._layers(model))
 
-    def trainable_adapter_params(self, model: "nn.Module") -> int:
+    def trainable_adapter_params(self, model: nn.Module) -> int:
         """The active rows only: the pre-allocated ones are neither used nor trained."""
         return self.active_params(model)
 
-    def after_optimizer_step(self, model: "nn.Module", step: StepInfo) -> None:
+    def after_optimizer_step(self, model: nn.Module, step: StepInfo) -> None:
         self.trajectory.record_step(self.active_params(model), self.rank)
 
-    def after_evaluation(self, model: "nn.Module", step: StepInfo, val_loss: float) -> dict[str, float]:
+    def after_evaluation(self, model: nn.Module, step: StepInfo, val_loss: float) -> dict[str, float]:
         plateau = self.rule.update(val_loss)
         training_left = step.step < step.total_steps  # growing after the last step trains nothing
         if plateau and self.rank < self.config.r_max and training_left:
@@ -220,13 +205,13 @@ class PlateauLoRA(Method):
             self.trajectory.ranks.append((step.step, self.rank))
         return {"rank": float(self.rank)}
 
-    def grow(self, model: "nn.Module", new_rank: int) -> None:
+    def grow(self, model: nn.Module, new_rank: int) -> None:
         """Activate ranks up to ``new_rank`` in every module; the function is unchanged."""
         for layer in self._layers(model):
             layer.grow(new_rank, self._generator)
         self.rank = new_rank
 
-    def stats(self, model: "nn.Module") -> dict[str, float]:
+    def stats(self, model: nn.Module) -> dict[str, float]:
         layers = self._layers(model)
         final = float(sum(layer.active_params() for layer in layers))
         trained = self.trajectory
@@ -240,11 +225,10 @@ class PlateauLoRA(Method):
             "growths": float(len(trained.growth_steps)),
         }
 
-    def write_artifacts(self, model: "nn.Module", folder: Path) -> list[Path]:
-        import matplotlib
+    def write_artifacts(self, model: nn.Module, folder: Path) -> list[Path]:
+        from methods._figures import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         steps = [s for s, _ in self.trajectory.ranks] + [max(self.trajectory.steps, self.trajectory.ranks[-1][0])]
         ranks = [r for _, r in self.trajectory.ranks] + [self.trajectory.ranks[-1][1]]
@@ -255,9 +239,4 @@ class PlateauLoRA(Method):
         ax.set_ylabel("rank per module")
         ax.set_title("plateau-triggered rank growth")
         ax.legend(loc="lower right")
-        fig.tight_layout()
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "rank_trajectory.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return [path]
+        return [save_figure(fig, folder / "rank_trajectory.png")]

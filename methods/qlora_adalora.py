@@ -23,7 +23,7 @@ the model the embeddings are: about 5x on BERT-base-sized models in the seed, mu
 on MiniLM, whose word embeddings are half of its weights.
 
 FLOPs: bitsandbytes' 4-bit matmuls are custom ops that FlopCounterMode does not see;
-they are registered in ``EXTRA_FLOP_FORMULAS`` (2 * M * K * N, like a float matmul), so
+``flop_formulas`` declares them (2 * M * K * N, like a float matmul), so
 adapted-minus-base stays the adapter's cost. The per-call dequantisation is elementwise
 work and is not counted. No merge into 4-bit layers exists (peft).
 """
@@ -31,17 +31,18 @@ work and is not counted. No merge into 4-bit layers exists (peft).
 from __future__ import annotations
 
 import tempfile
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 from pydantic import Field
 
 from methods import register
-from methods._peft_common import memory_bytes, memory_stats, MB
+from methods._peft_common import MB, memory_bytes, memory_stats
 from methods.adalora import AdaLoRA, AdaLoraMethodConfig
-from methods.base import BuildContext, Requirement
+from methods.base import BuildContext, FlopFormula, FlopFormulas, Requirement
 
 if TYPE_CHECKING:
     from torch import nn
+    from transformers import BitsAndBytesConfig, PreTrainedModel
 
 
 class QloraAdaLoraConfig(AdaLoraMethodConfig):
@@ -65,24 +66,24 @@ def _matmul_4bit_flops(a_shape, *_args, out_shape=None, **_kwargs) -> int:
     return 2 * rows_times_k * int(out_shape[-1])
 
 
-def register_4bit_flop_formulas() -> None:
-    """Teach the FLOP counter bitsandbytes' gemm_4bit (training) and gemv_4bit (CPU inference)."""
+def bnb_4bit_flop_formulas() -> FlopFormulas:
+    """bitsandbytes' gemm_4bit (training) and gemv_4bit (CPU inference) priced like float
+    matmuls; none when bitsandbytes is missing (then no model holds its ops)."""
     try:
         import bitsandbytes  # noqa: F401  (registers torch.ops.bitsandbytes)
         import torch
     except ImportError:
-        return
-    from orchestrator.measure.flops import EXTRA_FLOP_FORMULAS
-
+        return {}
+    formulas: dict[Any, FlopFormula] = {}
     for op_name in ("gemm_4bit", "gemv_4bit"):
         try:
-            packet = getattr(torch.ops.bitsandbytes, op_name)
+            formulas[getattr(torch.ops.bitsandbytes, op_name)] = _matmul_4bit_flops
         except (AttributeError, RuntimeError):
             continue
-        EXTRA_FLOP_FORMULAS[packet] = _matmul_4bit_flops
+    return formulas
 
 
-def bnb_config(config: QloraAdaLoraConfig, ctx: BuildContext):
+def bnb_config(config: QloraAdaLoraConfig, ctx: BuildContext) -> BitsAndBytesConfig:
     """The ``BitsAndBytesConfig`` of METHODS.md section 4 (head and pooler kept in float)."""
     import torch
     from transformers import BitsAndBytesConfig
@@ -103,9 +104,11 @@ def bnb_config(config: QloraAdaLoraConfig, ctx: BuildContext):
     )
 
 
-def load_quantised(float_model: "nn.Module", ctx: BuildContext, quantization_config) -> "nn.Module":
-    """The same weights as ``float_model``, re-loaded in 4 bits, head copied over."""
+def load_quantised(model: nn.Module, ctx: BuildContext, quantization_config: BitsAndBytesConfig) -> nn.Module:
+    """The same weights as ``model``, re-loaded in 4 bits, head copied over."""
     from transformers import AutoModelForSequenceClassification
+
+    float_model = cast("PreTrainedModel", model)  # the task's model is a transformers model
 
     kwargs = {
         "quantization_config": quantization_config,
@@ -124,7 +127,7 @@ def load_quantised(float_model: "nn.Module", ctx: BuildContext, quantization_con
     return quantised
 
 
-def quantised_linear_compression(float_model: "nn.Module", quantised: "nn.Module") -> float:
+def quantised_linear_compression(float_model: nn.Module, quantised: nn.Module) -> float:
     """Float bytes over 4-bit bytes (packed weights, statistics, float biases) of the
     layers that bitsandbytes quantised."""
     import bitsandbytes as bnb
@@ -137,7 +140,7 @@ def quantised_linear_compression(float_model: "nn.Module", quantised: "nn.Module
     return float_bytes / quantised_bytes if quantised_bytes else float("nan")
 
 
-def keep_training_layout(model: "nn.Module") -> int:
+def keep_training_layout(model: nn.Module) -> int:
     """Stop bitsandbytes (0.50) from repacking 4-bit weights for its AVX512-BF16 CPU
     inference kernel on the first no-grad evaluation. The repack is one-way: training
     after an evaluation (every epoch after the first) then runs the inference-only
@@ -159,9 +162,10 @@ def keep_training_layout(model: "nn.Module") -> int:
 class QloraAdaLoRA(AdaLoRA):
     name = "qlora_adalora"
     Config = QloraAdaLoraConfig
+    config: QloraAdaLoraConfig
     summary = "QLoRA + AdaLoRA (peft + bitsandbytes): AdaLoRA on a 4-bit NF4 base model"
     requires = (Requirement("bitsandbytes", extra="quant"),)
-    metrics = {
+    metrics: ClassVar[dict[str, str]] = {
         **AdaLoRA.metrics,
         "base_float_memory_mb": "MiB of the float base model this arm was given, before quantisation",
         "base_memory_compression": "base_float_memory_mb / base_memory_mb",
@@ -169,13 +173,15 @@ class QloraAdaLoRA(AdaLoRA):
         "were quantised: what 4-bit buys where it applies",
     }
     #: AdaLoRA's, and the memory of the quantised base, measured once after loading.
-    exact_metrics = AdaLoRA.exact_metrics | {"base_float_memory_mb", "base_memory_compression",
-                                             "quantised_linear_compression"}
+    exact_metrics = AdaLoRA.exact_metrics | {
+        "base_float_memory_mb",
+        "base_memory_compression",
+        "quantised_linear_compression",
+    }
 
-    def build(self, model: "nn.Module", ctx: BuildContext) -> "nn.Module":
+    def build(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
         from peft import prepare_model_for_kbit_training
 
-        register_4bit_flop_formulas()
         self._float_base_mb = memory_bytes(model)["base"] / MB
         quantised = load_quantised(model, ctx, bnb_config(self.config, ctx))
         self._linear_compression = quantised_linear_compression(model, quantised)
@@ -187,11 +193,13 @@ class QloraAdaLoRA(AdaLoRA):
         self._base_mb = memory_stats(peft_model)["base_memory_mb"]
         return peft_model
 
-    def stats(self, model: "nn.Module") -> dict[str, float]:
+    def flop_formulas(self) -> FlopFormulas:
+        return bnb_4bit_flop_formulas()
+
+    def stats(self, model: nn.Module) -> dict[str, float]:
         stats = super().stats(model)
         stats["base_memory_mb"] = self._base_mb
         stats["base_float_memory_mb"] = self._float_base_mb
         stats["base_memory_compression"] = self._float_base_mb / self._base_mb
         stats["quantised_linear_compression"] = self._linear_compression
         return stats
-

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -55,15 +55,13 @@ class SoraConfig(MethodConfig):
     l1_weight: float = Field(1e-3, ge=0.0, description="weight of the mean |g| term added to the loss")
     gate_init: Literal["randn", "ones"] = Field("randn", description="gate initialisation (released code: randn)")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the adapter input")
-    merge: bool = Field(
-        False, description="after pruning, merge the update into the base weights (0 extra FLOPs)"
-    )
+    merge: bool = Field(False, description="after pruning, merge the update into the base weights (0 extra FLOPs)")
     target_modules: list[str] | None = Field(
         None, description="module-name suffixes to adapt; default: the task's (query, value for BERT)"
     )
 
     @model_validator(mode="after")
-    def _schedule_needs_target(self) -> "SoraConfig":
+    def _schedule_needs_target(self) -> SoraConfig:
         if self.xi_schedule != "constant" and self.xi_max is None:
             raise ValueError(f"xi_schedule={self.xi_schedule!r} needs xi_max")
         if self.xi_schedule in ("log_linear", "exp_linear") and self.xi <= 0:
@@ -84,7 +82,7 @@ def xi_at(config: SoraConfig, progress: float) -> float:
     return start
 
 
-def soft_threshold_(gate: "torch.Tensor", xi: float) -> None:
+def soft_threshold_(gate: torch.Tensor, xi: float) -> None:
     """In place: g <- sign(g) * max(|g| - xi, 0), the proximal step of xi * |g|_1."""
     import torch
 
@@ -96,8 +94,9 @@ def soft_threshold_(gate: "torch.Tensor", xi: float) -> None:
 class SoRA(Method):
     name = "sora"
     Config = SoraConfig
+    config: SoraConfig
     summary = "SoRA: LoRA with a per-rank gate, proximal soft-thresholding, zero ranks dropped at the end"
-    metrics = {
+    metrics: ClassVar[dict[str, str]] = {
         "total_rank": "sum over adapted modules of the ranks kept (non-zero gates) after finalize",
         "trainable_params_final": "stored adapter parameters after pruning: sum of kept_rank * (d_in + d_out)",
         "kept_modules": "adapted modules that keep at least one rank",
@@ -111,40 +110,26 @@ class SoRA(Method):
         super().__init__(config)
         self._final: dict[str, float] | None = None
 
-    def build(self, model: "nn.Module", ctx: BuildContext) -> "nn.Module":
-        from methods._injection import adapt_linear_layers, freeze_base_train_head
-        from methods._masked_lora import MaskedLoraLinear, seeded_generator
+    def build(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
+        from methods._masked_lora import inject_masked_lora, seeded_generator
 
-        cfg = self.config
-        freeze_base_train_head(model, ctx.head_modules)
         generator = seeded_generator(ctx.seed)
-        adapt_linear_layers(
-            model,
-            list(cfg.target_modules or ctx.target_modules),
-            lambda _name, linear: MaskedLoraLinear(
-                linear,
-                cfg.r_max,
-                lora_alpha=cfg.lora_alpha,
-                scale_by="r_max",
-                dropout=cfg.lora_dropout,
-                gate=True,
-                gate_init=cfg.gate_init,
-                generator=generator,
-            ),
+        inject_masked_lora(
+            model, ctx, self.config, generator, scale_by="r_max", gate=True, gate_init=self.config.gate_init
         )
         return model
 
     @staticmethod
-    def _layers(model: "nn.Module"):
+    def _layers(model: nn.Module):
         from methods._injection import adapters
         from methods._masked_lora import MaskedLoraLinear
 
         return list(adapters(model, MaskedLoraLinear))
 
-    def _gates(self, model: "nn.Module") -> list["torch.Tensor"]:
+    def _gates(self, model: nn.Module) -> list[torch.Tensor]:
         return [layer.lora_gate for _, layer in self._layers(model) if layer.lora_gate is not None]
 
-    def extra_loss(self, model: "nn.Module", step: StepInfo) -> "torch.Tensor | None":
+    def extra_loss(self, model: nn.Module, step: StepInfo) -> torch.Tensor | None:
         import torch
 
         gates = self._gates(model)
@@ -152,13 +137,13 @@ class SoRA(Method):
             return None
         return self.config.l1_weight * torch.cat([g.abs() for g in gates]).mean()
 
-    def after_optimizer_step(self, model: "nn.Module", step: StepInfo) -> None:
+    def after_optimizer_step(self, model: nn.Module, step: StepInfo) -> None:
         xi = xi_at(self.config, step.progress)
         if xi > 0:
             for gate in self._gates(model):
                 soft_threshold_(gate, xi)
 
-    def finalize(self, model: "nn.Module") -> "nn.Module":
+    def finalize(self, model: nn.Module) -> nn.Module:
         """Drop the ranks whose gate is 0, fold g into B; merge if asked. Outputs unchanged."""
         from methods._injection import replace_module
 
@@ -182,7 +167,7 @@ class SoRA(Method):
         }
         return model
 
-    def stats(self, model: "nn.Module") -> dict[str, float]:
+    def stats(self, model: nn.Module) -> dict[str, float]:
         if self._final is not None:
             return dict(self._final)
         layers = [layer for _, layer in self._layers(model)]
@@ -191,17 +176,16 @@ class SoRA(Method):
         return {
             "total_rank": float(sum(ranks)),
             "trainable_params_final": float(
-                sum(r * (layer.in_features + layer.out_features) for r, layer in zip(ranks, layers))
+                sum(r * (layer.in_features + layer.out_features) for r, layer in zip(ranks, layers, strict=True))
             ),
             "kept_modules": float(sum(1 for r in ranks if r > 0)),
             "gate_density": sum(ranks) / gates if gates else 0.0,
         }
 
-    def write_artifacts(self, model: "nn.Module", folder: Path) -> list[Path]:
-        import matplotlib
+    def write_artifacts(self, model: nn.Module, folder: Path) -> list[Path]:
+        from methods._figures import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         layers = self._layers(model)
         if not layers:  # every module merged or pruned away
@@ -215,9 +199,4 @@ class SoRA(Method):
         ax.set_ylabel("kept rank")
         ax.set_title("SoRA: ranks kept per module")
         ax.legend(loc="upper right")
-        fig.tight_layout()
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "sora_ranks.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return [path]
+        return [save_figure(fig, folder / "sora_ranks.png")]

@@ -10,11 +10,11 @@ from __future__ import annotations
 COMMON_METRICS: dict[str, str] = {
     "val_loss": "mean cross-entropy on the validation split",
     "train_loss": "mean training loss over the last epoch",
-    "adapter_flops_per_token": "FLOPs of adapted minus base model per non-pad token (FlopCounterMode; static adapters: "
-                               "16 validation examples, exact; routed: every example of the final split)",
+    "adapter_flops_per_token": "FLOPs of adapted minus base model per non-pad token (FlopCounterMode; "
+    "static adapters: 16 validation examples, exact; routed: every example of the final split)",
     "flops_ratio": "adapter_flops_per_token over unmerged LoRA r=8 on the same target modules",
     "trainable_params": "peak number of adapter parameters trained at once (head excluded; rows allocated but not "
-                        "yet in use, as plateau_lora's, do not count)",
+    "yet in use, as plateau_lora's, do not count)",
     "head_params": "trainable parameters of the task head",
     "peak_rss_mb": "peak resident memory of the trial's process (MiB); GPU: max allocated",
     "train_time_s": "wall time of training",
@@ -30,7 +30,8 @@ COMMON_METRICS: dict[str, str] = {
 #: on the input (routing) declares its own set. Every other metric that gives one value on
 #: every seed leaves its claim INCONCLUSIVE: its spread is unknown, not zero (docs/claims.md).
 STATIC_ADAPTER_METRICS: frozenset[str] = frozenset(
-    {"trainable_params", "head_params", "adapter_flops_per_token", "flops_ratio"})
+    {"trainable_params", "head_params", "adapter_flops_per_token", "flops_ratio"}
+)
 
 
 def task_metrics(task_metric: str) -> dict[str, str]:

@@ -30,6 +30,8 @@ def _report(outcome: RunOutcome, options: RunOptions) -> Path | None:
     parent_id = outcome.parent_run_id
     try:
         return write_report(outcome.tracking_uri, parent_id, options.report_dir)
-    except Exception as exc:  # noqa: BLE001
-        Progress(options.quiet).line(f"report not written ({type(exc).__name__}: {exc}); run `orchestrate report {parent_id}`")
+    except Exception as exc:
+        Progress(options.quiet).line(
+            f"report not written ({type(exc).__name__}: {exc}); run `orchestrate report {parent_id}`"
+        )
         return None

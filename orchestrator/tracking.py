@@ -18,14 +18,16 @@ write fails that write.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import math
 import os
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from orchestrator.errors import StoreError
@@ -35,6 +37,7 @@ _T = TypeVar("_T")
 
 LEVEL = "orchestrate.level"
 ARM = "orchestrate.arm"
+REFINES = "orchestrate.refines"  # the hypothesis name a hypothesis run refines
 
 
 def tracking_uri(explicit: str | None = None) -> str:
@@ -89,8 +92,8 @@ def _first_connection_lock(uri: str):
     try:
         import fcntl
     except ImportError:
-        fcntl = None  # type: ignore[assignment]
-    if not database or fcntl is None:
+        database = ""  # no fcntl: no lock
+    if not database:
         yield
         return
     key = hashlib.sha256(os.path.abspath(database).encode()).hexdigest()[:16]
@@ -102,17 +105,37 @@ def _first_connection_lock(uri: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-#: What sqlite (through SQLAlchemy and MLflow) or the file system says when a store
-#: cannot be used, and what the user can do about it.
+#: What sqlite (through SQLAlchemy and MLflow), the file system or a tracking server says
+#: when a store cannot be used, and what the user can do about it. A server's refusals come
+#: first: its 403 body ("Permission denied") is not a read-only file.
 _STORE_FAULTS = (
-    (("file is not a database", "database disk image is malformed"),
-     "is damaged ({found}); restore it from a copy, or name another store with --tracking-uri (a new file starts empty)"),
-    (("readonly database", "read-only file system", "permission denied"),
-     "is read-only ({found}); make it writable, or name another store with --tracking-uri"),
-    (("database or disk is full", "no space left on device"),
-     "cannot be written: the disk is full ({found}); free space, then run the same command again"),
-    (("unable to open database file",),
-     "cannot be opened ({found}); its folder must exist and be writable, or name another store with --tracking-uri"),
+    (
+        ("error code 401",),
+        "refused the credentials ({found}); set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        " in the environment to a user of that server",
+    ),
+    (
+        ("error code 403",),
+        "refused the request ({found}: permission denied); ask the experiment's owner or the server's admin"
+        " for EDIT on it, or name another store with --tracking-uri",
+    ),
+    (
+        ("file is not a database", "database disk image is malformed"),
+        "is damaged ({found}); restore it from a copy, or name another store with --tracking-uri"
+        " (a new file starts empty)",
+    ),
+    (
+        ("readonly database", "read-only file system", "permission denied"),
+        "is read-only ({found}); make it writable, or name another store with --tracking-uri",
+    ),
+    (
+        ("database or disk is full", "no space left on device"),
+        "cannot be written: the disk is full ({found}); free space, then run the same command again",
+    ),
+    (
+        ("unable to open database file",),
+        "cannot be opened ({found}); its folder must exist and be writable, or name another store with --tracking-uri",
+    ),
 )
 
 
@@ -120,10 +143,11 @@ def store_error(exc: BaseException, uri: str | None) -> StoreError | None:
     """``exc`` (or what caused it) as a ``StoreError`` when it says the store cannot be
     used; None for any other error."""
     chain, seen = [], set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        chain.append(str(exc).lower())
-        exc = exc.__cause__ or exc.__context__
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        chain.append(str(link).lower())
+        link = link.__cause__ or link.__context__
     text = " ".join(chain)
     for signs, what in _STORE_FAULTS:
         found = next((sign for sign in signs if sign in text), None)
@@ -159,7 +183,12 @@ def _retry(call: Callable[[], _T], attempts: int = 8, uri: str | None = None) ->
 
 
 class Tracker:
-    """A thin, retrying facade over ``MlflowClient`` with the calls the tool makes."""
+    """A thin, retrying facade over ``MlflowClient`` with the calls the tool makes.
+
+    Every MLflow read and write of the tool goes through a method here (so each is
+    retried, redacted and its store faults named); code outside this module never
+    calls ``client``, which stays reachable for tests that look at what was logged.
+    """
 
     def __init__(self, uri: str | None = None) -> None:
         import logging
@@ -167,29 +196,40 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)
-        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)  # logs, then raises, what StoreError says
+        # logs, then raises, what StoreError says
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         logging.getLogger("alembic").setLevel(logging.WARNING)
         self.uri = tracking_uri(uri)
         with _first_connection_lock(self.uri):
             # connects, creates/migrates the tables: a damaged sqlite file fails here
             self.client = _retry(lambda: MlflowClient(tracking_uri=self.uri), uri=self.uri)
 
-    def call(self, call: Callable[[], _T]) -> _T:
-        """Any ``self.client`` call, retried while sqlite is locked; a store that cannot
+    def _call(self, call: Callable[[], _T]) -> _T:
+        """A ``self.client`` call, retried while sqlite is locked; a store that cannot
         be used raises ``StoreError`` naming this store."""
         return _retry(call, uri=self.uri)
 
+    def experiment_by_name(self, name: str) -> Any | None:
+        """The MLflow experiment named ``name`` (also a deleted one), or None."""
+        return self._call(lambda: self.client.get_experiment_by_name(name))
+
+    def experiments(self) -> list[Any]:
+        """Every active (not deleted) experiment of the store: one per hypothesis, and Default."""
+        return list(self._call(lambda: self.client.search_experiments(max_results=50000)))
+
     def experiment_id(self, name: str) -> str:
         """The experiment's id, creating it once (a race with another driver is fine)."""
-        existing = self.call(lambda: self.client.get_experiment_by_name(name))
+        existing = self.experiment_by_name(name)
         if existing is not None:
             if existing.lifecycle_stage == "deleted":
-                self.call(lambda: self.client.restore_experiment(existing.experiment_id))
+                self._call(lambda: self.client.restore_experiment(existing.experiment_id))
             return existing.experiment_id
         try:
-            return self.call(lambda: self.client.create_experiment(name, artifact_location=self._artifact_location(name)))
+            return self._call(
+                lambda: self.client.create_experiment(name, artifact_location=self._artifact_location(name))
+            )
         except Exception:
-            found = self.client.get_experiment_by_name(name)
+            found = self.experiment_by_name(name)
             if found is None:
                 raise
             return found.experiment_id
@@ -199,7 +239,7 @@ class Tracker:
         default is ./mlruns of whatever folder the driver runs in)."""
         if not self.uri.startswith("sqlite:///"):
             return None
-        database = Path(self.uri[len("sqlite:///"):]).resolve()
+        database = Path(self.uri[len("sqlite:///") :]).resolve()
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
         return (database.parent / "mlartifacts" / safe).as_uri()
 
@@ -208,7 +248,7 @@ class Tracker:
         all_tags = _redact_mapping({"mlflow.runName": name, **tags})
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id
-        run = self.call(lambda: self.client.create_run(experiment_id, tags=all_tags, run_name=name))
+        run = self._call(lambda: self.client.create_run(experiment_id, tags=all_tags, run_name=name))
         return run.info.run_id
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
@@ -216,8 +256,8 @@ class Tracker:
 
         secrets = _secret_values()
         items = [Param(redact(str(k), secrets), redact(_param_value(v), secrets)) for k, v in params.items()]
-        for start in range(0, len(items), 100):
-            self.call(lambda: self.client.log_batch(run_id, params=items[start : start + 100]))
+        for start in range(0, len(items), 100):  # partial binds this chunk now; a lambda would read `start` late
+            self._call(functools.partial(self.client.log_batch, run_id, params=items[start : start + 100]))
 
     def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int | None = None) -> None:
         from mlflow.entities import Metric
@@ -230,35 +270,35 @@ class Tracker:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isinf(float(v))
         ]
         for start in range(0, len(items), 1000):
-            self.call(lambda: self.client.log_batch(run_id, metrics=items[start : start + 1000]))
+            self._call(functools.partial(self.client.log_batch, run_id, metrics=items[start : start + 1000]))
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
         items = [RunTag(k, v[:5000]) for k, v in _redact_mapping(tags).items()]
         for start in range(0, len(items), 100):
-            self.call(lambda: self.client.log_batch(run_id, tags=items[start : start + 100]))
+            self._call(functools.partial(self.client.log_batch, run_id, tags=items[start : start + 100]))
 
     def delete_tag(self, run_id: str, key: str) -> None:
         """Remove a tag that no longer holds (absent: nothing to do)."""
         if key in self.get_run(run_id).data.tags:
-            self.call(lambda: self.client.delete_tag(run_id, key))
+            self._call(lambda: self.client.delete_tag(run_id, key))
 
     def log_artifacts(self, run_id: str, folder: Path, artifact_path: str | None = None) -> None:
         """Files are copied as they are (not redacted): only method artifacts go here."""
         if folder.exists() and any(folder.iterdir()):
-            self.call(lambda: self.client.log_artifacts(run_id, str(folder), artifact_path))
+            self._call(lambda: self.client.log_artifacts(run_id, str(folder), artifact_path))
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         text = redact(text)
-        self.call(lambda: self.client.log_text(run_id, text, artifact_file))
+        self._call(lambda: self.client.log_text(run_id, text, artifact_file))
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
-        self.call(lambda: self.client.set_terminated(run_id, status=status))
+        self._call(lambda: self.client.set_terminated(run_id, status=status))
 
     def reopen_run(self, run_id: str) -> None:
         """A run a resumed driver goes on with: RUNNING again."""
-        self.call(lambda: self.client.update_run(run_id, status="RUNNING"))
+        self._call(lambda: self.client.update_run(run_id, status="RUNNING"))
 
     def run_status(self, run_id: str) -> str | None:
         """The run's status; None when the store has no such run."""
@@ -271,20 +311,32 @@ class Tracker:
             return None
 
     def search_runs(self, experiment_ids: list[str], filter_string: str = "", max_results: int = 5000) -> list[Any]:
-        return list(self.call(lambda: self.client.search_runs(experiment_ids, filter_string=filter_string, max_results=max_results)))
+        return list(
+            self._call(
+                lambda: self.client.search_runs(experiment_ids, filter_string=filter_string, max_results=max_results)
+            )
+        )
 
     def get_run(self, run_id: str) -> Any:
-        return self.call(lambda: self.client.get_run(run_id))
+        return self._call(lambda: self.client.get_run(run_id))
+
+    def list_artifacts(self, run_id: str, folder: str | None = None) -> list[Any]:
+        """The entries (``FileInfo``: ``path``, ``is_dir``) of one folder of a run's
+        artifacts; the top folder when ``folder`` is None."""
+        return list(self._call(lambda: self.client.list_artifacts(run_id, folder)))
+
+    def download_artifact(self, run_id: str, path: str, folder: Path) -> Path:
+        """A run's artifact (file or folder) copied into ``folder``; its local path."""
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        return Path(self._call(lambda: self.client.download_artifacts(run_id, path, str(folder))))
 
     def read_text(self, run_id: str, path: str) -> str | None:
         """The text of one artifact of a run, or None when the run has no such file."""
         folder = str(Path(path).parent) if "/" in path else None
-        listed = self.call(lambda: self.client.list_artifacts(run_id, folder))
-        if path not in {entry.path for entry in listed if not entry.is_dir}:
+        if path not in {entry.path for entry in self.list_artifacts(run_id, folder) if not entry.is_dir}:
             return None
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         with tempfile.TemporaryDirectory(prefix="orchestrate-read-") as scratch:
-            return Path(self.call(lambda: self.client.download_artifacts(run_id, path, scratch))).read_text()
+            return self.download_artifact(run_id, path, Path(scratch)).read_text()
 
 
 def _param_value(value: Any) -> str:

@@ -20,7 +20,7 @@ from typing import Callable
 
 import pytest
 
-from conftest import TINY_HYPOTHESIS, new_mlflow_store
+from helpers import TINY_HYPOTHESIS, new_mlflow_store
 from orchestrator.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_HYPOTHESIS, new_mlflow_store
+from helpers import TINY_HYPOTHESIS, new_mlflow_store
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

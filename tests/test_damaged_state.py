@@ -32,7 +32,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from conftest import TINY_HYPOTHESIS, SharedRun, private_copy, run_in_folder
+from helpers import TINY_HYPOTHESIS, SharedRun, private_copy, run_in_folder
 from orchestrator.cli import main
 from orchestrator.errors import StoreError
 from orchestrator.execute.archive import TrialArchive
@@ -163,7 +163,7 @@ def test_fresh_starts_over_without_reading_a_damaged_state(left_copy: SharedRun)
     (path,) = (left_copy.state_dir / "state").glob("*.json")
     path.write_bytes(b"[]")
     state = RunState.open(path.parent, "tiny-test", "default", "sha", fresh=True)
-    assert state.data["arms"] == {} and json.loads(path.read_text())["spec_sha256"] == "sha"
+    assert state.arms() == {} and json.loads(path.read_text())["spec_sha256"] == "sha"
 
 
 def test_a_state_dir_that_is_a_file_refuses_the_run(left_copy: SharedRun, capsys):

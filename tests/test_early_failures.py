@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY_HYPOTHESIS, new_mlflow_store
+from helpers import TINY_HYPOTHESIS, new_mlflow_store
 from orchestrator.cli import main
 
 

@@ -88,7 +88,7 @@ confirm: {seeds: 1}
 def test_every_injected_fault_is_recorded_with_its_reason(tmp_path, shared_ray):
     from mlflow.tracking import MlflowClient
 
-    from conftest import new_mlflow_store
+    from helpers import new_mlflow_store
     from orchestrator.cli import main
 
     spec = tmp_path / "faults.yaml"

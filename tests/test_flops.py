@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from methods import BuildContext, get_method
+from methods.base import linear_shapes
+from methods.flop_count import token_affine_flops
 from orchestrator.measure import flops
 
 
@@ -27,7 +29,7 @@ def test_lora_adapter_flops_per_token_are_exactly_2r_din_dout(tiny_model, rank, 
     examples = flops.unpadded_examples(batch)
     tokens = flops.non_pad_tokens(batch)
     base = flops.count_flops_unpadded(tiny_model, examples)
-    shapes = flops.linear_shapes(tiny_model, list(modules))
+    shapes = linear_shapes(tiny_model, list(modules))
     model = get_method("lora").from_params({"r": rank, "target_modules": list(modules)}).build(tiny_model, ctx(modules))
     adapted = flops.count_flops_unpadded(model, examples)
     expected = sum(2 * rank * (d_in + d_out) for _, d_in, d_out in shapes)
@@ -35,7 +37,7 @@ def test_lora_adapter_flops_per_token_are_exactly_2r_din_dout(tiny_model, rank, 
 
 
 def test_reference_is_unmerged_lora_r8_on_the_same_modules(tiny_model):
-    shapes = flops.linear_shapes(tiny_model, ["query", "value"])
+    shapes = linear_shapes(tiny_model, ["query", "value"])
     assert len(shapes) == 4  # 2 layers x (query, value)
     assert flops.reference_lora_flops_per_token(tiny_model, ["query", "value"]) == sum(16 * (i + o) for _, i, o in shapes)
 
@@ -101,8 +103,8 @@ def test_a_path_whose_flops_are_not_affine_in_the_tokens_is_refused():
         x @ x
 
     with pytest.raises(ValueError, match="not affine"):
-        flops.token_affine_flops(quadratic)
-    linear = flops.token_affine_flops(lambda t: torch.zeros(t, 4) @ torch.zeros(4, 3), check_at=9)
+        token_affine_flops(quadratic)
+    linear = token_affine_flops(lambda t: torch.zeros(t, 4) @ torch.zeros(4, 3), check_at=9)
     assert (linear.per_example, linear.per_token) == (0, 24)
 
 

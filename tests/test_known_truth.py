@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import run_in_folder
+from helpers import run_in_folder
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import sys
 import textwrap
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -113,7 +112,7 @@ def test_an_arm_whose_trials_all_failed_is_searched_again_on_resume(tmp_path):
     """State level, no Ray: the first run searched both arms and every trial of ``late``
     failed (an ImportError, say); the rerun prepares ``late`` with a new search request
     and a new Tuner, ``fine`` with none."""
-    from conftest import new_mlflow_store
+    from helpers import new_mlflow_store
     from orchestrator.execute.progress import Progress
     from orchestrator.execute.mlflow_runs import open_hypothesis_run
     from orchestrator.execute.run_context import RunContext
@@ -125,14 +124,14 @@ def test_an_arm_whose_trials_all_failed_is_searched_again_on_resume(tmp_path):
 
     plan = _retry_plan(tmp_path)
     tracker = Tracker(new_mlflow_store(tmp_path))
-    experiment_id = tracker.experiment_id(plan.hypothesis.name)
+    experiment_id = tracker.experiment_id(plan.name)
 
     def prepare(state: RunState) -> dict:
         parent = open_hypothesis_run(tracker, experiment_id, plan, state)
         run = RunContext(plan, tracker, experiment_id, parent, state, "", Progress(quiet=True), None, None, "data")
         return {a.arm: _prepare_arm(a, run) for a in plan.arms}
 
-    first = RunState.open(tmp_path / "state", plan.hypothesis.name, plan.profile, plan.spec_sha256, fresh=False)
+    first = RunState.open(tmp_path / "state", plan.name, plan.profile, plan.spec_sha256, fresh=False)
     prepared = prepare(first)
     failed_run = tracker.start_run(experiment_id, "late 1", {}, prepared["late"].arm_run)
     tracker.end_run(failed_run, FAILED)
@@ -142,17 +141,18 @@ def test_an_arm_whose_trials_all_failed_is_searched_again_on_resume(tmp_path):
     }
     for arm, record in outcomes.items():  # what _search_arms stores when the search Tuner returns
         first.set_trial_run(arm, "trial", record.trial_id, record.mlflow_run_id or "")
-        first.set_record(arm, "trial", record.trial_id, asdict(record))
-        first.set_arm(arm, search_done=True, trials=[asdict(record)], trial_callback_key="key-of-the-first-tuner")
+        first.set_record(arm, "trial", record)
+        first.finish_search(arm, [record])
+        first.set_callback_key(arm, "key-of-the-first-tuner")
     with pytest.raises(AllTrialsFailedError, match="ImportError"):
         pick_winner(tracker, first, prepared["late"].plan, prepared["late"].arm_run)
 
-    resumed = RunState.open(tmp_path / "state", plan.hypothesis.name, plan.profile, plan.spec_sha256, fresh=False)
+    resumed = RunState.open(tmp_path / "state", plan.name, plan.profile, plan.spec_sha256, fresh=False)
     again = prepare(resumed)
     assert again["fine"].request is None  # finished: not searched again
     assert again["late"].request is not None and again["late"].request.new_trials == 1
     late = resumed.arm("late")
-    assert not late["search_done"] and "trial_callback_key" not in late  # a new Tuner, not the finished one restored
+    assert not late.search_done and late.search_callback_key is None  # a new Tuner, not the finished one restored
     assert again["late"].request.recorder.all_records() == []  # the failure is not carried into the new search
     assert tracker.run_status(failed_run) == FAILED  # ... it stays in MLflow
     assert "orchestrate.error" not in tracker.get_run(again["late"].arm_run).data.tags
@@ -165,7 +165,7 @@ def test_a_rerun_retries_the_failed_arm_and_reaches_a_verdict(tmp_path, shared_r
     marker exists) searches ``late`` again, confirms it and judges."""
     from mlflow.tracking import MlflowClient
 
-    from conftest import new_mlflow_store
+    from helpers import new_mlflow_store
 
     plan = _retry_plan(tmp_path)
     uri = new_mlflow_store(tmp_path)

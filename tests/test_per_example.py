@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import new_mlflow_store
+from helpers import new_mlflow_store
 from methods import register
 from methods.lora import LoRA
 from orchestrator.judge.evidence import per_example_outcomes

@@ -8,7 +8,8 @@ import pytest
 from ray.tune.schedulers import TrialScheduler
 
 from orchestrator.trial.faults import ERROR_KEY
-from orchestrator.execute.pruning import OptunaPrunerScheduler, build_pruner
+from orchestrator.execute.pruning import OptunaPrunerScheduler, build_pruner, build_scheduler
+from orchestrator.search.registry import PRUNERS, SCHEDULERS
 
 
 def trial(name: str) -> SimpleNamespace:
@@ -28,9 +29,19 @@ def drive(scheduler: OptunaPrunerScheduler, name: str, values: list[float]) -> l
     return actions
 
 
-@pytest.mark.parametrize("name", ["median", "sha", "hyperband"])
+@pytest.mark.parametrize("name", PRUNERS)
 def test_every_pruner_builds(name):
     assert build_pruner(name, max_epochs=4, trials=8) is not None
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_every_scheduler_name_builds_a_ray_scheduler_and_one_epoch_never_stops_early(name):
+    from ray.tune.schedulers import FIFOScheduler
+
+    scheduler = build_scheduler(name, "val_accuracy", "max", max_epochs=4, trials=8)
+    assert isinstance(scheduler, TrialScheduler)
+    assert isinstance(scheduler, OptunaPrunerScheduler) == SCHEDULERS[name].optuna_pruner
+    assert type(build_scheduler(name, "val_accuracy", "max", max_epochs=1, trials=8)) is FIFOScheduler
 
 
 def test_the_median_pruner_stops_a_trial_below_the_median_and_lets_good_ones_run():

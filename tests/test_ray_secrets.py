@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import pytest
 
-from conftest import TINY_HYPOTHESIS, new_mlflow_store
+from helpers import TINY_HYPOTHESIS, new_mlflow_store
 from orchestrator.execute import ray_session
 
 ROOT = Path(__file__).resolve().parent.parent

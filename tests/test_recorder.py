@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import new_mlflow_store
+from helpers import new_mlflow_store
 from orchestrator.execute.recorder import TrialRecorder
 from orchestrator.execute.mlflow_runs import close_stale as _close_stale
 from orchestrator.execute.state import RunState
@@ -43,7 +43,7 @@ def test_a_trial_killed_before_its_params_were_logged_gets_them_when_resumed(tmp
         with pytest.raises(Killed):
             recorder(tracker, experiment, parent, state).started("t1", config)
     (run_id,) = state.trial_runs("small", "confirm").values()
-    assert tracker.client.get_run(run_id).data.params == {}  # the window: a run, its id saved, no params
+    assert tracker.get_run(run_id).data.params == {}  # the window: a run, its id saved, no params
 
     # the next driver: state read back from disk, stale runs closed, the trial started again
     state = RunState.open(tmp_path / "state", "h", "default", "sha", fresh=False)
@@ -53,7 +53,7 @@ def test_a_trial_killed_before_its_params_were_logged_gets_them_when_resumed(tmp
     resumed.result("t1", {"epoch": 1, "test_accuracy": 0.75})
     resumed.completed("t1", None)
 
-    run = tracker.client.get_run(run_id)
+    run = tracker.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params == {"lr": "0.01", "rank": "4", "seed": "1000"}
     assert run.data.tags["orchestrate.resumed"] == "true"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_HYPOTHESIS, new_mlflow_store, private_copy
+from helpers import TINY_HYPOTHESIS, new_mlflow_store, private_copy
 from methods import get_method
 from orchestrator.cli import verdict_exit_code as exit_code
 from orchestrator.judge import Verdict, judge_claims

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import private_copy
+from helpers import private_copy
 from orchestrator.report.collect import ArmSummary, RunRecord, RunSummary
 from orchestrator.report.plots import best_so_far, make_plots, pareto_front
 from orchestrator.report.render import Alert, Heading, Image, Para, Table, inline, to_html, to_markdown
@@ -156,6 +156,27 @@ def test_the_report_never_shows_tracking_credentials(tmp_path):
     assert "postgresql://db.example:5432/mlflow" in text and "s3cret" not in text and "alice" not in text
 
 
+def test_search_diagnostics_section_has_importances_and_figures_or_the_reason(tmp_path):
+    from orchestrator.report.diagnostics import diagnose_run
+    from test_diagnostics import PLAN, lr_decides
+
+    summary = synthetic_summary()
+    routed = summary.arm("routed")
+    routed.trials, routed.fixed = lr_decides(), {"r": "8"}
+    summary.plan["arms"][0] |= {"params": PLAN["params"], "fixed": PLAN["fixed"]}  # lora's plan has no space
+    blocks = build_blocks(summary, [], tmp_path, [], [], diagnose_run(summary, tmp_path / "diagnostics"))
+    section = _section(to_markdown(blocks), "## Search diagnostics")
+    routed_part, lora_part = section.split("### lora")
+    assert "30 completed trials weigh in" in routed_part
+    assert "search space: from the plan logged with the run" in routed_part
+    assert re.search(r"\| `lr` \| 0\.[5-9]\d* \| 1 \|", routed_part)
+    for figure in ("slice", "contour", "parallel_coordinate"):
+        assert f"](diagnostics/routed/{figure}.png)" in routed_part
+    assert "No importances or figures: no logged parameter varied across the completed trials." in lora_part
+    assert "![" not in lora_part
+    assert to_html(blocks, "t", tmp_path).count("data:image/png;base64,") == 3
+
+
 # -- one real run --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def report(shared_run, tmp_path_factory):
@@ -277,6 +298,22 @@ def test_report_is_logged_on_the_hypothesis_run(report):
     assert {"report/report.md", "report/report.html", "report/figures"} <= logged
     figures = {a.path for a in client.list_artifacts(report["run_id"], "report/figures")}
     assert figures == {"report/figures/pareto.png", "report/figures/history.png", "report/figures/confirmation.png"}
+
+
+@pytest.mark.slow
+def test_report_has_search_diagnostics_per_arm_and_logs_them_on_the_arm_runs(report):
+    section = _section(report["md"], "## Search diagnostics")
+    parts = {part.split("\n", 1)[0]: part for part in section.split("\n### ")[1:]}
+    assert set(parts) == {"small", "large", "flaky"}
+    for arm in ("small", "large"):  # 3 trials each, 3 searched parameters (r is fixed)
+        assert "No importances or figures: 3 completed trial(s); importances need at least 4." in parts[arm]
+    assert "one searched parameter (`mode`)" in parts["flaky"]
+    client = report["client"]
+    experiment_id = client.get_run(report["run_id"]).info.experiment_id
+    arm_runs = client.search_runs([experiment_id], "tags.`orchestrate.level` = 'arm'")
+    for arm_run in arm_runs:
+        logged = [a.path for a in client.list_artifacts(arm_run.info.run_id, "diagnostics")]
+        assert logged == ["diagnostics/importance.json"], arm_run.data.tags["orchestrate.arm"]
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY_HYPOTHESIS, new_mlflow_store
+from helpers import TINY_HYPOTHESIS, new_mlflow_store
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

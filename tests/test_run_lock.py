@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY_HYPOTHESIS, new_mlflow_store
+from helpers import TINY_HYPOTHESIS, new_mlflow_store
 from orchestrator.errors import InputError, RunLockedError
 from orchestrator.execute.run_lock import hold_run_lock, lock_path
 

@@ -11,14 +11,16 @@ import optuna
 import pytest
 import torch
 
-from orchestrator.search.samplers import SAMPLER_TRAITS, SamplerPlan, botorch_candidates, build_sampler, limited_threads
+from orchestrator.search.registry import SAMPLERS
+from orchestrator.search.samplers import SamplerPlan, botorch_candidates, build_sampler, limited_threads
 from orchestrator.search.space import DefineByRun, ParamSpec
 
 torch.set_num_threads(1)
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-CONSTRAINED = ["tpe", "gp", "botorch", "nsga2"]  # the samplers that read trial.set_constraint
+# the samplers that read trial.set_constraint (botorch-legacy too, slower: docs/samplers.md covers it)
+CONSTRAINED = [name for name, entry in SAMPLERS.items() if entry.constraints and not entry.legacy]
 
 # A LoRA-like space; the objective grows with lr and r, and the constraint caps r * lr,
 # so the unconstrained optimum (largest r and lr) is infeasible.
@@ -56,10 +58,10 @@ def feasible(trial: optuna.trial.FrozenTrial) -> bool:
     return all(value <= 0 for value in trial.constraints.values())
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLER_TRAITS))
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_every_sampler_name_builds_an_optuna_sampler(name):
-    grid = {"r": [2, 4]} if name == "grid" else None
-    for n_objectives in (1, 2) if SAMPLER_TRAITS[name][0] else (1,):
+    grid = {"r": [2, 4]} if SAMPLERS[name].grid else None
+    for n_objectives in (1, 2) if SAMPLERS[name].multi_objective else (1,):
         sampler = build_sampler(SamplerPlan(name, 0, 3, n_objectives, grid))
         assert isinstance(sampler, optuna.samplers.BaseSampler)
 
@@ -102,13 +104,16 @@ def test_the_grid_sampler_enumerates_a_finite_space_exactly_once_through_the_sea
     assert len(seen) == len(set(seen)) and set(seen) == expected
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLER_TRAITS))
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_every_sampler_pickles_after_use_and_goes_on_sampling(name):
     """Ray pickles the searcher, sampler and study included, into every experiment checkpoint."""
-    if name == "cmaes":
-        import importlib.util
+    import importlib
 
-        assert importlib.util.find_spec("cmaes"), "CmaEsSampler needs the `cmaes` package past its startup trials: add it to the dependencies"
+    for module in SAMPLERS[name].imports:  # CmaEsSampler needs `cmaes` only past its startup trials
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pytest.fail(f"sampler {name} needs the `{module}` package: add it to the dependencies")
     space = DefineByRun({k: SPACE[k] for k in ("r", "dropout")}, {}) if name == "grid" else DefineByRun(SPACE, {})
     grid = space.grid() if name == "grid" else None
     startup = 3
@@ -260,3 +265,22 @@ def test_botorch_drives_a_real_tune_search_with_two_trials_at_once(tmp_path, sha
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
     assert all(t.params["r"] in (2, 4, 8, 16) and 1e-4 <= t.params["lr"] <= 1e-2 for t in trials)
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 6
+
+
+def test_the_spec_accepts_exactly_the_samplers_and_schedulers_of_the_registry():
+    from orchestrator.search.registry import SCHEDULERS
+    from orchestrator.spec.models import SearchSpec
+
+    assert SearchSpec.model_fields["sampler"].annotation.__args__ == tuple(SAMPLERS)
+    assert SearchSpec.model_fields["scheduler"].annotation.__args__ == tuple(SCHEDULERS)
+
+
+def test_the_registry_and_the_spec_import_without_optuna_ray_or_torch():
+    """``orchestrate validate`` reads the tables; loading a sampler library there costs seconds."""
+    import subprocess
+    import sys
+
+    code = ("import sys, orchestrator.spec.models, orchestrator.search.registry; "
+            "print(sorted(m for m in ('optuna', 'ray', 'torch', 'botorch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -24,7 +24,7 @@ import pytest
 from orchestrator.spec.errors import SpecError
 from orchestrator.spec.loader import load_hypothesis
 
-from conftest import SECRETS, TINY_HYPOTHESIS, new_mlflow_store
+from helpers import SECRETS, TINY_HYPOTHESIS, new_mlflow_store
 
 SENTINEL_CODE = "import pathlib; pathlib.Path({path!r}).write_text('pwned')"
 
@@ -179,7 +179,7 @@ def test_claims_and_constraints_are_parsed_never_evaluated(field, text, tmp_path
 
 # -- secrets ----------------------------------------------------------------------------
 
-# SECRETS (conftest.py): set in the environment during the session's shared real run
+# SECRETS (helpers.py): set in the environment during the session's shared real run
 
 
 def _leaks(text: str) -> list[str]:

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY_HYPOTHESIS, new_mlflow_store
+from helpers import TINY_HYPOTHESIS, new_mlflow_store
 from orchestrator.cli import main
 from orchestrator.execute.looks import JudgeSettings, Look, replay_looks, runs_through
 from orchestrator.execute.state import RunState
@@ -240,7 +240,7 @@ def test_a_run_killed_during_round_two_resumes_it_with_one_run_per_seed(tmp_path
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
     proc.wait(timeout=60)
     large = state["arms"]["large"]
-    assert sorted(large["confirm_rounds"]) == ["1"] and large["confirm_2_callback_key"]  # killed during round 2
+    assert sorted(large["confirm_rounds"]) == ["1"] and large["confirm_callback_keys"]["2"]  # killed during round 2
     assert len(state["looks"]) == 1
 
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import new_mlflow_store
+from helpers import new_mlflow_store
 from orchestrator.cli import main
 from orchestrator.spec.loader import load_hypothesis
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import socket
 
-from conftest import new_mlflow_store
+from helpers import new_mlflow_store
 from orchestrator.cli import ui
 
 
@@ -63,3 +63,21 @@ def test_a_busy_port_is_reported(tmp_path, capsys):
 def test_a_tracking_server_uri_only_prints_its_url(capsys):
     assert ui.cmd_ui(_args(tracking_uri="http://127.0.0.1:5999/")) == 0
     assert capsys.readouterr().out.strip() == "http://127.0.0.1:5999/#/experiments"
+
+
+def test_a_hypothesis_file_names_its_experiment():
+    assert ui._hypothesis_name("hypotheses/radlora.yaml") == "radlora-quarter-flops"
+    assert ui._hypothesis_name("radlora-quarter-flops") == "radlora-quarter-flops"
+
+
+def test_a_busy_port_is_reported_after_the_experiment_of_a_hypothesis_file_is_found(tmp_path, capsys):
+    from orchestrator.tracking import Tracker
+
+    uri = new_mlflow_store(tmp_path)
+    Tracker(uri).experiment_id("radlora-quarter-flops")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        code = ui.cmd_ui(_args(tracking_uri=uri, port=busy.getsockname()[1], hypothesis="hypotheses/radlora.yaml"))
+    err = capsys.readouterr().err
+    assert code == 1 and "in use" in err and "no experiment" not in err

@@ -11,7 +11,7 @@ from orchestrator.plan import make_plan
 from orchestrator.results import COMPLETED, FAILED, INFEASIBLE, STOPPED, TrialRecord
 from orchestrator.spec.loader import load_hypothesis
 
-from conftest import TINY_HYPOTHESIS, new_mlflow_store
+from helpers import TINY_HYPOTHESIS, new_mlflow_store
 
 
 def plan_of(write_yaml, text: str, name: str = "h.yaml"):

@@ -31,14 +31,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
 from methods import register
 from methods._injection import find_targets, freeze_base_train_head, replace_module
 from methods._routing import RoutingSchedule, TokenMask, block_of
-from methods._routing_stats import EXAMPLE_METRICS, start_recording, summarize, write_summary
+from methods._routing_stats import EXAMPLE_METRICS, RoutingSummary, start_recording, summarize, write_summary
 from methods.base import BuildContext, Method, StepInfo
 from methods.radlora.config import RadLoraConfig
 from methods.radlora.layer import RadLoRALinear, hyper_param_count
@@ -47,16 +47,17 @@ from methods.radlora.router import BlockRouter
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["RadLoRA", "RadLoraConfig", "RadLoRALinear", "BlockRouter", "hyper_param_count"]
+__all__ = ["BlockRouter", "RadLoRA", "RadLoRALinear", "RadLoraConfig", "hyper_param_count"]
 
 
 @register
 class RadLoRA(Method):
     name = "radlora"
     Config = RadLoraConfig
+    config: RadLoraConfig
     summary = "RAD-LoRA: per-block router picks on/off and a nested rank k per input; real skipping at inference"
     routed = True
-    metrics = {
+    metrics: ClassVar[dict[str, str]] = {
         **EXAMPLE_METRICS,
         "trainable_params_final": "stored adapter parameters: factors, generators and routers",
         "router_params": "parameters of the per-block routers (hyper code layer excluded)",
@@ -69,8 +70,16 @@ class RadLoRA(Method):
     }
     #: The stored parameters are fixed by the configuration; FLOPs and the per-example
     #: statistics follow the routers' decisions on each input.
-    exact_metrics = frozenset({"trainable_params", "head_params", "trainable_params_final", "router_params",
-                               "generator_params", "flops_examples"})
+    exact_metrics = frozenset(
+        {
+            "trainable_params",
+            "head_params",
+            "trainable_params_final",
+            "router_params",
+            "generator_params",
+            "flops_examples",
+        }
+    )
 
     def __init__(self, config: RadLoraConfig | None = None) -> None:
         super().__init__(config)
@@ -79,19 +88,21 @@ class RadLoRA(Method):
         self._train_blocks: float | None = None
         self._rho_start: float | None = None
         self._target_now = float(self.config.target_rho)
-        self._summary = None
+        self._summary: RoutingSummary | None = None
 
     # -- build ---------------------------------------------------------------------------
-    def build(self, model: "nn.Module", ctx: BuildContext) -> "nn.Module":
+    def build(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
         cfg = self.config
         suffixes = list(cfg.target_modules or ctx.target_modules)
         targets = find_targets(model, suffixes, ctx.head_modules)
         freeze_base_train_head(model, ctx.head_modules)
         token_mask = TokenMask.install(model)
-        schedule = RoutingSchedule(ctx.total_steps, cfg.warmup_fraction, cfg.tau_start, cfg.tau_end, cfg.expected_fraction)
+        schedule = RoutingSchedule(
+            ctx.total_steps, cfg.warmup_fraction, cfg.tau_start, cfg.tau_end, cfg.expected_fraction
+        )
         hidden = int(getattr(model.config, "hidden_size", 0) or targets[0][1].in_features)
         hyper_dim = cfg.hyper_dim if cfg.generator == "hyper" else None
-        by_block: dict[str, list[tuple[str, "nn.Linear"]]] = {}
+        by_block: dict[str, list[tuple[str, nn.Linear]]] = {}
         for name, linear in targets:
             block = block_of(name)
             if not block:
@@ -101,8 +112,16 @@ class RadLoRA(Method):
         for block, members in by_block.items():
             costs = [(n[len(block) + 1 :], 2 * (m.in_features + m.out_features)) for n, m in members]
             router = BlockRouter(
-                hidden, cfg.router_hidden, cfg.r_max, cfg.gate_bias_init, cfg.gate_threshold,
-                hyper_dim, schedule, token_mask, block, costs,
+                hidden,
+                cfg.router_hidden,
+                cfg.r_max,
+                cfg.gate_bias_init,
+                cfg.gate_threshold,
+                hyper_dim,
+                schedule,
+                token_mask,
+                block,
+                costs,
             )
             block_module = model.get_submodule(block)
             block_module.radlora_router = router
@@ -113,15 +132,15 @@ class RadLoRA(Method):
 
     # -- training hooks --------------------------------------------------------------------
     @staticmethod
-    def routers(model: "nn.Module") -> list[BlockRouter]:
+    def routers(model: nn.Module) -> list[BlockRouter]:
         return [m for m in model.modules() if isinstance(m, BlockRouter)]
 
-    def extra_loss(self, model: "nn.Module", step: StepInfo) -> "torch.Tensor | None":
+    def extra_loss(self, model: nn.Module, step: StepInfo) -> torch.Tensor | None:
         routers = self.routers(model)
-        terms = [r.cost_terms for r in routers]
+        terms = [r.cost_terms for r in routers if r.cost_terms is not None]
         for router in routers:
             router.cost_terms = None  # drop the graph references
-        if not routers or any(t is None for t in terms):
+        if not routers or len(terms) < len(routers):
             return None
         probs = torch.stack([p.mean() for p, _ in terms])
         ranks = torch.stack([k.mean() for _, k in terms])
@@ -144,7 +163,7 @@ class RadLoRA(Method):
         # reacts at once (without it the routers overshoot while lambda unwinds)
         return self.dual_lambda * error + 0.5 * self.config.budget_penalty * excess**2
 
-    def _budget_target(self, schedule) -> float:
+    def _budget_target(self, schedule: RoutingSchedule) -> float:
         """The target work fraction now: from the fraction at the end of warmup down to
         ``target_rho`` along a cubic (AdaLoRA's budget schedule), reached at
         ``budget_anneal_until``. A target that jumps at once makes the multiplier wind
@@ -156,7 +175,7 @@ class RadLoRA(Method):
         q = 1.0 if span <= 0 else min(1.0, max(0.0, (schedule.progress - cfg.warmup_fraction) / span))
         return cfg.target_rho + (self._rho_start - cfg.target_rho) * (1.0 - q) ** 3
 
-    def after_optimizer_step(self, model: "nn.Module", step: StepInfo) -> None:
+    def after_optimizer_step(self, model: nn.Module, step: StepInfo) -> None:
         routers = self.routers(model)
         if not routers:
             return
@@ -168,25 +187,25 @@ class RadLoRA(Method):
             updated = self.dual_lambda + self.config.dual_lr * (self._train_rho - self._target_now)
             self.dual_lambda = updated if self.config.budget_mode == "track" else max(0.0, updated)
 
-    def after_evaluation(self, model: "nn.Module", step: StepInfo, val_loss: float) -> dict[str, float]:
+    def after_evaluation(self, model: nn.Module, step: StepInfo, val_loss: float) -> dict[str, float]:
         routers = self.routers(model)
         metrics = {"dual_lambda": self.dual_lambda, "train_target_rho": self._target_now}
         if routers:
             metrics["gumbel_temperature"] = routers[0].schedule.temperature
-        if self._train_rho is not None:
+        if self._train_rho is not None and self._train_blocks is not None:  # set together
             metrics["train_rho"] = self._train_rho
             metrics["train_expected_blocks"] = self._train_blocks
         return metrics
 
     # -- evaluation and reporting --------------------------------------------------------------
-    def start_eval_stats(self, model: "nn.Module") -> None:
+    def start_eval_stats(self, model: nn.Module) -> None:
         start_recording(self.routers(model))
 
-    def end_eval_stats(self, model: "nn.Module") -> dict[str, float]:
-        self._summary = summarize(self.routers(model))
+    def end_eval_stats(self, model: nn.Module) -> dict[str, float]:
+        self._summary = summarize(self.routers(model), self.flop_formulas())
         return dict(self._summary.metrics) if self._summary else {}
 
-    def stats(self, model: "nn.Module") -> dict[str, float]:
+    def stats(self, model: nn.Module) -> dict[str, float]:
         factors = generators = routers = 0
         for name, param in model.named_parameters():
             leaf = name.rsplit(".", 1)[-1]
@@ -203,5 +222,5 @@ class RadLoRA(Method):
             "dual_lambda": self.dual_lambda,
         }
 
-    def write_artifacts(self, model: "nn.Module", folder: Path) -> list[Path]:
+    def write_artifacts(self, model: nn.Module, folder: Path) -> list[Path]:
         return write_summary(Path(folder), self._summary, self.name)

@@ -30,33 +30,43 @@ class RadLoraConfig(MethodConfig):
     lambda_c: float = Field(0.1, ge=0.0, description="cost=fixed: weight of the summed gate probabilities")
     lambda_r: float = Field(0.05, ge=0.0, description="cost=fixed: weight of the summed expected ranks")
     target_rho: float = Field(0.25, gt=0.0, le=1.0, description="cost=dual: target fraction of full-rank adapter work")
-    dual_lr: float = Field(0.5, ge=0.0, description="cost=dual: step eta of lambda <- max(0, lambda + eta (rho_hat - target))")
+    dual_lr: float = Field(
+        0.5, ge=0.0, description="cost=dual: step eta of lambda <- max(0, lambda + eta (rho_hat - target))"
+    )
     budget_mode: Literal["at_most", "track"] = Field(
         "at_most",
         description="cost=dual: at_most keeps lambda >= 0 (constraint rho <= target_rho); track lets lambda "
         "go negative, so an under-used budget is pushed back up to target_rho",
     )
     budget_anneal_until: float = Field(
-        0.6, ge=0.0, le=1.0,
+        0.6,
+        ge=0.0,
+        le=1.0,
         description="cost=dual: fraction of steps by which the target descends (cubically) from the work "
         "fraction at the end of warmup to target_rho",
     )
     budget_penalty: float = Field(
-        20.0, ge=0.0,
+        20.0,
+        ge=0.0,
         description="cost=dual: mu of the augmented Lagrangian term mu/2 (rho_hat - target)^2 "
         "(one-sided, above the target, when budget_mode=at_most)",
     )
     dual_init: float = Field(0.0, ge=0.0, description="cost=dual: initial lambda")
     tau_start: float = Field(1.0, gt=0.0, description="Gumbel temperature after warmup")
     tau_end: float = Field(0.1, gt=0.0, description="Gumbel temperature at the end of training (geometric decay)")
-    warmup_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of steps with every gate on at full rank")
+    warmup_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="fraction of steps with every gate on at full rank"
+    )
     expected_fraction: float = Field(
-        0.3, ge=0.0, le=1.0, description="until this fraction of steps the rank uses the expected nested mask P(k >= j)"
+        0.3,
+        ge=0.0,
+        le=1.0,
+        description="until this fraction of steps the rank uses the expected nested mask P(k >= j)",
     )
     target_modules: TargetModules = None
 
     @model_validator(mode="after")
-    def _temperatures(self) -> "RadLoraConfig":
+    def _temperatures(self) -> RadLoraConfig:
         if self.tau_end > self.tau_start:
             raise ValueError("tau_end must not exceed tau_start (the temperature anneals downwards)")
         return self

@@ -41,6 +41,10 @@ class RadLoRALinear(nn.Module):
     """A frozen ``base_layer`` plus routed nested factors ``radlora_A``, ``radlora_B``
     (and generators ``radlora_GA``, ``radlora_GB`` when ``hyper_dim`` is set)."""
 
+    router: BlockRouter  # set past nn.Module's registration, see __init__
+    radlora_GA: nn.Parameter | None
+    radlora_GB: nn.Parameter | None
+
     def __init__(self, base: nn.Linear, r_max: int, scale: float, router: BlockRouter, hyper_dim: int | None) -> None:
         super().__init__()
         self.base_layer = base
@@ -57,12 +61,19 @@ class RadLoRALinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.base_layer(x)
-        decision: BlockDecision | None = self.router.decision
+        decision = self.router.decision
         if decision is None:
             return out
-        if decision.on is not None:  # inference: real skipping
+        if decision.on is not None and decision.rank is not None:  # inference: real skipping
             tokens = self.router.token_mask.for_input(x)
-            return add_routed(out, x, tokens, decision.on, decision.rank, lambda rows, k, ex: self._sliced(rows, k, ex, decision.code))
+            return add_routed(
+                out,
+                x,
+                tokens,
+                decision.on,
+                decision.rank,
+                lambda rows, k, ex: self._sliced(rows, k, ex, decision.code),
+            )
         return out + self._dense(x, decision)
 
     def dense_reference(self, x: Tensor, gate: Tensor, mask: Tensor, code: Tensor | None) -> Tensor:
@@ -77,11 +88,13 @@ class RadLoRALinear(nn.Module):
         return self.scale * torch.bmm(hidden, bt)
 
     def _dense(self, x: Tensor, decision: BlockDecision) -> Tensor:
+        assert decision.gate is not None and decision.mask is not None  # a training decision
         return self.dense_reference(x, decision.gate, decision.mask, decision.code)
 
     def generate(self, code: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """Per-input factors for ranks 1..k: A_b (n, k, d_in) and B_b^T (n, k, d_out)."""
         d_in, d_out, n = self.base_layer.in_features, self.base_layer.out_features, code.shape[0]
+        assert self.radlora_GA is not None and self.radlora_GB is not None  # a code exists only with hyper_dim
         a = self.radlora_A[:k] + F.linear(code, self.radlora_GA[: k * d_in]).view(n, k, d_in)
         bt = self.radlora_B[:, :k].t() + F.linear(code, self.radlora_GB[: k * d_out]).view(n, k, d_out)
         return a, bt

@@ -16,6 +16,7 @@ Inference: g = 1[p > tau], k = argmax + 1, recorded per example.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,9 @@ from methods._routing import (
     nested_mask,
     zero_example,
 )
+
+if TYPE_CHECKING:
+    from methods.radlora.layer import RadLoRALinear
 
 
 @dataclass
@@ -77,7 +81,7 @@ class BlockRouter(nn.Module, RoutedUnit):
         self.cost_terms: tuple[Tensor, Tensor] | None = None
         #: the block's adapted layers (``RadLoRALinear``), which register themselves; a
         #: plain list, so the block, not the router, owns them as submodules
-        self.layers: list = []
+        self.layers: list[RadLoRALinear] = []
 
     def block_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         """Forward pre-hook of the block: route on its input hidden states."""
@@ -115,11 +119,15 @@ class BlockRouter(nn.Module, RoutedUnit):
         self.scores(hidden, torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device))
 
     def run_adapters(self, rank: int, tokens: int) -> None:
-        code = None if self.code is None else torch.zeros(1, self.code.out_features, device=self.fc_in.weight.device, dtype=self.fc_in.weight.dtype)
+        code = (
+            None
+            if self.code is None
+            else torch.zeros(1, self.code.out_features, device=self.fc_in.weight.device, dtype=self.fc_in.weight.dtype)
+        )
         for layer in self.layers:
             layer.run_sliced(rank, tokens, code)
 
     @property
     def cost(self) -> int:
         """c_l: adapter FLOPs per token and rank of the block's modules, sum of 2 (d_in + d_out)."""
-        return sum(c for _, c in self.modules)
+        return sum(c for _, c in self.gated_modules)

@@ -42,7 +42,7 @@ denser (the union of the two supports, where the mask moved during training).
 
 Cost. Unmerged, the branch is dense: ``2 * d_in * d_out`` FLOPs per token, plus the
 kernel, ``2 * H * d_in * d_out * (q/H + 2)`` per forward call for cdist (counted
-through ``EXTRA_FLOP_FORMULAS``, which FlopCounterMode needs for cdist), plus a
+through ``Snell.flop_formulas``, which FlopCounterMode needs for cdist), plus a
 selection pass. ``finalize`` merges dW_s into the base weights (``merge: true``,
 the default), after which SNELL costs 0 extra FLOPs. The released code recomputes
 the dense dW in backward (activation checkpointing); this one keeps it, which at
@@ -54,12 +54,12 @@ imported when a model is built so that importing this package stays torch-free.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from methods import register
-from methods.base import BuildContext, Method, MethodConfig
+from methods.base import BuildContext, FlopFormulas, Method, MethodConfig
 
 if TYPE_CHECKING:
     from torch import nn
@@ -87,7 +87,7 @@ class SnellConfig(MethodConfig):
     )
 
     @model_validator(mode="after")
-    def _heads_divide_q(self) -> "SnellConfig":
+    def _heads_divide_q(self) -> SnellConfig:
         if self.kernel == "snell" and self.low_rank_dim % self.num_heads:
             raise ValueError(f"low_rank_dim ({self.low_rank_dim}) must be divisible by num_heads ({self.num_heads})")
         return self
@@ -97,8 +97,9 @@ class SnellConfig(MethodConfig):
 class Snell(Method):
     name = "snell"
     Config = SnellConfig
+    config: SnellConfig
     summary = "SNELL: distance-kernel low-rank tables, magnitude-competition sparsified update, merged after training"
-    metrics = {
+    metrics: ClassVar[dict[str, str]] = {
         "update_density": "fraction of the adapted modules' weight entries that training changed: non-zero entries "
         "of W_final - W_pretrained, i.e. of dW_s(T) - dW_s(0) with init_offset fold (the step-0 and final supports "
         "together, denser than 1 - sparsity) and of dW_s(T) with none",
@@ -113,18 +114,24 @@ class Snell(Method):
         super().__init__(config)
         self._final: dict[str, float] | None = None
 
-    def build(self, model: "nn.Module", ctx: BuildContext) -> "nn.Module":
-        from methods._injection import adapt_linear_layers, freeze_base_train_head
+    def flop_formulas(self) -> FlopFormulas:
+        """The cdist kernels of the unmerged update, which FlopCounterMode does not count."""
+        from methods.snell.layer import CDIST_FLOP_FORMULAS
+
+        return CDIST_FLOP_FORMULAS
+
+    def build(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
+        from methods._injection import inject_adapters
         from methods._masked_lora import seeded_generator
         from methods.snell.layer import SnellLinear
 
         cfg = self.config
-        freeze_base_train_head(model, ctx.head_modules)
         generator = seeded_generator(ctx.seed)
-        layers = adapt_linear_layers(
+        layers = inject_adapters(
             model,
-            list(cfg.target_modules or ctx.target_modules),
-            lambda _name, linear: SnellLinear(
+            ctx,
+            cfg.target_modules,
+            lambda linear: SnellLinear(
                 linear,
                 cfg.low_rank_dim,
                 sparsity=cfg.sparsity,
@@ -141,13 +148,13 @@ class Snell(Method):
         return model
 
     @staticmethod
-    def _layers(model: "nn.Module") -> list[tuple[str, "SnellLinear"]]:
+    def _layers(model: nn.Module) -> list[tuple[str, SnellLinear]]:
         from methods._injection import adapters
         from methods.snell.layer import SnellLinear
 
         return list(adapters(model, SnellLinear))
 
-    def _measure(self, layers: list["SnellLinear"]) -> dict[str, float]:
+    def _measure(self, layers: list[SnellLinear]) -> dict[str, float]:
         import torch
 
         with torch.no_grad():
@@ -160,7 +167,7 @@ class Snell(Method):
             ),
         }
 
-    def finalize(self, model: "nn.Module") -> "nn.Module":
+    def finalize(self, model: nn.Module) -> nn.Module:
         from methods._injection import replace_module
 
         layers = self._layers(model)
@@ -171,7 +178,7 @@ class Snell(Method):
                 replace_module(model, name, layer.merged())
         return model
 
-    def stats(self, model: "nn.Module") -> dict[str, float]:
+    def stats(self, model: nn.Module) -> dict[str, float]:
         if self._final is not None:
             return dict(self._final)
         return {**self._measure([layer for _, layer in self._layers(model)]), "merged_modules": 0.0}

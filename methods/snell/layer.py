@@ -1,23 +1,23 @@
 """SNELL's math: the kernelised update, its competition-based sparsification, the layer.
 
 Imported by ``methods.snell`` when a model is built (torch is heavy, and the CLI
-validates specs without it). Importing this module registers FLOP formulas for the
-cdist kernels in ``orchestrator.measure.flops.EXTRA_FLOP_FORMULAS``: FlopCounterMode
-does not count cdist, and an unmerged SNELL model computes one per adapted module and
-forward call. Every FLOP count of a SNELL model happens after ``build``, hence after
-this import.
+validates specs without it). ``CDIST_FLOP_FORMULAS`` prices the cdist kernels, which
+FlopCounterMode does not count and an unmerged SNELL model computes once per adapted
+module and forward call; ``Snell.flop_formulas`` declares them, and the engine counts
+every FLOP of a SNELL model with them.
 """
 
 from __future__ import annotations
 
 import math
+from types import MappingProxyType
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from orchestrator.measure.flops import EXTRA_FLOP_FORMULAS
+from methods.base import FlopFormulas
 
 
 # -- FLOP formulas for the ops FlopCounterMode does not count ---------------------------
@@ -37,14 +37,20 @@ def _cdist_forward_flops(x1_shape: Any, x2_shape: Any, *args: Any, out_shape: An
     return 3 * math.prod(batch) * p_rows * r_rows * m
 
 
-EXTRA_FLOP_FORMULAS[torch.ops.aten._euclidean_dist] = _euclidean_dist_flops
-EXTRA_FLOP_FORMULAS[torch.ops.aten._cdist_forward] = _cdist_forward_flops
+#: cdist takes the matmul path (``_euclidean_dist``) when either side has more than 25
+#: rows, the direct one (``_cdist_forward``) otherwise; both are priced.
+CDIST_FLOP_FORMULAS: FlopFormulas = MappingProxyType(
+    {
+        torch.ops.aten._euclidean_dist: _euclidean_dist_flops,
+        torch.ops.aten._cdist_forward: _cdist_forward_flops,
+    }
+)
 
 
 # -- the sparsification ------------------------------------------------------------------
 def zeroed_count(numel: int, sparsity: float) -> int:
     """How many entries a sparsity ratio zeroes: round(sparsity * numel), within [0, numel]."""
-    return min(numel, max(0, int(round(sparsity * numel))))
+    return min(numel, max(0, round(sparsity * numel)))
 
 
 def competition_sparsify(delta: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -81,6 +87,8 @@ class SnellLinear(nn.Module):
         generator: CPU generator for reproducible initialisation.
     """
 
+    head_coeff: torch.Tensor  # a buffer (kernel "snell"): the signed c_h, (H, 1, 1)
+
     def __init__(
         self,
         base: nn.Linear,
@@ -98,7 +106,7 @@ class SnellLinear(nn.Module):
         self.in_features, self.out_features = base.in_features, base.out_features
         self.low_rank_dim, self.sparsity, self.kernel = low_rank_dim, sparsity, kernel
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
+        factory: dict[str, Any] = {"device": base.weight.device, "dtype": base.weight.dtype}
         d_in, d_out = self.in_features, self.out_features
         if kernel == "snell":
             if low_rank_dim % num_heads:
@@ -148,10 +156,10 @@ class SnellLinear(nn.Module):
 
     def folded_update(self) -> torch.Tensor:
         """dW_s(0) as subtracted from W0 by :meth:`fold_initial_update`; 0 when nothing was folded."""
-        folded = [getattr(self, f"folded_{name}", None) for name in self._factor_names]
-        if any(table is None for table in folded):
+        first, second = (getattr(self, f"folded_{name}", None) for name in self._factor_names)
+        if first is None or second is None:
             return torch.zeros_like(self.base_layer.weight)
-        return competition_sparsify(self._kernel(*folded), self.sparsity)
+        return competition_sparsify(self._kernel(first, second), self.sparsity)
 
     def weight_change(self) -> torch.Tensor:
         """How far the adapted layer's effective weight is from the pretrained W0:

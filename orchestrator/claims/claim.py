@@ -36,9 +36,10 @@ as Python.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal, Mapping
+from typing import Literal
 
 from orchestrator.claims.tokens import ClaimSyntaxError, Token, tokenize
 
@@ -179,6 +180,7 @@ class Claim:
 
 # ---------------------------------------------------------------------------- parser
 
+
 @dataclass(frozen=True)
 class _Node:
     expr: LinearExpr
@@ -210,7 +212,7 @@ class _Parser:
         return token
 
     def src(self, node: _Node) -> str:
-        return self.text[node.start:node.end]
+        return self.text[node.start : node.end]
 
     def error(self, message: str, token: Token | None = None) -> ClaimSyntaxError:
         return ClaimSyntaxError(message, (token or self.tok).column)
@@ -249,8 +251,10 @@ class _Parser:
         if claim.expr.is_constant:
             raise ClaimSyntaxError(
                 "the claim does not depend on any metric: it must mention at least one 'arm.metric'"
-                if not any(t.kind == "REF" for t in self.tokens) else
-                "the metrics in this claim cancel out, so it does not depend on any measurement", 1)
+                if not any(t.kind == "REF" for t in self.tokens)
+                else "the metrics in this claim cancel out, so it does not depend on any measurement",
+                1,
+            )
         return _oriented(claim)
 
     def comparison(self, left: _Node) -> Claim:
@@ -259,7 +263,9 @@ class _Parser:
         if op in ("==", "=", "!=", "<>"):
             raise self.error(
                 f"'{op_token.text}' is not supported: equality cannot be shown from a few noisy runs; "
-                "use 'X within m of Y' (or 'X in [a, b]')", op_token)
+                "use 'X within m of Y' (or 'X in [a, b]')",
+                op_token,
+            )
         if self.tok.kind == "END":
             raise self.error(f"expected an expression after '{op_token.text}'")
         right = self.expr()
@@ -279,7 +285,8 @@ class _Parser:
         if low.expr.constant > high.expr.constant:
             raise ClaimSyntaxError(
                 f"empty range: the lower bound {self.src(low)} is above the upper bound {self.src(high)}",
-                low.start + 1)
+                low.start + 1,
+            )
         return Claim(self.text, "range", subject.expr, low.expr.constant, high.expr.constant)
 
     def within(self, subject: _Node) -> Claim:
@@ -288,8 +295,7 @@ class _Parser:
         if margin.expr.constant < 0:
             raise ClaimSyntaxError(f"the margin must be >= 0, got {self.src(margin)}", margin.start + 1)
         if not self.is_keyword("of"):
-            raise self.error(
-                f"expected 'of' after the margin '{self.src(margin)}', got {self.tok.describe()}")
+            raise self.error(f"expected 'of' after the margin '{self.src(margin)}', got {self.tok.describe()}")
         of_token = self.advance()
         if self.tok.kind == "END":
             raise self.error("expected an expression after 'of'", of_token)
@@ -303,8 +309,7 @@ class _Parser:
             raise self.error(f"expected a number for {what}{got}")
         node = self.expr()
         if not node.expr.is_constant:
-            raise ClaimSyntaxError(
-                f"{what} must be a number, not a metric ('{self.src(node)}')", node.start + 1)
+            raise ClaimSyntaxError(f"{what} must be a number, not a metric ('{self.src(node)}')", node.start + 1)
         return node
 
     def expr(self) -> _Node:
@@ -325,15 +330,22 @@ class _Parser:
                 if not node.expr.is_constant and not right.expr.is_constant:
                     raise self.error(
                         f"claims must be linear in metrics: '{self.src(node)}' * '{self.src(right)}' "
-                        "multiplies two metrics; multiply a metric only by a number", op)
-                product = (right.expr.scaled(node.expr.constant) if node.expr.is_constant
-                           else node.expr.scaled(right.expr.constant))
+                        "multiplies two metrics; multiply a metric only by a number",
+                        op,
+                    )
+                product = (
+                    right.expr.scaled(node.expr.constant)
+                    if node.expr.is_constant
+                    else node.expr.scaled(right.expr.constant)
+                )
                 node = _Node(product, node.start, right.end)
             else:
                 if not right.expr.is_constant:
                     raise self.error(
                         f"claims must be linear in metrics: cannot divide by '{self.src(right)}'; "
-                        "divide only by a number (write 'a.x <= 0.5 * b.y', not 'a.x / b.y <= 0.5')", op)
+                        "divide only by a number (write 'a.x <= 0.5 * b.y', not 'a.x / b.y <= 0.5')",
+                        op,
+                    )
                 if right.expr.constant == 0.0:
                     raise self.error(f"division by zero ('{self.src(right)}')", op)
                 node = _Node(node.expr.scaled(1.0 / right.expr.constant), node.start, right.end)
@@ -371,13 +383,16 @@ class _Parser:
             inner = self.expr()
             self.depth -= 1
             if self.tok.kind != ")":
-                raise self.error(f"missing ')' to close the '(' at column {token.column}"
-                                 + ("" if self.tok.kind == "END" else f", got {self.tok.describe()}"))
+                raise self.error(
+                    f"missing ')' to close the '(' at column {token.column}"
+                    + ("" if self.tok.kind == "END" else f", got {self.tok.describe()}")
+                )
             close = self.advance()
             return _Node(inner.expr, token.start, close.start + 1)
         if token.kind == "IDENT":
-            raise self.error(f"'{token.text}' is not a metric reference: write 'arm.metric', "
-                             f"e.g. '{token.text}.test_accuracy'")
+            raise self.error(
+                f"'{token.text}' is not a metric reference: write 'arm.metric', e.g. '{token.text}.test_accuracy'"
+            )
         if token.kind == "END":
             raise self.error("the claim ends too early: expected a number, an 'arm.metric' or '('")
         raise self.error(f"expected a number, an 'arm.metric' or '(', got {token.describe()}")
@@ -389,10 +404,13 @@ def _oriented(claim: Claim) -> Claim:
     if first > 0:
         return claim
     return Claim(
-        claim.text, claim.kind, -claim.expr,
+        claim.text,
+        claim.kind,
+        -claim.expr,
         None if claim.upper is None else -claim.upper,
         None if claim.lower is None else -claim.lower,
-        lower_strict=claim.upper_strict, upper_strict=claim.lower_strict,
+        lower_strict=claim.upper_strict,
+        upper_strict=claim.lower_strict,
     )
 
 
@@ -409,5 +427,6 @@ def parse_claim(text: str) -> Claim:
     if not isinstance(text, str):
         raise ClaimSyntaxError(f"a claim must be text, got {type(text).__name__}", 1)
     claim = _Parser(text).claim()
-    return Claim(text.strip(), claim.kind, claim.expr, claim.lower, claim.upper,
-                 claim.lower_strict, claim.upper_strict)
+    return Claim(
+        text.strip(), claim.kind, claim.expr, claim.lower, claim.upper, claim.lower_strict, claim.upper_strict
+    )

@@ -63,9 +63,11 @@ def tokenize(text: str) -> list[Token]:
             assert match is not None
             end = match.end()
             if end < n and (text[end] in "._" or text[end].isalnum()):
-                bad = re.match(r"[\w.]+", text[i:]).group(0)
+                bad = re.match(r"[\w.]+", text[i:])
+                assert bad is not None  # text[i] is a digit or '.'
                 raise ClaimSyntaxError(
-                    f"'{bad}' is not a number (metric references look like 'arm.metric')", i + 1)
+                    f"'{bad.group(0)}' is not a number (metric references look like 'arm.metric')", i + 1
+                )
             value = float(match.group(0))
             if end < n and text[end] == "%":
                 value, end = value / 100.0, end + 1
@@ -80,11 +82,12 @@ def tokenize(text: str) -> list[Token]:
             if end < n and text[end] == ".":
                 metric = _IDENT.match(text, end + 1)
                 if metric is None:
-                    raise ClaimSyntaxError(f"expected a metric name after '{text[i:end + 1]}'", end + 2)
+                    raise ClaimSyntaxError(f"expected a metric name after '{text[i : end + 1]}'", end + 2)
                 stop = metric.end()
                 if stop < n and text[stop] == ".":
                     raise ClaimSyntaxError(
-                        f"'{text[i:stop]}.' has too many dots: a reference is exactly 'arm.metric'", stop + 1)
+                        f"'{text[i:stop]}.' has too many dots: a reference is exactly 'arm.metric'", stop + 1
+                    )
                 tokens.append(Token("REF", text[i:stop], i))
                 i = stop
                 continue
@@ -105,5 +108,3 @@ def tokenize(text: str) -> list[Token]:
         raise ClaimSyntaxError(f"unexpected character '{ch}'", i + 1)
     tokens.append(Token("END", "", n))
     return tokens
-
-

@@ -2,7 +2,8 @@
 
 ``main`` parses arguments and runs ``validate``, ``plan``, ``methods`` and ``run``;
 ``commands`` adds ``judge`` and ``report`` (which read a finished run back from MLflow);
-``ui`` starts the MLflow UI on a run's store; ``verdict_table`` prints verdicts with rich.
+``compare`` adds ``compare`` (two runs side by side) and ``history`` (a store's runs and their
+lineage); ``ui`` starts the MLflow UI on a run's store; ``verdict_table`` prints verdicts with rich.
 Every command reports bad input as one ``FILE:LINE: field: message`` line and exit 2.
 """
 

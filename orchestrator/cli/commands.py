@@ -29,7 +29,9 @@ def add_report_commands(subparsers: Any) -> None:
 
     p = subparsers.add_parser("judge", help="re-judge a finished run's claims from MLflow alone (no training)")
     p.add_argument("target", help=TARGET_HELP)
-    p.add_argument("--spec", help="judge this file's expected: block instead (POST-HOC if it differs from the registered one)")
+    p.add_argument(
+        "--spec", help="judge this file's expected: block instead (POST-HOC if it differs from the registered one)"
+    )
     p.add_argument("--tracking-uri", help=URI_HELP)
     p.add_argument("--fail-on", choices=["refuted", "inconclusive"], help="non-zero exit for these verdicts (CI use)")
     p.set_defaults(func=cmd_judge)
@@ -69,8 +71,10 @@ def cmd_judge(args: argparse.Namespace) -> int:
         record_posthoc(tracker, judgement)
         with tempfile.TemporaryDirectory(prefix="orchestrate-report-") as scratch:
             write_report(tracker.uri, run_id, Path(scratch))  # keeps the logged report/ in step
-        print(f"POST-HOC: stored as verdicts_posthoc.json and tag orchestrate.posthoc=true on run {run_id}; "
-              "the registered verdicts are unchanged")
+        print(
+            f"POST-HOC: stored as verdicts_posthoc.json and tag orchestrate.posthoc=true on run {run_id}; "
+            "the registered verdicts are unchanged"
+        )
     return verdict_exit_code(args.fail_on, [v.verdict for v in judgement.verdicts])
 
 
@@ -82,16 +86,27 @@ def print_judgement(judgement: Any) -> None:
 
     out = console()
     if judgement.posthoc:
-        out.print("[bold red]POST-HOC[/]: these claims differ from the ones registered before the run; they were chosen "
-                  "after the data were seen, so their error rates are NOT controlled.")
-    title = f"verdicts of run {judgement.run_id} ({'post-hoc claims from ' + str(judgement.spec_file) if judgement.posthoc else 'registered claims'})"
+        out.print(
+            "[bold red]POST-HOC[/]: these claims differ from the ones registered before the run; they were chosen "
+            "after the data were seen, so their error rates are NOT controlled."
+        )
+    claims = f"post-hoc claims from {judgement.spec_file}" if judgement.posthoc else "registered claims"
+    title = f"verdicts of run {judgement.run_id} ({claims})"
     table = Table(title=title, title_justify="left")
     for column in ("claim", "verdict", "estimate", "bounds", "level", "method", "adjusted p"):
         table.add_column(column)
     for verdict in judgement.verdicts:
         row = verdict.to_row()
         style = STYLE.get(verdict.verdict, "white")
-        table.add_row(row["claim"], f"[{style}]{row['verdict']}[/]", row["estimate"], row["bounds"], row["confidence"], row["method"], row["p"])
+        table.add_row(
+            row["claim"],
+            f"[{style}]{row['verdict']}[/]",
+            row["estimate"],
+            row["bounds"],
+            row["confidence"],
+            row["method"],
+            row["p"],
+        )
     out.print(table)
     for verdict in judgement.verdicts:
         out.print(f"  {verdict.claim}: {escape(verdict.reason)}")  # a failed run's error may hold '[/...]'
@@ -101,4 +116,7 @@ def print_judgement(judgement: Any) -> None:
         if judgement.reproduces_logged():
             out.print(f"reproduces the {len(judgement.logged)} verdicts logged at run time (verdicts.json)")
         else:
-            out.print("[bold yellow]differs from the verdicts logged at run time (verdicts.json)[/]: were confirmation runs changed or deleted?")
+            out.print(
+                "[bold yellow]differs from the verdicts logged at run time (verdicts.json)[/]: "
+                "were confirmation runs changed or deleted?"
+            )

@@ -12,8 +12,8 @@ import json
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -62,30 +62,52 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return EXIT_OK
     from orchestrator.cli.verdict_table import console
 
-    h = plan.hypothesis
+    task, training, search = plan.task, plan.training, plan.search
     out = console()
-    out.print(f"[bold]{h.name}[/] profile={plan.profile}  spec sha256 {plan.spec_sha256[:12]}")
-    out.print(f"task: {h.task.model} on {h.task.dataset} (max_length {h.task.max_length}, metric {h.task.metric})")
-    out.print(f"training: {h.training.epochs} epochs, batch {h.training.batch_size}, lr {h.training.lr}, precision {h.training.precision}")
+    out.print(f"[bold]{plan.name}[/] profile={plan.profile}  spec sha256 {plan.spec_sha256[:12]}")
+    out.print(f"task: {task.model} on {task.dataset} (max_length {task.max_length}, metric {task.metric})")
+    out.print(
+        f"training: {training.epochs} epochs, batch {training.batch_size}, lr {training.lr}, "
+        f"precision {training.precision}"
+    )
     for arm in plan.arms:
-        out.print(f"\n[bold]arm {arm.arm}[/]: method {arm.method}{' (routed)' if arm.routed else ''}, space {arm.space_file or '-'}")
+        routed = " (routed)" if arm.routed else ""
+        out.print(f"\n[bold]arm {arm.arm}[/]: method {arm.method}{routed}, space {arm.space_file or '-'}")
         for name, spec in arm.space().searched().items():
             out.print(f"    search {name}: {_range(spec)}")
         for name, value in arm.fixed.items():
             out.print(f"    fixed  {name} = {value}")
         if arm.points_to_evaluate:
             out.print(f"    first point (paper defaults): {arm.points_to_evaluate[0]}")
-        out.print(f"    sampler {arm.sampler.describe()}; objectives {', '.join(f'{k} {v}' for k, v in arm.objectives.items())}")
+        objectives = ", ".join(f"{k} {v}" for k, v in arm.objectives.items())
+        out.print(f"    sampler {arm.sampler.describe()}; objectives {objectives}")
         out.print(f"    constraints {', '.join(map(str, arm.constraints)) or 'none'}; scheduler {arm.scheduler}")
-        resources = ", ".join(f"{k}={v}" for k, v in arm.resources.model_dump(exclude_none=True).items() if v)
-        out.print(f"    {arm.trials} trials, {arm.max_concurrent} at a time, each with {resources}; up to {arm.max_retries} {'retry' if arm.max_retries == 1 else 'retries'} if its worker is lost")
-    limits = [f"{h.search.trial_timeout_s:g} s" if h.search.trial_timeout_s else "", f"{h.search.trial_memory_mb:g} MB" if h.search.trial_memory_mb else ""]
-    out.print(f"\nper-trial limits: {' and '.join(x for x in limits if x) or 'none'}; finished trials of earlier runs {'reused' if h.search.reuse_trials else 'not reused'}")
-    rounds = plan.confirm_rounds
-    out.print(f"\nconfirm: best config per arm x {h.confirm.seeds} fresh seeds on the {h.confirm.split} split"
-              + ("" if len(rounds) == 1 else f", then rounds of seeds for the arms of claims still open, up to "
-                 f"{sum(map(len, rounds))} (seeds by round: {rounds}; docs/claims.md, sequential confirmation)"))
-    for claim in plan.claims:
+        resources = ", ".join(f"{k}={v}" for k, v in search.resources.model_dump(exclude_none=True).items() if v)
+        retries = f"{search.max_retries} {'retry' if search.max_retries == 1 else 'retries'}"
+        out.print(
+            f"    {arm.trials} trials, {search.max_concurrent} at a time, each with {resources}; "
+            f"up to {retries} if its worker is lost"
+        )
+    limits = [
+        f"{search.trial_timeout_s:g} s" if search.trial_timeout_s else "",
+        f"{search.trial_memory_mb:g} MB" if search.trial_memory_mb else "",
+    ]
+    reused = "reused" if search.reuse_trials else "not reused"
+    out.print(
+        f"\nper-trial limits: {' and '.join(x for x in limits if x) or 'none'}; "
+        f"finished trials of earlier runs {reused}"
+    )
+    rounds = plan.confirm.rounds
+    out.print(
+        f"\nconfirm: best config per arm x {plan.confirm.seeds} fresh seeds on the {plan.confirm.split} split"
+        + (
+            ""
+            if len(rounds) == 1
+            else f", then rounds of seeds for the arms of claims still open, up to "
+            f"{sum(map(len, rounds))} (seeds by round: {rounds}; docs/claims.md, sequential confirmation)"
+        )
+    )
+    for claim in plan.judge.claims:
         out.print(f"expected: {claim}")
     return EXIT_OK
 
@@ -94,14 +116,15 @@ def _range(spec) -> str:
     if spec.type == "categorical":
         return "{" + ",".join(map(str, spec.choices)) + "}"
     scale = " log" if spec.log else ""
-    return f"[{spec.low:g},{spec.high:g}{scale}]" + (" when " + ",".join(f"{k}={v}" for k, v in spec.when.items()) if spec.when else "")
+    return f"[{spec.low:g},{spec.high:g}{scale}]" + (
+        " when " + ",".join(f"{k}={v}" for k, v in spec.when.items()) if spec.when else ""
+    )
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.table import Table
-
     from rich.markup import escape
+    from rich.table import Table
 
     from methods import available_methods, get_method
 
@@ -116,7 +139,11 @@ def cmd_methods(args: argparse.Namespace) -> int:
         for column in ("hyperparameter", "default", "meaning"):
             table.add_column(column)
         for field_name, field in cls.Config.model_fields.items():
-            table.add_row(escape(field_name), escape(repr(field.get_default(call_default_factory=True))), escape(field.description or ""))
+            table.add_row(
+                escape(field_name),
+                escape(repr(field.get_default(call_default_factory=True))),
+                escape(field.description or ""),
+            )
         console.print(table)
         if cls.metrics:  # what claims may name besides every run's metrics (orchestrator.metrics)
             metrics = Table(title=f"{name}: its own metrics", title_justify="left")
@@ -137,11 +164,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     prepare_ray_environment(args.address)  # before anything imports ray
     from orchestrator.plan import make_plan
 
-    plan = make_plan(_load(args.file, args.profile))  # bad input stops here: no Ray, no MLflow
+    loaded = _load(args.file, args.profile)
+    plan = make_plan(loaded)  # bad input stops here: no Ray, no MLflow
     if not args.address:
         from orchestrator.trial.precision import emulated_bf16_warnings
 
-        for warning in emulated_bf16_warnings(plan.hypothesis):  # local trials run on this CPU
+        for warning in emulated_bf16_warnings(loaded.hypothesis):  # local trials run on this CPU
             print_error(f"orchestrate: warning: {warning}")
     from orchestrator.execute.runner import AllTrialsFailedError, RunOptions
     from orchestrator.pipeline import run_hypothesis
@@ -149,8 +177,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.tasks.models import ModelUnavailableError
 
     options = RunOptions(
-        tracking_uri=args.tracking_uri, address=args.address, storage_path=args.storage_path,
-        state_dir=Path(args.state_dir), fresh=args.fresh, quiet=args.quiet,
+        tracking_uri=args.tracking_uri,
+        address=args.address,
+        storage_path=args.storage_path,
+        state_dir=Path(args.state_dir),
+        fresh=args.fresh,
+        quiet=args.quiet,
+        verbose=args.verbose,
     )
     try:
         outcome = run_hypothesis(plan, options)
@@ -166,7 +199,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="orchestrate", description="Hypothesis-driven AutoML for parameter-efficient fine-tuning.")
+    parser = argparse.ArgumentParser(
+        prog="orchestrate", description="Hypothesis-driven AutoML for parameter-efficient fine-tuning."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate", help="check hypothesis files; exit 2 with FILE:LINE: field: message on errors")
@@ -187,7 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage-path", help="where Ray keeps checkpoints (shared FS or s3:// on a cluster)")
     p.add_argument("--state-dir", default=".orchestrate", help="resume state, caches and local Ray storage")
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming an interrupted run")
-    p.add_argument("--quiet", action="store_true", help="no live progress display")
+    p.add_argument("--quiet", action="store_true", help="no live table nor progress lines; warnings still print")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Ray's own warnings on stderr too (default: into <state-dir>/logs/, named in the first line)",
+    )
     p.add_argument("--fail-on", choices=["refuted", "inconclusive"], help="non-zero exit for these verdicts (CI use)")
     p.set_defaults(func=cmd_run)
 
@@ -197,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     from orchestrator.cli.commands import add_report_commands
 
     add_report_commands(sub)  # report, judge
+    from orchestrator.cli.compare import add_compare_commands
+
+    add_compare_commands(sub)  # compare, history
     from orchestrator.cli.ui import add_ui_command
 
     add_ui_command(sub)

@@ -21,10 +21,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.cli.main import print_error
+
+if TYPE_CHECKING:
+    from orchestrator.tracking import Tracker
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
@@ -41,10 +45,17 @@ def add_ui_command(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port on 127.0.0.1 (default {DEFAULT_PORT}; 0 picks a free one)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"port on 127.0.0.1 (default {DEFAULT_PORT}; 0 picks a free one)",
+    )
     p.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--hypothesis", help="hypothesis name (or its YAML file) whose experiment URL to print")
-    p.add_argument("--start-timeout", type=float, default=START_TIMEOUT_S, help="seconds to wait for the server to answer")
+    p.add_argument(
+        "--start-timeout", type=float, default=START_TIMEOUT_S, help="seconds to wait for the server to answer"
+    )
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -60,16 +71,19 @@ def cmd_ui(args: argparse.Namespace) -> int:
         print_error(f"orchestrate ui: {exc}")
         return 2
     if uri.startswith(("http://", "https://")):
-        experiment = _experiment_id(uri, name) if name else None
+        experiment = _experiment_id(Tracker(uri), name) if name else None
         print(experiment_url(uri.rstrip("/"), experiment), flush=True)
         return 0
     if uri.startswith("sqlite:///") and not _sqlite_path(uri).exists():
-        print_error(f"orchestrate ui: no MLflow store at {_sqlite_path(uri)} (run `orchestrate run` first, or pass --tracking-uri)")
+        print_error(
+            f"orchestrate ui: no MLflow store at {_sqlite_path(uri)}"
+            " (run `orchestrate run` first, or pass --tracking-uri)"
+        )
         return 1
     # a server on a store it cannot read only answers with tracebacks: open it first, as
     # `run` does; a damaged one is a StoreError, exit 2 with one line (cli.main)
-    Tracker(uri)
-    experiment = _experiment_id(uri, name) if name else None
+    tracker = Tracker(uri)
+    experiment = _experiment_id(tracker, name) if name else None
     if name and experiment is None:
         print_error(f"orchestrate ui: no experiment named {name!r} in {uri}; showing every experiment")
 
@@ -83,9 +97,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
     try:
         if not wait_until_up(base, server, args.start_timeout):
             if server.poll() is not None:
-                print_error(f"orchestrate ui: the MLflow server exited with code {server.returncode} before answering (its messages are above)")
+                print_error(
+                    f"orchestrate ui: the MLflow server exited with code {server.returncode}"
+                    " before answering (its messages are above)"
+                )
             else:
-                print_error(f"orchestrate ui: the MLflow server did not answer on {base} within {args.start_timeout:g} s")
+                print_error(
+                    f"orchestrate ui: the MLflow server did not answer on {base} within {args.start_timeout:g} s"
+                )
             return 1
         print(f"MLflow UI for {uri}: {experiment_url(base, experiment)}", flush=True)
         print("Ctrl-C to stop.", flush=True)
@@ -116,12 +135,20 @@ def server_command(uri: str, port: int) -> list[str]:
     """``mlflow server`` on the loopback interface, one worker, default security
     middleware (Host header and CORS limited to localhost)."""
     return [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", uri,
-        "--host", HOST,
-        "--port", str(port),
-        "--workers", "1",
-        "--uvicorn-opts", "--log-level warning",  # no access log line per request in the terminal
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--uvicorn-opts",
+        "--log-level warning",  # no access log line per request in the terminal
     ]
 
 
@@ -185,31 +212,27 @@ def _hypothesis_name(value: str | None) -> str | None:
     if value.endswith((".yaml", ".yml")) or Path(value).is_file():
         from orchestrator.spec.loader import load_hypothesis
 
-        return load_hypothesis(value, None, check_requirements=False).name
+        return load_hypothesis(value, None, check_requirements=False).hypothesis.name
     return value
 
 
-def _experiment_id(uri: str, name: str) -> str | None:
-    import logging
-
-    from mlflow.tracking import MlflowClient
-
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+def _experiment_id(tracker: Tracker, name: str) -> str | None:
     try:
-        experiment = MlflowClient(tracking_uri=uri).get_experiment_by_name(name)
-    except Exception as exc:
-        print_error(f"orchestrate ui: could not read {uri}: {exc}")
+        experiment = tracker.experiment_by_name(name)
+    except Exception as exc:  # a server that does not answer: the URL of every experiment
+        print_error(f"orchestrate ui: could not read {tracker.uri}: {exc}")
         return None
     return experiment.experiment_id if experiment is not None else None
 
 
 def _sqlite_path(uri: str) -> Path:
-    return Path(uri[len("sqlite:///"):].split("?", 1)[0])
+    return Path(uri[len("sqlite:///") :].split("?", 1)[0])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="orchestrate ui", description="the MLflow UI for the tool's store, on 127.0.0.1")
+    parser = argparse.ArgumentParser(
+        prog="orchestrate ui", description="the MLflow UI for the tool's store, on 127.0.0.1"
+    )
     _add_arguments(parser)
     return cmd_ui(parser.parse_args(argv))
 

@@ -22,29 +22,48 @@ def print_verdicts(outcome: Any) -> None:
     from rich.table import Table
 
     out = console()
-    h = outcome.plan.hypothesis
-    metric = h.task.metric
-    arms = Table(title=f"{h.name}: arms (best configuration of each search; confirmation on the {h.confirm.split} split)")
-    for column in ("arm", "method", "trials ok/failed/stopped/infeasible", f"best val_{metric}", f"test_{metric} mean", "flops_ratio", "best params"):
+    plan = outcome.plan
+    metric = plan.task.metric
+    arms = Table(
+        title=f"{plan.name}: arms (best configuration of each search; confirmation on the {plan.confirm.split} split)"
+    )
+    for column in (
+        "arm",
+        "method",
+        "trials ok/failed/stopped/infeasible",
+        f"best val_{metric}",
+        f"test_{metric} mean",
+        "flops_ratio",
+        "best params",
+    ):
         arms.add_column(column)
     for arm in outcome.arms:
         counts = arm.counts()
         tests = [c.metrics[f"test_{metric}"] for c in arm.confirm if f"test_{metric}" in c.metrics]
         ratio = [c.metrics["flops_ratio"] for c in arm.confirm if "flops_ratio" in c.metrics]
         arms.add_row(
-            arm.arm, arm.method, f"{counts['COMPLETED']}/{counts['FAILED']}/{counts['STOPPED']}/{counts['INFEASIBLE']}",
+            arm.arm,
+            arm.method,
+            f"{counts['COMPLETED']}/{counts['FAILED']}/{counts['STOPPED']}/{counts['INFEASIBLE']}",
             _fmt(arm.best.metrics.get(f"val_{metric}") if arm.best else None),
-            _fmt(sum(tests) / len(tests) if tests else None), _fmt(sum(ratio) / len(ratio) if ratio else None),
+            _fmt(sum(tests) / len(tests) if tests else None),
+            _fmt(sum(ratio) / len(ratio) if ratio else None),
             ", ".join(f"{k}={_fmt(v)}" for k, v in (arm.best.params if arm.best else {}).items()),
         )
     out.print(arms)
-    out.print("[bold]verdicts[/] (flops_ratio is relative to UNMERGED LoRA r=8 on the same modules; a merged LoRA adds 0 FLOPs)")
+    out.print(
+        "[bold]verdicts[/] (flops_ratio is relative to UNMERGED LoRA r=8 on the same modules; "
+        "a merged LoRA adds 0 FLOPs)"
+    )
     for v in outcome.verdicts:
         style = STYLE.get(v.verdict, "white")
         out.print(f"  [{style}]{v.verdict:<12}[/] {v.claim}")
         seeds = ", ".join(f"{arm}={k}" for arm, k in v.n.items())
-        out.print(f"               estimate {_fmt(v.estimate)}, {v.confidence:.3g} interval [{_fmt(v.ci_low)}, {_fmt(v.ci_high)}] "
-                  f"({v.interval_method}; seeds {seeds}; look {v.look})")
+        out.print(
+            f"               estimate {_fmt(v.estimate)}, "
+            f"{v.confidence:.3g} interval [{_fmt(v.ci_low)}, {_fmt(v.ci_high)}] "
+            f"({v.interval_method}; seeds {seeds}; look {v.look})"
+        )
         out.print(f"               {escape(v.reason)}")  # a failed run's error may hold '[/...]'
     out.print(f"MLflow: experiment {outcome.experiment_id}, hypothesis run {outcome.parent_run_id}")
 

@@ -7,7 +7,9 @@ judge can read ``looks`` without importing Ray):
   the driver's flow (search every arm, pick winners, confirm, judge, close the runs).
 - ``state.RunState``: what a run has done, saved after every change (resume reads it).
 - ``looks.Look`` / ``replay_looks``: the sequential confirmation's looks, for the judge.
-- ``progress.Progress``: the live table (or log lines) a run prints.
+- ``progress.Progress``: the live table a run prints in a terminal, or one plain line per
+  trial, seed and phase when stderr is a log (``run_log`` formats them and sends Ray's own
+  lines to a file under the state folder).
 - ``ray_session.prepare_ray_environment``: Ray started quietly, on loopback, no secrets.
 - ``recorder.TrialRecorder``: the Ray Tune callback that puts each trial into MLflow once.
 

@@ -38,28 +38,32 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from orchestrator.results import COMPLETED, FAILED, INFEASIBLE, STOPPED, TrialRecord
+from orchestrator.results import COMPLETED, FAILED, INFEASIBLE, STOPPED, RunKind, TrialRecord
 
 if TYPE_CHECKING:
     from orchestrator.plan import ArmPlan, Plan
 
 REUSABLE = (COMPLETED, STOPPED, INFEASIBLE)
 STATUSES = (*REUSABLE, FAILED)
-KINDS = ("trial", "confirm")
+KINDS = tuple(RunKind)
 CHECKSUM = "sha256"
 _RECORD = TypeAdapter(TrialRecord)
 _FIELDS = frozenset(f.name for f in fields(TrialRecord))
 
 
-def search_identity(plan: "Plan", arm_plan: "ArmPlan", data_key: str) -> str:
+def search_identity(plan: Plan, arm_plan: ArmPlan, data_key: str) -> str:
     """What makes two searches' trials interchangeable (see the module docstring)."""
-    h = plan.hypothesis
     fields: dict[str, Any] = {
-        "data": data_key, "task": h.task.model_dump(), "training": h.training.model_dump(),
-        "method": arm_plan.method, "fixed": arm_plan.fixed,
+        "data": data_key,
+        "task": plan.task.model_dump(),
+        "training": plan.training.model_dump(),
+        "method": arm_plan.method,
+        "fixed": arm_plan.fixed,
         "params": {k: v.model_dump() for k, v in sorted(arm_plan.params.items())},
-        "objectives": arm_plan.objectives, "constraints": [str(c) for c in arm_plan.constraints],
-        "scheduler": arm_plan.scheduler, "seed": h.search.seed,
+        "objectives": arm_plan.objectives,
+        "constraints": [str(c) for c in arm_plan.constraints],
+        "scheduler": arm_plan.scheduler,
+        "seed": plan.search.seed,
     }
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
@@ -100,7 +104,9 @@ class TrialArchive:
             except ValueError as exc:
                 cut = number == len(lines) and not raw.rstrip().endswith(b"}")
                 why = "cut short, as by a crash while it was written" if cut else str(exc)
-                skipped.append(f"{path}:{number}: archived trial not reused ({why}); delete the line to silence this note")
+                skipped.append(
+                    f"{path}:{number}: archived trial not reused ({why}); delete the line to silence this note"
+                )
                 continue
             if record.status in REUSABLE:
                 seen.setdefault(record.trial_id, record)
@@ -177,7 +183,9 @@ def record_problem(record: TrialRecord) -> str | None:
         if not math.isnan(number) and not low <= number <= high:
             return f"metric {name} is {value!r}, outside [{low:g}, {high:g}]"
     for name, value in record.params.items():
-        if not (value is None or isinstance(value, (str, int, float))) or (isinstance(value, float) and not math.isfinite(value)):
+        if not (value is None or isinstance(value, (str, int, float))) or (
+            isinstance(value, float) and not math.isfinite(value)
+        ):
             return f"parameter {name} is {value!r}, not a single finite value"
     return None
 

@@ -46,13 +46,15 @@ class ArmSearcher(Searcher):
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return False  # each arm's searcher was built with its own space, metric and mode
 
-    def suggest(self, trial_id: str) -> dict | str | None:
+    # Ray annotates Searcher.suggest as ``Optional[Dict]``, yet its docstring and its
+    # caller (SearchGenerator) take ``Searcher.FINISHED``, a string, as well.
+    def suggest(self, trial_id: str) -> dict | str | None:  # type: ignore[override]
         waiting = False
         for arm, searcher in self.searchers.items():
             if self.started[arm] >= self.budget.get(arm, 0):
                 continue
-            config = searcher.suggest(trial_id)
-            if config == Searcher.FINISHED:  # e.g. a grid with fewer points than trials
+            config: dict | str | None = searcher.suggest(trial_id)  # Ray's annotation leaves out FINISHED
+            if isinstance(config, str):  # Searcher.FINISHED, its one string: e.g. a grid with fewer points than trials
                 self.budget[arm] = self.started[arm]
                 continue
             if config is None:  # this arm's searcher waits for results; another arm may not
@@ -75,7 +77,10 @@ class ArmSearcher(Searcher):
     def save(self, checkpoint_path: str) -> None:
         """Each arm's searcher's own state (``__getstate__`` where it defines one), and
         this dispatcher's counts; never a live callback."""
-        arms = {arm: dict(searcher.__getstate__() if hasattr(searcher, "__getstate__") else searcher.__dict__) for arm, searcher in self.searchers.items()}
+        arms = {
+            arm: dict(searcher.__getstate__() if hasattr(searcher, "__getstate__") else searcher.__dict__)
+            for arm, searcher in self.searchers.items()
+        }
         with open(checkpoint_path, "wb") as out:
             pickle.dump({"arms": arms, "budget": self.budget, "started": self.started, "arm_of": self.arm_of}, out)
 

@@ -13,7 +13,7 @@ look and the metric ``confirm_looks``, and the final verdicts as ``verdicts.json
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from orchestrator.execute.looks import JudgeSettings, Look, round_of, take_look
@@ -21,7 +21,7 @@ from orchestrator.execute.mlflow_runs import base_tags, close_stale
 from orchestrator.execute.recorder import TrialRecorder
 from orchestrator.execute.run_context import RunContext
 from orchestrator.plan import ArmPlan, Plan
-from orchestrator.results import FAILED, ArmOutcome, TrialRecord
+from orchestrator.results import FAILED, ArmOutcome, RunKind, TrialRecord
 from orchestrator.tracking import Tracker
 from orchestrator.trial.training import TrialSetup
 
@@ -65,7 +65,8 @@ def confirm_arms(searched: list[SearchedArm], run: RunContext, judging: bool) ->
                 break
         _confirm_round(ConfirmRound(index, seeds), [by_arm[arm] for arm in in_round], run)
         if judging and len(looks) < index:
-            runs = {arm: [TrialRecord(**t) for t in run.state.confirm_records(arm)] for arm in by_arm}
+            runs = {arm: run.state.confirm_records(arm) for arm in by_arm}
+            run.progress.phase(f"judging: look {index}, {len(settings.claims)} claims")
             looks.append(take_look(settings, runs, index, looks[-1] if looks else None, run.tracker))
             run.state.add_look(looks[-1].to_dict())
             _log_looks(run.tracker, run.parent_id, looks)
@@ -73,10 +74,13 @@ def confirm_arms(searched: list[SearchedArm], run: RunContext, judging: bool) ->
     outcomes = []
     for s in searched:
         arm = s.plan.arm
-        confirm = [TrialRecord(**t) for t in run.state.confirm_records(arm)]
+        confirm = run.state.confirm_records(arm)
         finished = [c for c in confirm if c.status != FAILED]
         rounds = len({round_of(c.seed, settings.rounds) for c in confirm})
-        run.tracker.log_metrics(s.arm_run, {"confirm_runs": len(finished), "confirm_failed": len(confirm) - len(finished), "confirm_rounds": rounds})
+        run.tracker.log_metrics(
+            s.arm_run,
+            {"confirm_runs": len(finished), "confirm_failed": len(confirm) - len(finished), "confirm_rounds": rounds},
+        )
         run.tracker.end_run(s.arm_run, "FINISHED")
         outcomes.append(ArmOutcome(arm, s.plan.method, s.trials, s.best, s.reason, confirm))
     return outcomes, looks
@@ -86,32 +90,57 @@ def _judge_settings(plan: Plan) -> JudgeSettings:
     """The run's claims and judge settings, the same at every look."""
     from orchestrator.judge import evidence
 
-    h = plan.hypothesis
     exact = evidence.exact_metrics_of({arm.arm: arm.method for arm in plan.arms})
-    return JudgeSettings(list(plan.claims), plan.confirm_rounds, h.judge.confidence, h.judge.family_wise, exact)
+    return JudgeSettings(
+        list(plan.judge.claims), plan.confirm.rounds, plan.judge.confidence, plan.judge.family_wise, exact
+    )
 
 
-def _confirm_round(confirm_round: "ConfirmRound", arms: list[SearchedArm], run: RunContext) -> None:
+def _confirm_round(confirm_round: ConfirmRound, arms: list[SearchedArm], run: RunContext) -> None:
     """One round's seeds for the arms in it that have not run them yet, in one Tuner."""
     from orchestrator.execute.tuning import ConfirmRequest, run_confirm
 
-    h, tracker, state = run.plan.hypothesis, run.tracker, run.state
+    plan, tracker, state = run.plan, run.tracker, run.state
     phase = "confirm" if confirm_round.index == 1 else f"confirm {confirm_round.index}"
     requests = []
     for s in arms:
         arm = s.plan.arm
         if state.confirm_round_done(arm, confirm_round.index):
             continue
-        close_stale(tracker, state.trial_runs(arm, "confirm"))
-        recorder = TrialRecorder(tracker, run.experiment_id, s.arm_run, arm, "confirm", h.training.epochs, [], state,
-                                 run.progress.arm(arm, phase, len(confirm_round.seeds), f"test_{h.task.metric}", "max"),
-                                 base_tags(run.plan, s.plan) | {"orchestrate.confirm_split": h.confirm.split}, [], static_params=dict(s.best.params),
-                                 timeout_s=h.search.trial_timeout_s)
+        close_stale(tracker, state.trial_runs(arm, RunKind.CONFIRM))
+        recorder = TrialRecorder(
+            tracker,
+            run.experiment_id,
+            s.arm_run,
+            arm,
+            RunKind.CONFIRM,
+            plan.training.epochs,
+            [],
+            state,
+            run.progress.arm(
+                arm,
+                phase,
+                len(confirm_round.seeds),
+                f"test_{plan.task.metric}",
+                "max",
+                tuple(name for name in s.plan.objectives if not name.startswith("val_")),  # held-out split
+            ),
+            base_tags(plan, s.plan) | {"orchestrate.confirm_split": plan.confirm.split},
+            [],
+            static_params=dict(s.best.params),
+            timeout_s=plan.search.trial_timeout_s,
+        )
         requests.append(ConfirmRequest(s.plan, s.setup, s.best.params, recorder))
+    if requests:
+        seeds = ", ".join(map(str, confirm_round.seeds))
+        names = ", ".join(r.plan.arm for r in requests)
+        run.progress.phase(f"confirmation round {confirm_round.index}: {names} on seeds {seeds}")
     run_name = arms[0].run_name if arms else ""
-    confirmed = run_confirm(requests, confirm_round, h.confirm.split, run.data_ref, run.storage, run_name)
+    confirmed = run_confirm(
+        requests, confirm_round, plan.confirm.split, plan.search, run.data_ref, run.storage, run_name
+    )
     for arm, records in confirmed.items():
-        state.finish_confirm_round(arm, confirm_round.index, [asdict(t) for t in records])
+        state.finish_confirm_round(arm, confirm_round.index, records)
 
 
 def _log_looks(tracker: Tracker, parent_id: str, looks: list[Look]) -> None:
@@ -130,7 +159,7 @@ def _look_line(look: Look) -> str:
     return f"look {look.index} ({seeds} seeds; alpha {look.alpha:.3g}): {settled}; {after}"
 
 
-def judge_and_log(run: RunContext, arms: list[ArmOutcome], looks: list[Look]) -> list["Verdict"]:
+def judge_and_log(run: RunContext, arms: list[ArmOutcome], looks: list[Look]) -> list[Verdict]:
     """The run's verdicts are its last look's (``take_look`` judged them: a failed seed is
     passed on, its claims INCONCLUSIVE, never judged on the survivors, and so are the
     metrics each arm's method fixes, the only ones a zero spread may compare exactly);
@@ -151,7 +180,12 @@ def judge_and_log(run: RunContext, arms: list[ArmOutcome], looks: list[Look]) ->
         metrics[f"claim_{index}_supported"] = 1.0 if verdict.verdict == "SUPPORTED" else 0.0
     tracker.set_tags(parent_id, tags)
     tracker.log_metrics(parent_id, {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v == v})
-    logged = {"samples": samples, "failed": failed, "exact_metrics": {arm: sorted(names) for arm, names in exact.items()},
-              "verdicts": [v.model_dump() for v in verdicts], "looks": [look.to_dict() for look in looks]}
+    logged = {
+        "samples": samples,
+        "failed": failed,
+        "exact_metrics": {arm: sorted(names) for arm, names in exact.items()},
+        "verdicts": [v.model_dump() for v in verdicts],
+        "looks": [look.to_dict() for look in looks],
+    }
     tracker.log_text(parent_id, json.dumps(logged, indent=1, default=str), "verdicts.json")
     return verdicts

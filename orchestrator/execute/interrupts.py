@@ -17,7 +17,8 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _ignored: set[int] = set()
@@ -47,5 +48,5 @@ def install() -> None:
             signal.signal(signum, signal.SIG_IGN if signum in _ignored else _handler)
 
 
-def _handler(signum: int, frame: Any) -> None:  # noqa: ARG001
+def _handler(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt

@@ -1,7 +1,7 @@
 """The looks of a sequential confirmation: what the judge saw at each, what it said, and
 which arms went on.
 
-``confirm: {seeds: 2, max_seeds: 6}`` confirms in rounds of 2 seeds (``plan.confirm_rounds``).
+``confirm: {seeds: 2, max_seeds: 6}`` confirms in rounds of 2 seeds (``Plan.confirm.rounds``).
 After each round the judge looks (``judge.sequential.judge_look``, each look at its share
 of alpha); the arms of the claims still open that more seeds could settle get the next
 round, the others stop. Without ``max_seeds`` there is one round and one look, which is
@@ -19,8 +19,9 @@ of the rounds it ran up to that look, nothing of a later round.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from orchestrator.judge import Verdict, evidence
 
@@ -66,21 +67,37 @@ class Look:
         """(claim number, 1-based; verdict) of the claims this look settled."""
         return [(i + 1, v) for i, v in enumerate(self.verdicts) if v.verdict in SETTLED and v.look == self.index]
 
-    def in_order(self, arms: Iterable[str]) -> "Look":
+    def in_order(self, arms: Iterable[str]) -> Look:
         """The same look with its arms in ``arms``' order (the run state keeps JSON keys sorted)."""
         order = list(arms)
-        return replace(self, seeds=dict(sorted(self.seeds.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order))))
+        return replace(
+            self,
+            seeds=dict(
+                sorted(self.seeds.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order))
+            ),
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "seeds": self.seeds, "seeds_per_arm": {arm: len(s) for arm, s in self.seeds.items()},
-                "alpha": self.alpha, "verdicts": [v.model_dump() for v in self.verdicts], "continuing": self.continuing,
-                "notes": self.notes}
+        return {
+            "index": self.index,
+            "seeds": self.seeds,
+            "seeds_per_arm": {arm: len(s) for arm, s in self.seeds.items()},
+            "alpha": self.alpha,
+            "verdicts": [v.model_dump() for v in self.verdicts],
+            "continuing": self.continuing,
+            "notes": self.notes,
+        }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Look":
-        return cls(int(data["index"]), {str(arm): [int(s) for s in seeds] for arm, seeds in data["seeds"].items()},
-                   float(data["alpha"]), [Verdict.model_validate(v) for v in data["verdicts"]], [str(a) for a in data["continuing"]],
-                   [str(n) for n in data.get("notes", [])])
+    def from_dict(cls, data: Mapping[str, Any]) -> Look:
+        return cls(
+            int(data["index"]),
+            {str(arm): [int(s) for s in seeds] for arm, seeds in data["seeds"].items()},
+            float(data["alpha"]),
+            [Verdict.model_validate(v) for v in data["verdicts"]],
+            [str(a) for a in data["continuing"]],
+            [str(n) for n in data.get("notes", [])],
+        )
 
 
 def round_of(seed: int | None, rounds: list[list[int]]) -> int:
@@ -90,13 +107,20 @@ def round_of(seed: int | None, rounds: list[list[int]]) -> int:
     return next((k for k, seeds in enumerate(rounds, 1) if seed in seeds), len(rounds))
 
 
-def runs_through(runs_by_arm: Mapping[str, Iterable[Run]], rounds: list[list[int]], index: int) -> dict[str, list[Run]]:
+def runs_through(
+    runs_by_arm: Mapping[str, Iterable[Run]], rounds: list[list[int]], index: int
+) -> dict[str, list[Run]]:
     """Each arm's runs of rounds 1 .. ``index``: what look ``index`` may see."""
     return {arm: [run for run in runs if round_of(run.seed, rounds) <= index] for arm, runs in runs_by_arm.items()}
 
 
-def take_look(settings: JudgeSettings, runs_by_arm: Mapping[str, list[Any]], index: int, previous: Look | None,
-              tracker: "Tracker") -> Look:
+def take_look(
+    settings: JudgeSettings,
+    runs_by_arm: Mapping[str, list[Any]],
+    index: int,
+    previous: Look | None,
+    tracker: Tracker,
+) -> Look:
     """Judge look ``index`` on ``runs_by_arm`` (each arm's confirmation runs of the rounds
     it ran so far: the driver's ``TrialRecord``s or the report's ``RunRecord``s).
 
@@ -112,21 +136,43 @@ def take_look(settings: JudgeSettings, runs_by_arm: Mapping[str, list[Any]], ind
     if not settings.claims:
         return Look(index, seeds, alpha, [], [])
     per_example, notes = evidence.per_example_outcomes(tracker, runs_by_arm)
-    verdicts = judge_look(settings.claims, evidence.confirmation_samples(runs_by_arm), look=index, sizes=sizes,
-                          previous=previous.verdicts if previous else None, confidence=settings.confidence,
-                          family_wise=settings.family_wise, exact_metrics=settings.exact_metrics,
-                          failed=evidence.failed_seeds(runs_by_arm), per_example=per_example)
+    verdicts = judge_look(
+        settings.claims,
+        evidence.confirmation_samples(runs_by_arm),
+        look=index,
+        sizes=sizes,
+        previous=previous.verdicts if previous else None,
+        confidence=settings.confidence,
+        family_wise=settings.family_wise,
+        exact_metrics=settings.exact_metrics,
+        failed=evidence.failed_seeds(runs_by_arm),
+        per_example=per_example,
+    )
     in_round = {arm for arm, arm_seeds in seeds.items() if set(arm_seeds) & set(settings.rounds[index - 1])}
-    continuing = [] if index == len(sizes) else [arm for arm in arms_needing_seeds(settings.claims, verdicts) if arm in in_round]
+    continuing = (
+        []
+        if index == len(sizes)
+        else [arm for arm in arms_needing_seeds(settings.claims, verdicts) if arm in in_round]
+    )
     return Look(index, seeds, alpha, verdicts, continuing, notes)
 
 
-def replay_looks(settings: JudgeSettings, runs_by_arm: Mapping[str, list[Any]], tracker: "Tracker") -> list[Look]:
+def replay_looks(settings: JudgeSettings, runs_by_arm: Mapping[str, list[Any]], tracker: Tracker) -> list[Look]:
     """The looks of a finished confirmation, taken again on its runs: look k on the runs
     of rounds 1 .. k, for as many rounds as some arm ran."""
     looks: list[Look] = []
     for index in range(1, len(settings.rounds) + 1):
-        if index > 1 and not any(round_of(run.seed, settings.rounds) == index for runs in runs_by_arm.values() for run in runs):
+        if index > 1 and not any(
+            round_of(run.seed, settings.rounds) == index for runs in runs_by_arm.values() for run in runs
+        ):
             break
-        looks.append(take_look(settings, runs_through(runs_by_arm, settings.rounds, index), index, looks[-1] if looks else None, tracker))
+        looks.append(
+            take_look(
+                settings,
+                runs_through(runs_by_arm, settings.rounds, index),
+                index,
+                looks[-1] if looks else None,
+                tracker,
+            )
+        )
     return looks

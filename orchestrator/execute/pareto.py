@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 
 def dominates(a: Sequence[float], b: Sequence[float], modes: Sequence[str]) -> bool:
     """``a`` is at least as good as ``b`` in every objective and better in one."""
     better = False
-    for x, y, mode in zip(a, b, modes):
+    for x, y, mode in zip(a, b, modes, strict=True):
         x, y = (x, y) if mode == "max" else (-x, -y)
         if x < y:
             return False
@@ -22,7 +22,14 @@ def pareto_indices(points: Sequence[Sequence[float]], modes: Sequence[str]) -> l
     return [i for i, p in enumerate(points) if not any(dominates(q, p, modes) for j, q in enumerate(points) if j != i)]
 
 
-def plot_front(points: Sequence[Sequence[float]], front: Sequence[int], names: Sequence[str], modes: Sequence[str], title: str, path: Path) -> Path:
+def plot_front(
+    points: Sequence[Sequence[float]],
+    front: Sequence[int],
+    names: Sequence[str],
+    modes: Sequence[str],
+    title: str,
+    path: Path,
+) -> Path:
     """Scatter of every trial on the first two objectives, the front connected."""
     import matplotlib
 

@@ -1,11 +1,13 @@
-"""Optuna's pruners (median, successive halving, Hyperband) as a Ray Tune scheduler.
+"""``search.scheduler`` -> a Ray Tune scheduler; Optuna's pruners (median, successive
+halving, Hyperband) run as one.
 
-``search.scheduler: median | sha | hyperband`` picks one; ``asha`` and ``fifo`` are
-Ray Tune's own. Optuna decides (``Trial.should_prune`` on the intermediate values),
-Ray Tune stops: this adapter keeps a small in-memory Optuna study that mirrors every
-trial's per-epoch objective, asks the pruner after each report, and answers STOP
-when it says prune. The searcher then tells its own study PRUNED (a stopped trial
-never counts as a finished one; ``orchestrator.execute.searcher``).
+``search.scheduler: median | sha | hyperband`` picks a pruner; ``asha`` and ``fifo`` are
+Ray Tune's own (names and settings: ``orchestrator.search.registry.SCHEDULERS``).
+Optuna decides (``Trial.should_prune`` on the intermediate values), Ray Tune stops:
+this adapter keeps a small in-memory Optuna study that mirrors every trial's per-epoch
+objective, asks the pruner after each report, and answers STOP when it says prune.
+The searcher then tells its own study PRUNED (a stopped trial never counts as a
+finished one; ``orchestrator.execute.searcher``).
 
 Written by hand: Ray Tune has no Optuna-pruner scheduler, and Optuna's pruners need
 trials in a study, which Ray's OptunaSearch does not consult for stopping.
@@ -13,35 +15,44 @@ trials in a study, which Ray's OptunaSearch does not consult for stopping.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, cast
 
 import optuna
 from optuna.trial import TrialState
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from orchestrator.trial.faults import ERROR_KEY
 from orchestrator.finite import is_finite_number
+from orchestrator.search.registry import PRUNERS, SCHEDULERS, StoppingPlan
+from orchestrator.trial.faults import ERROR_KEY
 
-PRUNERS = ("median", "sha", "hyperband")
+
+def build_scheduler(name: str, metric: str, mode: str, max_epochs: int, trials: int) -> TrialScheduler:
+    """The ``search.scheduler`` named ``name`` (``registry.SCHEDULERS``): a Ray Tune
+    scheduler, or an Optuna pruner run as one. With one epoch there is nothing to stop
+    early: FIFO."""
+    entry = SCHEDULERS[name]
+    if max_epochs <= 1 or not entry.stops_early:
+        return FIFOScheduler()
+    if entry.optuna_pruner:
+        return OptunaPrunerScheduler(name, metric, mode, max_epochs, trials)
+    # the spec admits only max and min (``SearchSpec.objectives``); ``Plan.objectives`` holds them as str
+    return entry.build(StoppingPlan(metric, cast(Literal["max", "min"], mode), max_epochs, trials))
 
 
 def build_pruner(name: str, max_epochs: int, trials: int) -> optuna.pruners.BasePruner:
-    """Ray's ASHA here runs with grace 1 and reduction factor 2; the pruners match it."""
-    if name == "median":
-        # Optuna's default waits for 5 finished trials; small searches would never prune
-        return optuna.pruners.MedianPruner(n_startup_trials=min(5, max(1, trials // 4)), n_warmup_steps=0)
-    if name == "sha":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, max_epochs), reduction_factor=3)
-    raise ValueError(f"unknown pruner {name!r}; known: {', '.join(PRUNERS)}")
+    """The Optuna pruner named ``name`` (its settings: ``registry.SCHEDULERS``)."""
+    entry = SCHEDULERS.get(name)
+    if entry is None or not entry.optuna_pruner:
+        raise ValueError(f"unknown pruner {name!r}; known: {', '.join(PRUNERS)}")
+    # a pruner reads only the sizes
+    return entry.build(StoppingPlan(metric="", mode="max", max_epochs=max_epochs, trials=trials))
 
 
 class OptunaPrunerScheduler(FIFOScheduler):
     """A FIFO scheduler that stops the trials an Optuna pruner would prune.
 
     Args:
-        pruner: ``median``, ``sha`` or ``hyperband``.
+        pruner: the name of an Optuna pruner in ``registry.SCHEDULERS`` (``registry.PRUNERS``).
         metric, mode: the objective the pruner watches (the arm's first objective).
         max_epochs: epochs per trial (Hyperband's max resource).
         trials: the search's trial count (sizes the median pruner's startup).
@@ -52,7 +63,9 @@ class OptunaPrunerScheduler(FIFOScheduler):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self._metric, self._mode = metric, mode
         self.pruner_name = pruner
-        self._study = optuna.create_study(direction="maximize" if mode == "max" else "minimize", pruner=build_pruner(pruner, max_epochs, trials))
+        self._study = optuna.create_study(
+            direction="maximize" if mode == "max" else "minimize", pruner=build_pruner(pruner, max_epochs, trials)
+        )
         self._trials: dict[str, optuna.Trial] = {}
         self.pruned: list[str] = []
 

@@ -37,8 +37,10 @@ import shutil
 import socket
 import sys
 import tempfile
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 
+from orchestrator.execute.run_log import ray_lines_to_file
 from orchestrator.tracking import looks_secret
 
 LOOPBACK_FLAG = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -70,19 +72,37 @@ def prepare_ray_environment(address: str | None = None) -> None:
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[str]:
+def ray_session(
+    address: str | None = None, num_cpus: int | None = None, log_file: Path | None = None
+) -> Iterator[str]:
     """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local,
-    loopback-only, private instance; shut down only what we started. Yields a description."""
+    loopback-only, private instance; shut down only what we started. Yields a description.
+
+    With ``log_file``, the driver's Ray lines (its ``ray`` loggers, warnings and info)
+    go to that file for the session instead of standard error (``run_log``); without
+    it, Ray's warnings reach standard error as Ray prints them."""
     address = address or os.environ.get("RAY_ADDRESS") or None
     if "ray" not in sys.modules:
         prepare_ray_environment(address)
+    import ray  # first: the import installs Ray's handler, which ray_lines_to_file sets aside
+
+    lines = ray_lines_to_file(log_file) if log_file else contextlib.nullcontext()
+    with lines:
+        if ray.is_initialized():
+            yield "existing Ray session"
+            return
+        with _started(address, num_cpus, logging.INFO if log_file else logging.WARNING) as where:
+            yield where
+
+
+@contextlib.contextmanager
+def _started(address: str | None, num_cpus: int | None, logging_level: int) -> Iterator[str]:
+    """``ray.init`` (the cluster at ``address``, else a local private instance; the
+    driver's ``ray`` logger at ``logging_level``) and ``ray.shutdown`` after the block."""
     import ray
 
-    if ray.is_initialized():
-        yield "existing Ray session"
-        return
     if address:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
+        ray.init(address=address, log_to_driver=False, logging_level=logging_level, configure_logging=True)
         try:
             yield f"Ray cluster at {address}"
         finally:
@@ -101,7 +121,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
                 num_cpus=num_cpus or os.cpu_count(),
                 include_dashboard=False,
                 log_to_driver=False,
-                logging_level=logging.WARNING,
+                logging_level=logging_level,
                 configure_logging=True,
                 _node_ip_address="127.0.0.1",
                 _temp_dir=os.path.join(folder, "ray"),
@@ -118,9 +138,9 @@ def secret_variables(environ: Mapping[str, str]) -> list[str]:
     secret-looking by ``tracking``'s rule (name and length), except Ray's own settings
     (``RAY_AUTH_TOKEN``: a token-authenticated Ray needs it) and ``TRIAL_CREDENTIALS``."""
     return sorted(
-        name for name, value in environ.items()
-        if looks_secret(name, value)
-        and not name.startswith("RAY_") and name not in TRIAL_CREDENTIALS
+        name
+        for name, value in environ.items()
+        if looks_secret(name, value) and not name.startswith("RAY_") and name not in TRIAL_CREDENTIALS
     )
 
 
@@ -160,7 +180,9 @@ def _private_folder() -> Iterator[str]:
     in ``OWNER_FILE`` while the run lasts, and the next start removes those whose driver
     is gone (``_remove_abandoned``). A folder kept on purpose has no owner file."""
     root = tempfile.gettempdir()
-    if len(os.path.join(root, "orchestrate-ray-12345678")) + _SOCKET_SUFFIX > (103 if sys.platform == "darwin" else 107):
+    if len(os.path.join(root, "orchestrate-ray-12345678")) + _SOCKET_SUFFIX > (
+        103 if sys.platform == "darwin" else 107
+    ):
         root = "/tmp"
     if os.name == "posix":  # elsewhere os.kill(pid, 0) is no probe (Windows: it stops the process)
         _remove_abandoned(root)

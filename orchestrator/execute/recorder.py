@@ -15,26 +15,40 @@ import math
 import re
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
 from orchestrator.execute.progress import ArmProgress
-from orchestrator.trial.faults import ERROR_KEY, TRACE_KEY
-from orchestrator.results import COMPLETED, FAILED, INFEASIBLE, STOPPED, TRIAL_PARAM_PREFIX, TrialRecord
+from orchestrator.results import COMPLETED, FAILED, INFEASIBLE, STOPPED, TRIAL_PARAM_PREFIX, RunKind, TrialRecord
 from orchestrator.spec.constraints import Constraint
 from orchestrator.tracking import ARM, LEVEL, Tracker
+from orchestrator.trial.faults import ERROR_KEY, TRACE_KEY
 from orchestrator.trial.trainable import ARM_KEY, SEED_KEY
 
 if TYPE_CHECKING:
     from orchestrator.execute.state import RunState
 
-_RECORDERS: dict[str, dict[str, "TrialRecorder"]] = {}  # callback key -> arm -> recorder
+_RECORDERS: dict[str, dict[str, TrialRecorder]] = {}  # callback key -> arm -> recorder
 HIDDEN_RESULT_KEYS = {
-    "timestamp", "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "time_since_restore",
-    "iterations_since_restore", "checkpoint_dir_name", "done", "training_iteration", "date", "config", "trial_id", "experiment_tag",
+    "timestamp",
+    "time_this_iter_s",
+    "time_total_s",
+    "pid",
+    "hostname",
+    "node_ip",
+    "time_since_restore",
+    "iterations_since_restore",
+    "checkpoint_dir_name",
+    "done",
+    "training_iteration",
+    "date",
+    "config",
+    "trial_id",
+    "experiment_tag",
 }
 
 
@@ -46,10 +60,10 @@ class TrialRecorder:
     experiment_id: str
     parent_run_id: str
     arm: str
-    kind: str  # "trial" | "confirm"
+    kind: RunKind
     epochs: int
     constraints: list[Constraint]
-    state: "RunState"
+    state: RunState
     progress: ArmProgress | None
     base_tags: dict[str, str]
     name_params: list[str]
@@ -62,15 +76,16 @@ class TrialRecorder:
     started_at: dict[str, float] = field(default_factory=dict)
     traces: dict[str, str] = field(default_factory=dict)
     retries: dict[str, int] = field(default_factory=dict)
+    numbers: dict[str, int] = field(default_factory=dict)  # trial id -> its number in its MLflow run's name
 
     # -- events ---------------------------------------------------------------------
     def started(self, trial_id: str, config: dict[str, Any]) -> None:
         params = {k: v for k, v in config.items() if not k.startswith("_")}
         seed = config.get(SEED_KEY)
         run_id = self.state.trial_run(self.arm, self.kind, trial_id)
-        status = self.tracker.run_status(run_id) if run_id else None
         logged = self.static_params | params | ({"seed": seed} if seed is not None else {})
-        if status is not None:  # a trial resumed after an interruption: same MLflow run
+        # a trial resumed after an interruption: same MLflow run
+        if run_id and self.tracker.run_status(run_id) is not None:
             self.tracker.reopen_run(run_id)
             self.tracker.set_tags(run_id, {"orchestrate.resumed": "true"})
             # again: a kill between creating the run and logging its params left none
@@ -79,13 +94,16 @@ class TrialRecorder:
         else:
             self.counter = len(self.state.trial_runs(self.arm, self.kind)) + 1
             name = self._run_name(self.counter, params, seed)
+            self.numbers[trial_id] = self.counter
             tags = {**self.base_tags, LEVEL: self.kind, ARM: self.arm, "orchestrate.trial_id": trial_id}
             if seed is not None:
                 tags["orchestrate.seed"] = str(seed)
             run_id = self.tracker.start_run(self.experiment_id, name, tags, parent_id=self.parent_run_id)
             self.state.set_trial_run(self.arm, self.kind, trial_id, run_id)  # first: a kill now leaves no orphan
             self.tracker.log_params(run_id, logged)
-        self.records[trial_id] = TrialRecord(trial_id, self.arm, self.kind, self.static_params | params, seed=seed, mlflow_run_id=run_id)
+        self.records[trial_id] = TrialRecord(
+            trial_id, self.arm, self.kind, self.static_params | params, seed=seed, mlflow_run_id=run_id
+        )
         self.started_at[trial_id] = time.monotonic()
         if self.progress:
             self.progress.running += 1
@@ -96,11 +114,11 @@ class TrialRecorder:
 
     def all_records(self) -> list[TrialRecord]:
         """Trials finished before an interruption (from the state) and in this session."""
-        saved = {tid: TrialRecord(**data) for tid, data in self.state.records(self.arm, self.kind).items()}
+        saved = self.state.records(self.arm, self.kind)
         return list({**saved, **self.records}.values())
 
     def _persist(self, record: TrialRecord) -> None:
-        self.state.set_record(self.arm, self.kind, record.trial_id, asdict(record))
+        self.state.set_record(self.arm, self.kind, record)
         if self.on_finished is not None:
             self.on_finished(record)
 
@@ -112,18 +130,28 @@ class TrialRecorder:
             record.error = str(result[ERROR_KEY])
             self.traces[trial_id] = str(result.get(TRACE_KEY) or record.error)
             return
-        facts = {k.removeprefix(TRIAL_PARAM_PREFIX): str(v) for k, v in result.items() if k.startswith(TRIAL_PARAM_PREFIX)}
+        facts = {
+            k.removeprefix(TRIAL_PARAM_PREFIX): str(v) for k, v in result.items() if k.startswith(TRIAL_PARAM_PREFIX)
+        }
         if facts and not facts.items() <= record.runtime.items():
             record.runtime.update(facts)
-            self.tracker.log_params(record.mlflow_run_id, facts)
+            self.tracker.log_params(self._run_id(record), facts)
         metrics = {k: v for k, v in result.items() if k not in HIDDEN_RESULT_KEYS and _number(v)}
         record.metrics.update(metrics)
-        self.tracker.log_metrics(record.mlflow_run_id, metrics, step=int(result.get("epoch", result.get("training_iteration", 0))))
+        self.tracker.log_metrics(
+            self._run_id(record), metrics, step=int(result.get("epoch", result.get("training_iteration", 0)))
+        )
         if self.progress:
             self.progress.offer(metrics.get(self.progress.metric))
         if trial_id not in self.node_tagged and result.get("node_ip"):  # which machine ran it (clusters)
             self.node_tagged.add(trial_id)
-            self.tracker.set_tags(record.mlflow_run_id, {"orchestrate.node_ip": str(result["node_ip"]), "orchestrate.hostname": str(result.get("hostname", ""))})
+            self.tracker.set_tags(
+                self._run_id(record),
+                {
+                    "orchestrate.node_ip": str(result["node_ip"]),
+                    "orchestrate.hostname": str(result.get("hostname", "")),
+                },
+            )
 
     def completed(self, trial_id: str, checkpoint_path: str | None) -> None:
         record = self.records.get(trial_id)
@@ -135,22 +163,27 @@ class TrialRecorder:
         epoch = int(record.metrics.get("epoch", 0))
         record.status = COMPLETED if epoch >= self.epochs else STOPPED
         if record.status == COMPLETED and self.constraints:
-            record.feasible = all(_number(record.metrics.get(c.metric)) and c.violation(record.metrics[c.metric]) <= 0 for c in self.constraints)
+            record.feasible = all(
+                _number(record.metrics.get(c.metric)) and c.violation(record.metrics[c.metric]) <= 0
+                for c in self.constraints
+            )
             if not record.feasible:
                 record.status = INFEASIBLE
         if record.metrics.get("infeasible_before_training"):
             record.status, record.feasible = INFEASIBLE, False
-        tags = {"orchestrate.status": record.status}
+        tags: dict[str, str] = {"orchestrate.status": record.status}
         if record.metrics.get("infeasible_before_training"):
-            tags["orchestrate.infeasible"] = "before training, from its hyperparameters: " + ", ".join(map(str, self.constraints))
+            tags["orchestrate.infeasible"] = "before training, from its hyperparameters: " + ", ".join(
+                map(str, self.constraints)
+            )
         if record.status == STOPPED:
             tags["orchestrate.stopped_early"] = f"after epoch {epoch} of {self.epochs}"
-        self.tracker.set_tags(record.mlflow_run_id, tags)
+        self.tracker.set_tags(self._run_id(record), tags)
         if checkpoint_path:
-            self.tracker.log_artifacts(record.mlflow_run_id, Path(checkpoint_path))
-        self.tracker.end_run(record.mlflow_run_id, "FINISHED")
+            self.tracker.log_artifacts(self._run_id(record), Path(checkpoint_path))
+        self.tracker.end_run(self._run_id(record), "FINISHED")
         self._persist(record)
-        self._count(record.status)
+        self._count(record)
 
     def errored(self, trial_id: str, error: str) -> None:
         """Ray gave up on the trial: it raised past the trainable, or its worker died
@@ -161,7 +194,10 @@ class TrialRecorder:
         reason = _reason(error)
         elapsed = time.monotonic() - self.started_at.get(trial_id, time.monotonic())
         if self.timeout_s and elapsed >= self.timeout_s and _worker_died(error):
-            reason = f"TrialHungError: hung inside a step past its {self.timeout_s:g} s budget (search.trial_timeout_s); its worker was ended"
+            reason = (
+                f"TrialHungError: hung inside a step past its {self.timeout_s:g} s budget"
+                " (search.trial_timeout_s); its worker was ended"
+            )
         self._fail(record, reason, error)
 
     def retried(self, trial_id: str, error: str) -> None:
@@ -170,32 +206,44 @@ class TrialRecorder:
         if record is None:
             return
         count = self.retries[trial_id] = self.retries.get(trial_id, 0) + 1
-        self.tracker.set_tags(record.mlflow_run_id, {"orchestrate.retries": str(count), "orchestrate.retry_reason": _reason(error)})
-        self.tracker.log_text(record.mlflow_run_id, error, f"retry-{count}.txt")
+        self.tracker.set_tags(
+            self._run_id(record), {"orchestrate.retries": str(count), "orchestrate.retry_reason": _reason(error)}
+        )
+        self.tracker.log_text(self._run_id(record), error, f"retry-{count}.txt")
         if self.progress:
             self.progress.running = max(0, self.progress.running - 1)
 
     def _fail(self, record: TrialRecord, reason: str, trace: str) -> None:
         record.status, record.error = FAILED, reason
-        self.tracker.set_tags(record.mlflow_run_id, {"orchestrate.status": FAILED, "orchestrate.error": reason})
-        self.tracker.log_text(record.mlflow_run_id, trace, "error.txt")  # the full trace
-        self.tracker.end_run(record.mlflow_run_id, "FAILED")
+        self.tracker.set_tags(self._run_id(record), {"orchestrate.status": FAILED, "orchestrate.error": reason})
+        self.tracker.log_text(self._run_id(record), trace, "error.txt")  # the full trace
+        self.tracker.end_run(self._run_id(record), "FAILED")
         self._persist(record)
-        self._count(FAILED)
+        self._count(record)
 
     # -- helpers ----------------------------------------------------------------------
-    def _count(self, status: str) -> None:
+    @staticmethod
+    def _run_id(record: TrialRecord) -> str:
+        """The record's MLflow run (``started`` gives every record it keeps one)."""
+        assert record.mlflow_run_id is not None
+        return record.mlflow_run_id
+
+    def _count(self, record: TrialRecord) -> None:
+        """Into the progress display: counted, and a line when the run prints lines."""
         if not self.progress:
             return
-        self.progress.running = max(0, self.progress.running - 1)
-        self.progress.done += 1
-        if status == FAILED:
-            self.progress.failed += 1
-        elif status == STOPPED:
-            self.progress.stopped += 1
+        seconds = time.monotonic() - self.started_at.get(record.trial_id, time.monotonic())
+        self.progress.finished(self._label(record), record, seconds)
+
+    def _label(self, record: TrialRecord) -> str:
+        """'confirm seed 2', or 'trial 7' as its MLflow run is named ('lora #7 ...'; a
+        trial resumed after a kill goes by its Ray trial id)."""
+        if self.kind == RunKind.CONFIRM:
+            return f"confirm seed {record.seed}"
+        return f"trial {self.numbers.get(record.trial_id, record.trial_id)}"
 
     def _run_name(self, number: int, params: dict[str, Any], seed: Any) -> str:
-        if self.kind == "confirm":
+        if self.kind == RunKind.CONFIRM:
             return f"{self.arm} confirm seed={seed}"
         shown = [f"{k}={_short(params[k])}" for k in self.name_params if k in params][:4]
         return " ".join([f"{self.arm} #{number}", *shown])
@@ -276,7 +324,11 @@ def _worker_died(error: str) -> bool:
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not (isinstance(value, float) and math.isinf(value))
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and not (isinstance(value, float) and math.isinf(value))
+    )
 
 
 def _short(value: Any) -> str:

@@ -29,8 +29,9 @@ import os
 import re
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 from orchestrator.errors import InputError, RunLockedError
 
@@ -82,8 +83,10 @@ def _open(path: Path, state_dir: Path) -> IO[str]:
         path.parent.mkdir(parents=True, exist_ok=True)
         return os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+", encoding="utf-8", errors="replace")
     except (FileExistsError, NotADirectoryError):
-        raise InputError(f"--state-dir {state_dir} is not a folder (a file is in the way at {path.parent}): "
-                         "pass a folder, or move the file") from None
+        raise InputError(
+            f"--state-dir {state_dir} is not a folder (a file is in the way at {path.parent}): "
+            "pass a folder, or move the file"
+        ) from None
     except OSError as exc:
         raise InputError(f"cannot create the run lock {path}: {exc.strerror}; pass a writable --state-dir") from None
 
@@ -91,8 +94,11 @@ def _open(path: Path, state_dir: Path) -> IO[str]:
 def _write_holder(handle: IO[str]) -> None:
     handle.seek(0)
     handle.truncate(0)
-    handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                             "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}))
+    handle.write(
+        json.dumps(
+            {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+        )
+    )
     handle.flush()
 
 
@@ -103,5 +109,7 @@ def _refusal(path: Path, hypothesis: str, profile: str, record: str) -> str:
         who = f"pid {holder['pid']} on {holder['host']}, started {holder['started']}"
     except (ValueError, KeyError, TypeError):
         who = "a process that is just starting"  # it holds the lock but has not written itself yet
-    return (f"hypothesis {hypothesis!r} (profile {profile!r}) is already running in this state folder ({who}; "
-            f"lock {path}): wait for it to finish or stop it, then run the same command again")
+    return (
+        f"hypothesis {hypothesis!r} (profile {profile!r}) is already running in this state folder ({who}; "
+        f"lock {path}): wait for it to finish or stop it, then run the same command again"
+    )

@@ -17,61 +17,103 @@ KILLED before work resumes.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from methods import get_method
 from orchestrator.execute.archive import TrialArchive, search_identity
 from orchestrator.execute.confirm import SearchedArm, confirm_arms, judge_and_log
 from orchestrator.execute.interrupts import catching_stop_requests
 from orchestrator.execute.interrupts import install as install_stop_handlers
-from orchestrator.execute.mlflow_runs import (base_tags, close_open_runs, close_stale, describe_hypothesis_run, log_reused_trial,
-                                              open_arm_run, open_hypothesis_run)
+from orchestrator.execute.mlflow_runs import (
+    base_tags,
+    close_open_runs,
+    close_stale,
+    describe_hypothesis_run,
+    log_reused_trial,
+    open_arm_run,
+    open_hypothesis_run,
+)
 from orchestrator.execute.progress import Progress
 from orchestrator.execute.recorder import TrialRecorder
 from orchestrator.execute.run_context import RunContext
 from orchestrator.execute.run_lock import hold_run_lock
+from orchestrator.execute.run_log import ray_log_path, search_finished
 from orchestrator.execute.state import RunState
 from orchestrator.execute.winners import AllTrialsFailedError, pick_winner
 from orchestrator.plan import ArmPlan, Plan
-from orchestrator.results import ArmOutcome, TrialRecord
+from orchestrator.results import ArmOutcome, RunKind, TrialRecord
 from orchestrator.tracking import Tracker
 from orchestrator.trial.training import TrialSetup
 
 if TYPE_CHECKING:
     from orchestrator.execute.tuning import SearchRequest
+    from orchestrator.judge import Verdict
 
 __all__ = ["AllTrialsFailedError", "RunOptions", "RunOutcome", "run_plan"]
 
 
 @dataclass
 class RunOptions:
+    """Where and how this machine runs a plan (the command line's options, not the spec's).
+
+    Attributes:
+        tracking_uri: the MLflow store; None: MLflow's default (``MLFLOW_TRACKING_URI``
+            or ./mlruns).
+        address: a Ray cluster to join; None: a local Ray started for the run.
+        storage_path: where Ray Tune keeps its experiments (restored after a kill);
+            None: ``<state_dir>/ray``.
+        state_dir: the run state, the lock, the trial archive and the tokenised cache.
+        fresh: start over: ignore the saved run state and the trial archive.
+        quiet: no live table, only the lines that matter.
+        verbose: Ray's own lines (its warnings) on standard error, as Ray prints them;
+            else into a file under ``<state_dir>/logs`` (``run_log.ray_log_path``).
+        report_dir: where ``pipeline.run_hypothesis`` writes the report; None:
+            reports/<name>-<run id>.
+    """
+
     tracking_uri: str | None = None
     address: str | None = None
     storage_path: str | None = None
     state_dir: Path = Path(".orchestrate")
     fresh: bool = False
     quiet: bool = False
-    report_dir: Path | None = None  # default: reports/<name>-<run id>
+    verbose: bool = False
+    report_dir: Path | None = None
 
 
 @dataclass
 class RunOutcome:
+    """What a finished run leaves: where it logged, each arm's trials, winner and
+    confirmation runs, and the verdicts.
+
+    Attributes:
+        plan: the plan that ran.
+        tracking_uri: the MLflow store the run logged to.
+        parent_run_id: the hypothesis's MLflow run.
+        experiment_id: its MLflow experiment (named after the hypothesis).
+        arms: per arm, in the plan's order: its trials, best trial and why, and its
+            confirmation runs.
+        verdicts: one ``judge.Verdict`` per registered claim, in their order (the last look's).
+        report_path: the report's ``report.md``, set by ``pipeline.run_hypothesis`` once
+            the run is closed; None: not written (yet).
+    """
+
     plan: Plan
-    tracking_uri: str  # the MLflow store the run logged to
+    tracking_uri: str
     parent_run_id: str
     experiment_id: str
     arms: list[ArmOutcome]
-    verdicts: list[Any] = field(default_factory=list)
-    report_path: Path | None = None  # set by ``pipeline.run_hypothesis``, once the run is closed
+    verdicts: list[Verdict] = field(default_factory=list)
+    report_path: Path | None = None
 
 
 def run_plan(plan: Plan, options: RunOptions) -> RunOutcome:
     """Search, confirm and judge ``plan``, holding the run lock of its hypothesis and
     profile in the state folder (``run_lock``): a second run of the same refuses with
     ``RunLockedError`` before MLflow or Ray are touched."""
-    with hold_run_lock(options.state_dir.resolve(), plan.hypothesis.name, plan.profile):
+    with hold_run_lock(options.state_dir.resolve(), plan.name, plan.profile):
         return _run_plan_locked(plan, options)
 
 
@@ -87,40 +129,47 @@ def _run_plan_locked(plan: Plan, options: RunOptions) -> RunOutcome:
     from orchestrator.execute.ray_session import ray_session
     from orchestrator.tasks.prepare import cache_key, prepare_task
 
-    h = plan.hypothesis
     state_dir = options.state_dir.resolve()
     tracker = Tracker(options.tracking_uri)
-    state = RunState.open(state_dir / "state", h.name, plan.profile, plan.spec_sha256, options.fresh)
+    state = RunState.open(state_dir / "state", plan.name, plan.profile, plan.spec_sha256, options.fresh)
     progress = Progress(options.quiet)
-    data = prepare_task(h.task, Path(plan.spec_path).parent, state_dir / "cache", warn=progress.warn)
-    data_key = cache_key(h.task, Path(plan.spec_path).parent)
-    experiment_id = tracker.experiment_id(h.name)
+    data = prepare_task(plan.task, Path(plan.spec_path).parent, state_dir / "cache", warn=progress.warn)
+    data_key = cache_key(plan.task, Path(plan.spec_path).parent)
+    experiment_id = tracker.experiment_id(plan.name)
     parent_id = open_hypothesis_run(tracker, experiment_id, plan, state)
     storage = options.storage_path or str(state_dir / "ray")
-    archive = TrialArchive(state_dir / "archive") if h.search.reuse_trials and not options.fresh else None
+    archive = TrialArchive(state_dir / "archive") if plan.search.reuse_trials and not options.fresh else None
+    ray_log = None if options.verbose else ray_log_path(state_dir, plan.name, plan.profile)
     arms: list[ArmOutcome] = []
     try:
         describe_hypothesis_run(tracker, parent_id, plan)
-        with catching_stop_requests(), ray_session(options.address) as where, progress:
+        with catching_stop_requests(), ray_session(options.address, log_file=ray_log) as where, progress:
             import ray
 
             install_stop_handlers()  # again: ray.init replaced our SIGTERM handler with its own
-            progress.line(f"{h.name} [{plan.profile}] on {where}; MLflow {tracker.uri} run {parent_id}")
-            run = RunContext(plan, tracker, experiment_id, parent_id, state, storage, progress, ray.put(data), archive, data_key)
+            ray_lines = f"; Ray's log: {ray_log}" if ray_log else ""
+            progress.line(f"{plan.name} [{plan.profile}] on {where}; MLflow {tracker.uri} run {parent_id}{ray_lines}")
+            run = RunContext(
+                plan, tracker, experiment_id, parent_id, state, storage, progress, ray.put(data), archive, data_key
+            )
             searched, unusable = _search_arms(run)
             for reason in unusable:
                 progress.line(f"orchestrate: {reason}")
-            confirmed, looks = confirm_arms(searched, run, judging=not unusable)  # no verdict without every arm: one round
+            confirmed, looks = confirm_arms(
+                searched, run, judging=not unusable
+            )  # no verdict without every arm: one round
             arms.extend(confirmed)
             if unusable:
                 raise AllTrialsFailedError("no verdict: " + "; ".join(unusable))
         verdicts = judge_and_log(run, arms, looks)
     except BaseException as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)
-        close_open_runs(tracker, state, parent_id, "KILLED" if interrupted else "FAILED", None if interrupted else _one_line(exc))
+        close_open_runs(
+            tracker, state, parent_id, "KILLED" if interrupted else "FAILED", None if interrupted else _one_line(exc)
+        )
         raise
     tracker.end_run(parent_id, "FINISHED")
-    state.set(finished=True)
+    state.finish()
     return RunOutcome(plan, tracker.uri, parent_id, experiment_id, arms, verdicts)
 
 
@@ -150,15 +199,18 @@ def _search_arms(run: RunContext) -> tuple[list[SearchedArm], list[str]]:
     from orchestrator.execute.tuning import run_searches
 
     plan, state, archive = run.plan, run.state, run.archive
-    run_name = f"{plan.hypothesis.name}--{plan.profile}--{run.parent_id[:8]}"
+    run_name = f"{plan.name}--{plan.profile}--{run.parent_id[:8]}"
     arms = [_prepare_arm(arm_plan, run) for arm_plan in plan.arms]
     pending = [a for a in arms if a.request is not None]
-    found = run_searches([a.request for a in pending if a.request], run.data_ref, run.storage, f"{run_name}--search", plan.hypothesis.search.seed)
+    found = run_searches(
+        [a.request for a in pending if a.request], plan.search, run.data_ref, run.storage, f"{run_name}--search"
+    )
     for a in pending:
         # a resumed search may hold a trial twice (reused from the archive, which it fed,
         # and recorded again): the recorder's record wins, it is this run's own
         trials = list({t.trial_id: t for t in [*a.reused, *found.get(a.plan.arm, [])]}.values())
-        state.set_arm(a.plan.arm, search_done=True, trials=[asdict(t) for t in trials])
+        state.finish_search(a.plan.arm, trials)
+        run.progress.phase(search_finished(a.plan.arm, trials))
         if archive:
             archive.add(a.identity, trials)
     searched, unusable = [], []
@@ -177,7 +229,7 @@ def _prepare_arm(arm_plan: ArmPlan, run: RunContext) -> ArmSearch:
     done, the trials it reuses and the request for new ones."""
     from orchestrator.execute.tuning import SearchRequest
 
-    h, tracker, state, progress, archive = run.plan.hypothesis, run.tracker, run.state, run.progress, run.archive
+    plan, tracker, state, progress, archive = run.plan, run.tracker, run.state, run.progress, run.archive
     arm = arm_plan.arm
     arm_run = open_arm_run(run, arm_plan)
     setup = _trial_setup(run.plan, arm_plan)
@@ -187,8 +239,11 @@ def _prepare_arm(arm_plan: ArmPlan, run: RunContext) -> ArmSearch:
         state.reopen_search(arm)
         tracker.delete_tag(arm_run, "orchestrate.error")  # the earlier verdict on the arm, no longer true
         progress.line(f"{arm}: every trial failed in the earlier run; searching it again")
-    close_stale(tracker, state.trial_runs(arm, "trial"))
-    arm_progress = progress.arm(arm, "search", arm_plan.trials, arm_plan.primary_metric, arm_plan.primary_mode)
+    close_stale(tracker, state.trial_runs(arm, RunKind.TRIAL))
+    arm_progress = progress.arm(
+        arm, "search", arm_plan.trials, arm_plan.primary_metric, arm_plan.primary_mode, tuple(arm_plan.objectives)
+    )
+    progress.phase(f"[{arm}] search started: {arm_plan.trials} trials")
     identity = search_identity(run.plan, arm_plan, run.data_key)
     tags = base_tags(run.plan, arm_plan)
     prior: list[TrialRecord] = []
@@ -199,20 +254,40 @@ def _prepare_arm(arm_plan: ArmPlan, run: RunContext) -> ArmSearch:
         prior = archived.records[: arm_plan.trials]
     reused = [log_reused_trial(run, arm_run, replace(record, arm=arm), tags, arm_progress) for record in prior]
     if reused:
-        progress.line(f"{arm}: {len(reused)} finished trials reused from earlier runs; {max(0, arm_plan.trials - len(reused))} new")
+        new_trials = max(0, arm_plan.trials - len(reused))
+        progress.line(f"{arm}: {len(reused)} finished trials reused from earlier runs; {new_trials} new")
     name_params = [k for k in arm_plan.params if k not in arm_plan.fixed]
-    recorder = TrialRecorder(tracker, run.experiment_id, arm_run, arm, "trial", h.training.epochs, arm_plan.constraints, state,
-                             arm_progress, tags, name_params, timeout_s=h.search.trial_timeout_s,
-                             on_finished=(lambda record: archive.add(identity, [record])) if archive else None)
+    recorder = TrialRecorder(
+        tracker,
+        run.experiment_id,
+        arm_run,
+        arm,
+        RunKind.TRIAL,
+        plan.training.epochs,
+        arm_plan.constraints,
+        state,
+        arm_progress,
+        tags,
+        name_params,
+        timeout_s=plan.search.trial_timeout_s,
+        on_finished=(lambda record: archive.add(identity, [record])) if archive else None,
+    )
     return ArmSearch(arm_plan, arm_run, setup, reused, SearchRequest(arm_plan, setup, recorder, prior), identity)
 
 
 def _trial_setup(plan: Plan, arm_plan: ArmPlan) -> TrialSetup:
     """What every trial of the arm trains with besides its sampled parameters."""
-    h = plan.hypothesis
     return TrialSetup(
-        arm=arm_plan.arm, method=arm_plan.method, model=h.task.model, metric=h.task.metric, training=h.training,
-        fixed=dict(arm_plan.fixed), target_modules=h.task.target_modules, threads=max(1, int(arm_plan.resources.cpu)),
-        constraints=tuple(arm_plan.constraints), timeout_s=h.search.trial_timeout_s, memory_limit_mb=h.search.trial_memory_mb,
+        arm=arm_plan.arm,
+        method=arm_plan.method,
+        model=plan.task.model,
+        metric=plan.task.metric,
+        training=plan.training,
+        fixed=dict(arm_plan.fixed),
+        target_modules=plan.task.target_modules,
+        threads=max(1, int(plan.search.resources.cpu)),
+        constraints=tuple(arm_plan.constraints),
+        timeout_s=plan.search.trial_timeout_s,
+        memory_limit_mb=plan.search.trial_memory_mb,
         uses_bitsandbytes=get_method(arm_plan.method).needs("bitsandbytes"),
     )

@@ -20,17 +20,18 @@ from __future__ import annotations
 
 import pickle
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from orchestrator.trial.faults import ERROR_KEY
 from orchestrator.finite import is_finite_number
 from orchestrator.results import STOPPED, TrialRecord
 from orchestrator.search.samplers import limited_threads
 from orchestrator.spec.constraints import Constraint
+from orchestrator.trial.faults import ERROR_KEY
 
 #: A constraint whose metric was never reported (a failed trial) counts as violated by this much.
 MISSING_METRIC_VIOLATION = 1e6
@@ -46,8 +47,15 @@ class HonestOptunaSearch(OptunaSearch):
         **kwargs: passed to ``OptunaSearch`` (space, metric, mode, sampler, ...).
     """
 
-    def __init__(self, *args: Any, constraints: list[Constraint] | None = None, epochs: int = 1, on_suggest: Any = None,
-                 prior_trials: list[TrialRecord] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        constraints: list[Constraint] | None = None,
+        epochs: int = 1,
+        on_suggest: Any = None,
+        prior_trials: list[TrialRecord] | None = None,
+        **kwargs: Any,
+    ) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         # read by _setup_study, which OptunaSearch.__init__ calls
         self._constraints = list(constraints or [])
@@ -57,38 +65,54 @@ class HonestOptunaSearch(OptunaSearch):
         self.suggest_seconds: list[float] = []
         self._on_suggest = on_suggest  # progress display: the sampler's cost is visible
 
+    @property
+    def _study(self) -> optuna.Study:
+        """Ray's study: Ray types ``_ot_study`` as the None it starts with, and
+        ``_setup_study`` (run by ``__init__``, the space being given) replaces it."""
+        return cast(optuna.Study, self._ot_study)
+
+    def _define_by_run(self, ot_trial: optuna.Trial) -> Any:
+        """Ray's ``_space`` called on a trial: the plan always gives a define-by-run
+        function (``orchestrator.plan``), which Ray types as one of several space kinds."""
+        return cast(Callable[[optuna.Trial], Any], self._space)(ot_trial)
+
     def _setup_study(self, mode: Any) -> None:
         """Ray's study, then the prior trials, then the first points (enqueued after,
         so the prior trials' ``ask`` does not consume them)."""
-        points, self._points_to_evaluate = self._points_to_evaluate, None
+        points, self._points_to_evaluate = self._points_to_evaluate, []  # Ray tests it for truth
         super()._setup_study(mode)
         self._points_to_evaluate = points
         if self._prior_trials:
-            sampler, self._ot_study.sampler = self._ot_study.sampler, optuna.samplers.RandomSampler()  # no model fit per told trial
+            # no model fit per told trial
+            sampler, self._study.sampler = self._study.sampler, optuna.samplers.RandomSampler()
             try:
                 for record in self._prior_trials:
                     self._tell_prior(record)
             finally:
-                self._ot_study.sampler = sampler
+                self._study.sampler = sampler
         for point in points or []:
-            self._ot_study.enqueue_trial(point)
+            self._study.enqueue_trial(point)
 
     def _tell_prior(self, record: TrialRecord) -> None:
-        self._ot_study.enqueue_trial(record.params, skip_if_exists=False)
-        ot_trial = self._ot_study.ask()
-        self._space(ot_trial)  # define-by-run: takes the enqueued values, records the distributions
+        self._study.enqueue_trial(record.params, skip_if_exists=False)
+        ot_trial = self._study.ask()
+        self._define_by_run(ot_trial)  # define-by-run: takes the enqueued values, records the distributions
         metrics = record.metrics
         for constraint in self._constraints:
             value = metrics.get(constraint.metric)
-            ot_trial.set_constraint(str(constraint), constraint.violation(float(value)) if is_finite_number(value) else MISSING_METRIC_VIOLATION)
+            ot_trial.set_constraint(
+                str(constraint),
+                constraint.violation(float(value)) if is_finite_number(value) else MISSING_METRIC_VIOLATION,
+            )
         values = [metrics.get(m) for m in _as_list(self.metric)]
+        numbers = [float(v) for v in values if is_finite_number(v)]
         if record.status == STOPPED:
-            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
-        elif metrics.get("infeasible_before_training") or not all(is_finite_number(v) for v in values):
+            self._study.tell(ot_trial, state=TrialState.PRUNED)
+        elif metrics.get("infeasible_before_training") or len(numbers) < len(values):
             worst = [-1e9 if mode == "max" else 1e9 for mode in _as_list(self.mode)]
-            self._ot_study.tell(ot_trial, worst if len(worst) > 1 else worst[0])
+            self._study.tell(ot_trial, worst if len(worst) > 1 else worst[0])
         else:
-            self._ot_study.tell(ot_trial, [float(v) for v in values] if len(values) > 1 else float(values[0]))
+            self._study.tell(ot_trial, numbers if len(numbers) > 1 else numbers[0])
 
     def suggest(self, trial_id: str) -> dict | None:
         started = time.perf_counter()
@@ -129,16 +153,16 @@ class HonestOptunaSearch(OptunaSearch):
             # Never trained: its objectives are unknown. Optuna's constrained samplers
             # need values, so it gets the worst ones; the constraint says why.
             worst = [-1e9 if mode == "max" else 1e9 for mode in _as_list(self.mode)]
-            self._ot_study.tell(ot_trial, worst if len(worst) > 1 else worst[0])
+            self._study.tell(ot_trial, worst if len(worst) > 1 else worst[0])
             self._completed_trials.add(trial_id)
             return None
-        stopped_early = bool(result) and not error and int(result.get("epoch", self._epochs)) < self._epochs
+        stopped_early = result is not None and not error and int(result.get("epoch", self._epochs)) < self._epochs
         if stopped_early:
-            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+            self._study.tell(ot_trial, state=TrialState.PRUNED)
             self._completed_trials.add(trial_id)
             return None
         if result and any(not is_finite_number(result.get(m)) for m in _as_list(self.metric)) and not error:
-            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+            self._study.tell(ot_trial, state=TrialState.FAIL)
             self._completed_trials.add(trial_id)
             return None
         return super().on_trial_complete(trial_id, result, error)

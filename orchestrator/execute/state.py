@@ -18,61 +18,119 @@ the archive), or restore it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from orchestrator.errors import DamagedStateError, InputError
 from orchestrator.execute.archive import record_problem
-from orchestrator.results import FAILED, TrialRecord
+from orchestrator.results import FAILED, RunKind, TrialRecord
 
+#: A round of confirmation (1-based), as a JSON key.
 RoundKey = Annotated[str, Field(pattern=r"^[1-9][0-9]*$")]
+_OLD_CONFIRM_KEY = re.compile(r"^confirm(?:_([1-9][0-9]*))?_callback_key$")
 
 
-class _ArmState(BaseModel):
-    """One arm's entry, as ``RunState`` and the Tuner restore (``tuning._fit``) read it.
-    Keys of earlier versions (``confirm_done``...) are let through: a finished run's file
-    is read before it is set aside."""
+class ArmState(BaseModel):
+    """One arm's progress, saved as it happens.
 
-    model_config = ConfigDict(strict=True, extra="allow")
+    The JSON keys ``trial``, ``confirm`` and ``records`` are those of earlier versions
+    (their Python names say what they hold); the Tuner callback keys, once saved under
+    names made at run time (``trial_callback_key``, ``confirm_2_callback_key``), are
+    read into their typed fields (``_from_previous_version``), so a run interrupted under
+    the previous version resumes. Other keys of earlier versions (``confirm_done``...)
+    are ignored: a finished run's file is read before it is set aside.
+
+    Attributes:
+        arm_run_id: the arm's MLflow run, saved before anything is logged to it.
+        trial_runs: search trial id (Ray Tune's) -> its MLflow run.
+        confirm_runs: confirmation trial id -> its MLflow run.
+        records: kind -> trial id -> the finished trial, as the recorder saw it end.
+        search_done: the arm's search Tuner returned (its trials are in ``trials``).
+        trials: every trial of the finished search, the reused ones included.
+        confirm_rounds: round (1-based, as text) -> that round's confirmation runs,
+            saved when the round's Tuner returned.
+        search_callback_key: the key of the recorder callback of the search Tuner: a
+            resumed driver restores that Tuner under the same key (``tuning._fit``).
+        confirm_callback_keys: round -> the key of that round's confirmation Tuner.
+    """
+
+    model_config = ConfigDict(
+        strict=True, extra="ignore", validate_by_name=True, validate_by_alias=True, serialize_by_alias=True
+    )
 
     arm_run_id: str | None = None
-    trial: dict[str, str] = {}
-    confirm: dict[str, str] = {}
-    records: dict[Literal["trial", "confirm"], dict[str, TrialRecord]] = {}
+    trial_runs: dict[str, str] = Field(default_factory=dict, alias="trial")
+    confirm_runs: dict[str, str] = Field(default_factory=dict, alias="confirm")
+    records: dict[RunKind, dict[str, TrialRecord]] = Field(default_factory=dict)
     search_done: bool = False
-    trials: list[TrialRecord] = []
-    confirm_rounds: dict[RoundKey, list[TrialRecord]] = {}
+    trials: list[TrialRecord] = Field(default_factory=list)
+    confirm_rounds: dict[RoundKey, list[TrialRecord]] = Field(default_factory=dict)
+    search_callback_key: str | None = None
+    confirm_callback_keys: dict[RoundKey, str] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _callback_keys_are_text(self) -> "_ArmState":
-        for key, value in (self.model_extra or {}).items():
-            if key.endswith("_callback_key") and not isinstance(value, str):
-                raise ValueError(f"{key} should be a string")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _from_previous_version(cls, data: Any) -> Any:
+        """The callback keys as the previous version saved them, one key per Tuner."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "trial_callback_key" in data:
+            data.setdefault("search_callback_key", data.pop("trial_callback_key"))
+        old = {key: match.group(1) or "1" for key in list(data) if (match := _OLD_CONFIRM_KEY.match(key))}
+        if old:
+            keys = dict(data.get("confirm_callback_keys") or {})
+            for key, round_key in old.items():
+                keys.setdefault(round_key, data.pop(key))
+            data["confirm_callback_keys"] = keys
+        return data
+
+    def runs(self, kind: RunKind) -> dict[str, str]:
+        """Trial id -> MLflow run, of the arm's search trials or confirmation runs."""
+        return self.trial_runs if kind == RunKind.TRIAL else self.confirm_runs
 
     def all_records(self) -> list[TrialRecord]:
-        return [*self.trials, *(r for kind in self.records.values() for r in kind.values()),
-                *(r for rounds in self.confirm_rounds.values() for r in rounds)]
+        return [
+            *self.trials,
+            *(r for kind in self.records.values() for r in kind.values()),
+            *(r for rounds in self.confirm_rounds.values() for r in rounds),
+        ]
 
 
-class _StateFile(BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow")
+class StateFile(BaseModel):
+    """A run state file, whole.
+
+    Attributes:
+        spec_sha256: the checksum of the spec (profile applied) the run state belongs
+            to; another spec starts a new state.
+        hypothesis: the hypothesis's name.
+        profile: the profile applied.
+        finished: the run ended (judged, its MLflow run closed); a rerun starts anew.
+        arms: each arm's progress, by arm name.
+        parent_run_id: the hypothesis's MLflow run, saved before anything is logged to it.
+        experiment_id: the MLflow experiment of that run.
+        looks: the looks the judge took so far (``execute.looks.Look.to_dict``), in order.
+    """
+
+    model_config = ConfigDict(strict=True, extra="ignore")
 
     spec_sha256: str
     hypothesis: str
     profile: str
     finished: bool
-    arms: dict[str, _ArmState]
+    arms: dict[str, ArmState]
     parent_run_id: str | None = None
     experiment_id: str | None = None
-    looks: list[dict[str, Any]] = []
+    looks: list[dict[str, Any]] = Field(default_factory=list)
 
 
-def read_state_file(path: Path) -> dict[str, Any]:
+def read_state_file(path: Path) -> StateFile:
     """The run state saved at ``path``, checked whole, or ``DamagedStateError``."""
     try:
         text = path.read_bytes().decode("utf-8")
@@ -87,25 +145,25 @@ def read_state_file(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise _damaged(path, f"a JSON {type(data).__name__}, not the object a run state is")
     try:
-        shape = _StateFile.model_validate_json(text)
+        content = StateFile.model_validate_json(text)
     except ValidationError as exc:
         raise _damaged(path, _first_error(exc)) from exc
-    problem = _content_problem(shape)
+    problem = _content_problem(content)
     if problem:
         raise _damaged(path, problem)
-    return data
+    return content
 
 
-def _content_problem(shape: _StateFile) -> str | None:
+def _content_problem(content: StateFile) -> str | None:
     """What the types alone do not say: trial records that lie, looks that cannot be read."""
     from orchestrator.execute.looks import Look
 
-    for arm, arm_state in shape.arms.items():
+    for arm, arm_state in content.arms.items():
         for record in arm_state.all_records():
             problem = record_problem(record)
             if problem:
                 return f"arm {arm!r}, trial {record.trial_id!r}: {problem}"
-    for index, look in enumerate(shape.looks):
+    for index, look in enumerate(content.looks):
         try:
             Look.from_dict(look)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -123,24 +181,33 @@ def _first_error(exc: ValidationError) -> str:
 def _damaged(path: Path, problem: str) -> DamagedStateError:
     return DamagedStateError(
         f"{path}: the run state is damaged ({problem}); delete the file to start this hypothesis over "
-        "(finished trials are reused from the archive), or restore it from a copy")
+        "(finished trials are reused from the archive), or restore it from a copy"
+    )
 
 
 class RunState:
-    def __init__(self, path: Path, data: dict[str, Any]) -> None:
+    """The run state file of one (hypothesis, profile) and its content (``StateFile``).
+
+    Every change goes through a method that saves the file before it returns; the
+    records it is given are copied, so a later change to the caller's record is never
+    saved by accident."""
+
+    def __init__(self, path: Path, content: StateFile) -> None:
         self.path = path
-        self.data = data
+        self.content = content
 
     @classmethod
-    def open(cls, folder: Path, hypothesis: str, profile: str, spec_sha256: str, fresh: bool) -> "RunState":
+    def open(cls, folder: Path, hypothesis: str, profile: str, spec_sha256: str, fresh: bool) -> RunState:
         """The unfinished run of this very spec, to resume; else a new state. A damaged
         file is refused (``read_state_file``) unless ``fresh``, which never reads it."""
         path = folder / f"{hypothesis}--{profile}.json"
         if (path.exists() or path.is_symlink()) and not fresh:
-            data = read_state_file(path)
-            if data["spec_sha256"] == spec_sha256 and not data["finished"]:
-                return cls(path, data)
-        state = cls(path, {"spec_sha256": spec_sha256, "hypothesis": hypothesis, "profile": profile, "arms": {}, "finished": False})
+            content = read_state_file(path)
+            if content.spec_sha256 == spec_sha256 and not content.finished:
+                return cls(path, content)
+        state = cls(
+            path, StateFile(spec_sha256=spec_sha256, hypothesis=hypothesis, profile=profile, finished=False, arms={})
+        )
         state.save()
         return state
 
@@ -150,38 +217,60 @@ class RunState:
         tmp = self.path.with_suffix(".tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
+            tmp.write_text(json.dumps(self.content.model_dump(by_alias=True), indent=1, sort_keys=True))
             os.replace(tmp, self.path)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
             folder = self.path.parent
             if folder.exists() and not folder.is_dir():
-                raise InputError(f"{self.path}: cannot save the run state: {folder} is a file, not a folder; move it away") from exc
-            raise InputError(f"{self.path}: cannot save the run state ({exc.strerror or exc}); free space or make the "
-                             "folder writable, then run the same command again to resume") from exc
+                raise InputError(
+                    f"{self.path}: cannot save the run state: {folder} is a file, not a folder; move it away"
+                ) from exc
+            raise InputError(
+                f"{self.path}: cannot save the run state ({exc.strerror or exc}); free space or make the "
+                "folder writable, then run the same command again to resume"
+            ) from exc
 
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.data.get(key, default)
+    # -- the run ----------------------------------------------------------------------
+    @property
+    def parent_run_id(self) -> str | None:
+        return self.content.parent_run_id
 
-    def set(self, **values: Any) -> None:
-        self.data.update(values)
+    @property
+    def experiment_id(self) -> str | None:
+        return self.content.experiment_id
+
+    def set_parent_run(self, run_id: str, experiment_id: str) -> None:
+        self.content.parent_run_id, self.content.experiment_id = run_id, experiment_id
         self.save()
 
-    def arm(self, arm: str) -> dict[str, Any]:
-        return self.data["arms"].setdefault(arm, {"trial": {}, "confirm": {}, "records": {"trial": {}, "confirm": {}}})
-
-    def records(self, arm: str, kind: str) -> dict[str, dict[str, Any]]:
-        """Finished trials (TrialRecord fields) of an arm's search or confirmation."""
-        return self.arm(arm).setdefault("records", {"trial": {}, "confirm": {}}).setdefault(kind, {})
-
-    def set_record(self, arm: str, kind: str, trial_id: str, record: dict[str, Any]) -> None:
-        self.records(arm, kind)[trial_id] = record
+    def finish(self) -> None:
+        """The run ended: a rerun of the same spec starts a new one."""
+        self.content.finished = True
         self.save()
 
-    def set_arm(self, arm: str, **values: Any) -> None:
-        self.arm(arm).update(values)
+    # -- each arm ---------------------------------------------------------------------
+    def arm(self, arm: str) -> ArmState:
+        """The arm's progress (new and empty the first time it is asked for)."""
+        return self.content.arms.setdefault(arm, ArmState())
+
+    def arms(self) -> dict[str, ArmState]:
+        return self.content.arms
+
+    def set_arm_run(self, arm: str, run_id: str) -> None:
+        self.arm(arm).arm_run_id = run_id
         self.save()
+
+    def finish_search(self, arm: str, trials: list[TrialRecord]) -> None:
+        """The arm's search Tuner returned with ``trials`` (the reused ones included)."""
+        arm_state = self.arm(arm)
+        arm_state.search_done, arm_state.trials = True, copy.deepcopy(trials)
+        self.save()
+
+    def search_trials(self, arm: str) -> list[TrialRecord]:
+        """Every trial of the arm's finished search."""
+        return list(self.arm(arm).trials)
 
     def search_finished(self, arm: str) -> bool:
         """The arm's search ran to its end and left a trial to confirm.
@@ -190,50 +279,78 @@ class RunState:
         machine (a missing package, no GPU), and a rerun after it is fixed must search
         the arm again, not repeat the stored failure (``reopen_search``)."""
         arm_state = self.arm(arm)
-        return bool(arm_state.get("search_done")) and any(t.get("status") != FAILED for t in arm_state.get("trials", []))
+        return arm_state.search_done and any(t.status != FAILED for t in arm_state.trials)
 
     def searched_without_result(self, arm: str) -> bool:
         """The arm's search ran to its end and every trial failed."""
-        return bool(self.arm(arm).get("search_done")) and not self.search_finished(arm)
+        return self.arm(arm).search_done and not self.search_finished(arm)
 
     def reopen_search(self, arm: str) -> None:
         """Forget an arm's search whose every trial failed, so that it is searched
         again by a new Tuner. Its trial runs stay in MLflow as FAILED and stay mapped
         (new runs are numbered after them; ``_close_stale`` still sees them)."""
         arm_state = self.arm(arm)
-        arm_state["search_done"] = False
-        arm_state.pop("trials", None)
-        arm_state.pop("trial_callback_key", None)  # else the finished Tuner is restored, with nothing left to run
-        self.records(arm, "trial").clear()
+        arm_state.search_done, arm_state.trials = False, []
+        arm_state.search_callback_key = None  # else the finished Tuner is restored, with nothing left to run
+        arm_state.records.pop(RunKind.TRIAL, None)
         self.save()
 
-    def trial_runs(self, arm: str, kind: str) -> dict[str, str]:
-        return self.arm(arm)[kind]
+    # -- trial runs -------------------------------------------------------------------
+    def trial_runs(self, arm: str, kind: RunKind) -> dict[str, str]:
+        """Trial id -> MLflow run of the arm's search trials or confirmation runs."""
+        return self.arm(arm).runs(kind)
 
-    def trial_run(self, arm: str, kind: str, trial_id: str) -> str | None:
+    def trial_run(self, arm: str, kind: RunKind, trial_id: str) -> str | None:
         return self.trial_runs(arm, kind).get(trial_id)
 
-    def set_trial_run(self, arm: str, kind: str, trial_id: str, run_id: str) -> None:
+    def set_trial_run(self, arm: str, kind: RunKind, trial_id: str, run_id: str) -> None:
         self.trial_runs(arm, kind)[trial_id] = run_id
         self.save()
 
-    def confirm_round_done(self, arm: str, round_index: int) -> bool:
-        return str(round_index) in self.arm(arm).get("confirm_rounds", {})
+    def records(self, arm: str, kind: RunKind) -> dict[str, TrialRecord]:
+        """Finished trials of an arm's search or confirmation, by trial id."""
+        return dict(self.arm(arm).records.get(kind, {}))
 
-    def finish_confirm_round(self, arm: str, round_index: int, records: list[dict[str, Any]]) -> None:
-        """The arm's confirmation runs of round ``round_index`` (1-based), all ended."""
-        self.arm(arm).setdefault("confirm_rounds", {})[str(round_index)] = records
+    def set_record(self, arm: str, kind: RunKind, record: TrialRecord) -> None:
+        self.arm(arm).records.setdefault(RunKind(kind), {})[record.trial_id] = copy.deepcopy(record)
         self.save()
 
-    def confirm_records(self, arm: str) -> list[dict[str, Any]]:
+    def callback_key(self, arm: str, confirm_round: int | None = None) -> str | None:
+        """The key of the recorder callback of the arm's search Tuner (no
+        ``confirm_round``) or of that round's confirmation Tuner; None: not started."""
+        arm_state = self.arm(arm)
+        return (
+            arm_state.search_callback_key
+            if confirm_round is None
+            else arm_state.confirm_callback_keys.get(str(confirm_round))
+        )
+
+    def set_callback_key(self, arm: str, key: str, confirm_round: int | None = None) -> None:
+        arm_state = self.arm(arm)
+        if confirm_round is None:
+            arm_state.search_callback_key = key
+        else:
+            arm_state.confirm_callback_keys[str(confirm_round)] = key
+        self.save()
+
+    # -- confirmation and looks -------------------------------------------------------
+    def confirm_round_done(self, arm: str, round_index: int) -> bool:
+        return str(round_index) in self.arm(arm).confirm_rounds
+
+    def finish_confirm_round(self, arm: str, round_index: int, records: list[TrialRecord]) -> None:
+        """The arm's confirmation runs of round ``round_index`` (1-based), all ended."""
+        self.arm(arm).confirm_rounds[str(round_index)] = copy.deepcopy(records)
+        self.save()
+
+    def confirm_records(self, arm: str) -> list[TrialRecord]:
         """The arm's confirmation runs of every finished round, round after round."""
-        rounds = self.arm(arm).get("confirm_rounds", {})
+        rounds = self.arm(arm).confirm_rounds
         return [record for key in sorted(rounds, key=int) for record in rounds[key]]
 
     def looks(self) -> list[dict[str, Any]]:
         """The looks taken so far (``execute.looks.Look.to_dict``), in order."""
-        return list(self.data.get("looks", []))
+        return list(self.content.looks)
 
     def add_look(self, look: dict[str, Any]) -> None:
-        self.data.setdefault("looks", []).append(look)
+        self.content.looks.append(look)
         self.save()

@@ -13,12 +13,13 @@ in ``by_arm``; the confirmation runs need neither (a grid over arm x seed).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from orchestrator.execute.recorder import RecorderCallback, TrialRecorder
-from orchestrator.plan import ArmPlan
+from orchestrator.plan import ArmPlan, SearchSettings
 from orchestrator.results import TrialRecord
 from orchestrator.search.samplers import build_sampler
 from orchestrator.spec.models import Resources
@@ -39,19 +40,15 @@ class ConfirmRound:
     """One round of confirmation: its number (1-based) and its seeds.
 
     Each round is its own Tuner experiment, and the key of its callback is saved per arm
-    under its own name, so a kill during round k restores round k's Tuner and never
-    another round's. Round 1 keeps the names a confirmation had before it came in
-    rounds, so a run interrupted then resumes as before."""
+    under the round's number (``RunState.set_callback_key``), so a kill during round k
+    restores round k's Tuner and never another round's. Round 1 keeps the experiment name
+    a confirmation had before it came in rounds, so a run interrupted then resumes as before."""
 
     index: int
     seeds: list[int]
 
     def experiment(self, run_name: str) -> str:
         return f"{run_name}--confirm" + ("" if self.index == 1 else f"-{self.index}")
-
-    @property
-    def callback_key(self) -> str:
-        return "confirm_callback_key" if self.index == 1 else f"confirm_{self.index}_callback_key"
 
 
 @dataclass
@@ -67,7 +64,9 @@ class ConfirmRequest:
 def _trainable(setups: dict[str, TrialSetup], data_ref: Any, seed: int, resources: Resources) -> Any:
     from ray import tune
 
-    return tune.with_resources(tune.with_parameters(tune_entry, setups=setups, data=data_ref, seed=seed), resources_dict(resources))
+    return tune.with_resources(
+        tune.with_parameters(tune_entry, setups=setups, data=data_ref, seed=seed), resources_dict(resources)
+    )
 
 
 def _run_config(name: str, storage: Path | str, callback: RecorderCallback, max_failures: int) -> Any:
@@ -87,14 +86,20 @@ def _run_config(name: str, storage: Path | str, callback: RecorderCallback, max_
     )
 
 
-def _fit(recorders: list[TrialRecorder], trainable: Any, storage: Path | str, name: str, build: Callable[[RecorderCallback], Any],
-         key_name: str) -> list[TrialRecord]:
+def _fit(
+    recorders: list[TrialRecorder],
+    trainable: Any,
+    storage: Path | str,
+    name: str,
+    build: Callable[[RecorderCallback], Any],
+    confirm_round: int | None,
+) -> list[TrialRecord]:
     """Fit a new Tuner, or restore the interrupted one of the same experiment.
 
     Ray pickles our callback into the experiment; on restore, the new recorders are
-    registered under the old callback's key (saved in each arm's run state under
-    ``key_name``), so the restored callback reports to them. Trials that finished before
-    the interruption come back from the run state.
+    registered under the old callback's key (saved in each arm's run state, for the
+    search or for round ``confirm_round``), so the restored callback reports to them.
+    Trials that finished before the interruption come back from the run state.
     """
     import os
 
@@ -103,15 +108,17 @@ def _fit(recorders: list[TrialRecorder], trainable: Any, storage: Path | str, na
     # a failed trial's last result carries its reason, not the objectives (orchestrator.trial.faults)
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     path = f"{str(storage).rstrip('/')}/{name}"
-    old_keys = {r.state.arm(r.arm).get(key_name) for r in recorders}
+    old_keys = {r.state.callback_key(r.arm, confirm_round) for r in recorders}
     old_key = old_keys.pop() if len(old_keys) == 1 else None
     if old_key and tune.Tuner.can_restore(path):
         callback = RecorderCallback(recorders, key=old_key)
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
+        tuner = tune.Tuner.restore(
+            path, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
+        )
     else:
         callback = RecorderCallback(recorders)
         for recorder in recorders:
-            recorder.state.set_arm(recorder.arm, **{key_name: callback.key})
+            recorder.state.set_callback_key(recorder.arm, callback.key, confirm_round)
         tuner = build(callback)
     try:
         tuner.fit()
@@ -125,19 +132,11 @@ def _same_point(point: dict[str, Any], params: dict[str, Any]) -> bool:
 
 
 def _scheduler(plan: ArmPlan, epochs: int) -> Any:
-    """Ray's ASHA, FIFO, or an Optuna pruner; with one epoch there is nothing to stop early."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    """Ray's ASHA, FIFO, or an Optuna pruner (``registry.SCHEDULERS``); with one epoch
+    there is nothing to stop early."""
+    from orchestrator.execute.pruning import build_scheduler
 
-    from orchestrator.execute.pruning import PRUNERS, OptunaPrunerScheduler
-
-    if epochs <= 1 or plan.scheduler == "fifo":
-        return FIFOScheduler()
-    if plan.scheduler in PRUNERS:
-        return OptunaPrunerScheduler(plan.scheduler, plan.primary_metric, plan.primary_mode, epochs, plan.trials)
-    return ASHAScheduler(
-        metric=plan.primary_metric, mode=plan.primary_mode, time_attr="training_iteration",
-        max_t=epochs, grace_period=1, reduction_factor=2,
-    )
+    return build_scheduler(plan.scheduler, plan.primary_metric, plan.primary_mode, epochs, plan.trials)
 
 
 @dataclass
@@ -155,13 +154,15 @@ class SearchRequest:
         return max(0, self.plan.trials - len(self.prior))
 
 
-def run_searches(requests: list[SearchRequest], data_ref: Any, storage: Path | str, name: str, seed: int) -> dict[str, list[TrialRecord]]:
+def run_searches(
+    requests: list[SearchRequest], settings: SearchSettings, data_ref: Any, storage: Path | str, name: str
+) -> dict[str, list[TrialRecord]]:
     """Every arm's hyperparameter search, in one Tuner (``by_arm``); returns the records
     of the trials run here, per arm.
 
     An arm with ``prior`` trials starts its sampler from them and runs only
-    ``plan.trials - len(prior)`` new ones. Concurrency, resources and retries are the
-    hypothesis's, the same for every arm.
+    ``plan.trials - len(prior)`` new ones. Concurrency, resources, retries and the
+    trials' seed are the run's ``settings``, the same for every arm.
     """
     if not requests or not any(r.new_trials for r in requests):
         return {r.setup.arm: [] for r in requests}
@@ -170,8 +171,7 @@ def run_searches(requests: list[SearchRequest], data_ref: Any, storage: Path | s
     from orchestrator.execute.by_arm import ArmScheduler, ArmSearcher
     from orchestrator.execute.searcher import HonestOptunaSearch
 
-    plan = requests[0].plan
-    trainable = _trainable({r.setup.arm: r.setup for r in requests}, data_ref, seed, plan.resources)
+    trainable = _trainable({r.setup.arm: r.setup for r in requests}, data_ref, settings.seed, settings.resources)
 
     def searcher(r: SearchRequest) -> HonestOptunaSearch:
         metrics, modes = list(r.plan.objectives), list(r.plan.objectives.values())
@@ -180,7 +180,10 @@ def run_searches(requests: list[SearchRequest], data_ref: Any, storage: Path | s
             metric=metrics if len(metrics) > 1 else metrics[0],
             mode=modes if len(modes) > 1 else modes[0],
             sampler=build_sampler(r.plan.sampler),
-            points_to_evaluate=[p for p in r.plan.points_to_evaluate if not any(_same_point(p, t.params) for t in r.prior)] or None,
+            points_to_evaluate=[
+                p for p in r.plan.points_to_evaluate if not any(_same_point(p, t.params) for t in r.prior)
+            ]
+            or None,
             constraints=r.plan.constraints,
             epochs=r.setup.training.epochs,
             on_suggest=r.recorder.suggested,
@@ -188,50 +191,64 @@ def run_searches(requests: list[SearchRequest], data_ref: Any, storage: Path | s
         )
 
     def build(callback: RecorderCallback) -> Any:
-        searchers = ArmSearcher({r.setup.arm: searcher(r) for r in requests}, {r.setup.arm: r.new_trials for r in requests})
+        searchers = ArmSearcher(
+            {r.setup.arm: searcher(r) for r in requests}, {r.setup.arm: r.new_trials for r in requests}
+        )
         scheduler = ArmScheduler({r.setup.arm: _scheduler(r.plan, r.setup.training.epochs) for r in requests})
         return tune.Tuner(
             trainable,
             param_space={},
             tune_config=tune.TuneConfig(
-                search_alg=searchers, scheduler=scheduler, num_samples=sum(r.new_trials for r in requests),
-                max_concurrent_trials=plan.max_concurrent,
+                search_alg=searchers,
+                scheduler=scheduler,
+                num_samples=sum(r.new_trials for r in requests),
+                max_concurrent_trials=settings.max_concurrent,
                 # one worker process serves several trials, of any arm: no torch/transformers import per trial
                 reuse_actors=True,
             ),
-            run_config=_run_config(name, storage, callback, max_failures=plan.max_retries),
+            run_config=_run_config(name, storage, callback, max_failures=settings.max_retries),
         )
 
-    records = _fit([r.recorder for r in requests], trainable, storage, name, build, "trial_callback_key")
+    records = _fit([r.recorder for r in requests], trainable, storage, name, build, confirm_round=None)
     return {r.setup.arm: [record for record in records if record.arm == r.setup.arm] for r in requests}
 
 
-def run_confirm(requests: list[ConfirmRequest], confirm_round: ConfirmRound, split: str, data_ref: Any, storage: Path | str,
-                run_name: str) -> dict[str, list[TrialRecord]]:
+def run_confirm(
+    requests: list[ConfirmRequest],
+    confirm_round: ConfirmRound,
+    split: str,
+    settings: SearchSettings,
+    data_ref: Any,
+    storage: Path | str,
+    run_name: str,
+) -> dict[str, list[TrialRecord]]:
     """One round of confirmation: each requested arm's best configuration again on the
     round's seeds, evaluated on ``split`` (the held-out test split unless the hypothesis
-    says otherwise), in one Tuner: a trial per (arm, seed). Returns the records of the
-    round's runs per arm."""
+    says otherwise), in one Tuner: a trial per (arm, seed), with the search's resources,
+    concurrency and retries (``settings``). Returns the records of the round's runs per arm."""
     from ray import tune
 
     if not requests:
         return {}
     setups = {
-        r.setup.arm: replace(r.setup, fixed={**r.best_params, **r.setup.fixed}, final_split=split, confirm=True, constraints=())
+        r.setup.arm: replace(
+            r.setup, fixed={**r.best_params, **r.setup.fixed}, final_split=split, confirm=True, constraints=()
+        )
         for r in requests
     }
-    plan = requests[0].plan  # concurrency, resources and retries are the hypothesis's, the same for every arm
     seeds, name = confirm_round.seeds, confirm_round.experiment(run_name)
-    trainable = _trainable(setups, data_ref, seeds[0], plan.resources)
+    trainable = _trainable(setups, data_ref, seeds[0], settings.resources)
 
     def build(callback: RecorderCallback) -> Any:
         return tune.Tuner(
             trainable,
             param_space={ARM_KEY: tune.grid_search(list(setups)), SEED_KEY: tune.grid_search(seeds)},
-            tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=plan.max_concurrent, reuse_actors=True),
-            run_config=_run_config(name, storage, callback, max_failures=plan.max_retries),
+            tune_config=tune.TuneConfig(
+                num_samples=1, max_concurrent_trials=settings.max_concurrent, reuse_actors=True
+            ),
+            run_config=_run_config(name, storage, callback, max_failures=settings.max_retries),
         )
 
-    records = _fit([r.recorder for r in requests], trainable, storage, name, build, confirm_round.callback_key)
+    records = _fit([r.recorder for r in requests], trainable, storage, name, build, confirm_round=confirm_round.index)
     # the recorders also hold the runs of the arm's earlier rounds (from the run state)
     return {arm: [record for record in records if record.arm == arm and record.seed in seeds] for arm in setups}

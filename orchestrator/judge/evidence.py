@@ -20,12 +20,13 @@ The run (``execute.confirm``) and the re-judge (``rejudge``) both build what
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Protocol
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from orchestrator.trial.per_example import PER_EXAMPLE_FOLDER, PerExampleRecord
 from orchestrator.results import FAILED
+from orchestrator.trial.per_example import PER_EXAMPLE_FOLDER, PerExampleRecord
 
 if TYPE_CHECKING:
     from orchestrator.tracking import Tracker
@@ -38,12 +39,17 @@ PER_EXAMPLE_TOLERANCE = {"test_accuracy": 1e-12, "test_loss": 1e-4}
 
 class ConfirmRun(Protocol):
     """What both the driver's ``TrialRecord`` and the report's ``RunRecord`` hold (and an
-    MLflow run id, named differently: see ``per_example_outcomes``)."""
+    MLflow run id, named differently: see ``per_example_outcomes``). Read-only members, so
+    a record whose fields are narrower (``metrics: dict[str, float]``) still qualifies."""
 
-    seed: int | None
-    status: str
-    error: str | None
-    metrics: Mapping[str, Any]
+    @property
+    def seed(self) -> int | None: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def metrics(self) -> Mapping[str, Any]: ...
 
 
 def _seed(run: ConfirmRun) -> int:
@@ -88,8 +94,9 @@ def exact_metrics_of(arm_methods: Mapping[str, str]) -> dict[str, frozenset[str]
     return exact
 
 
-def per_example_outcomes(tracker: "Tracker", runs_by_arm: Mapping[str, Iterable[ConfirmRun]]
-                         ) -> tuple[dict[str, dict[str, dict[int, np.ndarray]]], list[str]]:
+def per_example_outcomes(
+    tracker: Tracker, runs_by_arm: Mapping[str, Iterable[ConfirmRun]]
+) -> tuple[dict[str, dict[str, dict[int, np.ndarray]]], list[str]]:
     """(arm -> metric -> seed -> per-example values, notes) of the confirmation runs that
     did not fail, for "test_accuracy" (0/1 correctness) and "test_loss" (cross-entropy):
     the mean of each array is the run's reported metric. F1 and MCC are not means of
@@ -109,7 +116,12 @@ def per_example_outcomes(tracker: "Tracker", runs_by_arm: Mapping[str, Iterable[
     outcomes: dict[str, dict[str, dict[int, np.ndarray]]] = {arm: {} for arm in runs_by_arm}
     notes: list[str] = []
     for metric in PER_EXAMPLE_TOLERANCE:
-        reporting = [(arm, run) for arm, runs in usable.items() for run in runs if isinstance(run.metrics.get(metric), (int, float))]
+        reporting = [
+            (arm, run)
+            for arm, runs in usable.items()
+            for run in runs
+            if isinstance(run.metrics.get(metric), (int, float))
+        ]
         if not reporting:
             continue
         values, problems = _metric_outcomes(metric, reporting, records)
@@ -121,8 +133,9 @@ def per_example_outcomes(tracker: "Tracker", runs_by_arm: Mapping[str, Iterable[
     return outcomes, notes
 
 
-def _metric_outcomes(metric: str, reporting: list[tuple[str, ConfirmRun]], records: Mapping[tuple[str, int], PerExampleRecord | None]
-                     ) -> tuple[dict[tuple[str, int], np.ndarray], list[str]]:
+def _metric_outcomes(
+    metric: str, reporting: list[tuple[str, ConfirmRun]], records: Mapping[tuple[str, int], PerExampleRecord | None]
+) -> tuple[dict[tuple[str, int], np.ndarray], list[str]]:
     """(arm, seed) -> values of one metric, and what keeps it from being judged per example."""
     values: dict[tuple[str, int], np.ndarray] = {}
     problems: list[str] = []
@@ -144,7 +157,7 @@ def _metric_outcomes(metric: str, reporting: list[tuple[str, ConfirmRun]], recor
     return values, problems
 
 
-def _read_record(tracker: "Tracker", run: ConfirmRun) -> PerExampleRecord | None:
+def _read_record(tracker: Tracker, run: ConfirmRun) -> PerExampleRecord | None:
     """The run's record of the test split, or None when it has none (or one this code
     cannot read). The judge's per-example metrics are the test split's (``test_*``)."""
     run_id = getattr(run, "mlflow_run_id", None) or getattr(run, "run_id", None)

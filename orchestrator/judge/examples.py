@@ -32,14 +32,15 @@ loss: per-example cross-entropy); F1 and MCC are not means and keep seed varianc
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
+from typing import cast
 
 import numpy as np
 
 from orchestrator.claims import Claim, MetricRef
 
-PerExample = Mapping[str, Mapping[str, Mapping[object, "np.ndarray"]]]
+PerExample = Mapping[str, Mapping[str, Mapping[int, "np.ndarray"]]]
 """arm -> metric -> seed -> per-example values (in the test split's order) whose mean is the metric."""
 
 # A per-example array whose mean differs from the metric the run reported by more than
@@ -65,8 +66,9 @@ class ExampleComponent:
     references: tuple[MetricRef, ...]
 
 
-def component(claim: Claim, seeds_by_ref: Mapping[MetricRef, Mapping[object, float]],
-              per_example: PerExample | None) -> ExampleComponent | None:
+def component(
+    claim: Claim, seeds_by_ref: Mapping[MetricRef, Mapping[int, float]], per_example: PerExample | None
+) -> ExampleComponent | None:
     """The example part for a claim, or None when no reference has usable per-example data.
 
     ``seeds_by_ref``: each reference's usable seed -> value (the values the seed part
@@ -90,11 +92,16 @@ def component(claim: Claim, seeds_by_ref: Mapping[MetricRef, Mapping[object, flo
         return None
     z = sum(coefficients[ref] * a.mean(axis=0) for ref, a in arrays.items())
     variance = float(np.var(z, ddof=1)) / n_examples
-    return ExampleComponent(variance, math.sqrt(max(0.0, variance * n_examples)),
-                            _seed_floors(arrays, coefficients, seeds_by_ref), n_examples, tuple(arrays))
+    return ExampleComponent(
+        variance,
+        math.sqrt(max(0.0, variance * n_examples)),
+        _seed_floors(arrays, coefficients, seeds_by_ref),
+        n_examples,
+        tuple(arrays),
+    )
 
 
-def _stack(per_example: PerExample, ref: MetricRef, values: Mapping[object, float]) -> np.ndarray | None:
+def _stack(per_example: PerExample, ref: MetricRef, values: Mapping[int, float]) -> np.ndarray | None:
     by_seed = (per_example.get(ref.arm) or {}).get(ref.metric) or {}
     if not values or any(seed not in by_seed for seed in values):
         return None
@@ -110,18 +117,22 @@ def _stack(per_example: PerExample, ref: MetricRef, values: Mapping[object, floa
     return stack
 
 
-def _seed_floors(arrays: Mapping[MetricRef, np.ndarray], coefficients: Mapping[MetricRef, float],
-                 seeds_by_ref: Mapping[MetricRef, Mapping[object, float]]) -> dict[str, float]:
+def _seed_floors(
+    arrays: Mapping[MetricRef, np.ndarray],
+    coefficients: Mapping[MetricRef, float],
+    seeds_by_ref: Mapping[MetricRef, Mapping[int, float]],
+) -> dict[str, float]:
     """Least per-seed variance the seed x example interaction implies: MS_res / N of the
     table z[s, i] (of the paired quantity when every arm has the same seeds, else of each
     arm's part). Needs 2 seeds or more."""
     seed_sets = {tuple(seeds_by_ref[ref]) for ref in arrays}
     if len(seed_sets) == 1:
-        table = sum(coefficients[ref] * a for ref, a in arrays.items())
+        # arrays is never empty, so sum() returns an array, never its start value 0
+        table = cast(np.ndarray, sum(coefficients[ref] * a for ref, a in arrays.items()))
         return {"*": _residual_mean_square(table) / table.shape[1]}
     floors: dict[str, float] = {}
     for arm in dict.fromkeys(ref.arm for ref in arrays):
-        table = sum(coefficients[ref] * a for ref, a in arrays.items() if ref.arm == arm)
+        table = cast(np.ndarray, sum(coefficients[ref] * a for ref, a in arrays.items() if ref.arm == arm))
         floors[arm] = _residual_mean_square(table) / table.shape[1]
     return floors
 
@@ -132,4 +143,4 @@ def _residual_mean_square(table: np.ndarray) -> float:
     if seeds < 2:
         return 0.0
     residual = table - table.mean(axis=1, keepdims=True) - table.mean(axis=0, keepdims=True) + table.mean()
-    return float(np.sum(residual ** 2)) / ((seeds - 1) * (examples - 1))
+    return float(np.sum(residual**2)) / ((seeds - 1) * (examples - 1))

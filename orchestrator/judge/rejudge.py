@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,15 +46,15 @@ class Judgement:
     registered_claims: list[str]
     confidence: float
     family_wise: bool | None
-    samples: "Samples"
-    verdicts: list["Verdict"]
-    logged: list["Verdict"]  # the verdicts logged at run time
+    samples: Samples
+    verdicts: list[Verdict]
+    logged: list[Verdict]  # the verdicts logged at run time
     posthoc: bool = False
     spec_file: str | None = None
     notes: list[str] = field(default_factory=list)
     failed: dict[str, dict[int, str]] = field(default_factory=dict)  # arm -> seed -> error of failed confirmation runs
-    looks: list["Look"] = field(default_factory=list)  # replayed here, one per round some arm ran
-    logged_looks: list["Look"] = field(default_factory=list)  # looks.json of the run (none before rounds existed)
+    looks: list[Look] = field(default_factory=list)  # replayed here, one per round some arm ran
+    logged_looks: list[Look] = field(default_factory=list)  # looks.json of the run (none before rounds existed)
 
     def reproduces_logged(self) -> bool:
         """The registered claims' verdicts, and every look when the run logged them, as at run time."""
@@ -61,7 +62,7 @@ class Judgement:
         return not self.posthoc and _comparable(self.verdicts) == _comparable(self.logged) and looks_agree
 
 
-def samples_from_summary(summary: RunSummary) -> "Samples":
+def samples_from_summary(summary: RunSummary) -> Samples:
     """arm -> metric -> seed -> value from the confirmation runs the driver kept that did
     not fail (the failed ones are ``failures_from_summary``)."""
     from orchestrator.judge.evidence import confirmation_samples
@@ -88,7 +89,7 @@ def exact_metrics_from_summary(summary: RunSummary) -> dict[str, frozenset[str]]
     return exact_metrics_of(methods)
 
 
-def rejudge(tracker: "Tracker", run_id: str, spec_path: str | Path | None = None) -> Judgement:
+def rejudge(tracker: Tracker, run_id: str, spec_path: str | Path | None = None) -> Judgement:
     """Re-judge the registered claims, or, with ``spec_path``, that file's claims (with
     the run's profile applied); POST-HOC when they differ from the registered ones.
     Post-hoc claims are judged at the run's looks too, on the rounds its registered
@@ -107,45 +108,78 @@ def rejudge(tracker: "Tracker", run_id: str, spec_path: str | Path | None = None
         if h.name != summary.hypothesis:
             notes.append(f"{spec_path} is hypothesis {h.name!r}, the run is {summary.hypothesis!r}")
         claims, confidence, family_wise = list(h.expected), h.judge.confidence, h.judge.family_wise
-        posthoc = _normal(claims) != _normal(summary.claims) or (confidence, family_wise) != (summary.confidence, summary.family_wise)
+        posthoc = _normal(claims) != _normal(summary.claims) or (confidence, family_wise) != (
+            summary.confidence,
+            summary.family_wise,
+        )
     samples, failed = samples_from_summary(summary), failures_from_summary(summary)
-    settings = JudgeSettings(claims, summary.confirm_rounds, confidence, family_wise, exact_metrics_from_summary(summary))
+    settings = JudgeSettings(
+        claims, summary.confirm_rounds, confidence, family_wise, exact_metrics_from_summary(summary)
+    )
     looks = replay_looks(settings, {arm.arm: arm.confirms for arm in summary.arms}, tracker)
     if not posthoc:
         notes += _continuation_notes(looks)
     notes += list(dict.fromkeys(note for look in looks for note in look.notes))
     verdicts = looks[-1].verdicts if looks else []
-    return Judgement(run_id, claims, list(summary.claims), confidence, family_wise, samples, verdicts, summary.verdicts,
-                     posthoc, str(spec_path) if spec_path is not None else None, notes, failed, looks, summary.looks)
+    return Judgement(
+        run_id,
+        claims,
+        list(summary.claims),
+        confidence,
+        family_wise,
+        samples,
+        verdicts,
+        summary.verdicts,
+        posthoc,
+        str(spec_path) if spec_path is not None else None,
+        notes,
+        failed,
+        looks,
+        summary.looks,
+    )
 
 
-def _continuation_notes(looks: list["Look"]) -> list[str]:
+def _continuation_notes(looks: list[Look]) -> list[str]:
     """Where the runs disagree with what the looks decided: the arms that ran round k + 1
     are the ones look k sent on (confirmation runs deleted or added by hand break this)."""
     notes = []
-    for look, after in zip(looks, looks[1:]):
+    for look, after in pairwise(looks):
         ran = sorted(arm for arm, seeds in after.seeds.items() if len(seeds) > len(look.seeds.get(arm, [])))
         if ran != sorted(look.continuing):
-            notes.append(f"look {look.index} sends {', '.join(look.continuing) or 'no arm'} to round {after.index}, "
-                         f"but the runs of round {after.index} are of {', '.join(ran) or 'no arm'}")
+            notes.append(
+                f"look {look.index} sends {', '.join(look.continuing) or 'no arm'} to round {after.index}, "
+                f"but the runs of round {after.index} are of {', '.join(ran) or 'no arm'}"
+            )
     if looks and looks[-1].continuing:
-        notes.append(f"look {looks[-1].index} sends {', '.join(looks[-1].continuing)} to round {looks[-1].index + 1}, "
-                     "which has no confirmation run: the run did not finish, or its runs were deleted")
+        notes.append(
+            f"look {looks[-1].index} sends {', '.join(looks[-1].continuing)} to round {looks[-1].index + 1}, "
+            "which has no confirmation run: the run did not finish, or its runs were deleted"
+        )
     return notes
 
 
-def record_posthoc(tracker: "Tracker", judgement: Judgement) -> None:
+def record_posthoc(tracker: Tracker, judgement: Judgement) -> None:
     """Store a post-hoc judgement apart from the registered verdicts (never over them)."""
     judged_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     payload = {
-        "posthoc": True, "judged_at": judged_at, "spec_file": judgement.spec_file,
-        "registered_claims": judgement.registered_claims, "claims": judgement.claims,
-        "confidence": judgement.confidence, "family_wise": judgement.family_wise,
-        "samples": judgement.samples, "failed": judgement.failed, "verdicts": [v.model_dump() for v in judgement.verdicts],
+        "posthoc": True,
+        "judged_at": judged_at,
+        "spec_file": judgement.spec_file,
+        "registered_claims": judgement.registered_claims,
+        "claims": judgement.claims,
+        "confidence": judgement.confidence,
+        "family_wise": judgement.family_wise,
+        "samples": judgement.samples,
+        "failed": judgement.failed,
+        "verdicts": [v.model_dump() for v in judgement.verdicts],
         "looks": [look.to_dict() for look in judgement.looks],
     }
     tracker.log_text(judgement.run_id, json.dumps(payload, indent=1, default=str), POSTHOC_FILE)
-    tags = {POSTHOC_TAG: "true", "orchestrate.posthoc_judged_at": judged_at, "orchestrate.posthoc_spec": judgement.spec_file or ""}
+    tags = {
+        POSTHOC_TAG: "true",
+        "orchestrate.posthoc_judged_at": judged_at,
+        "orchestrate.posthoc_spec": judgement.spec_file or "",
+    }
     tags |= {f"posthoc_verdict.{i}": f"{v.verdict}: {v.claim}" for i, v in enumerate(judgement.verdicts)}
     tracker.set_tags(judgement.run_id, tags)
 
@@ -163,9 +197,9 @@ def _normal(claims: list[str]) -> list[str]:
     return sorted(out)
 
 
-def _comparable(verdicts: list["Verdict"]) -> str:
+def _comparable(verdicts: list[Verdict]) -> str:
     return json.dumps([v.model_dump() for v in verdicts], sort_keys=True, default=str)
 
 
-def _looks(looks: list["Look"]) -> str:
+def _looks(looks: list[Look]) -> str:
     return json.dumps([look.to_dict() for look in looks], sort_keys=True, default=str)

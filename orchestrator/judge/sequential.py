@@ -30,17 +30,18 @@ Python package implements alpha-spending for arbitrary test statistics (``rpact`
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from orchestrator.claims import Claim, parse_claim
 from orchestrator.judge.examples import PerExample
 from orchestrator.judge.verdicts import Verdict, judge_claims
 
+
 def look_sizes(seeds: int, max_seeds: int | None) -> list[int]:
     """Seeds per arm at each planned look: rounds of ``seeds`` up to ``max_seeds``.
 
-        >>> look_sizes(3, 9), look_sizes(3, 8), look_sizes(2, None)
-        ([3, 6, 9], [3, 6, 8], [2])
+    >>> look_sizes(3, 9), look_sizes(3, 8), look_sizes(2, None)
+    ([3, 6, 9], [3, 6, 8], [2])
     """
     cap = seeds if max_seeds is None else max(max_seeds, seeds)
     sizes = list(range(seeds, cap + 1, seeds))
@@ -52,8 +53,8 @@ def look_sizes(seeds: int, max_seeds: int | None) -> list[int]:
 def spent(alpha: float, fraction: float) -> float:
     """Lan-DeMets Pocock-type spending: the alpha spent by information fraction ``fraction``.
 
-        >>> round(spent(0.05, 1.0), 12), round(spent(0.05, 0.5), 4)
-        (0.05, 0.031)
+    >>> round(spent(0.05, 1.0), 12), round(spent(0.05, 0.5), 4)
+    (0.05, 0.031)
     """
     fraction = min(max(fraction, 0.0), 1.0)
     return alpha * math.log1p((math.e - 1.0) * fraction)
@@ -62,8 +63,8 @@ def spent(alpha: float, fraction: float) -> float:
 def look_alpha(alpha: float, look: int, sizes: Sequence[int]) -> float:
     """The share of ``alpha`` that look ``look`` (1-based) of ``sizes`` may spend.
 
-        >>> [round(look_alpha(0.05, k, [3, 6, 9]), 4) for k in (1, 2, 3)]
-        [0.0226, 0.0155, 0.0118]
+    >>> [round(look_alpha(0.05, k, [3, 6, 9]), 4) for k in (1, 2, 3)]
+    [0.0226, 0.0155, 0.0118]
     """
     if not 1 <= look <= len(sizes):
         raise ValueError(f"look {look} is not one of the {len(sizes)} planned looks")
@@ -72,10 +73,19 @@ def look_alpha(alpha: float, look: int, sizes: Sequence[int]) -> float:
     return spent(alpha, sizes[look - 1] / total) - before
 
 
-def judge_look(claims: Sequence[Claim | str], samples: Mapping, *, look: int, sizes: Sequence[int],
-               previous: Sequence[Verdict] | None = None, confidence: float = 0.95, family_wise: bool | None = None,
-               exact_metrics: Mapping[str, Iterable[str]] | None = None, failed: Mapping | None = None,
-               per_example: PerExample | None = None) -> list[Verdict]:
+def judge_look(
+    claims: Sequence[Claim | str],
+    samples: Mapping,
+    *,
+    look: int,
+    sizes: Sequence[int],
+    previous: Sequence[Verdict] | None = None,
+    confidence: float = 0.95,
+    family_wise: bool | None = None,
+    exact_metrics: Mapping[str, Iterable[str]] | None = None,
+    failed: Mapping | None = None,
+    per_example: PerExample | None = None,
+) -> list[Verdict]:
     """Every claim's verdict at look ``look``, given ``previous``, the verdicts of the look
     before: a claim that went on (INCONCLUSIVE, and more seeds could settle it, so
     ``arms_needing_seeds`` gave all of its arms this round) is judged on the data so far
@@ -93,13 +103,24 @@ def judge_look(claims: Sequence[Claim | str], samples: Mapping, *, look: int, si
         raise ValueError(f"{len(previous)} earlier verdicts for {len(parsed)} claims")
     open_claims = [i for i in range(len(parsed)) if previous is None or _goes_on(previous[i])]
     use_holm = len(parsed) >= 2 if family_wise is None else family_wise
-    judged = judge_claims([parsed[i] for i in open_claims], samples, confidence=confidence, family_wise=use_holm,
-                          exact_metrics=exact_metrics, failed=failed, per_example=per_example,
-                          alpha=look_alpha(1.0 - confidence, look, sizes), look=look) if open_claims else []
-    verdicts = list(previous) if previous is not None else [None] * len(parsed)
-    for i, verdict in zip(open_claims, judged):
-        verdicts[i] = verdict
-    return verdicts  # type: ignore[return-value]
+    judged = (
+        judge_claims(
+            [parsed[i] for i in open_claims],
+            samples,
+            confidence=confidence,
+            family_wise=use_holm,
+            exact_metrics=exact_metrics,
+            failed=failed,
+            per_example=per_example,
+            alpha=look_alpha(1.0 - confidence, look, sizes),
+            look=look,
+        )
+        if open_claims
+        else []
+    )
+    fresh = dict(zip(open_claims, judged, strict=True))
+    earlier = list(previous) if previous is not None else []  # no earlier look: every claim is open
+    return [fresh[i] if i in fresh else earlier[i] for i in range(len(parsed))]
 
 
 def arms_needing_seeds(claims: Sequence[Claim | str], verdicts: Sequence[Verdict]) -> list[str]:
@@ -111,7 +132,7 @@ def arms_needing_seeds(claims: Sequence[Claim | str], verdicts: Sequence[Verdict
     """
     parsed = [c if isinstance(c, Claim) else parse_claim(c) for c in claims]
     arms: list[str] = []
-    for claim, verdict in zip(parsed, verdicts):
+    for claim, verdict in zip(parsed, verdicts, strict=True):
         if _goes_on(verdict):
             arms.extend(arm for arm in claim.arms() if arm not in arms)
     return arms

@@ -26,7 +26,7 @@ from orchestrator.judge.stats import Estimate
 POWER = 0.80  # the power a settling budget aims for
 
 # Beyond this many seeds or examples the answer is "not within reach", not a number.
-OUT_OF_REACH = 10 ** 6
+OUT_OF_REACH = 10**6
 
 
 @dataclass(frozen=True)
@@ -46,32 +46,45 @@ def settling_budget(distance: float, est: Estimate, alpha: float) -> SettlingBud
     """The budget for a claim whose estimate is ``distance`` from its nearest boundary."""
     seeds_now = max(est.n.values()) if est.n else 0
     if distance <= 0.0 or not math.isfinite(distance):
-        return SettlingBudget(None, None, None, "the estimate sits on the boundary, so neither more seeds nor more "
-                                                "test examples are likely to settle it")
+        return SettlingBudget(
+            None,
+            None,
+            None,
+            "the estimate sits on the boundary, so neither more seeds nor more test examples are likely to settle it",
+        )
     z_alpha = float(special.ndtri(1.0 - alpha))
     k = (z_alpha + float(special.ndtri(POWER))) ** 2
     per_seed = est.seeds_part * seeds_now  # sigma_s^2: the variance of V for one seed of every arm
-    needed_room = distance ** 2 / k        # the largest variance of V_hat that would settle it
+    needed_room = distance**2 / k  # the largest variance of V_hat that would settle it
     example_part = est.example_variance
     if example_part < needed_room:
         if per_seed <= 0.0:
             return SettlingBudget(None, None, None, "")
-        seeds = per_seed / (needed_room - example_part) + z_alpha ** 2 / 2.0
+        seeds = per_seed / (needed_room - example_part) + z_alpha**2 / 2.0
         if seeds <= OUT_OF_REACH:
             count = max(math.ceil(seeds), seeds_now + 1, 2)
             return SettlingBudget(count, None, None, f"about {count} seeds per arm would likely settle it")
     if est.examples == 0 or est.example_sd <= 0.0:
         return SettlingBudget(None, None, None, "")
     seeds_part = per_seed / seeds_now if seeds_now else 0.0
-    why = (f"more seeds alone cannot settle it: the sampling error of the {est.examples} test examples "
-           f"(se {math.sqrt(example_part):.2g}) is too large for the {distance:.2g} between the estimate and the boundary")
+    why = (
+        f"more seeds alone cannot settle it: the sampling error of the {est.examples} test examples "
+        f"(se {math.sqrt(example_part):.2g}) is too large for the {distance:.2g} between the estimate and the boundary"
+    )
     if seeds_part < needed_room:
-        examples = math.ceil(est.example_sd ** 2 / (needed_room - seeds_part))
+        examples = math.ceil(est.example_sd**2 / (needed_room - seeds_part))
         if examples <= OUT_OF_REACH:
-            return SettlingBudget(None, examples, seeds_now, f"{why}; about {examples} test examples would likely settle "
-                                                             f"it at {seeds_now} seeds per arm")
-    examples = math.ceil(est.example_sd ** 2 / needed_room)
+            return SettlingBudget(
+                None,
+                examples,
+                seeds_now,
+                f"{why}; about {examples} test examples would likely settle it at {seeds_now} seeds per arm",
+            )
+    examples = math.ceil(est.example_sd**2 / needed_room)
     if examples <= OUT_OF_REACH:
-        return SettlingBudget(None, examples, None, f"{why}; about {examples} test examples would, with many more seeds")
-    return SettlingBudget(None, None, None, f"{why}, and no test set within reach would: the margin is finer than "
-                                            "the metric can resolve")
+        return SettlingBudget(
+            None, examples, None, f"{why}; about {examples} test examples would, with many more seeds"
+        )
+    return SettlingBudget(
+        None, None, None, f"{why}, and no test set within reach would: the margin is finer than the metric can resolve"
+    )

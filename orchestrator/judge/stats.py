@@ -9,8 +9,8 @@ two orders of magnitude slower per call.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from scipy import special
 
@@ -61,14 +61,14 @@ class Estimate:
     method: str
     n: dict[str, int]
     arm_variances: dict[str, float] = field(default_factory=dict)
-    seed_variance: float | None = None      # the seeds' part of se**2 (None: all of it)
-    example_variance: float = 0.0           # the test examples' part of se**2 (``judge.examples``)
-    examples: int = 0                       # test examples behind it (0: seed variance only)
-    example_sd: float = 0.0                 # sd of one example's contribution to V
+    seed_variance: float | None = None  # the seeds' part of se**2 (None: all of it)
+    example_variance: float = 0.0  # the test examples' part of se**2 (``judge.examples``)
+    examples: int = 0  # test examples behind it (0: seed variance only)
+    example_sd: float = 0.0  # sd of one example's contribution to V
 
     @property
     def seeds_part(self) -> float:
-        return self.se ** 2 if self.seed_variance is None else self.seed_variance
+        return self.se**2 if self.seed_variance is None else self.seed_variance
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,11 @@ def _metric_runs(arm_runs: object) -> dict[str, Mapping]:
     return {metric: by_seed for metric, by_seed in arm_runs.items() if isinstance(by_seed, Mapping)}
 
 
-def reference_data(claim: Claim, samples: Mapping, failed: Mapping | None = None,
-                   ) -> tuple[dict[MetricRef, ReferenceData], list[str]]:
+def reference_data(
+    claim: Claim,
+    samples: Mapping,
+    failed: Mapping | None = None,
+) -> tuple[dict[MetricRef, ReferenceData], list[str]]:
     """Values per reference on the seeds its arm can use, and problems that stop the judge.
 
     Within one arm, only seeds where every referenced metric of that arm is finite are
@@ -166,7 +169,7 @@ def gaps(data: Mapping[MetricRef, ReferenceData]) -> list[str]:
         for seed, why in ref_data.excluded.items():
             causes = found.setdefault((ref.arm, seed), [])
             if why.startswith(FAILED):
-                cause = f"its run failed ({why[len(FAILED) + 2:]})"
+                cause = f"its run failed ({why[len(FAILED) + 2 :]})"
             elif why in (MISSING, NOT_FINITE):
                 cause = f"{ref} is {why}"
             else:
@@ -186,8 +189,9 @@ def varying_without_spread(claim: Claim, est: Estimate, exact: Mapping) -> list[
     return [ref for ref in claim.references() if ref.metric not in fixed.get(ref.arm, ())]
 
 
-def estimate(claim: Claim, data: Mapping[MetricRef, ReferenceData],
-             per_example: PerExample | None = None) -> Estimate | Unavailable:
+def estimate(
+    claim: Claim, data: Mapping[MetricRef, ReferenceData], per_example: PerExample | None = None
+) -> Estimate | Unavailable:
     """Paired (or one-sample) t when every arm has the same seeds, else Welch; plus the
     test examples' sampling variance where the runs kept per-example outcomes
     (``judge.examples``)."""
@@ -199,8 +203,9 @@ def estimate(claim: Claim, data: Mapping[MetricRef, ReferenceData],
                 result = _with_examples(claim, result, found)
     except OverflowError:
         result = None
-    if result is None or (isinstance(result, Estimate)
-                          and not all(map(math.isfinite, (result.value, result.se, result.df, result.sd)))):
+    if result is None or (
+        isinstance(result, Estimate) and not all(map(math.isfinite, (result.value, result.se, result.df, result.sd)))
+    ):
         n = {arm: next(len(d.values) for r, d in data.items() if r.arm == arm) for arm in claim.arms()}
         return Unavailable("the values are too large to compute a spread in floating point", n)
     return result
@@ -209,7 +214,7 @@ def estimate(claim: Claim, data: Mapping[MetricRef, ReferenceData],
 def _estimate(claim: Claim, data: Mapping[MetricRef, ReferenceData]) -> Estimate | Unavailable:
     coefficients = claim.expr.coefficients
     arms = claim.arms()
-    per_arm: dict[str, dict] = {}          # arm -> seed -> that arm's part of V on the seed
+    per_arm: dict[str, dict] = {}  # arm -> seed -> that arm's part of V on the seed
     for arm in arms:
         refs = [r for r in coefficients if r.arm == arm]
         seeds = data[refs[0]].values
@@ -228,8 +233,10 @@ def _estimate(claim: Claim, data: Mapping[MetricRef, ReferenceData]) -> Estimate
 
 def describe(values: list[float]) -> tuple[float | None, float | None]:
     """Mean and sample sd for the evidence table; None where undefined or out of float range."""
+    if not values:
+        return None, None
     try:
-        mean = _mean(values) if values else None
+        mean = _mean(values)
         sd = _sample_sd(values, mean) if len(values) > 1 else None
     except OverflowError:
         return None, None
@@ -268,12 +275,13 @@ def _welch(per_arm: dict[str, list[float]], n: dict[str, int]) -> Estimate | Una
     single = [arm for arm, count in n.items() if count < 2]
     if single:
         return Unavailable(
-            f"arm {single[0]} has only 1 confirmation run, so its spread across seeds is unknown", n, value)
+            f"arm {single[0]} has only 1 confirmation run, so its spread across seeds is unknown", n, value
+        )
     variances = {arm: _spread(values) ** 2 for arm, values in per_arm.items()}
     se2 = sum(variances[a] / n[a] for a in per_arm)
     if se2 == 0.0:
         return Estimate(value, 0.0, float(sum(n.values()) - len(n)), 0.0, EXACT, n, variances)
-    df = se2 ** 2 / sum((variances[a] / n[a]) ** 2 / (n[a] - 1) for a in per_arm)
+    df = se2**2 / sum((variances[a] / n[a]) ** 2 / (n[a] - 1) for a in per_arm)
     return Estimate(value, math.sqrt(se2), df, math.sqrt(sum(variances.values())), WELCH, n, variances)
 
 
@@ -287,28 +295,44 @@ def _with_examples(claim: Claim, est: Estimate, part: ExampleComponent) -> Estim
     """
     covered = set(part.references)
     if est.method == WELCH or (est.method == EXACT and est.arm_variances):
-        floors = {arm: part.seed_floor.get(arm, 0.0) if all(r in covered for r in claim.references() if r.arm == arm) else 0.0
-                  for arm in est.n}
+        floors = {
+            arm: part.seed_floor.get(arm, 0.0)
+            if all(r in covered for r in claim.references() if r.arm == arm)
+            else 0.0
+            for arm in est.n
+        }
         variances = {arm: max(est.arm_variances.get(arm, 0.0), floors[arm]) for arm in est.n}
         seeds_part = sum(variances[a] / est.n[a] for a in est.n)
         terms = [(variances[a] / est.n[a]) ** 2 / (est.n[a] - 1) for a in est.n]
-        seeds_df = seeds_part ** 2 / sum(terms) if seeds_part > 0 else math.inf
+        seeds_df = seeds_part**2 / sum(terms) if seeds_part > 0 else math.inf
         sd, base = math.sqrt(sum(variances.values())), WELCH
     else:
         floor = part.seed_floor.get("*", 0.0) if covered == set(claim.references()) else 0.0
         count = next(iter(est.n.values()))
-        per_seed = max(est.sd ** 2, floor)
+        per_seed = max(est.sd**2, floor)
         seeds_part, seeds_df, sd = per_seed / count, est.df, math.sqrt(per_seed)
         base = est.method if est.method != EXACT else (ONE_SAMPLE if len(est.n) == 1 else PAIRED)
     total = seeds_part + part.variance
     if total <= 0.0:
         return est  # nothing varies, on any seed or example: the exact case
-    denominator = (seeds_part ** 2 / seeds_df if seeds_part > 0 else 0.0) + part.variance ** 2 / (part.examples - 1)
-    return Estimate(est.value, math.sqrt(total), total ** 2 / denominator, sd, base + WITH_EXAMPLES, est.n,
-                    dict(est.arm_variances), seeds_part, part.variance, part.examples, part.per_example_sd)
+    denominator = (seeds_part**2 / seeds_df if seeds_part > 0 else 0.0) + part.variance**2 / (part.examples - 1)
+    return Estimate(
+        est.value,
+        math.sqrt(total),
+        total**2 / denominator,
+        sd,
+        base + WITH_EXAMPLES,
+        est.n,
+        dict(est.arm_variances),
+        seeds_part,
+        part.variance,
+        part.examples,
+        part.per_example_sd,
+    )
 
 
 # ---------------------------------------------------------------------------- tests
+
 
 @dataclass(frozen=True)
 class OneSided:
@@ -371,8 +395,19 @@ def interval(est: Estimate, alpha: float, within: tuple[float, float] = (-math.i
 #: Metrics bounded by their definition, by name without a ``test_``/``val_`` prefix.
 BOUNDED_METRICS = {"accuracy": (0.0, 1.0), "f1": (0.0, 1.0), "mcc": (-1.0, 1.0)}
 #: ... and those that cannot be negative.
-NONNEGATIVE_PREFIXES = ("flops_ratio", "trainable_params", "head_params", "adapter_flops", "loss", "peak_", "train_time",
-                        "eval_time", "active_", "total_rank", "kept_")
+NONNEGATIVE_PREFIXES = (
+    "flops_ratio",
+    "trainable_params",
+    "head_params",
+    "adapter_flops",
+    "loss",
+    "peak_",
+    "train_time",
+    "eval_time",
+    "active_",
+    "total_rank",
+    "kept_",
+)
 
 
 def metric_range(metric: str) -> tuple[float, float]:

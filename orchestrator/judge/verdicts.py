@@ -20,8 +20,9 @@ on every seed has a spread that n seeds could not show, so the claim is INCONCLU
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Iterable, Literal, Mapping, Sequence
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -160,8 +161,10 @@ def _assess(claim: Claim, samples: Mapping, runs: _Runs) -> _Assessment:
 
 
 def _incomplete_reason(incomplete: list[str]) -> str:
-    return ("; ".join(incomplete) + "; a claim is judged only when every confirmation seed of its arms finished "
-            "with a finite value of each metric it uses, not on the seeds that happened to survive")
+    return (
+        "; ".join(incomplete) + "; a claim is judged only when every confirmation seed of its arms finished "
+        "with a finite value of each metric it uses, not on the seeds that happened to survive"
+    )
 
 
 def _no_spread_reason(claim: Claim, est: Estimate, varying: list[MetricRef]) -> str:
@@ -169,12 +172,16 @@ def _no_spread_reason(claim: Claim, est: Estimate, varying: list[MetricRef]) -> 
     names = " and ".join(str(ref) for ref in varying)
     seeds = _seeds_phrase(est)
     if [str(ref) for ref in varying] == [quantity]:
-        return (f"every seed gave the same value of {quantity} ({_num(est.value)}), which varies with the seed "
-                f"(its method does not fix it); its spread cannot be estimated from {seeds}")
+        return (
+            f"every seed gave the same value of {quantity} ({_num(est.value)}), which varies with the seed "
+            f"(its method does not fix it); its spread cannot be estimated from {seeds}"
+        )
     verb = "varies" if len(varying) == 1 else "vary"
-    return (f"every seed gave the same value of {quantity} ({_num(est.value)}), but {names} {verb} with the seed "
-            f"(the method does not fix {'it' if len(varying) == 1 else 'them'}); the spread cannot be estimated "
-            f"from {seeds}")
+    return (
+        f"every seed gave the same value of {quantity} ({_num(est.value)}), but {names} {verb} with the seed "
+        f"(the method does not fix {'it' if len(varying) == 1 else 'them'}); the spread cannot be estimated "
+        f"from {seeds}"
+    )
 
 
 def judge_claims(
@@ -224,8 +231,11 @@ def judge_claims(
     parsed = [c if isinstance(c, Claim) else parse_claim(c) for c in claims]
     alpha = 1.0 - confidence if alpha is None else alpha
     use_holm = len(parsed) >= 2 if family_wise is None else bool(family_wise)
-    runs = _Runs(exact_metrics if isinstance(exact_metrics, Mapping) else {},
-                 failed if isinstance(failed, Mapping) else {}, per_example if isinstance(per_example, Mapping) else None)
+    runs = _Runs(
+        exact_metrics if isinstance(exact_metrics, Mapping) else {},
+        failed if isinstance(failed, Mapping) else {},
+        per_example if isinstance(per_example, Mapping) else None,
+    )
     assessed = [_assess(c, samples if isinstance(samples, Mapping) else {}, runs) for c in parsed]
     p_fails = [a.p.p_fails if a.p else 1.0 for a in assessed]
     p_holds = [a.p.p_holds if a.p else 1.0 for a in assessed]
@@ -250,8 +260,12 @@ def _evidence(data: Mapping[object, ReferenceData]) -> dict[str, ReferenceEviden
         values = list(ref_data.values.values())
         mean, sd = stats.describe(values)
         evidence[str(ref)] = ReferenceEvidence(
-            mean=mean, sd=sd, n=len(values), values={_seed(s): v for s, v in ref_data.values.items()},
-            excluded={_seed(s): why for s, why in ref_data.excluded.items()})
+            mean=mean,
+            sd=sd,
+            n=len(values),
+            values={_seed(s): v for s, v in ref_data.values.items()},
+            excluded={_seed(s): why for s, why in ref_data.excluded.items()},
+        )
     return evidence
 
 
@@ -262,11 +276,17 @@ def _regions(claim: Claim, lower: float | None, upper: float | None) -> tuple[st
         return f"inside {band}", f"outside {band}"
     if lower is not None:
         bound = _num(lower)
-        return ((f"above {bound}", f"at or below {bound}") if claim.lower_strict
-                else (f"at or above {bound}", f"below {bound}"))
+        return (
+            (f"above {bound}", f"at or below {bound}")
+            if claim.lower_strict
+            else (f"at or above {bound}", f"below {bound}")
+        )
     bound = _num(upper)
-    return ((f"below {bound}", f"at or above {bound}") if claim.upper_strict
-            else (f"at or below {bound}", f"above {bound}"))
+    return (
+        (f"below {bound}", f"at or above {bound}")
+        if claim.upper_strict
+        else (f"at or below {bound}", f"above {bound}")
+    )
 
 
 def _nearest(value: float, lower: float | None, upper: float | None) -> float:
@@ -279,18 +299,44 @@ def _verdict(a: _Assessment, i: int, support: Holm, refute: Holm, use_holm: bool
     lower, upper = stats.bounds_of(claim)
     quantity = str(claim.expr.variable_part())
     common = dict(
-        claim=claim.text, kind=claim.kind, canonical=claim.canonical(), quantity=quantity,
-        lower=lower, upper=upper, family_size=m, holm=use_holm, evidence=_evidence(a.data), look=look,
+        claim=claim.text,
+        kind=claim.kind,
+        canonical=claim.canonical(),
+        quantity=quantity,
+        lower=lower,
+        upper=upper,
+        family_size=m,
+        holm=use_holm,
+        evidence=_evidence(a.data),
+        look=look,
     )
     outcome = a.outcome
     if isinstance(outcome, Unavailable):
-        boundary = None if outcome.value is None else _nearest(outcome.value, lower, upper)
+        boundary: float | None = None
+        effect_size: float | None = None
+        if outcome.value is not None:
+            boundary = _nearest(outcome.value, lower, upper)
+            effect_size = outcome.value - boundary
         return Verdict(
-            **common, verdict="INCONCLUSIVE", estimate=outcome.value, ci_low=None, ci_high=None,
-            confidence=1.0 - support.levels[i], interval_method="none", n=outcome.n, boundary=boundary,
-            effect_size=None if boundary is None else outcome.value - boundary, effect_d=None, sd=None,
-            df=None, seeds_to_settle=None, p_holds=None, p_fails=None, p_holds_adjusted=None,
-            p_fails_adjusted=None, reason=f"No interval: {outcome.reason}.",
+            **common,
+            verdict="INCONCLUSIVE",
+            estimate=outcome.value,
+            ci_low=None,
+            ci_high=None,
+            confidence=1.0 - support.levels[i],
+            interval_method="none",
+            n=outcome.n,
+            boundary=boundary,
+            effect_size=effect_size,
+            effect_d=None,
+            sd=None,
+            df=None,
+            seeds_to_settle=None,
+            p_holds=None,
+            p_fails=None,
+            p_holds_adjusted=None,
+            p_fails_adjusted=None,
+            reason=f"No interval: {outcome.reason}.",
         )
 
     est, p = outcome, a.p
@@ -305,23 +351,54 @@ def _verdict(a: _Assessment, i: int, support: Holm, refute: Holm, use_holm: bool
     ci_low, ci_high = stats.interval(est, level, stats.quantity_range(claim))
     boundary = _nearest(est.value, lower, upper)
     distance = abs(est.value - boundary)
-    settle = settling_budget(distance, est, level) if verdict == "INCONCLUSIVE" else SettlingBudget(None, None, None, "")
-    reason = _reason(claim, verdict, est, level, (ci_low, ci_high), settle.text,
-                     holm_blocked=use_holm and (p.p_fails if leans_true else p.p_holds) <= level)
+    settle = (
+        settling_budget(distance, est, level) if verdict == "INCONCLUSIVE" else SettlingBudget(None, None, None, "")
+    )
+    reason = _reason(
+        claim,
+        verdict,
+        est,
+        level,
+        (ci_low, ci_high),
+        settle.text,
+        holm_blocked=use_holm and (p.p_fails if leans_true else p.p_holds) <= level,
+    )
     return Verdict(
-        **common, verdict=verdict, estimate=est.value, ci_low=ci_low, ci_high=ci_high,
-        confidence=1.0 - level, interval_method=est.method, n=est.n, boundary=boundary,
-        effect_size=est.value - boundary, effect_d=(est.value - boundary) / est.sd if est.sd > 0 else None,
-        sd=est.sd, df=est.df, seeds_to_settle=settle.seeds, examples_to_settle=settle.examples,
-        se_seeds=math.sqrt(est.seeds_part), se_examples=math.sqrt(est.example_variance), examples=est.examples,
-        p_holds=p.p_holds, p_fails=p.p_fails,
-        p_holds_adjusted=refute.adjusted[i], p_fails_adjusted=support.adjusted[i],
+        **common,
+        verdict=verdict,
+        estimate=est.value,
+        ci_low=ci_low,
+        ci_high=ci_high,
+        confidence=1.0 - level,
+        interval_method=est.method,
+        n=est.n,
+        boundary=boundary,
+        effect_size=est.value - boundary,
+        effect_d=(est.value - boundary) / est.sd if est.sd > 0 else None,
+        sd=est.sd,
+        df=est.df,
+        seeds_to_settle=settle.seeds,
+        examples_to_settle=settle.examples,
+        se_seeds=math.sqrt(est.seeds_part),
+        se_examples=math.sqrt(est.example_variance),
+        examples=est.examples,
+        p_holds=p.p_holds,
+        p_fails=p.p_fails,
+        p_holds_adjusted=refute.adjusted[i],
+        p_fails_adjusted=support.adjusted[i],
         reason=reason + ".",
     )
 
 
-def _reason(claim: Claim, verdict: str, est: Estimate, level: float, bounds: tuple[float, float],
-            settle: str, holm_blocked: bool) -> str:
+def _reason(
+    claim: Claim,
+    verdict: str,
+    est: Estimate,
+    level: float,
+    bounds: tuple[float, float],
+    settle: str,
+    holm_blocked: bool,
+) -> str:
     """One plain sentence (without its final period) that says why."""
     lower, upper = stats.bounds_of(claim)
     holds, fails = _regions(claim, lower, upper)
@@ -329,19 +406,25 @@ def _reason(claim: Claim, verdict: str, est: Estimate, level: float, bounds: tup
     seeds = _seeds_phrase(est)
     if est.se == 0.0:
         where = holds if verdict == "SUPPORTED" else fails
-        return (f"Every seed gives {quantity} = {_num(est.value)} (no variance across seeds: the methods fix "
-                f"these metrics by configuration), "
-                f"which is {where}, so the claim {'holds' if verdict == 'SUPPORTED' else 'fails'} ({seeds})")
-    shown = (f"{quantity} is {_num(est.value)} with one-sided {_pct(1.0 - level)} bounds "
-             f"[{_num(bounds[0])}, {_num(bounds[1])}]")
+        return (
+            f"Every seed gives {quantity} = {_num(est.value)} (no variance across seeds: the methods fix "
+            f"these metrics by configuration), "
+            f"which is {where}, so the claim {'holds' if verdict == 'SUPPORTED' else 'fails'} ({seeds})"
+        )
+    shown = (
+        f"{quantity} is {_num(est.value)} with one-sided {_pct(1.0 - level)} bounds "
+        f"[{_num(bounds[0])}, {_num(bounds[1])}]"
+    )
     how = f"{est.method}, {seeds}"
     if verdict == "SUPPORTED":
         return f"{shown}, entirely {holds} as claimed ({how})"
     if verdict == "REFUTED":
         return f"{shown}, entirely {fails}, against the claim ({how})"
     if holm_blocked:
-        return (f"{shown}, which would settle it on its own, but Holm's step-down stopped earlier "
-                f"at a claim with a smaller p-value that was not settled ({how})")
+        return (
+            f"{shown}, which would settle it on its own, but Holm's step-down stopped earlier "
+            f"at a claim with a smaller p-value that was not settled ({how})"
+        )
     more = f"; {settle}" if settle else ""
     return f"{shown}: partly {holds} and partly {fails}, so neither is shown ({how}){more}"
 

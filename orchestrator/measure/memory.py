@@ -6,6 +6,7 @@ window is reset at each trial's start (``reset_peak_memory``).
 
 from __future__ import annotations
 
+import contextlib
 import resource
 from pathlib import Path
 
@@ -27,10 +28,8 @@ def reset_peak_memory(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
         return
     release_freed_memory()
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def release_freed_memory() -> None:
@@ -41,10 +40,8 @@ def release_freed_memory() -> None:
     import gc
 
     gc.collect()
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # musl, macOS: no malloc_trim
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # musl, macOS: no malloc_trim
-        pass
 
 
 def peak_memory_mb(device: str) -> float:

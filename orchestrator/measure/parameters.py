@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-def adapter_trainable(model: "nn.Module", method: Any, heads: list[str]) -> int:
+def adapter_trainable(model: nn.Module, method: Any, heads: list[str]) -> int:
     """Adapter parameters trained at this step (head excluded): the method's own count
     where it allocates more than it uses (``Method.trainable_adapter_params``)."""
     own = method.trainable_adapter_params(model)
@@ -21,7 +21,7 @@ def adapter_trainable(model: "nn.Module", method: Any, heads: list[str]) -> int:
     return sum(p.numel() for name, p in model.named_parameters() if p.requires_grad and not is_head(name, heads))
 
 
-def head_params(model: "nn.Module", heads: list[str]) -> int:
+def head_params(model: nn.Module, heads: list[str]) -> int:
     return sum(p.numel() for name, p in model.named_parameters() if p.requires_grad and is_head(name, heads))
 
 

@@ -11,7 +11,6 @@ plots, the renderer and the re-judge never touch MLflow themselves.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from orchestrator.results import COMPLETED, FAILED, INFEASIBLE, STOPPED
+from orchestrator.results import COMPLETED, FAILED, RunKind, TrialStatus
 from orchestrator.tracking import ARM, LEVEL
 
 if TYPE_CHECKING:
@@ -27,7 +26,8 @@ if TYPE_CHECKING:
     from orchestrator.judge import Verdict
     from orchestrator.tracking import Tracker
 
-STATUSES = (COMPLETED, FAILED, STOPPED, INFEASIBLE)
+STATUSES = tuple(TrialStatus)
+_STATUS_VALUES = frozenset(status.value for status in TrialStatus)
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -42,8 +42,8 @@ class RunRecord:
     run_id: str
     name: str
     arm: str
-    kind: str  # "trial" | "confirm"
-    status: str  # COMPLETED | FAILED | STOPPED | INFEASIBLE (or KILLED, RUNNING)
+    kind: RunKind
+    status: TrialStatus | str  # or the MLflow status (KILLED, RUNNING) of a run an interrupted driver left
     params: dict[str, str]
     metrics: dict[str, float]
     seed: int | None
@@ -83,7 +83,7 @@ class PosthocJudgement:
     judged_at: str
     confidence: float
     family_wise: bool | None
-    verdicts: list["Verdict"]
+    verdicts: list[Verdict]
 
 
 @dataclass
@@ -102,9 +102,9 @@ class RunSummary:
     plan: dict[str, Any]
     claims: list[str]
     arms: list[ArmSummary]
-    verdicts: list["Verdict"]
+    verdicts: list[Verdict]
     posthoc: PosthocJudgement | None = None
-    looks: list["Look"] = field(default_factory=list)  # sequential confirmation's looks (looks.json), in order
+    looks: list[Look] = field(default_factory=list)  # sequential confirmation's looks (looks.json), in order
 
     @property
     def metric(self) -> str:
@@ -130,7 +130,9 @@ class RunSummary:
         from orchestrator.spec.models import ConfirmSpec
 
         confirm = self.plan.get("confirm") or {}
-        return confirm_rounds(ConfirmSpec.model_validate({k: v for k, v in confirm.items() if k in ConfirmSpec.model_fields}))
+        return confirm_rounds(
+            ConfirmSpec.model_validate({k: v for k, v in confirm.items() if k in ConfirmSpec.model_fields})
+        )
 
     def objectives(self) -> dict[str, str]:
         arms = self.plan.get("arms") or [{}]
@@ -140,20 +142,16 @@ class RunSummary:
         return next(a for a in self.arms if a.arm == name)
 
 
-# -- MLflow reads the Tracker does not offer (candidates for orchestrator/tracking.py) ----
-def list_artifacts(tracker: "Tracker", run_id: str, path: str | None = None) -> list[Any]:
-    return list(tracker.call(lambda: tracker.client.list_artifacts(run_id, path)))
+# -- artifacts ----------------------------------------------------------------------------
+def download_artifact(tracker: Tracker, run_id: str, path: str, folder: Path) -> Path:
+    """Kept for ``orchestrator.report``'s import: ``Tracker.download_artifact``."""
+    return tracker.download_artifact(run_id, path, folder)
 
 
-def download_artifact(tracker: "Tracker", run_id: str, path: str, folder: Path) -> Path:
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    return Path(tracker.call(lambda: tracker.client.download_artifacts(run_id, path, str(folder))))
-
-
-def image_paths(tracker: "Tracker", run_id: str, folder: str | None = None, depth: int = 0) -> list[str]:
+def image_paths(tracker: Tracker, run_id: str, folder: str | None = None, depth: int = 0) -> list[str]:
     """PNG artifacts of a run, walking sub-folders (a method may nest its plots)."""
     found: list[str] = []
-    for entry in list_artifacts(tracker, run_id, folder):
+    for entry in tracker.list_artifacts(run_id, folder):
         if entry.is_dir and depth < 4:
             found.extend(image_paths(tracker, run_id, entry.path, depth + 1))
         elif entry.path.lower().endswith(".png"):
@@ -162,7 +160,7 @@ def image_paths(tracker: "Tracker", run_id: str, folder: str | None = None, dept
 
 
 # -- resolving what the user named --------------------------------------------------------
-def resolve_hypothesis_run(tracker: "Tracker", target: str) -> str:
+def resolve_hypothesis_run(tracker: Tracker, target: str) -> str:
     """A run id (any run of the tree: walks up to its hypothesis run), or a hypothesis
     name: the newest FINISHED hypothesis-level run of that experiment."""
     if _RUN_ID.match(target):
@@ -179,19 +177,26 @@ def resolve_hypothesis_run(tracker: "Tracker", target: str) -> str:
                     break
                 run = tracker.get_run(parent)
             raise ReportError(f"run {target} is not part of an orchestrate hypothesis run")
-    experiment = tracker.call(lambda: tracker.client.get_experiment_by_name(target))
+    experiment = tracker.experiment_by_name(target)
     if experiment is None:
-        raise ReportError(f"no hypothesis (MLflow experiment) named {target!r} and no run with that id in {tracker.uri}")
+        raise ReportError(
+            f"no hypothesis (MLflow experiment) named {target!r} and no run with that id in {tracker.uri}"
+        )
     runs = tracker.search_runs([experiment.experiment_id], "tags.`orchestrate.level` = 'hypothesis'")
-    finished = sorted((r for r in runs if r.info.status == "FINISHED"), key=lambda r: r.info.start_time or 0, reverse=True)
+    finished = sorted(
+        (r for r in runs if r.info.status == "FINISHED"), key=lambda r: r.info.start_time or 0, reverse=True
+    )
     if finished:
         return finished[0].info.run_id
     others = ", ".join(f"{r.info.run_id} ({r.info.status})" for r in runs) or "none"
-    raise ReportError(f"hypothesis {target!r} has no FINISHED run in {tracker.uri} (runs: {others}); pass a run id to report an unfinished one")
+    raise ReportError(
+        f"hypothesis {target!r} has no FINISHED run in {tracker.uri} (runs: {others});"
+        " pass a run id to report an unfinished one"
+    )
 
 
 # -- reading the tree -------------------------------------------------------------------
-def collect_summary(tracker: "Tracker", run_id: str, with_images: bool = True) -> RunSummary:
+def collect_summary(tracker: Tracker, run_id: str, with_images: bool = True) -> RunSummary:
     """Read one hypothesis run and its whole tree from MLflow."""
     from orchestrator.execute.looks import Look
     from orchestrator.judge import Verdict
@@ -203,37 +208,59 @@ def collect_summary(tracker: "Tracker", run_id: str, with_images: bool = True) -
     experiment_id = parent.info.experiment_id
     plan = json.loads(tracker.read_text(run_id, "plan.json") or "{}")
     expected = tracker.read_text(run_id, "expected.txt")
-    claims = [line.strip() for line in (expected or "").splitlines() if line.strip()] if expected is not None else list(plan.get("expected", []))
+    claims = (
+        [line.strip() for line in (expected or "").splitlines() if line.strip()]
+        if expected is not None
+        else list(plan.get("expected", []))
+    )
     logged = json.loads(tracker.read_text(run_id, "verdicts.json") or "{}")
     looks = json.loads(tracker.read_text(run_id, "looks.json") or "[]")  # also an unfinished run's looks so far
     spec_file = tags.get("orchestrate.spec_file", "")
     spec_text = tracker.read_text(run_id, f"spec/{Path(spec_file).name}") if spec_file else None
     arm_runs = [r for r in _children(tracker, experiment_id, run_id) if r.data.tags.get(LEVEL) == "arm"]
-    order = list(plan.get("arms") and [a["arm"] for a in plan["arms"]] or params.get("arms", "").split(","))
+    order = list((plan.get("arms") and [a["arm"] for a in plan["arms"]]) or params.get("arms", "").split(","))
     arm_runs.sort(key=lambda r: order.index(r.data.tags.get(ARM)) if r.data.tags.get(ARM) in order else len(order))
-    arms = [_arm_summary(tracker, arm_run, _children(tracker, experiment_id, arm_run.info.run_id), with_images) for arm_run in arm_runs]
+    arms = [
+        _arm_summary(tracker, arm_run, _children(tracker, experiment_id, arm_run.info.run_id), with_images)
+        for arm_run in arm_runs
+    ]
     return RunSummary(
-        run_id=run_id, experiment_id=experiment_id, hypothesis=tags.get("orchestrate.hypothesis", plan.get("hypothesis", "")),
-        status=parent.info.status, statement=tags.get("mlflow.note.content", ""), source=_source(spec_text, tags.get("orchestrate.profile")),
-        spec_file=spec_file, spec_sha256=tags.get("orchestrate.spec_sha256", ""), profile=tags.get("orchestrate.profile", "default"),
-        git_commit=tags.get("orchestrate.git_commit", "unknown"), tracking_uri=tracker.uri, plan=plan, claims=claims, arms=arms,
+        run_id=run_id,
+        experiment_id=experiment_id,
+        hypothesis=tags.get("orchestrate.hypothesis", plan.get("hypothesis", "")),
+        status=parent.info.status,
+        statement=tags.get("mlflow.note.content", ""),
+        source=_source(spec_text, tags.get("orchestrate.profile")),
+        spec_file=spec_file,
+        spec_sha256=tags.get("orchestrate.spec_sha256", ""),
+        profile=tags.get("orchestrate.profile", "default"),
+        git_commit=tags.get("orchestrate.git_commit", "unknown"),
+        tracking_uri=tracker.uri,
+        plan=plan,
+        claims=claims,
+        arms=arms,
         verdicts=[Verdict.model_validate(v) for v in logged.get("verdicts", [])],
         posthoc=_posthoc(tracker, run_id) if tags.get("orchestrate.posthoc") == "true" else None,
         looks=[Look.from_dict(look) for look in looks],
     )
 
 
-def _children(tracker: "Tracker", experiment_id: str, run_id: str) -> list[Any]:
+def _children(tracker: Tracker, experiment_id: str, run_id: str) -> list[Any]:
     return tracker.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'")
 
 
-def _arm_summary(tracker: "Tracker", arm_run: Any, children: list[Any], with_images: bool) -> ArmSummary:
+def _arm_summary(tracker: Tracker, arm_run: Any, children: list[Any], with_images: bool) -> ArmSummary:
     arm_id = arm_run.info.run_id
     tags, params, metrics = arm_run.data.tags, arm_run.data.params, arm_run.data.metrics
-    trials = sorted((_record(r) for r in children if r.data.tags.get(LEVEL) == "trial"), key=lambda r: r.start_time)
-    confirms = latest_per_seed([_record(r) for r in children if r.data.tags.get(LEVEL) == "confirm"])
+    trials = sorted(
+        (_record(r, RunKind.TRIAL) for r in children if r.data.tags.get(LEVEL) == RunKind.TRIAL),
+        key=lambda r: r.start_time,
+    )
+    confirms = latest_per_seed(
+        [_record(r, RunKind.CONFIRM) for r in children if r.data.tags.get(LEVEL) == RunKind.CONFIRM]
+    )
     counted = {s: sum(1 for t in trials if t.status == s) for s in STATUSES}
-    counts = {s: int(metrics.get(f"trials_{s.lower()}", counted[s])) for s in STATUSES}
+    counts = {s.value: int(metrics.get(f"trials_{s.lower()}", counted[s])) for s in STATUSES}
     best_run = tags.get("orchestrate.best_run") or None
     arm_images = image_paths(tracker, arm_id) if with_images else []
     if with_images:
@@ -241,28 +268,43 @@ def _arm_summary(tracker: "Tracker", arm_run: Any, children: list[Any], with_ima
             if record.status != FAILED:
                 record.images = image_paths(tracker, record.run_id)
     return ArmSummary(
-        arm=tags.get(ARM, ""), method=tags.get("orchestrate.method", params.get("method", "")), run_id=arm_id,
-        best_run_id=best_run, best_reason=tags.get("orchestrate.best_reason", ""),
-        best_params={k[len("best."):]: v for k, v in params.items() if k.startswith("best.")},
-        fixed={k[len("fixed."):]: v for k, v in params.items() if k.startswith("fixed.")},
-        counts=counts, trials=trials, confirms=confirms, images=arm_images,
+        arm=tags.get(ARM, ""),
+        method=tags.get("orchestrate.method", params.get("method", "")),
+        run_id=arm_id,
+        best_run_id=best_run,
+        best_reason=tags.get("orchestrate.best_reason", ""),
+        best_params={k[len("best.") :]: v for k, v in params.items() if k.startswith("best.")},
+        fixed={k[len("fixed.") :]: v for k, v in params.items() if k.startswith("fixed.")},
+        counts=counts,
+        trials=trials,
+        confirms=confirms,
+        images=arm_images,
     )
 
 
-def _record(run: Any) -> RunRecord:
+def _record(run: Any, kind: RunKind) -> RunRecord:
     tags = run.data.tags
     status = tags.get("orchestrate.status") or {"FINISHED": COMPLETED}.get(run.info.status, run.info.status)
     if run.info.status in ("KILLED", "RUNNING", "SCHEDULED"):
         status = run.info.status  # left by an interrupted driver, superseded on resume
+    if status in _STATUS_VALUES:
+        status = TrialStatus(status)
     seed_text = run.data.params.get("seed", tags.get("orchestrate.seed"))
     try:
         seed = int(seed_text) if seed_text is not None else None
     except ValueError:
         seed = None
     return RunRecord(
-        run_id=run.info.run_id, name=tags.get("mlflow.runName", run.info.run_id[:8]), arm=tags.get(ARM, ""),
-        kind=tags.get(LEVEL, ""), status=status, params=dict(run.data.params), metrics=dict(run.data.metrics),
-        seed=seed, start_time=int(run.info.start_time or 0), error=tags.get("orchestrate.error"),
+        run_id=run.info.run_id,
+        name=tags.get("mlflow.runName", run.info.run_id[:8]),
+        arm=tags.get(ARM, ""),
+        kind=kind,
+        status=status,
+        params=dict(run.data.params),
+        metrics=dict(run.data.metrics),
+        seed=seed,
+        start_time=int(run.info.start_time or 0),
+        error=tags.get("orchestrate.error"),
     )
 
 
@@ -288,7 +330,7 @@ def _source(spec_text: str | None, profile: str | None) -> str:
     return str(override or spec.get("source") or "")
 
 
-def _posthoc(tracker: "Tracker", run_id: str) -> PosthocJudgement | None:
+def _posthoc(tracker: Tracker, run_id: str) -> PosthocJudgement | None:
     from orchestrator.judge import Verdict
 
     text = tracker.read_text(run_id, "verdicts_posthoc.json")
@@ -296,8 +338,11 @@ def _posthoc(tracker: "Tracker", run_id: str) -> PosthocJudgement | None:
         return None
     data = json.loads(text)
     return PosthocJudgement(
-        claims=list(data.get("claims", [])), registered_claims=list(data.get("registered_claims", [])),
-        spec_file=str(data.get("spec_file", "")), judged_at=str(data.get("judged_at", "")),
-        confidence=float(data.get("confidence", 0.95)), family_wise=data.get("family_wise"),
+        claims=list(data.get("claims", [])),
+        registered_claims=list(data.get("registered_claims", [])),
+        spec_file=str(data.get("spec_file", "")),
+        judged_at=str(data.get("judged_at", "")),
+        confidence=float(data.get("confidence", 0.95)),
+        family_wise=data.get("family_wise"),
         verdicts=[Verdict.model_validate(v) for v in data.get("verdicts", [])],
     )

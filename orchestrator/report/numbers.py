@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 def mean_and_half_width(values: Sequence[float], confidence: float) -> tuple[float, float | None]:

@@ -11,9 +11,10 @@ MLflow. Colours are fixed per arm across all figures.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, cast
 
 from orchestrator.finite import is_finite_number
 from orchestrator.results import COMPLETED, FAILED, INFEASIBLE, STOPPED
@@ -21,6 +22,7 @@ from orchestrator.results import COMPLETED, FAILED, INFEASIBLE, STOPPED
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     from orchestrator.report.collect import ArmSummary, RunSummary
 
@@ -69,19 +71,23 @@ def best_so_far(values: Sequence[float], maximize: bool = True) -> list[float]:
 def arm_colours(arms: Sequence[str]) -> dict[str, str]:
     from matplotlib import colormaps
 
-    palette = colormaps["tab10"].colors
+    tab10 = colormaps["tab10"]
+    palette = [tab10(i) for i in range(tab10.N)]  # its 10 colours, as RGBA
     return {arm: _hex(palette[i % len(palette)]) for i, arm in enumerate(arms)}
 
 
-def make_plots(summary: "RunSummary", folder: Path) -> list[Plot]:
+def make_plots(summary: RunSummary, folder: Path) -> list[Plot]:
     """Every figure the summary has data for, written into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    made = [plot_pareto(summary, folder / "pareto.png"), plot_history(summary, folder / "history.png"),
-            plot_confirmation(summary, judged_metrics(summary), folder / "confirmation.png")]
+    made = [
+        plot_pareto(summary, folder / "pareto.png"),
+        plot_history(summary, folder / "history.png"),
+        plot_confirmation(summary, judged_metrics(summary), folder / "confirmation.png"),
+    ]
     return [p for p in made if p is not None]
 
 
-def judged_metrics(summary: "RunSummary") -> list[str]:
+def judged_metrics(summary: RunSummary) -> list[str]:
     """The test metric first, then every metric a claim refers to, in claim order."""
     from orchestrator.claims import parse_claim
 
@@ -96,7 +102,7 @@ def judged_metrics(summary: "RunSummary") -> list[str]:
 
 
 # -- Pareto front -------------------------------------------------------------------------
-def plot_pareto(summary: "RunSummary", path: Path) -> Plot | None:
+def plot_pareto(summary: RunSummary, path: Path) -> Plot | None:
     metric = f"val_{summary.metric}"
     maximize = summary.objectives().get(metric, "max") == "max"
     colours = arm_colours([a.arm for a in summary.arms])
@@ -113,23 +119,41 @@ def plot_pareto(summary: "RunSummary", path: Path) -> Plot | None:
     eligible = [i for i, (_, t) in enumerate(owners) if t.status in (COMPLETED, INFEASIBLE)]
     front = [eligible[i] for i in pareto_front([points[i] for i in eligible], maximize)]
     if front:
-        xs, ys = zip(*(points[i] for i in front))
+        xs, ys = zip(*(points[i] for i in front), strict=True)
         ax.plot(xs, ys, drawstyle="steps-post", color="0.25", lw=1.2, ls="--", zorder=1, label="Pareto front")
         ax.scatter(xs, ys, s=150, facecolors="none", edgecolors="0.25", lw=1.2, zorder=3)
-    markers = {COMPLETED: "o", INFEASIBLE: "X", STOPPED: "v"}
+    markers: dict[str, str] = {COMPLETED: "o", INFEASIBLE: "X", STOPPED: "v"}
     shown: set[tuple[str, str]] = set()
-    for (x, y), (arm, trial) in zip(points, owners):
+    for (x, y), (arm, trial) in zip(points, owners, strict=True):
         key = (arm.arm, trial.status)
         label = arm.arm if trial.status == COMPLETED else f"{arm.arm} ({trial.status.lower()})"
-        ax.scatter([x], [y], s=46, marker=markers.get(trial.status, "o"), color=colours[arm.arm], alpha=0.75,
-                   edgecolors="white", lw=0.6, zorder=2, label=None if key in shown else label)
+        ax.scatter(
+            [x],
+            [y],
+            s=46,
+            marker=markers.get(trial.status, "o"),
+            color=colours[arm.arm],
+            alpha=0.75,
+            edgecolors="white",
+            lw=0.6,
+            zorder=2,
+            label=None if key in shown else label,
+        )
         shown.add(key)
     _count_coincident(ax, points, owners)
     for arm in summary.arms:
         best = arm.best_trial()
         if best and is_finite_number(best.metrics.get(FLOPS)) and is_finite_number(best.metrics.get(metric)):
-            ax.scatter([best.metrics[FLOPS]], [best.metrics[metric]], marker="*", s=220, color=colours[arm.arm],
-                       edgecolors="black", lw=0.8, zorder=4)
+            ax.scatter(
+                [best.metrics[FLOPS]],
+                [best.metrics[metric]],
+                marker="*",
+                s=220,
+                color=colours[arm.arm],
+                edgecolors="black",
+                lw=0.8,
+                zorder=4,
+            )
     ax.scatter([], [], marker="*", s=120, color="white", edgecolors="black", label="selected config")
     xs_all = [p[0] for p in points]
     if min(xs_all) > 0 and max(xs_all) / min(xs_all) > 20:
@@ -140,25 +164,28 @@ def plot_pareto(summary: "RunSummary", path: Path) -> Plot | None:
     ax.set_title(f"Search trials: {metric} vs flops_ratio ({len(points)} trials)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False)
     _save(fig, path)
-    return Plot(path, "Pareto front: validation score vs FLOPs",
-                f"Every finished search trial ({metric} on the validation split vs flops_ratio), coloured by arm; "
-                "the dashed line joins the non-dominated trials over all arms (circled; early-stopped trials are "
-                "not eligible); stars mark each arm's selected configuration.")
+    return Plot(
+        path,
+        "Pareto front: validation score vs FLOPs",
+        f"Every finished search trial ({metric} on the validation split vs flops_ratio), coloured by arm; "
+        "the dashed line joins the non-dominated trials over all arms (circled; early-stopped trials are "
+        "not eligible); stars mark each arm's selected configuration.",
+    )
 
 
-def _count_coincident(ax: "Axes", points: list[tuple[float, float]], owners: list) -> None:
+def _count_coincident(ax: Axes, points: list[tuple[float, float]], owners: list) -> None:
     """Trials of one arm with identical values (a fixed rank gives one flops_ratio) hide
     each other: say how many sit on each such point."""
     import collections
 
-    stacks = collections.Counter((arm.arm, x, y) for (x, y), (arm, _) in zip(points, owners))
-    for (arm, x, y), count in stacks.items():
+    stacks = collections.Counter((arm.arm, x, y) for (x, y), (arm, _) in zip(points, owners, strict=True))
+    for (_arm, x, y), count in stacks.items():
         if count > 1:
             ax.annotate(f"×{count}", (x, y), xytext=(7, -12), textcoords="offset points", fontsize=8, color="0.2")
 
 
 # -- optimisation history -------------------------------------------------------------------
-def plot_history(summary: "RunSummary", path: Path) -> Plot | None:
+def plot_history(summary: RunSummary, path: Path) -> Plot | None:
     objective, mode = next(iter(summary.objectives().items()))
     maximize = mode == "max"
     colours = arm_colours([a.arm for a in summary.arms])
@@ -173,58 +200,109 @@ def plot_history(summary: "RunSummary", path: Path) -> Plot | None:
         colour = colours[arm.arm]
         offset = (index - (len(summary.arms) - 1) / 2) * 0.1  # arms' dots side by side, not on top of each other
         for status, marker in ((STOPPED, "v"), (None, "o")):
-            chosen = [(n + offset, v) for n, v, t in zip(numbers, values, arm.trials) if (t.status == STOPPED) == (status == STOPPED)]
+            chosen = [
+                (n + offset, v)
+                for n, v, t in zip(numbers, values, arm.trials, strict=True)
+                if (t.status == STOPPED) == (status == STOPPED)
+            ]
             if chosen:
-                ax.scatter(*zip(*chosen), s=26, marker=marker, color=colour, alpha=0.55, edgecolors="white", lw=0.4, zorder=2)
+                chosen_x, chosen_y = zip(*chosen, strict=True)
+                ax.scatter(
+                    chosen_x,
+                    chosen_y,
+                    s=26,
+                    marker=marker,
+                    color=colour,
+                    alpha=0.55,
+                    edgecolors="white",
+                    lw=0.4,
+                    zorder=2,
+                )
         running = best_so_far(values, maximize)
-        ax.plot(numbers, running, drawstyle="steps-post", color=colour, ls=styles[index % len(styles)], lw=max(1.2, 2.6 - 0.4 * index),
-                zorder=3, label=f"{arm.arm} (best {_fmt(running[-1])})")
-        failed = [n for n, t in zip(numbers, arm.trials) if t.status == FAILED]
+        ax.plot(
+            numbers,
+            running,
+            drawstyle="steps-post",
+            color=colour,
+            ls=styles[index % len(styles)],
+            lw=max(1.2, 2.6 - 0.4 * index),
+            zorder=3,
+            label=f"{arm.arm} (best {_fmt(running[-1])})",
+        )
+        failed = [n for n, t in zip(numbers, arm.trials, strict=True) if t.status == FAILED]
         if failed:  # no value to plot: mark them on the bottom edge
-            ax.scatter([n + offset for n in failed], [0.03] * len(failed), marker="x", color=colour, s=36, zorder=4, transform=ax.get_xaxis_transform(), clip_on=False)
+            ax.scatter(
+                [n + offset for n in failed],
+                [0.03] * len(failed),
+                marker="x",
+                color=colour,
+                s=36,
+                zorder=4,
+                transform=ax.get_xaxis_transform(),
+                clip_on=False,
+            )
         drawn += 1
     if not drawn:
         return None
     ax.set_xlabel("trial (in start order)")
     ax.set_ylabel(f"{objective} (validation)" if objective.startswith("val_") else objective)
     ax.set_title(f"Optimisation history: best {objective} so far ({mode})")
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    # a linear axis's default locator is an AutoLocator, a MaxNLocator
+    cast("MaxNLocator", ax.xaxis.get_major_locator()).set_params(integer=True)
     ax.legend(fontsize=8, loc="best", framealpha=0.9)
     _save(fig, path)
-    return Plot(path, "Optimisation history",
-                f"Best {objective} found so far by each arm's search (line) and each trial's own value (dots); "
-                "v marks early-stopped trials, x on the bottom edge failed ones. The first trial of an arm is the paper's default configuration when its space has one.")
+    return Plot(
+        path,
+        "Optimisation history",
+        f"Best {objective} found so far by each arm's search (line) and each trial's own value (dots); "
+        "v marks early-stopped trials, x on the bottom edge failed ones. The first trial of an arm is the paper's "
+        "default configuration when its space has one.",
+    )
 
 
 # -- confirmation distributions ---------------------------------------------------------------
-def plot_confirmation(summary: "RunSummary", metrics: list[str], path: Path) -> Plot | None:
+def plot_confirmation(summary: RunSummary, metrics: list[str], path: Path) -> Plot | None:
     from orchestrator.report.numbers import mean_and_half_width
 
     colours = arm_colours([a.arm for a in summary.arms])
-    present = [m for m in metrics if any(is_finite_number(c.metrics.get(m)) for a in summary.arms for c in a.usable_confirms())]
+    present = [
+        m
+        for m in metrics
+        if any(is_finite_number(c.metrics.get(m)) for a in summary.arms for c in a.usable_confirms())
+    ]
     if not present:
         return None
     cols = min(3, len(present))
     rows = math.ceil(len(present) / cols)
     fig, axes = _figure(3.6 * cols + 0.6, 3.5 * rows, rows, cols)
     flat = list(axes.flat) if hasattr(axes, "flat") else [axes]
-    for ax, metric in zip(flat, present):
+    for ax, metric in zip(flat, present, strict=False):  # the grid may have spare axes
         _strip(ax, summary.arms, metric, colours, summary.confidence, mean_and_half_width)
-    for ax in flat[len(present):]:
+    for ax in flat[len(present) :]:
         ax.set_visible(False)
     level = 100 * summary.confidence
     handle = flat[0].errorbar([], [], yerr=[], fmt="D", ms=5, color="black", capsize=4)
-    fig.legend([handle], [f"mean with its one-sided {level:.3g}% lower and upper bounds (t over seeds); dots: one per seed"],
-               loc="outside lower center", fontsize=8, frameon=False)
+    fig.legend(  # type: ignore[call-overload]  # matplotlib's stub wants Artists; it takes an errorbar's container
+        [handle],
+        [f"mean with its one-sided {level:.3g}% lower and upper bounds (t over seeds); dots: one per seed"],
+        loc="outside lower center",
+        fontsize=8,
+        frameon=False,
+    )
     seeds = sorted({c.seed for a in summary.arms for c in a.usable_confirms() if c.seed is not None})
     fig.suptitle(f"Confirmation runs: {len(seeds)} fresh seeds per arm, {summary.confirm_split} split", fontsize=11)
     _save(fig, path)
-    return Plot(path, "Per-seed confirmation results",
-                f"One dot per confirmation seed (each arm's best configuration retrained); the bar is the mean with its "
-                f"one-sided {level:.3g}% bounds (t over seeds), boxes appear from 4 seeds. Metrics: {', '.join(present)}.")
+    return Plot(
+        path,
+        "Per-seed confirmation results",
+        f"One dot per confirmation seed (each arm's best configuration retrained); the bar is the mean with its "
+        f"one-sided {level:.3g}% bounds (t over seeds), boxes appear from 4 seeds. Metrics: {', '.join(present)}.",
+    )
 
 
-def _strip(ax: "Axes", arms: list["ArmSummary"], metric: str, colours: dict[str, str], confidence: float, interval) -> None:
+def _strip(
+    ax: Axes, arms: list[ArmSummary], metric: str, colours: dict[str, str], confidence: float, interval
+) -> None:
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -234,14 +312,31 @@ def _strip(ax: "Axes", arms: list["ArmSummary"], metric: str, colours: dict[str,
             continue
         colour = colours[arm.arm]
         if len(values) >= 4:
-            ax.boxplot([values], positions=[position], widths=0.5, showfliers=False, patch_artist=True,
-                       boxprops={"facecolor": colour, "alpha": 0.18, "edgecolor": colour},
-                       medianprops={"color": colour}, whiskerprops={"color": colour}, capprops={"color": colour})
+            ax.boxplot(
+                [values],
+                positions=[position],
+                widths=0.5,
+                showfliers=False,
+                patch_artist=True,
+                boxprops={"facecolor": colour, "alpha": 0.18, "edgecolor": colour},
+                medianprops={"color": colour},
+                whiskerprops={"color": colour},
+                capprops={"color": colour},
+            )
         jitter = rng.uniform(-0.12, 0.12, len(values))
         ax.scatter(position + jitter, values, s=30, color=colour, alpha=0.85, edgecolors="white", lw=0.5, zorder=3)
         mean, half = interval(values, confidence)
-        ax.errorbar([position + 0.3], [mean], yerr=None if half is None else [[half], [half]], fmt="D", ms=5,
-                    color="black", capsize=4, lw=1.2, zorder=4)
+        ax.errorbar(
+            [position + 0.3],
+            [mean],
+            yerr=None if half is None else [[half], [half]],
+            fmt="D",
+            ms=5,
+            color="black",
+            capsize=4,
+            lw=1.2,
+            zorder=4,
+        )
     ax.set_xticks(range(len(arms)), [a.arm for a in arms], rotation=20 if len(arms) > 4 else 0)
     ax.set_xlim(-0.6, len(arms) - 0.4)
     ax.set_title(metric, fontsize=10)
@@ -250,7 +345,7 @@ def _strip(ax: "Axes", arms: list["ArmSummary"], metric: str, colours: dict[str,
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def _figure(width: float, height: float, rows: int = 1, cols: int = 1) -> tuple["Figure", "Axes"]:
+def _figure(width: float, height: float, rows: int = 1, cols: int = 1) -> tuple[Figure, Axes]:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
@@ -260,12 +355,12 @@ def _figure(width: float, height: float, rows: int = 1, cols: int = 1) -> tuple[
     return fig, axes
 
 
-def _save(fig: "Figure", path: Path) -> None:
+def _save(fig: Figure, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=DPI)
 
 
-def _pad(ax: "Axes", xs: list[float], ys: list[float]) -> None:
+def _pad(ax: Axes, xs: list[float], ys: list[float]) -> None:
     """Room around points that share one value (a fixed-rank LoRA has one flops_ratio)."""
     for values, setter, log in ((xs, ax.set_xlim, ax.get_xscale() == "log"), (ys, ax.set_ylim, False)):
         low, high = min(values), max(values)

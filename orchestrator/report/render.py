@@ -12,7 +12,6 @@ import html
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
 
 VERDICT_CLASSES = {"SUPPORTED": "supported", "REFUTED": "refuted", "INCONCLUSIVE": "inconclusive"}
 
@@ -54,7 +53,7 @@ class Image:
     caption: str = ""
 
 
-Block = Union[Heading, Para, Alert, Bullets, Table, Image]
+Block = Heading | Para | Alert | Bullets | Table | Image
 
 
 # -- Markdown -----------------------------------------------------------------------------
@@ -91,7 +90,8 @@ def _md_row(cells: list[str]) -> str:
 CSS = """
 body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1.2em;
 color:#1f2328;line-height:1.5;font-size:15px}
-h1{border-bottom:2px solid #d0d7de;padding-bottom:.3em}h2{border-bottom:1px solid #d0d7de;padding-bottom:.2em;margin-top:2em}
+h1{border-bottom:2px solid #d0d7de;padding-bottom:.3em}
+h2{border-bottom:1px solid #d0d7de;padding-bottom:.2em;margin-top:2em}
 h3{margin-top:1.6em}code{background:#f3f4f6;padding:.1em .35em;border-radius:4px;font-size:90%}
 table{border-collapse:collapse;margin:.8em 0;font-size:13.5px;display:block;overflow-x:auto}
 th,td{border:1px solid #d0d7de;padding:.35em .6em;text-align:left;vertical-align:top}th{background:#f6f8fa}
@@ -107,8 +107,8 @@ def to_html(blocks: list[Block], title: str, folder: Path) -> str:
     """A standalone page; images are read from ``folder`` and inlined."""
     body = "\n".join(_html_block(block, folder) for block in blocks)
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{html.escape(title)}</title>\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{html.escape(title)}</title>\n'
         f"<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
     )
 
@@ -119,27 +119,28 @@ def _html_block(block: Block, folder: Path) -> str:
     if isinstance(block, Para):
         return f"<p>{inline(block.text)}</p>"
     if isinstance(block, Alert):
-        return f"<p class=\"alert\">{inline(block.text)}</p>"
+        return f'<p class="alert">{inline(block.text)}</p>'
     if isinstance(block, Bullets):
         return "<ul>\n" + "\n".join(f"<li>{inline(item)}</li>" for item in block.items) + "\n</ul>"
     if isinstance(block, Table):
         head = "".join(f"<th>{inline(h)}</th>" for h in block.header)
         rows = "\n".join(
-            "<tr>" + "".join(_cell(cell, i in block.align_right) for i, cell in enumerate(row)) + "</tr>" for row in block.rows
+            "<tr>" + "".join(_cell(cell, i in block.align_right) for i, cell in enumerate(row)) + "</tr>"
+            for row in block.rows
         )
         return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}\n</tbody>\n</table>"
     if isinstance(block, Image):
         data = base64.b64encode((folder / block.path).read_bytes()).decode("ascii")
         caption = f"<figcaption>{inline(block.caption)}</figcaption>" if block.caption else ""
-        return f"<figure><img alt=\"{html.escape(block.title)}\" src=\"data:image/png;base64,{data}\">{caption}</figure>"
+        return f'<figure><img alt="{html.escape(block.title)}" src="data:image/png;base64,{data}">{caption}</figure>'
     raise TypeError(f"unknown block {block!r}")
 
 
 def _cell(text: str, numeric: bool) -> str:
     text = str(text)
     verdict = VERDICT_CLASSES.get(text.split(" ")[0].strip("*"))
-    content = f"<span class=\"{verdict}\">{inline(text)}</span>" if verdict else inline(text)
-    return f"<td class=\"num\">{content}</td>" if numeric else f"<td>{content}</td>"
+    content = f'<span class="{verdict}">{inline(text)}</span>' if verdict else inline(text)
+    return f'<td class="num">{content}</td>' if numeric else f"<td>{content}</td>"
 
 
 _CODE = re.compile(r"`([^`]+)`")

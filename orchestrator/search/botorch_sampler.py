@@ -34,8 +34,9 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import optuna
@@ -104,7 +105,7 @@ class Column:
         if step is not None:
             value = dist.low + round((value - dist.low) / step) * step  # type: ignore[attr-defined]
         value = min(max(value, dist.low), dist.high)  # type: ignore[attr-defined]
-        return int(round(value)) if isinstance(dist, IntDistribution) else float(value)
+        return round(value) if isinstance(dist, IntDistribution) else float(value)
 
 
 def _scaled(dist: BaseDistribution, value: float) -> float:
@@ -126,7 +127,7 @@ def _grid(dist: BaseDistribution) -> list[float] | None:
     if isinstance(dist, IntDistribution):
         return list(range(dist.low, dist.high + 1, dist.step))
     if isinstance(dist, FloatDistribution) and dist.step is not None:
-        count = int(round((dist.high - dist.low) / dist.step)) + 1
+        count = round((dist.high - dist.low) / dist.step) + 1
         return [dist.low + i * dist.step for i in range(count)]
     return None
 
@@ -138,7 +139,7 @@ class MixedSpace:
     columns: tuple[Column, ...]
 
     @classmethod
-    def of(cls, search_space: dict[str, BaseDistribution]) -> "MixedSpace":
+    def of(cls, search_space: dict[str, BaseDistribution]) -> MixedSpace:
         return cls(tuple(column_for(name, dist) for name, dist in search_space.items()))
 
     def dims(self, kind: str) -> dict[int, list[float]]:
@@ -151,15 +152,17 @@ class MixedSpace:
     def combinations(self) -> int:
         return math.prod(len(c.values) for c in self.columns if c.kind != "continuous")
 
-    def encode(self, params: Sequence[dict[str, Any]]) -> "torch.Tensor":
+    def encode(self, params: Sequence[dict[str, Any]]) -> torch.Tensor:
         import torch
 
-        return torch.tensor([[c.encode(p[c.name]) for c in self.columns] for p in params], dtype=torch.float64).reshape(-1, len(self.columns))
+        return torch.tensor(
+            [[c.encode(p[c.name]) for c in self.columns] for p in params], dtype=torch.float64
+        ).reshape(-1, len(self.columns))
 
-    def decode(self, row: "torch.Tensor") -> dict[str, Any]:
-        return {c.name: c.decode(float(x)) for c, x in zip(self.columns, row.tolist())}
+    def decode(self, row: torch.Tensor) -> dict[str, Any]:
+        return {c.name: c.decode(float(x)) for c, x in zip(self.columns, row.tolist(), strict=True)}
 
-    def bounds(self) -> "torch.Tensor":
+    def bounds(self) -> torch.Tensor:
         import torch
 
         return torch.tensor([[0.0] * len(self.columns), [c.upper for c in self.columns]], dtype=torch.float64)
@@ -184,8 +187,9 @@ class MixedBoTorchSampler(BaseSampler):
             relative search space (conditional ones); a seeded ``RandomSampler`` by default.
     """
 
-    def __init__(self, *, n_startup_trials: int = 10, seed: int | None = None,
-                 independent_sampler: BaseSampler | None = None) -> None:
+    def __init__(
+        self, *, n_startup_trials: int = 10, seed: int | None = None, independent_sampler: BaseSampler | None = None
+    ) -> None:
         self._n_startup_trials = n_startup_trials
         self._rng = np.random.RandomState(seed)
         self._independent_sampler = independent_sampler or RandomSampler(seed=seed)
@@ -198,7 +202,9 @@ class MixedBoTorchSampler(BaseSampler):
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return {name: dist for name, dist in self._search_space.calculate(study).items() if not dist.single()}
 
-    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
         if not search_space:
             return {}
         trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
@@ -206,20 +212,28 @@ class MixedBoTorchSampler(BaseSampler):
         if len(completed) < max(self._n_startup_trials, 2):
             return {}
         # Trials still running, with every parameter chosen: the points other workers train now.
-        running = [t for t in trials if t.state == TrialState.RUNNING and t.number != trial.number and search_space.keys() <= t.params.keys()]
+        running = [
+            t
+            for t in trials
+            if t.state == TrialState.RUNNING and t.number != trial.number and search_space.keys() <= t.params.keys()
+        ]
         space = MixedSpace.of(search_space)
         observations = Observations.of(completed, study.directions)
         pending = space.encode([t.params for t in running]) if running else None
         seed = int(self._rng.randint(2**31 - 1))
         return space.decode(suggest(space, space.encode([t.params for t in completed]), observations, pending, seed))
 
-    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution) -> Any:
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
         return self._independent_sampler.sample_independent(study, trial, param_name, param_distribution)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self._independent_sampler.before_trial(study, trial)
 
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
+    def after_trial(
+        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
+    ) -> None:
         self._independent_sampler.after_trial(study, trial, state, values)
 
 
@@ -231,19 +245,24 @@ class Observations:
     constraints: np.ndarray  # (n, n_constraints), possibly 0 columns
 
     @classmethod
-    def of(cls, trials: list[FrozenTrial], directions: Sequence[StudyDirection]) -> "Observations":
+    def of(cls, trials: list[FrozenTrial], directions: Sequence[StudyDirection]) -> Observations:
         sign = np.array([1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in directions])
         objectives = sign * np.array([t.values for t in trials], dtype=float)
         keys = sorted(set.intersection(*(set(t.constraints) for t in trials)))
-        constraints = np.array([[t.constraints[k] for k in keys] for t in trials], dtype=float).reshape(len(trials), len(keys))
+        constraints = np.array([[t.constraints[k] for k in keys] for t in trials], dtype=float).reshape(
+            len(trials), len(keys)
+        )
         return cls(objectives, constraints)
 
     @property
     def feasible(self) -> np.ndarray:
-        return (self.constraints <= 0).all(axis=1)
+        # numpy types .all() as a bool or an array; with axis=1 of a 2-D array it is an array
+        return cast(np.ndarray, (self.constraints <= 0).all(axis=1))
 
 
-def suggest(space: MixedSpace, x: "torch.Tensor", observed: Observations, pending: "torch.Tensor | None", seed: int) -> "torch.Tensor":
+def suggest(
+    space: MixedSpace, x: torch.Tensor, observed: Observations, pending: torch.Tensor | None, seed: int
+) -> torch.Tensor:
     """The next point (one row in ``space``'s columns): fit, build the acquisition, optimise it."""
     import botorch.optim  # noqa: F401  (loads scipy's OpenBLAS, so threadpoolctl sees it)
     import torch
@@ -258,7 +277,7 @@ def suggest(space: MixedSpace, x: "torch.Tensor", observed: Observations, pendin
         return optimize(acqf, space, seed)
 
 
-def fit_model(space: MixedSpace, x: "torch.Tensor", observed: Observations) -> "Model":
+def fit_model(space: MixedSpace, x: torch.Tensor, observed: Observations) -> Model:
     import torch
     from botorch.fit import fit_gpytorch_mll
     from botorch.models import MixedSingleTaskGP, SingleTaskGP
@@ -271,11 +290,15 @@ def fit_model(space: MixedSpace, x: "torch.Tensor", observed: Observations) -> "
         model = MixedSingleTaskGP(x, y, cat_dims=categorical, outcome_transform=Standardize(m=y.size(-1)))
     else:
         model = SingleTaskGP(x, y, outcome_transform=Standardize(m=y.size(-1)))
-    fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model), optimizer_kwargs={"options": {"maxiter": FIT_MAXITER}})
+    fit_gpytorch_mll(
+        ExactMarginalLogLikelihood(model.likelihood, model), optimizer_kwargs={"options": {"maxiter": FIT_MAXITER}}
+    )
     return model
 
 
-def acquisition(model: "Model", x: "torch.Tensor", observed: Observations, pending: "torch.Tensor | None") -> "AcquisitionFunction":
+def acquisition(
+    model: Model, x: torch.Tensor, observed: Observations, pending: torch.Tensor | None
+) -> AcquisitionFunction:
     """qLogNEI (one objective) or qLogNEHVI (several): both integrate over the noise at the
     observed points instead of trusting the best observed value."""
     import torch
@@ -286,14 +309,29 @@ def acquisition(model: "Model", x: "torch.Tensor", observed: Observations, pendi
     from botorch.sampling import SobolQMCNormalSampler
 
     n_objectives = observed.objectives.shape[1]
-    constraints = [functools.partial(_outcome, index=n_objectives + i) for i in range(observed.constraints.shape[1])] or None
+    constraints: list[Callable[[torch.Tensor], torch.Tensor]] | None = [
+        functools.partial(_outcome, index=n_objectives + i) for i in range(observed.constraints.shape[1])
+    ] or None
     sampler = SobolQMCNormalSampler(torch.Size([MC_SAMPLES]))
     if n_objectives == 1:
-        return qLogNoisyExpectedImprovement(model=model, X_baseline=x, sampler=sampler, X_pending=pending, prune_baseline=True,
-                                            objective=GenericMCObjective(functools.partial(_outcome, index=0)), constraints=constraints)
+        return qLogNoisyExpectedImprovement(
+            model=model,
+            X_baseline=x,
+            sampler=sampler,
+            X_pending=pending,
+            prune_baseline=True,
+            objective=GenericMCObjective(functools.partial(_outcome, index=0)),
+            constraints=constraints,
+        )
     return qLogNoisyExpectedHypervolumeImprovement(
-        model=model, ref_point=reference_point(observed).tolist(), X_baseline=x, prune_baseline=True, sampler=sampler,
-        X_pending=pending, constraints=constraints, objective=IdentityMCMultiOutputObjective(outcomes=list(range(n_objectives))),
+        model=model,
+        ref_point=reference_point(observed).tolist(),
+        X_baseline=x,
+        prune_baseline=True,
+        sampler=sampler,
+        X_pending=pending,
+        constraints=constraints,
+        objective=IdentityMCMultiOutputObjective(outcomes=list(range(n_objectives))),
     )
 
 
@@ -305,28 +343,35 @@ def reference_point(observed: Observations) -> np.ndarray:
     return low - 0.1 * np.maximum(high - low, 1e-6)
 
 
-def _outcome(samples: "torch.Tensor", X: "torch.Tensor | None" = None, *, index: int) -> "torch.Tensor":
+def _outcome(samples: torch.Tensor, X: torch.Tensor | None = None, *, index: int) -> torch.Tensor:
     """Column ``index`` of the model's outcomes (objective or constraint): a module-level
     function, so the acquisition's callables pickle."""
     return samples[..., index]
 
 
-def optimize(acqf: "AcquisitionFunction", space: MixedSpace, seed: int) -> "torch.Tensor":
+def optimize(acqf: AcquisitionFunction, space: MixedSpace, seed: int) -> torch.Tensor:
     """Maximise the acquisition over ``space``, discrete columns kept discrete."""
     from botorch.optim.optimize_mixed import optimize_acqf_mixed_alternating
 
     if space.combinations() <= ENUMERATE_LIMIT:
         return optimize_every_combination(acqf, space, seed)
     candidate, _ = optimize_acqf_mixed_alternating(
-        acqf, space.bounds(), discrete_dims=space.dims("discrete"), cat_dims=space.dims("categorical"),
-        raw_samples=MIXED_RAW_SAMPLES, num_restarts=MIXED_RESTARTS,
-        options={"maxiter_alternating": MIXED_ALTERNATING_STEPS, "max_discrete_values": MAX_DISCRETE_VALUES,
-                 "maxiter_init": MIXED_RELAXATION_MAXITER},
+        acqf,
+        space.bounds(),
+        discrete_dims=space.dims("discrete"),
+        cat_dims=space.dims("categorical"),
+        raw_samples=MIXED_RAW_SAMPLES,
+        num_restarts=MIXED_RESTARTS,
+        options={
+            "maxiter_alternating": MIXED_ALTERNATING_STEPS,
+            "max_discrete_values": MAX_DISCRETE_VALUES,
+            "maxiter_init": MIXED_RELAXATION_MAXITER,
+        },
     )
     return candidate[0]
 
 
-def optimize_every_combination(acqf: "AcquisitionFunction", space: MixedSpace, seed: int) -> "torch.Tensor":
+def optimize_every_combination(acqf: AcquisitionFunction, space: MixedSpace, seed: int) -> torch.Tensor:
     """Every combination of discrete values, each with the continuous columns optimised.
 
     What ``optimize_acqf_mixed`` does with one ``fixed_features`` per combination, but in
@@ -344,7 +389,11 @@ def optimize_every_combination(acqf: "AcquisitionFunction", space: MixedSpace, s
     if not continuous:
         points = combos
     else:
-        raw = torch.quasirandom.SobolEngine(len(continuous), scramble=True, seed=seed).draw(RAW_SAMPLES_PER_COMBINATION).to(torch.float64)
+        raw = (
+            torch.quasirandom.SobolEngine(len(continuous), scramble=True, seed=seed)
+            .draw(RAW_SAMPLES_PER_COMBINATION)
+            .to(torch.float64)
+        )
         grid = torch.empty(len(combos), len(raw), len(space.columns), dtype=torch.float64)
         grid[..., discrete] = combos[:, None, :]
         grid[..., continuous] = raw[None, :, :]
@@ -353,8 +402,12 @@ def optimize_every_combination(acqf: "AcquisitionFunction", space: MixedSpace, s
         starts = grid[torch.arange(len(combos)), values.argmax(dim=1)]  # the best raw point of each combination
         bounds = space.bounds()
         points, _ = gen_candidates_scipy(
-            starts.unsqueeze(1), acqf, lower_bounds=bounds[0], upper_bounds=bounds[1],
-            fixed_features={i: starts[:, i] for i in discrete}, options={"maxiter": ACQF_MAXITER},
+            starts.unsqueeze(1),
+            acqf,
+            lower_bounds=bounds[0],
+            upper_bounds=bounds[1],
+            fixed_features={i: starts[:, i] for i in discrete},
+            options={"maxiter": ACQF_MAXITER},
         )
         points = points.squeeze(1)
     with torch.no_grad():
@@ -362,7 +415,7 @@ def optimize_every_combination(acqf: "AcquisitionFunction", space: MixedSpace, s
     return points[values.argmax()]
 
 
-def _evaluate(acqf: "AcquisitionFunction", x: "torch.Tensor", batch: int = 512) -> "torch.Tensor":
+def _evaluate(acqf: AcquisitionFunction, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
     import torch
 
     return torch.cat([acqf(chunk) for chunk in x.split(batch)])

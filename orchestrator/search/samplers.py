@@ -1,4 +1,5 @@
-"""Sampler names in a hypothesis -> Optuna sampler instances.
+"""Sampler names in a hypothesis -> Optuna sampler instances (the names and how each is
+built: ``orchestrator.search.registry.SAMPLERS``).
 
 Each sampler is built fresh per arm (one study per sampler instance; the BoTorch
 samplers keep per-study state). Model-based samplers get ``n_startup_trials`` random
@@ -18,32 +19,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.search.registry import SAMPLERS
 
 if TYPE_CHECKING:
     import optuna
     import torch
-
-class SamplerTraits(NamedTuple):
-    """What the planner and the spec checks need to know of a sampler (a tuple, so
-    ``SAMPLER_TRAITS[name][0]`` still reads ``multi_objective``)."""
-
-    multi_objective: bool
-    model_based: bool
-
-
-SAMPLER_TRAITS: dict[str, SamplerTraits] = {
-    "tpe": SamplerTraits(multi_objective=True, model_based=True),
-    "gp": SamplerTraits(multi_objective=True, model_based=True),
-    "botorch": SamplerTraits(multi_objective=True, model_based=True),
-    "botorch-legacy": SamplerTraits(multi_objective=True, model_based=True),
-    "nsga2": SamplerTraits(multi_objective=True, model_based=False),
-    "cmaes": SamplerTraits(multi_objective=False, model_based=True),
-    "qmc": SamplerTraits(multi_objective=True, model_based=False),
-    "random": SamplerTraits(multi_objective=True, model_based=False),
-    "grid": SamplerTraits(multi_objective=True, model_based=False),
-}
 
 
 @dataclass(frozen=True)
@@ -57,57 +41,26 @@ class SamplerPlan:
     grid: dict[str, list[Any]] | None = None
 
     def describe(self) -> str:
-        extra = f", {self.startup_trials} random startup trials" if SAMPLER_TRAITS[self.name].model_based else ""
+        extra = f", {self.startup_trials} random startup trials" if SAMPLERS[self.name].model_based else ""
         return f"{self.name} (seed {self.seed}{extra})"
 
 
 def default_startup_trials(name: str, trials: int) -> int:
     """A third of the budget, at least 2 and at most 10 (Optuna's own default is 10,
     which would make a 12-trial search almost random)."""
-    if not SAMPLER_TRAITS[name].model_based:
+    if not SAMPLERS[name].model_based:
         return 0
     return max(2, min(10, trials // 3))
 
 
-def build_sampler(plan: SamplerPlan) -> "optuna.samplers.BaseSampler":
+def build_sampler(plan: SamplerPlan) -> optuna.samplers.BaseSampler:
+    """A fresh sampler for one arm's study (``registry.SAMPLERS`` says how)."""
     import warnings
 
     import optuna
 
-    from orchestrator.search.botorch_sampler import MixedBoTorchSampler
-
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-    builders: dict[str, Callable[[], optuna.samplers.BaseSampler]] = {
-        # constant_liar: running trials count as bad ones, so concurrent asks spread (Optuna 5's default, said here)
-        "tpe": lambda: optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=plan.startup_trials, multivariate=True, group=True,
-                                                  constant_liar=True),
-        "gp": lambda: optuna.samplers.GPSampler(seed=plan.seed, n_startup_trials=plan.startup_trials),
-        "botorch": lambda: MixedBoTorchSampler(n_startup_trials=plan.startup_trials, seed=plan.seed),
-        "botorch-legacy": _botorch_legacy(plan),
-        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=plan.seed, population_size=max(4, plan.startup_trials or 4)),
-        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=plan.seed, n_startup_trials=plan.startup_trials, warn_independent_sampling=False),
-        "qmc": lambda: optuna.samplers.QMCSampler(seed=plan.seed, scramble=True, warn_independent_sampling=False),
-        "random": lambda: optuna.samplers.RandomSampler(seed=plan.seed),
-        "grid": lambda: optuna.samplers.GridSampler(plan.grid or {}, seed=plan.seed),
-    }
-    return builders[plan.name]()
-
-
-def _botorch_legacy(plan: SamplerPlan) -> Callable[[], "optuna.samplers.BaseSampler"]:
-    def build() -> "optuna.samplers.BaseSampler":
-        import optuna
-        from optuna_integration import BoTorchSampler
-
-        return BoTorchSampler(
-            candidates_func=botorch_candidates,
-            n_startup_trials=plan.startup_trials,
-            consider_running_trials=True,  # parallel trials: pending points enter qLogEI / qLogNEHVI
-            seed=plan.seed,
-            independent_sampler=optuna.samplers.RandomSampler(seed=plan.seed),
-        )
-
-    return build
+    return SAMPLERS[plan.name].build(plan)
 
 
 #: BoTorch's budget per suggestion (benchmarks/suggest_latency.py, docs/samplers.md).
@@ -124,8 +77,13 @@ BOTORCH_MAXITER = 100
 BOTORCH_FIT_MAXITER = 50
 
 
-def botorch_candidates(train_x: "torch.Tensor", train_obj: "torch.Tensor", train_con: "torch.Tensor | None",
-                       bounds: "torch.Tensor", pending_x: "torch.Tensor | None") -> "torch.Tensor":
+def botorch_candidates(
+    train_x: torch.Tensor,
+    train_obj: torch.Tensor,
+    train_con: torch.Tensor | None,
+    bounds: torch.Tensor,
+    pending_x: torch.Tensor | None,
+) -> torch.Tensor:
     """BoTorchSampler's ``candidates_func``: qLogEI (one objective) or qLogNEHVI (several),
     constraints as BoTorch outcome constraints (<= 0 feasible), pending trials as
     ``X_pending``; a smaller acquisition optimisation than optuna-integration's.
@@ -140,11 +98,17 @@ def botorch_candidates(train_x: "torch.Tensor", train_obj: "torch.Tensor", train
         return _botorch_candidates(train_x, train_obj, train_con, bounds, pending_x)
 
 
-def _botorch_candidates(train_x: "torch.Tensor", train_obj: "torch.Tensor", train_con: "torch.Tensor | None",
-                        bounds: "torch.Tensor", pending_x: "torch.Tensor | None") -> "torch.Tensor":
+def _botorch_candidates(
+    train_x: torch.Tensor,
+    train_obj: torch.Tensor,
+    train_con: torch.Tensor | None,
+    bounds: torch.Tensor,
+    pending_x: torch.Tensor | None,
+) -> torch.Tensor:
     import functools
 
     import torch
+    from botorch.acquisition import AcquisitionFunction
     from botorch.acquisition.logei import qLogExpectedImprovement
     from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
     from botorch.acquisition.multi_objective.objective import IdentityMCMultiOutputObjective
@@ -159,35 +123,56 @@ def _botorch_candidates(train_x: "torch.Tensor", train_obj: "torch.Tensor", trai
 
     n_objectives = train_obj.size(-1)
     train_y = train_obj if train_con is None else torch.cat([train_obj, train_con], dim=-1)
-    constraints = None
+    constraints: list[Callable[[torch.Tensor], torch.Tensor]] | None = None
     if train_con is not None:
         constraints = [functools.partial(_outcome, index=n_objectives + i) for i in range(train_con.size(-1))]
     x = normalize(train_x, bounds=bounds)
     pending = normalize(pending_x, bounds=bounds) if pending_x is not None and len(pending_x) else None
 
     model = SingleTaskGP(x, train_y, outcome_transform=Standardize(m=train_y.size(-1)))
-    fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model), optimizer_kwargs={"options": {"maxiter": BOTORCH_FIT_MAXITER}})
+    fit_gpytorch_mll(
+        ExactMarginalLogLikelihood(model.likelihood, model),
+        optimizer_kwargs={"options": {"maxiter": BOTORCH_FIT_MAXITER}},
+    )
     sampler = SobolQMCNormalSampler(torch.Size([BOTORCH_MC_SAMPLES]))
+    acqf: AcquisitionFunction
     if n_objectives == 1:
         feasible = train_obj if train_con is None else train_obj[(train_con <= 0).all(dim=-1)]
-        best_f = feasible.max() if feasible.numel() else train_obj.min()  # none feasible yet: any feasible point improves
-        acqf = qLogExpectedImprovement(model=model, best_f=best_f, sampler=sampler, X_pending=pending,
-                                       objective=GenericMCObjective(functools.partial(_outcome, index=0)),
-                                       constraints=constraints)
+        # none feasible yet: any feasible point improves
+        best_f = feasible.max() if feasible.numel() else train_obj.min()
+        acqf = qLogExpectedImprovement(
+            model=model,
+            best_f=best_f,
+            sampler=sampler,
+            X_pending=pending,
+            objective=GenericMCObjective(functools.partial(_outcome, index=0)),
+            constraints=constraints,
+        )
     else:
         acqf = qLogNoisyExpectedHypervolumeImprovement(
-            model=model, ref_point=(train_obj.min(dim=0).values - 1e-8).tolist(), X_baseline=x, prune_baseline=True,
-            sampler=sampler, X_pending=pending, constraints=constraints,
+            model=model,
+            ref_point=(train_obj.min(dim=0).values - 1e-8).tolist(),
+            X_baseline=x,
+            prune_baseline=True,
+            sampler=sampler,
+            X_pending=pending,
+            constraints=constraints,
             objective=IdentityMCMultiOutputObjective(outcomes=list(range(n_objectives))),
         )
     unit = torch.zeros_like(bounds)
     unit[1] = 1
-    candidates, _ = optimize_acqf(acq_function=acqf, bounds=unit, q=1, num_restarts=BOTORCH_RESTARTS,
-                                  raw_samples=BOTORCH_RAW_SAMPLES, options={"batch_limit": 5, "maxiter": BOTORCH_MAXITER})
+    candidates, _ = optimize_acqf(
+        acq_function=acqf,
+        bounds=unit,
+        q=1,
+        num_restarts=BOTORCH_RESTARTS,
+        raw_samples=BOTORCH_RAW_SAMPLES,
+        options={"batch_limit": 5, "maxiter": BOTORCH_MAXITER},
+    )
     return unnormalize(candidates.detach(), bounds=bounds)
 
 
-def _outcome(samples: "torch.Tensor", X: "torch.Tensor | None" = None, *, index: int) -> "torch.Tensor":
+def _outcome(samples: torch.Tensor, X: torch.Tensor | None = None, *, index: int) -> torch.Tensor:
     """Column ``index`` of the model's outcomes (objective or constraint, as BoTorch wants a callable)."""
     return samples[..., index]
 

@@ -39,7 +39,7 @@ class ParamSpec(BaseModel):
     when: dict[str, Any] | None = Field(None, description="sample only when these parameters take these values")
 
     @model_validator(mode="after")
-    def _check(self) -> "ParamSpec":
+    def _check(self) -> ParamSpec:
         if self.type == "categorical":
             if not self.choices:
                 raise ValueError("a categorical parameter needs a non-empty 'choices' list")
@@ -78,7 +78,7 @@ class ParamSpec(BaseModel):
             _check_grid_size(len(values))
             return list(values)
         if self.step:
-            count = int(round((self.high - self.low) / self.step)) + 1  # type: ignore[operator]
+            count = round((self.high - self.low) / self.step) + 1  # type: ignore[operator]
             _check_grid_size(count)
             return [round(self.low + i * self.step, 12) for i in range(count)]  # type: ignore[operator]
         return None
@@ -98,16 +98,21 @@ class SpaceFile(BaseModel):
 
     method: str | None = None
     params: dict[str, ParamSpec] = Field(default_factory=dict)
-    defaults: dict[str, Any] = Field(default_factory=dict, description="the paper's default configuration, tried first")
+    defaults: dict[str, Any] = Field(
+        default_factory=dict, description="the paper's default configuration, tried first"
+    )
 
     @model_validator(mode="after")
-    def _conditions_name_params(self) -> "SpaceFile":
+    def _conditions_name_params(self) -> SpaceFile:
         for name, spec in self.params.items():
-            for parent in (spec.when or {}):
+            for parent in spec.when or {}:
                 if parent == name:
                     raise _located(("params", name, "when", parent), f"params.{name}.when refers to itself")
                 if parent not in self.params:
-                    raise _located(("params", name, "when", parent), f"params.{name}.when names {parent!r}, which is not a parameter of this space")
+                    raise _located(
+                        ("params", name, "when", parent),
+                        f"params.{name}.when names {parent!r}, which is not a parameter of this space",
+                    )
         try:
             _dependency_order(self.params)  # raises on cycles
         except _CycleError as exc:
@@ -141,7 +146,7 @@ def _dependency_order(params: dict[str, ParamSpec]) -> list[str]:
         if state.get(name) == 1:
             raise _CycleError(chain + (name,))
         state[name] = 1
-        for parent in (params[name].when or {}):
+        for parent in params[name].when or {}:
             if parent in params:  # a parent held fixed by the arm is known from the start
                 visit(parent, chain + (name,))
         state[name] = 2
@@ -176,7 +181,7 @@ class DefineByRun:
         self.fixed = dict(fixed)
         self.order = _dependency_order(self.params)
 
-    def __call__(self, trial: "optuna.Trial") -> dict[str, Any]:
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         chosen: dict[str, Any] = dict(self.fixed)
         for name in self.order:
             spec = self.params[name]
@@ -188,7 +193,11 @@ class DefineByRun:
     def searched(self) -> dict[str, ParamSpec]:
         """Parameters a trial can sample: a condition on a fixed value that fails
         removes its parameter from the search altogether."""
-        return {k: v for k, v in self.params.items() if all(p not in self.fixed or condition_holds({p: w}, self.fixed) for p, w in (v.when or {}).items())}
+        return {
+            k: v
+            for k, v in self.params.items()
+            if all(p not in self.fixed or condition_holds({p: w}, self.fixed) for p, w in (v.when or {}).items())
+        }
 
     def active(self, sampled: dict[str, Any]) -> dict[str, Any]:
         """The hyperparameters a trial actually uses: sampled plus fixed."""
@@ -206,7 +215,7 @@ class DefineByRun:
         return grid
 
 
-def suggest(trial: "optuna.Trial", name: str, spec: ParamSpec) -> Any:
+def suggest(trial: optuna.Trial, name: str, spec: ParamSpec) -> Any:
     if spec.type == "categorical":
         return trial.suggest_categorical(name, spec.choices)  # type: ignore[arg-type]
     if spec.type == "int":

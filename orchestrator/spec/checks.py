@@ -27,6 +27,7 @@ from orchestrator.tasks.models import is_known_model_ref
 if TYPE_CHECKING:
     from methods.base import Requirement
 
+
 @dataclass(frozen=True)
 class ResolvedSpace:
     path: str
@@ -69,7 +70,9 @@ def _load_space_located(path: Path) -> tuple[ResolvedSpace, LocatedYaml]:
     text = read_user_file(path, "search space")  # also: not UTF-8, too large, /dev/zero
     located = load_located(text, str(path))
     if not isinstance(located.value, dict):
-        raise SpecError([SpecIssue(str(path), located.line_of(()), "", "a search space must be a mapping with 'params'")])
+        raise SpecError(
+            [SpecIssue(str(path), located.line_of(()), "", "a search space must be a mapping with 'params'")]
+        )
     try:
         return ResolvedSpace(str(path), SpaceFile.model_validate(located.value)), located
     except ValidationError as exc:
@@ -92,7 +95,10 @@ def _cached_space(path: Path, cache: dict[str, Any] | None) -> tuple[ResolvedSpa
 
 
 def check_hypothesis(
-    spec: Hypothesis, located: LocatedYaml, base_dir: Path, space_cache: dict[str, Any] | None = None,
+    spec: Hypothesis,
+    located: LocatedYaml,
+    base_dir: Path,
+    space_cache: dict[str, Any] | None = None,
     check_requirements: bool = True,
 ) -> tuple[list[SpecIssue], dict[str, ResolvedSpace]]:
     """All cross-field checks; returns the issues and each arm's resolved space.
@@ -141,9 +147,11 @@ def check_hypothesis(
             for err in exc.errors():
                 loc = ("arms", arm_name, "fixed", *err["loc"])
                 issue(loc, err["msg"])
-        except Exception as exc:  # noqa: BLE001 - a method's validator that raises TypeError
+        except Exception as exc:
             # (e.g. `target_modules: 5` -> "'int' object is not iterable") is still bad input
-            issue(("arms", arm_name, "fixed"), f"method {arm.method!r} rejects these values: {type(exc).__name__}: {exc}")
+            issue(
+                ("arms", arm_name, "fixed"), f"method {arm.method!r} rejects these values: {type(exc).__name__}: {exc}"
+            )
         space_path = resolve_space_path(arm.space, arm.method, base_dir)
         if space_path is None:
             continue
@@ -151,7 +159,11 @@ def check_hypothesis(
             resolved, space_located = _cached_space(space_path, space_cache)
         except SpecError as exc:
             if arm.space is not None and not _exists(space_path):
-                issue(("arms", arm_name, "space"), f"search space {_clip(arm.space)} not found (looked next to the hypothesis and in the shipped search_spaces/)")
+                issue(
+                    ("arms", arm_name, "space"),
+                    f"search space {_clip(arm.space)} not found"
+                    " (looked next to the hypothesis and in the shipped search_spaces/)",
+                )
             elif arm.space is not None and all(i.line is None for i in exc.issues):  # a folder, unreadable...
                 issue(("arms", arm_name, "space"), f"search space {_clip(arm.space)}: {exc.issues[0].message}")
             else:
@@ -160,23 +172,39 @@ def check_hypothesis(
         spaces[arm_name] = resolved
         space = resolved.space
         if space.method is not None and space.method != arm.method:
-            issue(("arms", arm_name, "space"), f"{space_path.name} is the space of method {space.method!r}, not {arm.method!r}")
+            issue(
+                ("arms", arm_name, "space"),
+                f"{space_path.name} is the space of method {space.method!r}, not {arm.method!r}",
+            )
         for key in space.params:
             if key not in accepted:
-                issues.append(SpecIssue(str(space_path), space_located.line_of(("params", key)), f"params.{key}", _not_accepted(key, arm.method, accepted)))
+                issues.append(
+                    SpecIssue(
+                        str(space_path),
+                        space_located.line_of(("params", key)),
+                        f"params.{key}",
+                        _not_accepted(key, arm.method, accepted),
+                    )
+                )
 
     trial_metric_names = set().union(*arm_metrics.values()) if arm_metrics else set()
     for name in spec.search.objectives:
         if name not in trial_metric_names and arm_metrics:
             issue(("search", "objectives", name), _unknown_metric(name, trial_metric_names))
         elif name.startswith("test_"):
-            issue(("search", "objectives", name), "the search must not select on the held-out split; use a val_ metric")
+            issue(
+                ("search", "objectives", name), "the search must not select on the held-out split; use a val_ metric"
+            )
     for index, text in enumerate(spec.search.constraints):
         # "all: m <= x" and "arm: m <= x" scope a constraint (orchestrator.plan.constraints_for)
         scope, sep, rest = text.partition(":")
         scoped = bool(sep) and scope.strip().isidentifier()
         if scoped and scope.strip() != "all" and scope.strip() not in spec.arms:
-            issue(("search", "constraints", index), f"{_clip(text)} is scoped to {_clip(scope.strip())}, which is neither 'all' nor an arm ({', '.join(spec.arms)})")
+            issue(
+                ("search", "constraints", index),
+                f"{_clip(text)} is scoped to {_clip(scope.strip())},"
+                f" which is neither 'all' nor an arm ({', '.join(spec.arms)})",
+            )
             continue
         try:
             constraint = parse_constraint(rest if scoped else text)
@@ -194,7 +222,7 @@ def check_hypothesis(
     return issues, spaces
 
 
-def _check_requirements(arm_name: str, method: str, requires: "tuple[Requirement, ...]", issue: Any) -> None:
+def _check_requirements(arm_name: str, method: str, requires: tuple[Requirement, ...], issue: Any) -> None:
     """An arm whose method needs a package that is not installed would fail every trial
     with the same ImportError; refuse it here, with the command that installs it."""
     for requirement in requires:
@@ -219,8 +247,11 @@ def _check_confirm_rounds(spec: Hypothesis, issue: Any) -> None:
     below the first round would silently cut the first look short."""
     confirm = spec.confirm
     if confirm.max_seeds is not None and confirm.max_seeds < confirm.seeds:
-        issue(("confirm", "max_seeds"), f"max_seeds ({confirm.max_seeds}) is below seeds ({confirm.seeds}), the first round's "
-              "seeds per arm; use max_seeds >= seeds (or leave it out for one look)")
+        issue(
+            ("confirm", "max_seeds"),
+            f"max_seeds ({confirm.max_seeds}) is below seeds ({confirm.seeds}), the first round's "
+            "seeds per arm; use max_seeds >= seeds (or leave it out for one look)",
+        )
 
 
 def _check_confirm_split(spec: Hypothesis, issue: Any) -> None:
@@ -228,16 +259,21 @@ def _check_confirm_split(spec: Hypothesis, issue: Any) -> None:
     configuration on the validation split (objectives are ``val_*``), so confirmation
     runs evaluated there would report the selection's optimism as a finding."""
     if spec.confirm.split == "validation":
-        issue(("confirm", "split"), "the search selects on the validation split (objectives "
-              f"{', '.join(spec.search.objectives)}), so it cannot also judge the claims; use test (for hub "
-              "datasets whose test labels are hidden, e.g. GLUE, test is the hub's validation split)")
+        issue(
+            ("confirm", "split"),
+            "the search selects on the validation split (objectives "
+            f"{', '.join(spec.search.objectives)}), so it cannot also judge the claims; use test (for hub "
+            "datasets whose test labels are hidden, e.g. GLUE, test is the hub's validation split)",
+        )
 
 
 def _check_precision(spec: Hypothesis, issue: Any) -> None:
     """fp16 autocast is for GPUs (``orchestrator.trial.precision``): refuse it for CPU trials."""
     if spec.search.resources_per_trial.gpu > 0:
         return
-    message = "fp16 needs a GPU and search.resources_per_trial.gpu is 0; use auto (bf16 where the CPU has it), bf16 or fp32"
+    message = (
+        "fp16 needs a GPU and search.resources_per_trial.gpu is 0; use auto (bf16 where the CPU has it), bf16 or fp32"
+    )
     if spec.training.precision == "fp16":
         issue(("training", "precision"), message)
     for arm_name, arm in spec.arms.items():
@@ -247,13 +283,17 @@ def _check_precision(spec: Hypothesis, issue: Any) -> None:
 
 def _check_sampler(spec: Hypothesis, spaces: dict[str, ResolvedSpace], issue: Any) -> None:
     """What ``orchestrator.plan.make_plan`` would otherwise raise as a bare ValueError."""
-    from orchestrator.search.samplers import SAMPLER_TRAITS
+    from orchestrator.search.registry import SAMPLERS, samplers_for_objectives
     from orchestrator.search.space import DefineByRun
 
-    sampler = spec.search.sampler
-    if len(spec.search.objectives) > 1 and not SAMPLER_TRAITS[sampler][0]:
-        issue(("search", "sampler"), f"sampler {sampler!r} handles one objective; with {len(spec.search.objectives)} objectives use botorch, tpe, gp or nsga2")
-    if sampler == "grid":
+    sampler = SAMPLERS[spec.search.sampler]
+    if len(spec.search.objectives) > 1 and not sampler.multi_objective:
+        issue(
+            ("search", "sampler"),
+            f"sampler {sampler.name!r} handles one objective; with {len(spec.search.objectives)} objectives "
+            f"use {samplers_for_objectives()}",
+        )
+    if sampler.grid:
         for arm_name, resolved in spaces.items():
             try:
                 DefineByRun(dict(resolved.space.params), spec.arms[arm_name].fixed).grid()
@@ -261,7 +301,13 @@ def _check_sampler(spec: Hypothesis, spaces: dict[str, ResolvedSpace], issue: An
                 issue(("search", "sampler"), f"arm {arm_name!r}: {exc}")
 
 
-def check_claims(claims: list[str], at: tuple[Any, ...], spec: Hypothesis, arm_metrics: dict[str, dict[str, str]], located: LocatedYaml) -> list[SpecIssue]:
+def check_claims(
+    claims: list[str],
+    at: tuple[Any, ...],
+    spec: Hypothesis,
+    arm_metrics: dict[str, dict[str, str]],
+    located: LocatedYaml,
+) -> list[SpecIssue]:
     from orchestrator.claims import ClaimSyntaxError, parse_claim
 
     issues = []
@@ -279,9 +325,10 @@ def check_claims(claims: list[str], at: tuple[Any, ...], spec: Hypothesis, arm_m
                 hint = f"; did you mean {near[0]!r}?" if near else f" (arms: {', '.join(spec.arms)})"
                 issues.append(SpecIssue(*where, f"claim names unknown arm {ref.arm!r}{hint}"))
             elif ref.arm in arm_metrics and ref.metric not in arm_metrics[ref.arm]:
-                issues.append(SpecIssue(*where, f"arm {ref.arm!r}: {_unknown_metric(ref.metric, set(arm_metrics[ref.arm]))}"))
+                issues.append(
+                    SpecIssue(*where, f"arm {ref.arm!r}: {_unknown_metric(ref.metric, set(arm_metrics[ref.arm]))}")
+                )
     return issues
-
 
 
 def _not_accepted(key: str, method: str, accepted: set[str]) -> str:
@@ -294,4 +341,3 @@ def _unknown_metric(name: str, known: set[str]) -> str:
     near = difflib.get_close_matches(name, sorted(known), n=2)
     hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else ""
     return f"unknown metric {name!r}{hint}"
-

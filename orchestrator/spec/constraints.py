@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 from orchestrator.spec.errors import clip as _clip
 
-_CONSTRAINT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+_CONSTRAINT = re.compile(
+    r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
+)
 
 
 @dataclass(frozen=True)
@@ -37,4 +39,3 @@ def parse_constraint(text: str) -> Constraint:
     if not match:
         raise ValueError(f"{_clip(text)} is not 'metric <= number' (or <, >=, >)")
     return Constraint(match[1], match[2], float(match[3]))
-

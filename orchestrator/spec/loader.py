@@ -43,21 +43,35 @@ class LoadedSpec:
         return self.path.parent
 
 
-def load_hypothesis(path: str | Path, profile: str | None = None, check_all_profiles: bool = True,
-                    check_requirements: bool = True) -> LoadedSpec:
+def load_hypothesis(
+    path: str | Path, profile: str | None = None, check_all_profiles: bool = True, check_requirements: bool = True
+) -> LoadedSpec:
     path = Path(path)
     file = str(path)
     text = read_user_file(path)  # SpecError: missing, unreadable, too large, not UTF-8
     located = load_located(text, file)
     if not isinstance(located.value, dict):
-        raise SpecError([SpecIssue(file, located.line_of(()), "", "a hypothesis must be a YAML mapping (name:, statement:, arms: ...)")])
+        raise SpecError(
+            [
+                SpecIssue(
+                    file, located.line_of(()), "", "a hypothesis must be a YAML mapping (name:, statement:, arms: ...)"
+                )
+            ]
+        )
 
     base = _validate(located.value, located)
     space_cache: dict[str, Any] = {}
     issues, spaces = check_hypothesis(base, located, path.parent, space_cache, check_requirements)
     wanted = profile or DEFAULT_PROFILE
     if wanted != DEFAULT_PROFILE and wanted not in base.profiles:
-        issues.append(SpecIssue(file, located.line_of(("profiles",)), "profiles", f"no profile {wanted!r}; this file has: {', '.join(['default', *base.profiles])}"))
+        issues.append(
+            SpecIssue(
+                file,
+                located.line_of(("profiles",)),
+                "profiles",
+                f"no profile {wanted!r}; this file has: {', '.join(['default', *base.profiles])}",
+            )
+        )
     chosen: Hypothesis = base
     chosen_spaces = spaces
     checked: list[tuple[Hypothesis, LocatedYaml]] = [(base, located)]
@@ -67,7 +81,9 @@ def load_hypothesis(path: str | Path, profile: str | None = None, check_all_prof
         try:
             merged_value, merged_located = apply_profile(located, name)
             profiled = _validate(merged_value, merged_located)
-            profile_issues, profile_spaces = check_hypothesis(profiled, merged_located, path.parent, space_cache, check_requirements)
+            profile_issues, profile_spaces = check_hypothesis(
+                profiled, merged_located, path.parent, space_cache, check_requirements
+            )
             issues.extend(profile_issues)
             checked.append((profiled, merged_located))
         except SpecError as exc:
@@ -98,12 +114,23 @@ def apply_profile(located: LocatedYaml, name: str) -> tuple[dict[str, Any], Loca
     lines = dict(located.lines)
     prefix = ("profiles", name)
     if not isinstance(overrides, dict):
-        raise SpecError([SpecIssue(located.file, located.line_of(prefix), f"profiles.{name}", "a profile must be a mapping of overrides")])
+        raise SpecError(
+            [
+                SpecIssue(
+                    located.file,
+                    located.line_of(prefix),
+                    f"profiles.{name}",
+                    "a profile must be a mapping of overrides",
+                )
+            ]
+        )
     _merge(value, overrides, (), prefix, lines, located.file)
     return value, LocatedYaml(located.file, value, lines)
 
 
-def _merge(target: dict[str, Any], overrides: dict[str, Any], path: tuple, prefix: tuple, lines: dict, file: str) -> None:
+def _merge(
+    target: dict[str, Any], overrides: dict[str, Any], path: tuple, prefix: tuple, lines: dict, file: str
+) -> None:
     for key, new in overrides.items():
         source_path = prefix + path + (key,)
         if isinstance(key, str) and key.endswith("+"):
@@ -111,7 +138,16 @@ def _merge(target: dict[str, Any], overrides: dict[str, Any], path: tuple, prefi
             existing = target.get(real) or []
             if not isinstance(existing, list):  # `name+: x` made a list of name's letters
                 where = ".".join(map(str, source_path))
-                raise SpecError([SpecIssue(file, lines.get(source_path), where, f"'{key}' appends to a list, but {real!r} is not a list")])
+                raise SpecError(
+                    [
+                        SpecIssue(
+                            file,
+                            lines.get(source_path),
+                            where,
+                            f"'{key}' appends to a list, but {real!r} is not a list",
+                        )
+                    ]
+                )
             appended = list(existing) + (list(new) if isinstance(new, list) else [new])
             target[real] = appended
             for i in range(len(existing), len(appended)):
@@ -124,4 +160,4 @@ def _merge(target: dict[str, Any], overrides: dict[str, Any], path: tuple, prefi
         target[key] = copy.deepcopy(new)
         for sub_path, line in list(lines.items()):
             if sub_path[: len(source_path)] == source_path:
-                lines[sub_path[len(prefix):]] = line
+                lines[sub_path[len(prefix) :]] = line

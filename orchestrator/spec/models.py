@@ -12,9 +12,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SAMPLERS = ("botorch", "botorch-legacy", "gp", "tpe", "cmaes", "nsga2", "qmc", "random", "grid")
-#: Ray Tune's schedulers (asha, fifo) and Optuna's pruners run as a scheduler (median, sha, hyperband).
-SCHEDULERS = ("asha", "fifo", "median", "sha", "hyperband")
+from orchestrator.search import registry
+
+#: The names ``search.sampler`` and ``search.scheduler`` accept: the registry's, in its order.
+SAMPLERS = tuple(registry.SAMPLERS)
+SCHEDULERS = tuple(registry.SCHEDULERS)
 #: Training keys that a search space or an arm's ``fixed`` may set per trial
 #: (``precision`` per arm: a hypothesis may compare precisions, see hypotheses/precision.yaml).
 TRAINING_PARAMS = ("lr", "weight_decay", "warmup_ratio", "precision")
@@ -30,7 +32,10 @@ class Strict(BaseModel):
 
 class TaskSpec(Strict):
     model: str = Field("embedded:minilm-l6", description="embedded:minilm-l6, random:bert-tiny, a folder or a hub id")
-    dataset: str = Field("embedded:rotten-tomatoes", description="embedded:rotten-tomatoes, synthetic:polarity, csv:PATH, jsonl:PATH or a hub id")
+    dataset: str = Field(
+        "embedded:rotten-tomatoes",
+        description="embedded:rotten-tomatoes, synthetic:polarity, csv:PATH, jsonl:PATH or a hub id",
+    )
     max_length: int = Field(64, ge=8, le=4096)
     metric: Literal["accuracy", "f1", "mcc"] = "accuracy"
     train_examples: int | None = Field(None, ge=8, description="cap on training examples (deterministic subset)")
@@ -56,10 +61,17 @@ class ArmSpec(Strict):
 
         bad = [key for key, value in fixed.items() if isinstance(value, float) and not math.isfinite(value)]
         if bad:
-            raise ValidationError.from_exception_data("fixed", [
-                InitErrorDetails(type=PydanticCustomError("finite_number", "Input should be a finite number"), loc=(key,), input=fixed[key])
-                for key in bad
-            ])
+            raise ValidationError.from_exception_data(
+                "fixed",
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("finite_number", "Input should be a finite number"),
+                        loc=(key,),
+                        input=fixed[key],
+                    )
+                    for key in bad
+                ],
+            )
         return fixed
 
 
@@ -69,16 +81,26 @@ class TrainingSpec(Strict):
     eval_batch_size: int = Field(128, ge=1, le=65536)
     lr: float = Field(5e-4, gt=0, le=1.0)
     weight_decay: float = Field(0.0, ge=0, le=1.0)
-    warmup_ratio: float = Field(0.2, ge=0, lt=1.0, description=(
-        "fraction of the optimizer steps spent warming the learning rate up. 0.2, not RoBERTa's 0.06: the "
-        "default profiles run ~64 steps, and with 4 warm-up steps LoRA r=8 at lr 5e-3 stayed at chance on some "
-        "seeds (loss ln 2) where 13 steps trained every seed tried (measured 2026-11-29, issue 14); the paper "
-        "profiles set 0.06"))
+    warmup_ratio: float = Field(
+        0.2,
+        ge=0,
+        lt=1.0,
+        description=(
+            "fraction of the optimizer steps spent warming the learning rate up. 0.2, not RoBERTa's 0.06: the "
+            "default profiles run ~64 steps, and with 4 warm-up steps LoRA r=8 at lr 5e-3 stayed at chance on some "
+            "seeds (loss ln 2) where 13 steps trained every seed tried (measured 2026-11-29, issue 14); the paper "
+            "profiles set 0.06"
+        ),
+    )
     max_grad_norm: float | None = Field(1.0, gt=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 autocast where the device runs bf16 natively (CPU with AVX512-BF16/AMX, CUDA "
-                            "with bf16), else fp32; bf16 forces it; fp16 is for GPUs (loss-scaled)")
-    group_by_length: bool = Field(True, description="batch examples of similar length (less padding; as Trainer's group_by_length)")
+        "auto",
+        description="auto: bf16 autocast where the device runs bf16 natively (CPU with AVX512-BF16/AMX, CUDA "
+        "with bf16), else fp32; bf16 forces it; fp16 is for GPUs (loss-scaled)",
+    )
+    group_by_length: bool = Field(
+        True, description="batch examples of similar length (less padding; as Trainer's group_by_length)"
+    )
 
 
 class Resources(Strict):
@@ -88,21 +110,50 @@ class Resources(Strict):
     custom: dict[str, float] = Field(default_factory=dict)
 
 
+def _default_objectives() -> dict[str, Literal["max", "min"]]:
+    """A function, not a lambda, so that the dict's value type is the Literal."""
+    return {"val_accuracy": "max"}
+
+
 class SearchSpec(Strict):
     sampler: Literal[SAMPLERS] = "tpe"  # type: ignore[valid-type]
-    objectives: dict[str, Literal["max", "min"]] = Field(default_factory=lambda: {"val_accuracy": "max"}, min_length=1,
-                                                         description="default: the task metric on validation, maximised")
-    constraints: list[str] = Field(default_factory=list, description="e.g. 'flops_ratio <= 0.25'; applied to routed arms")
+    objectives: dict[str, Literal["max", "min"]] = Field(
+        default_factory=_default_objectives,
+        min_length=1,
+        description="default: the task metric on validation, maximised",
+    )
+    constraints: list[str] = Field(
+        default_factory=list, description="e.g. 'flops_ratio <= 0.25'; applied to routed arms"
+    )
     trials_per_arm: int = Field(8, ge=1, le=100000)
     max_concurrent: int | None = Field(None, ge=1, description="default: as many as the CPUs allow")
-    scheduler: Literal[SCHEDULERS] = Field("asha", description="asha/fifo (Ray Tune) or median/sha/hyperband (Optuna pruners)")  # type: ignore[valid-type]
+    scheduler: Literal[SCHEDULERS] = Field("asha", description=registry.scheduler_description())  # type: ignore[valid-type]
     startup_trials: int | None = Field(None, ge=0, description="random trials before a model-based sampler starts")
     resources_per_trial: Resources = Field(default_factory=Resources)
     seed: int = Field(0, ge=0, description="seed of the sampler and of every search trial")
-    trial_timeout_s: float | None = Field(None, gt=0, description="a trial running longer fails with that reason (from its start, after its worker imported torch/peft; checked after every step; a hang inside a step is ended by a watchdog)")
-    trial_memory_mb: float | None = Field(None, gt=0, description="a trial whose process peaks above this much memory (RSS; GPU: allocated) fails with that reason")
-    max_retries: int = Field(1, ge=0, le=100, description="retries of a trial whose worker was lost (node loss, killed); a trial's own error is never retried")
-    reuse_trials: bool = Field(True, description="start from finished trials of earlier runs with the same search (more trials: only the new ones run)")
+    trial_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="a trial running longer fails with that reason (from its start, after its worker imported"
+        " torch/peft; checked after every step; a hang inside a step is ended by a watchdog)",
+    )
+    trial_memory_mb: float | None = Field(
+        None,
+        gt=0,
+        description="a trial whose process peaks above this much memory (RSS; GPU: allocated) fails with that reason",
+    )
+    max_retries: int = Field(
+        1,
+        ge=0,
+        le=100,
+        description="retries of a trial whose worker was lost (node loss, killed);"
+        " a trial's own error is never retried",
+    )
+    reuse_trials: bool = Field(
+        True,
+        description="start from finished trials of earlier runs with the same search"
+        " (more trials: only the new ones run)",
+    )
 
     @field_validator("objectives")
     @classmethod
@@ -116,10 +167,16 @@ class ConfirmSpec(Strict):
     seeds: int = Field(3, ge=1, le=1000)
     split: Literal["test", "validation"] = "test"
     first_seed: int = Field(1000, ge=0, description="fresh seeds are first_seed, first_seed+1, ...")
-    max_seeds: int | None = Field(None, ge=1, le=1000, description=(
-        "sequential confirmation: after each round of `seeds` seeds the judge looks, and the arms of claims still "
-        "INCONCLUSIVE get the next `seeds` seeds, up to max_seeds per arm (each look spends a share of alpha); "
-        "default: seeds, one look"))
+    max_seeds: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description=(
+            "sequential confirmation: after each round of `seeds` seeds the judge looks, and the arms of claims still "
+            "INCONCLUSIVE get the next `seeds` seeds, up to max_seeds per arm (each look spends a share of alpha); "
+            "default: seeds, one look"
+        ),
+    )
 
 
 class JudgeSpec(Strict):
@@ -128,9 +185,34 @@ class JudgeSpec(Strict):
 
 
 class Hypothesis(Strict):
+    """One hypothesis file, with its profile applied (``spec.loader``).
+
+    ``plan.make_plan`` turns it into the ``Plan`` the later stages read; none of them
+    reads this model.
+
+    Attributes:
+        name: the hypothesis's name: its MLflow experiment, run state and lock
+            (lowercase letters, digits, ``_`` and ``-``).
+        statement: what the hypothesis states, in words (the note on its MLflow run).
+        source: where it comes from (a paper, a section), shown in the report.
+        refines: the hypothesis this one refines, by name (``radlora-quarter-flops``) or
+            by file path (relative to this file); a tag of its MLflow run, shown as a
+            lineage by ``orchestrate history`` and ``compare``. None: a first version.
+        task: the model, the dataset, its splits and the task metric.
+        arms: arm name -> the method it trains, its search space and fixed values.
+        training: the training recipe every trial starts from.
+        search: how each arm is searched (sampler, objectives, constraints, trials,
+            scheduler) and how every search runs (resources, concurrency, retries, limits).
+        confirm: how each arm's winner is confirmed on fresh seeds.
+        expected: the claims, registered before the run (``docs/claims.md``).
+        judge: how the claims are judged (confidence, family-wise correction).
+        profiles: profile name -> overrides of the sections above (``--profile``).
+    """
+
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,79}$")
     statement: str = Field(min_length=1)
     source: str = ""
+    refines: str | None = Field(default=None, min_length=1)
     task: TaskSpec = Field(default_factory=TaskSpec)
     arms: dict[str, ArmSpec] = Field(min_length=1)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
@@ -165,8 +247,19 @@ class Hypothesis(Strict):
 
         bad = [name for name in arms if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(name))]
         if bad:  # a ValidationError (not ValueError) so each is reported at its arm's line
-            raise ValidationError.from_exception_data("arms", [
-                InitErrorDetails(type=PydanticCustomError("arm_name", "arm name {name} must be an identifier (letters, digits, _), claims refer to it", {"name": repr(name)}), loc=(name,), input=name)
-                for name in bad
-            ])
+            raise ValidationError.from_exception_data(
+                "arms",
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError(
+                            "arm_name",
+                            "arm name {name} must be an identifier (letters, digits, _), claims refer to it",
+                            {"name": repr(name)},
+                        ),
+                        loc=(name,),
+                        input=name,
+                    )
+                    for name in bad
+                ],
+            )
         return arms

@@ -11,7 +11,9 @@ from orchestrator.spec.errors import SpecIssue
 from orchestrator.spec.yaml_lines import LocatedYaml
 
 
-def issues_from_validation(exc: ValidationError, located: LocatedYaml, model: type[BaseModel] | None = None) -> list[SpecIssue]:
+def issues_from_validation(
+    exc: ValidationError, located: LocatedYaml, model: type[BaseModel] | None = None
+) -> list[SpecIssue]:
     issues = []
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
@@ -23,7 +25,7 @@ def issues_from_validation(exc: ValidationError, located: LocatedYaml, model: ty
         elif err["type"] == "missing":
             message = "required field is missing"
         elif message.startswith("Value error, "):
-            message = message[len("Value error, "):]
+            message = message[len("Value error, ") :]
         issues.append(SpecIssue(located.file, located.line_of(loc), ".".join(map(str, loc)), message))
     return issues
 

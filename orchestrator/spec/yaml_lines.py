@@ -57,12 +57,16 @@ def read_user_file(path: Path, what: str = "") -> str:
     if problem:
         raise SpecError([SpecIssue(file, None, "", problem)])
     if len(data) > MAX_FILE_BYTES:
-        raise SpecError([SpecIssue(file, 1, "", f"the file is larger than {MAX_FILE_BYTES >> 20} MiB; is it the right file?")])
+        raise SpecError(
+            [SpecIssue(file, 1, "", f"the file is larger than {MAX_FILE_BYTES >> 20} MiB; is it the right file?")]
+        )
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise SpecError([SpecIssue(file, line, "", f"not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8")]) from None
+        raise SpecError(
+            [SpecIssue(file, line, "", f"not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8")]
+        ) from None
 
 
 class LocatedYaml:
@@ -100,12 +104,18 @@ def load_located(text: str, file: str) -> LocatedYaml:
         raise SpecError([_syntax_issue(exc, text, file)]) from None
     except yaml.reader.ReaderError as exc:  # control characters; has a position, not a mark
         line = text[: exc.position].count("\n") + 1
-        raise SpecError([SpecIssue(file, line, "", f"YAML syntax error: character #x{exc.character:04x} is not allowed ({exc.reason})")]) from None
+        raise SpecError(
+            [
+                SpecIssue(
+                    file, line, "", f"YAML syntax error: character #x{exc.character:04x} is not allowed ({exc.reason})"
+                )
+            ]
+        ) from None
     except yaml.YAMLError as exc:
         raise SpecError([SpecIssue(file, None, "", f"YAML error: {exc}")]) from None
     except RecursionError:  # PyYAML's composer recurses once per nesting level
-        line = _line_at(text, loader.index) if loader else None
-        raise SpecError([SpecIssue(file, line, "", f"YAML nested more than {MAX_DEPTH} levels deep")]) from None
+        depth_line = _line_at(text, loader.index) if loader else None
+        raise SpecError([SpecIssue(file, depth_line, "", f"YAML nested more than {MAX_DEPTH} levels deep")]) from None
     finally:
         if loader is not None:
             loader.dispose()
@@ -128,7 +138,7 @@ def _syntax_issue(exc: yaml.MarkedYAMLError, text: str, file: str) -> SpecIssue:
     message = f"YAML syntax error: {exc.problem or exc.context or 'unreadable YAML'}"
     if problem and context and problem.index >= len(text.rstrip()):
         mark = context
-    if context and exc.context and mark is not context and context.line != mark.line:
+    if context and exc.context and mark is not None and mark is not context and context.line != mark.line:
         message += f" ({exc.context} on line {_line_at(text, context.index)})"
     elif context and exc.context and mark is context and problem:
         message += f" ({exc.context})"
@@ -157,12 +167,24 @@ class _Budget:
         return bisect.bisect_left(self.newlines, mark.index) + 1
 
 
-_PLAIN_TAGS = {yaml.MappingNode: "tag:yaml.org,2002:map", yaml.SequenceNode: "tag:yaml.org,2002:seq"}
+_PLAIN_TAGS: dict[type[yaml.Node], str] = {
+    yaml.MappingNode: "tag:yaml.org,2002:map",
+    yaml.SequenceNode: "tag:yaml.org,2002:seq",
+}
 
 
-def _build(node: yaml.Node, path: Path_, lines: dict[Path_, int], issues: list[SpecIssue], file: str, budget: _Budget) -> Any:
+def _build(
+    node: yaml.Node, path: Path_, lines: dict[Path_, int], issues: list[SpecIssue], file: str, budget: _Budget
+) -> Any:
     if id(node) in budget.active:
-        issues.append(SpecIssue(file, budget.line(node.start_mark), _dotted(path), "a YAML alias refers to a value that contains it (recursive alias)"))
+        issues.append(
+            SpecIssue(
+                file,
+                budget.line(node.start_mark),
+                _dotted(path),
+                "a YAML alias refers to a value that contains it (recursive alias)",
+            )
+        )
         return None
     if len(path) > MAX_DEPTH:
         issues.append(SpecIssue(file, *_nearest_key(path, lines), f"YAML nested more than {MAX_DEPTH} levels deep"))
@@ -170,7 +192,11 @@ def _build(node: yaml.Node, path: Path_, lines: dict[Path_, int], issues: list[S
     budget.values += 1
     if budget.values > MAX_VALUES:
         if budget.values == MAX_VALUES + 1:  # report once
-            issues.append(SpecIssue(file, *_nearest_key(path, lines), f"more than {MAX_VALUES} values once YAML aliases are expanded"))
+            issues.append(
+                SpecIssue(
+                    file, *_nearest_key(path, lines), f"more than {MAX_VALUES} values once YAML aliases are expanded"
+                )
+            )
         return None
     budget.active.add(id(node))
     try:
@@ -179,24 +205,43 @@ def _build(node: yaml.Node, path: Path_, lines: dict[Path_, int], issues: list[S
         budget.active.discard(id(node))
 
 
-def _build_node(node: yaml.Node, path: Path_, lines: dict[Path_, int], issues: list[SpecIssue], file: str, budget: _Budget) -> Any:
+def _build_node(
+    node: yaml.Node, path: Path_, lines: dict[Path_, int], issues: list[SpecIssue], file: str, budget: _Budget
+) -> Any:
     expected_tag = _PLAIN_TAGS.get(type(node))
     if expected_tag is not None and node.tag != expected_tag:
         # e.g. !!python/object/apply on a list: never constructed, always an error
-        issues.append(SpecIssue(file, budget.line(node.start_mark), _dotted(path), f"cannot read value: tag {node.tag!r} is not allowed"))
+        issues.append(
+            SpecIssue(
+                file,
+                budget.line(node.start_mark),
+                _dotted(path),
+                f"cannot read value: tag {node.tag!r} is not allowed",
+            )
+        )
         return None
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
-                issues.append(SpecIssue(file, budget.line(key_node.start_mark), _dotted(path), "YAML merge keys (<<) are not supported"))
+                issues.append(
+                    SpecIssue(
+                        file, budget.line(key_node.start_mark), _dotted(path), "YAML merge keys (<<) are not supported"
+                    )
+                )
                 continue
             key = _scalar(key_node, path, issues, file, budget)
             if isinstance(key, (list, dict)):
-                issues.append(SpecIssue(file, budget.line(key_node.start_mark), _dotted(path), "mapping keys must be plain scalars"))
+                issues.append(
+                    SpecIssue(
+                        file, budget.line(key_node.start_mark), _dotted(path), "mapping keys must be plain scalars"
+                    )
+                )
                 continue
             if key in out:
-                issues.append(SpecIssue(file, budget.line(key_node.start_mark), _dotted(path + (key,)), "duplicate key"))
+                issues.append(
+                    SpecIssue(file, budget.line(key_node.start_mark), _dotted(path + (key,)), "duplicate key")
+                )
                 continue
             lines[path + (key,)] = budget.line(key_node.start_mark)
             out[key] = _build(value_node, path + (key,), lines, issues, file, budget)
@@ -215,7 +260,7 @@ def _scalar(node: yaml.Node, path: Path_, issues: list[SpecIssue], file: str, bu
         return _build(node, path, {}, issues, file, budget)
     try:
         value = budget.constructor.construct_object(node)
-    except Exception as exc:  # noqa: BLE001 - e.g. `!!float abc` raises ValueError, `!!timestamp x` AttributeError
+    except Exception as exc:
         problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
         issues.append(SpecIssue(file, budget.line(node.start_mark), _dotted(path), f"cannot read value: {problem}"))
         return None

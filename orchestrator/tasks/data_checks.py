@@ -39,13 +39,23 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import DataFileError
 from orchestrator.spec.errors import SpecIssue
-from orchestrator.tasks.data_files import SHOWN, DataProblem, Records, RowProblems, clip, json_type, read_records, shorten
+from orchestrator.tasks.data_files import (
+    SHOWN,
+    DataProblem,
+    Records,
+    RowProblems,
+    clip,
+    json_type,
+    read_records,
+    shorten,
+)
 from orchestrator.tasks.datasets import SPLITS, LocalDataFile, TextDataset, hash_split, local_data_file
 
 if TYPE_CHECKING:
@@ -72,19 +82,23 @@ class Checked:
 
 # -- entry points ------------------------------------------------------------------------
 
-def load_local_dataset(file: LocalDataFile, text_column: str, label_column: str,
-                       caps: dict[str, int | None] | None = None) -> TextDataset:
+
+def load_local_dataset(
+    file: LocalDataFile, text_column: str, label_column: str, caps: dict[str, int | None] | None = None
+) -> TextDataset:
     """What a run trains on; ``DataFileError`` (one line: the first problem, and how many
     more) where validation would have refused the file."""
     checked = check_records(read_records(file), text_column, label_column)
-    problems = checked.problems or coverage_problems(checked.dataset, file.path, caps)
+    dataset = checked.dataset
+    problems = checked.problems if dataset is None else coverage_problems(dataset, file.path, caps)
     if problems:
         more = f" (and {len(problems) - 1} more: orchestrate validate lists them)" if len(problems) > 1 else ""
         raise DataFileError(_one_line(problems[0], file) + more)
-    return checked.dataset
+    assert dataset is not None  # a Checked holds a dataset exactly when it has no problems
+    return dataset
 
 
-def data_file_issues(tasks: Iterable[tuple["TaskSpec", "LocatedYaml"]], base_dir: Path) -> list[SpecIssue]:
+def data_file_issues(tasks: Iterable[tuple[TaskSpec, LocatedYaml]], base_dir: Path) -> list[SpecIssue]:
     """Every problem of the local data files these tasks name (a hypothesis and each of
     its profiles, with the lines of each), as ``SpecIssue``s. Each file is read once;
     a problem of its path is reported once, at the first task that names it."""
@@ -109,10 +123,12 @@ def data_file_issues(tasks: Iterable[tuple["TaskSpec", "LocatedYaml"]], base_dir
     return issues
 
 
-def _issue(problem: DataProblem, file: LocalDataFile, located: "LocatedYaml") -> SpecIssue:
+def _issue(problem: DataProblem, file: LocalDataFile, located: LocatedYaml) -> SpecIssue:
     if problem.line is not None:
         return SpecIssue(str(file.path), problem.line, problem.column, problem.message)
-    return SpecIssue(located.file, located.line_of(("task", problem.task_field)), f"task.{problem.task_field}", problem.message)
+    return SpecIssue(
+        located.file, located.line_of(("task", problem.task_field)), f"task.{problem.task_field}", problem.message
+    )
 
 
 def _one_line(problem: DataProblem, file: LocalDataFile) -> str:
@@ -122,6 +138,7 @@ def _one_line(problem: DataProblem, file: LocalDataFile) -> str:
 
 
 # -- columns and values ------------------------------------------------------------------
+
 
 def check_records(records: Records, text_column: str, label_column: str) -> Checked:
     """Texts and labels from the chosen columns, every row checked; then the labels
@@ -138,9 +155,15 @@ def check_records(records: Records, text_column: str, label_column: str) -> Chec
         return Checked(None, problems)
     names = sorted(set(rows.labels), key=_label_order)
     if len(names) < 2:
-        return Checked(None, [DataProblem(
-            f"{records.file.path}: column {label_column!r} has a single label, {clip(names[0])} ({len(rows.labels)} rows); "
-            "a classifier needs at least 2 classes (check task.label_column)")])
+        return Checked(
+            None,
+            [
+                DataProblem(
+                    f"{records.file.path}: column {label_column!r} has a single label, {clip(names[0])} "
+                    f"({len(rows.labels)} rows); a classifier needs at least 2 classes (check task.label_column)"
+                )
+            ],
+        )
     index = {name: i for i, name in enumerate(names)}
     return Checked(hash_split(rows.texts, [index[label] for label in rows.labels], names), [])
 
@@ -149,15 +172,30 @@ def _header_problems(records: Records, text_column: str, label_column: str) -> l
     if records.header is None:
         return []
     present = ", ".join(map(repr, records.header))
-    hint = " (the file is read as comma-separated)" if len(records.header) == 1 and re.search("[\t;|]", records.header[0]) else ""
+    hint = (
+        " (the file is read as comma-separated)"
+        if len(records.header) == 1 and re.search("[\t;|]", records.header[0])
+        else ""
+    )
     out = []
     for column, setting in ((text_column, "text_column"), (label_column, "label_column")):
         count = records.header.count(column)
         if count == 0:
-            out.append(DataProblem(f"no column {column!r} (columns: {present}){hint}; set task.{setting} to one of them",
-                                   records.header_line, column))
+            out.append(
+                DataProblem(
+                    f"no column {column!r} (columns: {present}){hint}; set task.{setting} to one of them",
+                    records.header_line,
+                    column,
+                )
+            )
         elif count > 1:
-            out.append(DataProblem(f"column {column!r} appears {count} times in the header; rename the copies", records.header_line, column))
+            out.append(
+                DataProblem(
+                    f"column {column!r} appears {count} times in the header; rename the copies",
+                    records.header_line,
+                    column,
+                )
+            )
     return out
 
 
@@ -180,24 +218,44 @@ class _RowReader:
             else:
                 for column, setting in ((text_column, "text_column"), (label_column, "label_column")):
                     if column not in row:
-                        self.problems.add("key", DataProblem(f"no key {column!r} (keys of the first row: {keys}); set task.{setting} "
-                                                      "or give every row that key", line, column))
+                        self.problems.add(
+                            "key",
+                            DataProblem(
+                                f"no key {column!r} (keys of the first row: {keys}); set task.{setting} "
+                                "or give every row that key",
+                                line,
+                                column,
+                            ),
+                        )
 
     def _row(self, line: int, raw_text: Any, raw_label: Any) -> None:
         text_column, label_column = self._columns
         for value, column in ((raw_text, text_column), (raw_label, label_column)):
             if isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
-                self.problems.add("size", DataProblem(f"a field of {len(value):,} characters, more than {MAX_FIELD_CHARS:,}: a broken "
-                                                      "quote or the wrong column? (texts are cut to task.max_length tokens anyway)",
-                                                      line, column))
+                self.problems.add(
+                    "size",
+                    DataProblem(
+                        f"a field of {len(value):,} characters, more than {MAX_FIELD_CHARS:,}: a broken "
+                        "quote or the wrong column? (texts are cut to task.max_length tokens anyway)",
+                        line,
+                        column,
+                    ),
+                )
                 return
         text, label = self._text(line, raw_text), self._label(line, raw_label)
         if text is None or label is None:
             return
         first = self._first.setdefault(text, (line, label))
         if first[1] != label:
-            self.problems.add("conflict", DataProblem(f"the same text as line {first[0]} with another label ({clip(first[1])} there, "
-                                          f"{clip(label)} here); keep one label per text", line, label_column))
+            self.problems.add(
+                "conflict",
+                DataProblem(
+                    f"the same text as line {first[0]} with another label ({clip(first[1])} there, "
+                    f"{clip(label)} here); keep one label per text",
+                    line,
+                    label_column,
+                ),
+            )
             return
         self.texts.append(text)
         self.labels.append(label)
@@ -205,8 +263,14 @@ class _RowReader:
     def _text(self, line: int, value: Any) -> str | None:
         column = self._columns[0]
         if not isinstance(value, str):
-            self.problems.add("type", DataProblem(f"the text is a JSON {json_type(value)}, not a string; quote it, or check task.text_column",
-                                          line, column))
+            self.problems.add(
+                "type",
+                DataProblem(
+                    f"the text is a JSON {json_type(value)}, not a string; quote it, or check task.text_column",
+                    line,
+                    column,
+                ),
+            )
             return None
         text = " ".join(value.split())
         if not text:
@@ -221,12 +285,21 @@ class _RowReader:
         if isinstance(value, int):
             return str(value)
         if value is not None and not isinstance(value, str):
-            self.problems.add("type", DataProblem(f"a label must be a string, an integer or true/false, not a JSON {json_type(value)} "
-                                          f"({shorten(json.dumps(value))}); write it as a string or an integer", line, column))
+            self.problems.add(
+                "type",
+                DataProblem(
+                    f"a label must be a string, an integer or true/false, not a JSON {json_type(value)} "
+                    f"({shorten(json.dumps(value))}); write it as a string or an integer",
+                    line,
+                    column,
+                ),
+            )
             return None
         label = (value or "").strip()
         if not label:
-            self.problems.add("blank", DataProblem("no label (blank or null); give the row its label or delete it", line, column))
+            self.problems.add(
+                "blank", DataProblem("no label (blank or null); give the row its label or delete it", line, column)
+            )
             return None
         return label
 
@@ -239,6 +312,7 @@ def _label_order(name: str) -> tuple[bool, int, str]:
 
 # -- classes across the splits -----------------------------------------------------------
 
+
 def coverage_problems(data: TextDataset, path: Path, caps: dict[str, int | None] | None = None) -> list[DataProblem]:
     """Every class in every split, enough of them in train: first as the file splits,
     then within the task's caps (blamed on the cap, which is what to change)."""
@@ -246,12 +320,24 @@ def coverage_problems(data: TextDataset, path: Path, caps: dict[str, int | None]
     for split in SPLITS:
         labels = data.splits[split][1]
         cap = (caps or {}).get(split)
-        if message := _short_classes(labels, data.label_names, split, f"in the {split} split (60/20/20 by a hash of the text)"):
+        if message := _short_classes(
+            labels, data.label_names, split, f"in the {split} split (60/20/20 by a hash of the text)"
+        ):
             out.append(DataProblem(f"{path}: {message}; use fewer classes (merge rare labels) or more data"))
-        elif cap and (message := _short_classes(labels[:cap], data.label_names, split,
-                                                 f"in the first {cap} {split} examples (task.{_CAP_FIELDS[split]})")):
-            out.append(DataProblem(f"{path}: {message}; raise task.{_CAP_FIELDS[split]}, or use fewer classes",
-                                   task_field=_CAP_FIELDS[split]))
+        elif cap and (
+            message := _short_classes(
+                labels[:cap],
+                data.label_names,
+                split,
+                f"in the first {cap} {split} examples (task.{_CAP_FIELDS[split]})",
+            )
+        ):
+            out.append(
+                DataProblem(
+                    f"{path}: {message}; raise task.{_CAP_FIELDS[split]}, or use fewer classes",
+                    task_field=_CAP_FIELDS[split],
+                )
+            )
     return out
 
 
@@ -261,6 +347,8 @@ def _short_classes(labels: list[int], names: list[str], split: str, where: str) 
     short = sorted((counts[i], i) for i in range(len(names)) if counts[i] < minimum)
     if not short:
         return ""
-    shown = ", ".join(f"{clip(names[i])} ({n})" for n, i in short[:SHOWN]) + (f" and {len(short) - SHOWN} more" if len(short) > SHOWN else "")
+    shown = ", ".join(f"{clip(names[i])} ({n})" for n, i in short[:SHOWN]) + (
+        f" and {len(short) - SHOWN} more" if len(short) > SHOWN else ""
+    )
     need = "never occur" if minimum == 1 else f"have fewer than {minimum} examples"
     return f"{len(short)} of {len(names)} classes {need} {where}: {shown}"

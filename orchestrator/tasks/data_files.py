@@ -60,6 +60,7 @@ class Records:
 
 # -- reading: path, size, encoding, csv / jsonl layout -----------------------------------
 
+
 def read_records(file: LocalDataFile) -> Records:
     data = _read_bytes(file)
     if isinstance(data, DataProblem):
@@ -80,7 +81,9 @@ def _read_bytes(file: LocalDataFile) -> bytes | DataProblem:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        return DataProblem(f"no such file {path} (a relative path is read from the hypothesis file's folder); fix task.dataset")
+        return DataProblem(
+            f"no such file {path} (a relative path is read from the hypothesis file's folder); fix task.dataset"
+        )
     except ValueError:
         return DataProblem(f"the path {str(path)!r} contains a NUL byte; fix task.dataset")
     except OSError as exc:
@@ -96,7 +99,9 @@ def _read_bytes(file: LocalDataFile) -> bytes | DataProblem:
         except OSError as exc:
             return DataProblem(f"cannot read {path}: {exc.strerror or exc}; check the file")
     if len(data) > MAX_FILE_BYTES:  # it grew while we read
-        return DataProblem(f"{path} is more than the {MAX_FILE_BYTES >> 30} GiB a data file may be; sample or split it")
+        return DataProblem(
+            f"{path} is more than the {MAX_FILE_BYTES >> 30} GiB a data file may be; sample or split it"
+        )
     return data
 
 
@@ -105,10 +110,14 @@ def _not_readable(file: LocalDataFile, info: os.stat_result) -> DataProblem | No
     if stat.S_ISDIR(info.st_mode):
         return DataProblem(f"{path} is a folder; name a .{file.kind} file in task.dataset ({file.kind}:PATH)")
     if not stat.S_ISREG(info.st_mode):
-        return DataProblem(f"{path} is not a regular file (a FIFO, socket or device); save the data to a file and name that")
+        return DataProblem(
+            f"{path} is not a regular file (a FIFO, socket or device); save the data to a file and name that"
+        )
     if info.st_size > MAX_FILE_BYTES:
-        return DataProblem(f"{path} is {info.st_size / (1 << 30):.1f} GiB, more than the {MAX_FILE_BYTES >> 30} GiB a data file "
-                           "may be; sample or split it")
+        return DataProblem(
+            f"{path} is {info.st_size / (1 << 30):.1f} GiB, more than the {MAX_FILE_BYTES >> 30} GiB a data file "
+            "may be; sample or split it"
+        )
     return None
 
 
@@ -128,7 +137,9 @@ def _decode(data: bytes) -> str | DataProblem:
         offset = exc.start + skip
         hint = " (it looks like UTF-16)" if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else ""
         line = data.count(b"\n", 0, offset) + 1
-        return DataProblem(f"not UTF-8: byte 0x{data[offset]:02x} at byte offset {offset}{hint}; save the file as UTF-8", line)
+        return DataProblem(
+            f"not UTF-8: byte 0x{data[offset]:02x} at byte offset {offset}{hint}; save the file as UTF-8", line
+        )
 
 
 def _csv_records(file: LocalDataFile, text: str) -> Records:
@@ -166,9 +177,14 @@ def _csv_records(file: LocalDataFile, text: str) -> Records:
 def _width_problem(row: list[str], header: list[str], start: int, end: int) -> DataProblem:
     spans = f" (the row runs from line {start} to {end}: an unclosed quote?)" if end > start else ""
     if len(row) < len(header):
-        return DataProblem(f"too few fields: {len(row)} where the header has {len(header)}{spans}; add the missing fields", start)
-    return DataProblem(f"too many fields: {len(row)} where the header has {len(header)}{spans}; "
-                       'put a field that contains a comma in double quotes ("a, b")', start)
+        return DataProblem(
+            f"too few fields: {len(row)} where the header has {len(header)}{spans}; add the missing fields", start
+        )
+    return DataProblem(
+        f"too many fields: {len(row)} where the header has {len(header)}{spans}; "
+        'put a field that contains a comma in double quotes ("a, b")',
+        start,
+    )
 
 
 def _jsonl_records(file: LocalDataFile, text: str) -> Records:
@@ -181,14 +197,26 @@ def _jsonl_records(file: LocalDataFile, text: str) -> Records:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            problems.add("json", DataProblem(f"not valid JSON: {exc.msg} (column {exc.colno}); write one JSON object per line", number))
+            problems.add(
+                "json",
+                DataProblem(f"not valid JSON: {exc.msg} (column {exc.colno}); write one JSON object per line", number),
+            )
             continue
         except (ValueError, RecursionError) as exc:  # a 5000-digit number; [[[[... nested past the stack
-            problems.add("json", DataProblem(f"not valid JSON: {str(exc).split(';')[0]}; write one JSON object per line", number))
+            problems.add(
+                "json",
+                DataProblem(f"not valid JSON: {str(exc).split(';')[0]}; write one JSON object per line", number),
+            )
             continue
         if not isinstance(value, dict):
-            problems.add("object", DataProblem(f"a JSON {json_type(value)}, not an object; write one object per line, "
-                                     '{"text": "...", "label": "..."}', number))
+            problems.add(
+                "object",
+                DataProblem(
+                    f"a JSON {json_type(value)}, not an object; write one object per line, "
+                    '{"text": "...", "label": "..."}',
+                    number,
+                ),
+            )
             continue
         rows.append((number, value))
     return Records(file, rows=rows, problems=problems.problems())
@@ -199,7 +227,9 @@ def json_type(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true/false"
-    return {str: "string", int: "number", float: "number", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+    return {str: "string", int: "number", float: "number", list: "array", dict: "object"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def clip(value: str) -> str:

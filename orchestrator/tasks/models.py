@@ -60,9 +60,8 @@ def is_known_model_ref(ref: str) -> bool:
     """Cheap syntactic check used by spec validation (no download, no import of torch)."""
     if ref in EMBEDDED_MODELS or _RANDOM_BERT.match(ref):
         return True
-    if ref.startswith(("embedded:", "random:")):
-        return False
-    return True  # a local folder or hub id: checked when loaded
+    # anything else not under these prefixes is a local folder or hub id: checked when loaded
+    return not ref.startswith(("embedded:", "random:"))
 
 
 def resolve_model(ref: str) -> ModelRef:
@@ -95,15 +94,17 @@ def load_tokenizer(ref: ModelRef):
         raise _unavailable(ref.ref) from exc
 
 
-def load_model(ref: ModelRef, num_labels: int, seed: int) -> "nn.Module":
+def load_model(ref: ModelRef, num_labels: int, seed: int) -> nn.Module:
     """A sequence-classification model with eager attention, seeded."""
     import torch
     from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
-    if ref.is_random:
+    if ref.path is None:  # a random model (is_random, spelled so that mypy sees the path below is set)
         tokenizer = load_tokenizer(ref)
-        config = BertConfig(
+        # transformers 5 types BertConfig's own fields only; PretrainedConfig takes num_labels and
+        # attn_implementation as extra keywords at run time
+        config = BertConfig(  # type: ignore[call-arg]
             vocab_size=tokenizer.vocab_size,
             hidden_size=ref.hidden,
             num_hidden_layers=ref.layers,
@@ -122,15 +123,15 @@ def load_model(ref: ModelRef, num_labels: int, seed: int) -> "nn.Module":
         raise _unavailable(ref.ref) from exc
 
 
-def model_family(model: "nn.Module") -> str:
+def model_family(model: nn.Module) -> str:
     return getattr(getattr(model, "config", None), "model_type", "bert")
 
 
-def default_target_modules(model: "nn.Module") -> list[str]:
+def default_target_modules(model: nn.Module) -> list[str]:
     return list(DEFAULT_TARGET_MODULES.get(model_family(model), ["query", "value"]))
 
 
-def head_modules(model: "nn.Module") -> list[str]:
+def head_modules(model: nn.Module) -> list[str]:
     """The modules a ``*ForSequenceClassification`` class adds beside its base model:
     every method trains them in full (peft's ``modules_to_save``).
 
@@ -151,9 +152,7 @@ def head_modules(model: "nn.Module") -> list[str]:
     """
     base = getattr(model, "base_model_prefix", None)
     added = [
-        name
-        for name, child in model.named_children()
-        if name != base and next(child.parameters(), None) is not None
+        name for name, child in model.named_children() if name != base and next(child.parameters(), None) is not None
     ]
     return added or ["classifier"]
 

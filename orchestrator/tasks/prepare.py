@@ -17,9 +17,10 @@ import hashlib
 import json
 import warnings
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -65,14 +66,22 @@ class TokenizedSplit:
             import torch
             from transformers.trainer_pt_utils import LengthGroupedSampler
 
-            sampler = LengthGroupedSampler(batch_size, lengths=self.lengths.tolist(), generator=torch.Generator().manual_seed(shuffle_seed))
+            sampler = LengthGroupedSampler(
+                batch_size, lengths=self.lengths.tolist(), generator=torch.Generator().manual_seed(shuffle_seed)
+            )
             return np.fromiter(iter(sampler), dtype=np.int64, count=len(self))
         order = np.arange(len(self))
         np.random.default_rng(shuffle_seed).shuffle(order)
         return order
 
-    def batches(self, batch_size: int, pad_id: int, shuffle_seed: int | None = None, by_length: bool = False,
-                order: np.ndarray | None = None) -> Iterator[dict[str, "torch.Tensor"]]:
+    def batches(
+        self,
+        batch_size: int,
+        pad_id: int,
+        shuffle_seed: int | None = None,
+        by_length: bool = False,
+        order: np.ndarray | None = None,
+    ) -> Iterator[dict[str, torch.Tensor]]:
         """Dynamically padded batches, in ``order`` or in ``self.order(...)``."""
         import torch
 
@@ -83,8 +92,10 @@ class TokenizedSplit:
             lengths = self.offsets[chosen + 1] - self.offsets[chosen]
             input_ids = torch.full((len(chosen), int(lengths.max())), pad_id, dtype=torch.long)
             mask = torch.zeros_like(input_ids)
-            for row, (index, length) in enumerate(zip(chosen, lengths)):
-                input_ids[row, :length] = torch.from_numpy(self.ids[self.offsets[index] : self.offsets[index] + length].astype(np.int64))
+            for row, (index, length) in enumerate(zip(chosen, lengths, strict=True)):
+                input_ids[row, :length] = torch.from_numpy(
+                    self.ids[self.offsets[index] : self.offsets[index] + length].astype(np.int64)
+                )
                 mask[row, :length] = 1
             yield {
                 "input_ids": input_ids,
@@ -110,7 +121,7 @@ class PreparedTask:
         return {name: len(split) for name, split in self.splits.items()}
 
 
-def cache_key(task: "TaskSpec", base_dir: Path) -> str:
+def cache_key(task: TaskSpec, base_dir: Path) -> str:
     dataset = task.dataset
     if dataset.startswith(("csv:", "jsonl:")):
         kind, raw = dataset.split(":", 1)
@@ -118,15 +129,19 @@ def cache_key(task: "TaskSpec", base_dir: Path) -> str:
         digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "missing"
         dataset = f"{kind}:{path.resolve()}:{digest}"
     fields = {
-        "v": CACHE_VERSION, "model": task.model, "dataset": dataset, "max_length": task.max_length,
+        "v": CACHE_VERSION,
+        "model": task.model,
+        "dataset": dataset,
+        "max_length": task.max_length,
         "caps": [task.train_examples, task.val_examples, task.test_examples],
         "columns": [task.text_column, task.label_column],
     }
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def prepare_task(task: "TaskSpec", base_dir: Path, cache_dir: Path | None = None,
-                 warn: Callable[[str], None] | None = None) -> PreparedTask:
+def prepare_task(
+    task: TaskSpec, base_dir: Path, cache_dir: Path | None = None, warn: Callable[[str], None] | None = None
+) -> PreparedTask:
     """The task tokenised, from ``cache_dir`` when a sound cache is there. A damaged
     cache is rebuilt; ``warn`` (default: ``warnings.warn``) is told which and why."""
     key = cache_key(task, base_dir)
@@ -155,7 +170,9 @@ def prepare_task(task: "TaskSpec", base_dir: Path, cache_dir: Path | None = None
         try:
             _save_cache(cache_file, prepared)
         except OSError as exc:
-            (warn or warnings.warn)(f"{cache_file}: cannot write the tokenised cache ({exc.strerror or exc}); going on without it")
+            (warn or warnings.warn)(
+                f"{cache_file}: cannot write the tokenised cache ({exc.strerror or exc}); going on without it"
+            )
     return prepared
 
 
@@ -167,12 +184,22 @@ def _save_cache(path: Path, task: PreparedTask) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {}
     for name, split in task.splits.items():
-        arrays[f"{name}_ids"], arrays[f"{name}_offsets"], arrays[f"{name}_labels"] = split.ids, split.offsets, split.labels
-    meta = {"model_ref": task.model_ref, "dataset_ref": task.dataset_ref, "label_names": task.label_names, "pad_id": task.pad_id,
-            "sha256": _arrays_checksum(arrays)}
+        arrays[f"{name}_ids"], arrays[f"{name}_offsets"], arrays[f"{name}_labels"] = (
+            split.ids,
+            split.offsets,
+            split.labels,
+        )
+    meta = {
+        "model_ref": task.model_ref,
+        "dataset_ref": task.dataset_ref,
+        "label_names": task.label_names,
+        "pad_id": task.pad_id,
+        "sha256": _arrays_checksum(arrays),
+    }
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
+    # numpy's stub types savez's **kwds as if a key could be its bool allow_pickle; ours are array names
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]
     tmp.replace(path)  # atomic: a killed driver never leaves half a cache
 
 
@@ -183,12 +210,21 @@ def _load_cache(path: Path) -> PreparedTask:
         with np.load(path, allow_pickle=False) as stored:
             arrays = {name: stored[name] for name in stored.files}
         meta = json.loads(arrays.pop("meta").tobytes().decode())
-    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:  # ValueError: also bad JSON, bad UTF-8
+    except (
+        OSError,
+        EOFError,
+        KeyError,
+        ValueError,
+        zipfile.BadZipFile,
+    ) as exc:  # ValueError: also bad JSON, bad UTF-8
         raise CacheDamagedError(f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
     problem = _meta_problem(meta) or _arrays_problem(arrays, meta)
     if problem:
         raise CacheDamagedError(problem)
-    splits = {name: TokenizedSplit(arrays[f"{name}_ids"], arrays[f"{name}_offsets"], arrays[f"{name}_labels"]) for name in SPLITS}
+    splits = {
+        name: TokenizedSplit(arrays[f"{name}_ids"], arrays[f"{name}_offsets"], arrays[f"{name}_labels"])
+        for name in SPLITS
+    }
     return PreparedTask(meta["model_ref"], meta["dataset_ref"], meta["label_names"], meta["pad_id"], splits)
 
 
@@ -217,7 +253,12 @@ def _arrays_problem(arrays: dict[str, np.ndarray], meta: dict) -> str | None:
         ids, offsets, labels = arrays[f"{name}_ids"], arrays[f"{name}_offsets"], arrays[f"{name}_labels"]
         if not all(a.ndim == 1 and np.issubdtype(a.dtype, np.integer) for a in (ids, offsets, labels)):
             return f"{name}: arrays are not flat integer arrays"
-        if len(offsets) != len(labels) + 1 or offsets[0] != 0 or offsets[-1] != len(ids) or np.any(np.diff(offsets) < 0):
+        if (
+            len(offsets) != len(labels) + 1
+            or offsets[0] != 0
+            or offsets[-1] != len(ids)
+            or np.any(np.diff(offsets) < 0)
+        ):
             return f"{name}: offsets do not split the {len(ids)} token ids into {len(labels)} examples"
         if len(labels) and (labels.min() < 0 or labels.max() >= len(meta["label_names"])):
             return f"{name}: labels outside 0..{len(meta['label_names']) - 1}"

@@ -49,12 +49,20 @@ class PerExampleRecord:
         return len(self.correct)
 
     @classmethod
-    def of(cls, predictions: np.ndarray, gold: np.ndarray, losses: np.ndarray, split: str, metric: str) -> PerExampleRecord:
+    def of(
+        cls, predictions: np.ndarray, gold: np.ndarray, losses: np.ndarray, split: str, metric: str
+    ) -> PerExampleRecord:
         """From one evaluation pass, per example in split order."""
         gold = np.asarray(gold).astype(np.int64)
         correct = "".join("1" if hit else "0" for hit in (np.asarray(predictions) == gold))
-        return cls(split=split, metric=metric, labels_sha256=hashlib.sha256(gold.tobytes()).hexdigest(), correct=correct,
-                   pred=[int(p) for p in predictions], loss=[round(float(x), 5) for x in losses])
+        return cls(
+            split=split,
+            metric=metric,
+            labels_sha256=hashlib.sha256(gold.tobytes()).hexdigest(),
+            correct=correct,
+            pred=[int(p) for p in predictions],
+            loss=[round(float(x), 5) for x in losses],
+        )
 
     @classmethod
     def from_json(cls, text: str) -> PerExampleRecord:
@@ -64,8 +72,14 @@ class PerExampleRecord:
         if not isinstance(raw, dict) or raw.get("format") != PER_EXAMPLE_FORMAT:
             raise ValueError(f"not a per-example record of format {PER_EXAMPLE_FORMAT}")
         try:
-            record = cls(split=str(raw["split"]), metric=str(raw["metric"]), labels_sha256=str(raw["labels_sha256"]),
-                         correct=str(raw["correct"]), pred=[int(p) for p in raw["pred"]], loss=[float(x) for x in raw["loss"]])
+            record = cls(
+                split=str(raw["split"]),
+                metric=str(raw["metric"]),
+                labels_sha256=str(raw["labels_sha256"]),
+                correct=str(raw["correct"]),
+                pred=[int(p) for p in raw["pred"]],
+                loss=[float(x) for x in raw["loss"]],
+            )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"per-example record without a valid {exc}") from exc
         if not (record.n == raw.get("n") == len(record.pred) == len(record.loss)) or set(record.correct) - {"0", "1"}:
@@ -73,9 +87,19 @@ class PerExampleRecord:
         return record
 
     def to_json(self) -> str:
-        return json.dumps({"format": PER_EXAMPLE_FORMAT, "split": self.split, "metric": self.metric, "n": self.n,
-                           "labels_sha256": self.labels_sha256, "correct": self.correct, "pred": self.pred, "loss": self.loss},
-                          separators=(",", ":"))
+        return json.dumps(
+            {
+                "format": PER_EXAMPLE_FORMAT,
+                "split": self.split,
+                "metric": self.metric,
+                "n": self.n,
+                "labels_sha256": self.labels_sha256,
+                "correct": self.correct,
+                "pred": self.pred,
+                "loss": self.loss,
+            },
+            separators=(",", ":"),
+        )
 
     def write(self, artifacts: Path) -> Path:
         path = artifacts / PER_EXAMPLE_FOLDER / f"{self.split}.json"
@@ -87,5 +111,7 @@ class PerExampleRecord:
         """Reported metric -> per-example values whose mean it is: accuracy (0/1) and the
         loss, under the reported metrics' prefix ("test"). F1 and MCC are not means."""
         prefix = self.metric.split("_", 1)[0]
-        return {f"{prefix}_accuracy": np.array([c == "1" for c in self.correct], dtype=float),
-                f"{prefix}_loss": np.asarray(self.loss, dtype=float)}
+        return {
+            f"{prefix}_accuracy": np.array([c == "1" for c in self.correct], dtype=float),
+            f"{prefix}_loss": np.asarray(self.loss, dtype=float),
+        }

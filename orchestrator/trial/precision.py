@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ContextManager, Literal
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     import torch
@@ -60,13 +60,17 @@ class PrecisionChoice:
     device: str  # cpu | cuda
 
     @property
-    def autocast_dtype(self) -> "torch.dtype | None":
+    def autocast_dtype(self) -> torch.dtype | None:
         import torch
 
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.used)
 
     def as_params(self) -> dict[str, str]:
-        return {"precision": self.used, "precision_requested": self.requested, "precision_native": str(self.native).lower()}
+        return {
+            "precision": self.used,
+            "precision_requested": self.requested,
+            "precision_native": str(self.native).lower(),
+        }
 
 
 class PrecisionUnavailableError(ValueError):
@@ -98,29 +102,37 @@ def resolve_precision(requested: str, device: str) -> PrecisionChoice:
         used = "bf16" if native_bf16 else "fp32"
         return PrecisionChoice(requested, used, True, device)
     if requested == "fp16" and device != "cuda":
-        raise PrecisionUnavailableError("training.precision fp16 needs a GPU (CPU autocast in fp16 is neither fast nor "
-                                        "range-safe); use auto, bf16 or fp32")
+        raise PrecisionUnavailableError(
+            "training.precision fp16 needs a GPU (CPU autocast in fp16 is neither fast nor "
+            "range-safe); use auto, bf16 or fp32"
+        )
     native = {"fp32": True, "bf16": native_bf16, "fp16": device == "cuda"}[requested]
     return PrecisionChoice(requested, requested, native, device)
 
 
-def emulated_bf16_warnings(hypothesis: "Hypothesis") -> list[str]:
+def emulated_bf16_warnings(hypothesis: Hypothesis) -> list[str]:
     """Forced bf16 for CPU trials on a CPU that emulates it: allowed (results are
     correct), but much slower than fp32, so the CLI says so before a local run starts.
     (On a cluster the trials' CPUs are not this one: the CLI does not ask there.)"""
     if hypothesis.search.resources_per_trial.gpu > 0:
         return []
     forced = {"training.precision": hypothesis.training.precision}
-    forced |= {f"arms.{name}.fixed.precision": arm.fixed["precision"] for name, arm in hypothesis.arms.items() if "precision" in arm.fixed}
+    forced |= {
+        f"arms.{name}.fixed.precision": arm.fixed["precision"]
+        for name, arm in hypothesis.arms.items()
+        if "precision" in arm.fixed
+    }
     where = [field for field, value in forced.items() if value == "bf16"]
     if not where or cpu_has_native_bf16():
         return []
-    return [f"{', '.join(where)}: bf16 is forced, but this CPU has no native bf16 (AVX512-BF16 or AMX); autocast will "
-            "emulate it, measured 25x slower than fp32 on such a CPU. Results stay correct and are marked "
-            "precision_native=false; 'auto' would choose fp32 here."]
+    return [
+        f"{', '.join(where)}: bf16 is forced, but this CPU has no native bf16 (AVX512-BF16 or AMX); autocast will "
+        "emulate it, measured 25x slower than fp32 on such a CPU. Results stay correct and are marked "
+        "precision_native=false; 'auto' would choose fp32 here."
+    ]
 
 
-def autocast(choice: PrecisionChoice) -> ContextManager:
+def autocast(choice: PrecisionChoice) -> contextlib.AbstractContextManager[object]:
     """torch.autocast for the forward pass and loss; a no-op for fp32."""
     import torch
 
@@ -130,7 +142,7 @@ def autocast(choice: PrecisionChoice) -> ContextManager:
     return torch.autocast(choice.device, dtype=dtype)
 
 
-def grad_scaler(choice: PrecisionChoice) -> "torch.amp.GradScaler | None":
+def grad_scaler(choice: PrecisionChoice) -> torch.amp.GradScaler | None:
     """fp16 needs loss scaling (small gradients underflow); bf16 has fp32's range."""
     import torch
 

@@ -14,22 +14,23 @@ import contextlib
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from methods import BuildContext, StepInfo, get_method
-from orchestrator.trial.faults import MemoryLimitError, NonFiniteLossError, TrialTimeoutError
 from orchestrator.measure import flops as flop_measure
 from orchestrator.measure.memory import peak_memory_mb, reset_peak_memory
 from orchestrator.measure.parameters import adapter_trainable, head_params
-from orchestrator.trial.per_example import PerExampleRecord
-from orchestrator.trial.precision import PrecisionChoice, autocast, grad_scaler, resolve_precision
 from orchestrator.results import TRIAL_PARAM_PREFIX
 from orchestrator.spec.models import TRAINING_PARAMS, TrainingSpec
 from orchestrator.tasks.models import default_target_modules, head_modules, load_model, resolve_model
+from orchestrator.trial.faults import MemoryLimitError, NonFiniteLossError, TrialTimeoutError
+from orchestrator.trial.per_example import PerExampleRecord
+from orchestrator.trial.precision import PrecisionChoice, autocast, grad_scaler, resolve_precision
 
 if TYPE_CHECKING:
     import torch
@@ -38,7 +39,8 @@ if TYPE_CHECKING:
     from orchestrator.tasks.prepare import PreparedTask, TokenizedSplit
 
 Reporter = Callable[[dict[str, Any], "Path | None"], None]
-PROBE_EXAMPLES = 16  # validation examples on which static adapters' FLOPs are counted, one at a time (routed: the whole final split)
+#: validation examples on which static adapters' FLOPs are counted, one at a time (routed: the whole final split)
+PROBE_EXAMPLES = 16
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,11 @@ class TrialSetup:
     final_split: str = "validation"  # data split of the final evaluation
     confirm: bool = False  # confirmation run: the final evaluation is reported as test_*
     timeout_s: float | None = None  # wall-time budget of the trial, checked after every step
-    memory_limit_mb: float | None = None  # peak memory of the trial's process (RSS; GPU: allocated), checked after every step
+    # peak memory of the trial's process (RSS; GPU: allocated), checked after every step
+    memory_limit_mb: float | None = None
     threads: int = 1
-    uses_bitsandbytes: bool = False  # the method requires bitsandbytes (Method.needs), read by the driver (orchestrator.trial.worker_imports)
+    # the method requires bitsandbytes (Method.needs), read by the driver (orchestrator.trial.worker_imports)
+    uses_bitsandbytes: bool = False
 
 
 def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -76,7 +80,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_trial(setup: TrialSetup, params: dict[str, Any], seed: int, data: "PreparedTask", report: Reporter, workdir: Path) -> dict[str, Any]:
+def run_trial(
+    setup: TrialSetup, params: dict[str, Any], seed: int, data: PreparedTask, report: Reporter, workdir: Path
+) -> dict[str, Any]:
     """Train one configuration; report after every epoch; return the final metrics."""
     import torch
     from transformers import get_linear_schedule_with_warmup
@@ -97,14 +103,20 @@ def run_trial(setup: TrialSetup, params: dict[str, Any], seed: int, data: "Prepa
     train, val = data.splits["train"], data.splits["validation"]
     probe_batch = next(val.batches(PROBE_EXAMPLES, data.pad_id))
     probe = flop_measure.unpadded_examples(probe_batch)
-    base_flops = flop_measure.count_flops_unpadded(model, probe)
+    flop_formulas = method.flop_formulas()  # the method's ops FlopCounterMode does not know, on both sides
+    base_flops = flop_measure.count_flops_unpadded(model, probe, flop_formulas)
     tokens = flop_measure.non_pad_tokens(probe_batch)
 
     steps_per_epoch = math.ceil(len(train) / training.batch_size)
     total_steps = steps_per_epoch * training.epochs
     ctx = BuildContext(
-        total_steps=total_steps, steps_per_epoch=steps_per_epoch, num_labels=data.num_labels,
-        target_modules=target_modules, seed=seed, device=device, head_modules=head_modules(model),
+        total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
+        num_labels=data.num_labels,
+        target_modules=target_modules,
+        seed=seed,
+        device=device,
+        head_modules=head_modules(model),
         calibration_batches=lambda: _on_device(train.batches(training.batch_size, data.pad_id, seed), device, limit=4),
         model_path=model_ref.path,
     )
@@ -125,7 +137,9 @@ def run_trial(setup: TrialSetup, params: dict[str, Any], seed: int, data: "Prepa
     for epoch in range(training.epochs):
         model.train()
         started, losses = time.perf_counter(), []
-        batches = train.batches(training.batch_size, data.pad_id, seed * 1000 + epoch, by_length=training.group_by_length)
+        batches = train.batches(
+            training.batch_size, data.pad_id, seed * 1000 + epoch, by_length=training.group_by_length
+        )
         for batch in _on_device(batches, device):
             info = StepInfo(step, total_steps, epoch, steps_per_epoch)
             with autocast(precision):
@@ -142,27 +156,43 @@ def run_trial(setup: TrialSetup, params: dict[str, Any], seed: int, data: "Prepa
             step += 1
             peak_trainable = max(peak_trainable, adapter_trainable(model, method, heads))
             if deadline is not None and time.monotonic() > deadline:
-                raise TrialTimeoutError(f"trial exceeded its {setup.timeout_s:g} s budget (search.trial_timeout_s) at step {step}")
+                raise TrialTimeoutError(
+                    f"trial exceeded its {setup.timeout_s:g} s budget (search.trial_timeout_s) at step {step}"
+                )
             if setup.memory_limit_mb and (used := peak_memory_mb(device)) > setup.memory_limit_mb:
-                raise MemoryLimitError(f"trial peaked at {used:.0f} MB, over its {setup.memory_limit_mb:g} MB limit (search.trial_memory_mb) at step {step}")
+                raise MemoryLimitError(
+                    f"trial peaked at {used:.0f} MB, over its {setup.memory_limit_mb:g} MB limit"
+                    f" (search.trial_memory_mb) at step {step}"
+                )
             losses.append(loss.item())
         train_time += time.perf_counter() - started
         last = epoch == training.epochs - 1
-        val_loss, val_score, _ = evaluate(model, val, data.pad_id, training.eval_batch_size, setup.metric, device, precision)
+        val_loss, val_score, _ = evaluate(
+            model, val, data.pad_id, training.eval_batch_size, setup.metric, device, precision
+        )
         metrics: dict[str, Any] = {
-            "epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-            "val_loss": val_loss, f"val_{setup.metric}": val_score,
+            "epoch": epoch + 1,
+            "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "val_loss": val_loss,
+            f"val_{setup.metric}": val_score,
         }
         metrics.update(method.after_evaluation(model, StepInfo(step, total_steps, epoch, steps_per_epoch), val_loss))
         if last:
             model = method.finalize(model)
-            measured, per_example = _final_measurements(model, method, setup, data, precision, training.eval_batch_size)
+            measured, per_example = _final_measurements(
+                model, method, setup, data, precision, training.eval_batch_size
+            )
             metrics.update(measured)
             metrics["train_time_s"] = train_time
         metrics["trainable_params"] = peak_trainable
         metrics["head_params"] = head_params(model, heads)
-        if "adapter_flops_per_token" not in metrics:  # routed methods count every example of the final split (end_eval_stats)
-            metrics["adapter_flops_per_token"] = flop_measure.adapter_flops_per_token(base_flops, flop_measure.count_flops_unpadded(model, [_to(e, device) for e in probe]), tokens)
+        # routed methods count every example of the final split (end_eval_stats)
+        if "adapter_flops_per_token" not in metrics:
+            metrics["adapter_flops_per_token"] = flop_measure.adapter_flops_per_token(
+                base_flops,
+                flop_measure.count_flops_unpadded(model, [_to(e, device) for e in probe], flop_formulas),
+                tokens,
+            )
         adapter = metrics["adapter_flops_per_token"]
         metrics["flops_ratio"] = adapter / reference_flops if reference_flops else float("nan")
         metrics["peak_rss_mb"] = peak_memory_mb(device)
@@ -179,7 +209,9 @@ def run_trial(setup: TrialSetup, params: dict[str, Any], seed: int, data: "Prepa
     return final
 
 
-def _analytically_infeasible(method: Any, model: "nn.Module", ctx: BuildContext, setup: TrialSetup) -> dict[str, Any] | None:
+def _analytically_infeasible(
+    method: Any, model: nn.Module, ctx: BuildContext, setup: TrialSetup
+) -> dict[str, Any] | None:
     """A configuration whose hyperparameters alone violate a constraint costs no
     training: it is reported at once, as finished and infeasible."""
     if not setup.constraints:
@@ -191,8 +223,9 @@ def _analytically_infeasible(method: Any, model: "nn.Module", ctx: BuildContext,
     return {**costs, "epoch": setup.training.epochs, "infeasible_before_training": 1.0}
 
 
-def _final_measurements(model: "nn.Module", method: Any, setup: TrialSetup, data: "PreparedTask", precision: PrecisionChoice,
-                        batch_size: int) -> tuple[dict[str, Any], PerExampleRecord | None]:
+def _final_measurements(
+    model: nn.Module, method: Any, setup: TrialSetup, data: PreparedTask, precision: PrecisionChoice, batch_size: int
+) -> tuple[dict[str, Any], PerExampleRecord | None]:
     """After finalize: the selection metric again (pruning may change it), the held-out
     split for confirmation runs, and the method's per-example and static stats.
 
@@ -203,7 +236,7 @@ def _final_measurements(model: "nn.Module", method: Any, setup: TrialSetup, data
     prefix = "test" if setup.confirm else "val"
     passes: list[tuple[dict[str, float], SplitOutcome]] = []
 
-    def measure(state: "nn.Module") -> dict[str, float]:
+    def measure(state: nn.Module) -> dict[str, float]:
         outcome = evaluate_split(state, data.splits[split_name], data.pad_id, batch_size, precision.device, precision)
         reported = {f"{prefix}_loss": outcome.mean_loss, f"{prefix}_{setup.metric}": outcome.score(setup.metric)}
         passes.append((reported, outcome))
@@ -222,8 +255,9 @@ def _final_measurements(model: "nn.Module", method: Any, setup: TrialSetup, data
     return out, _record_of_reported(passes, out, split_name, f"{prefix}_{setup.metric}")
 
 
-def _record_of_reported(passes: list[tuple[dict[str, float], SplitOutcome]], reported: dict[str, Any], split: str,
-                        metric: str) -> PerExampleRecord | None:
+def _record_of_reported(
+    passes: list[tuple[dict[str, float], SplitOutcome]], reported: dict[str, Any], split: str, metric: str
+) -> PerExampleRecord | None:
     """The record of the last pass whose loss and metric are the ones reported. A method's
     ``extra_evaluations`` may overwrite them with another pass's (or rename its own, as
     DyLoRA does); a value that no pass produced gets no record rather than a wrong one."""
@@ -249,15 +283,28 @@ class SplitOutcome:
         return score(metric, self.gold, self.predictions)
 
 
-def evaluate(model: "nn.Module", split: "TokenizedSplit", pad_id: int, batch_size: int, metric: str, device: str,
-             precision: PrecisionChoice | None = None) -> tuple[float, float, np.ndarray]:
+def evaluate(
+    model: nn.Module,
+    split: TokenizedSplit,
+    pad_id: int,
+    batch_size: int,
+    metric: str,
+    device: str,
+    precision: PrecisionChoice | None = None,
+) -> tuple[float, float, np.ndarray]:
     """(mean loss, metric, predictions in split order) over a whole split."""
     outcome = evaluate_split(model, split, pad_id, batch_size, device, precision)
     return outcome.mean_loss, outcome.score(metric), outcome.predictions
 
 
-def evaluate_split(model: "nn.Module", split: "TokenizedSplit", pad_id: int, batch_size: int, device: str,
-                   precision: PrecisionChoice | None = None) -> SplitOutcome:
+def evaluate_split(
+    model: nn.Module,
+    split: TokenizedSplit,
+    pad_id: int,
+    batch_size: int,
+    device: str,
+    precision: PrecisionChoice | None = None,
+) -> SplitOutcome:
     """Every example of a split, in eval mode, under the trial's autocast (the loss
     itself is taken in fp32); batched by length, given back in split order."""
     import torch
@@ -269,18 +316,23 @@ def evaluate_split(model: "nn.Module", split: "TokenizedSplit", pad_id: int, bat
         for batch in _on_device(split.batches(batch_size, pad_id, order=order), device):
             with autocast(precision) if precision is not None else contextlib.nullcontext():
                 out = model(**batch)
-            losses.append(torch.nn.functional.cross_entropy(out.logits.float(), batch["labels"], reduction="none").cpu().numpy())
+            losses.append(
+                torch.nn.functional.cross_entropy(out.logits.float(), batch["labels"], reduction="none").cpu().numpy()
+            )
             predictions.append(out.logits.argmax(-1).cpu().numpy())
             labels.append(batch["labels"].cpu().numpy())
     model.train()
     positions = order[: sum(len(part) for part in predictions)]
-    return SplitOutcome(predictions=_in_split_order(predictions, positions, np.int64), gold=_in_split_order(labels, positions, np.int64),
-                        losses=_in_split_order(losses, positions, np.float64))
+    return SplitOutcome(
+        predictions=_in_split_order(predictions, positions, np.int64),
+        gold=_in_split_order(labels, positions, np.int64),
+        losses=_in_split_order(losses, positions, np.float64),
+    )
 
 
 def _in_split_order(parts: list[np.ndarray], positions: np.ndarray, dtype: type) -> np.ndarray:
     """Per-batch arrays, joined and put back at their examples' places in the split."""
-    values = np.concatenate(parts).astype(dtype) if parts else np.array([], dtype=dtype)
+    values: np.ndarray = np.concatenate(parts).astype(dtype) if parts else np.array([], dtype=dtype)
     ordered = np.empty_like(values)
     ordered[positions] = values
     return ordered
@@ -298,7 +350,7 @@ def score(metric: str, gold: np.ndarray, preds: np.ndarray) -> float:
     return float(matthews_corrcoef(gold, preds))
 
 
-def _to(batch: dict[str, "torch.Tensor"], device: str) -> dict[str, "torch.Tensor"]:
+def _to(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()} if device != "cpu" else batch
 
 
@@ -309,8 +361,13 @@ def _on_device(batches, device: str, limit: int | None = None):
         yield _to(batch, device)
 
 
-def _backward_and_step(loss: "torch.Tensor", model: "nn.Module", optimizer: "torch.optim.Optimizer",
-                       scaler: "torch.amp.GradScaler | None", max_grad_norm: float | None) -> None:
+def _backward_and_step(
+    loss: torch.Tensor,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    max_grad_norm: float | None,
+) -> None:
     """Backward, clip, step; with fp16's loss scaling the gradients are unscaled before
     clipping, and a step whose gradients overflowed is skipped (torch's GradScaler)."""
     import torch

@@ -45,7 +45,7 @@ class HangWatchdog:
         self._target = 0
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> "HangWatchdog":
+    def __enter__(self) -> HangWatchdog:
         if self.timeout_s:
             self._target = threading.get_ident()
             self._thread = threading.Thread(target=self._watch, name="orchestrate-hang-watchdog", daemon=True)
@@ -62,7 +62,11 @@ class HangWatchdog:
         assert self.timeout_s
         if self._done.wait(self.timeout_s + self.margin_s):
             return
-        error = type("TrialHungError", (TrialHungError,), {"message": f"trial hung inside a step past its {self.timeout_s:g} s budget (search.trial_timeout_s)"})
+        error = type(
+            "TrialHungError",
+            (TrialHungError,),
+            {"message": f"trial hung inside a step past its {self.timeout_s:g} s budget (search.trial_timeout_s)"},
+        )
         give_up = time.monotonic() + self.grace_s
         while time.monotonic() < give_up:
             with self._lock:
@@ -72,5 +76,9 @@ class HangWatchdog:
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._target), ctypes.py_object(error))
             if self._done.wait(0.5):
                 return
-        print(f"orchestrate: trial stuck in native code {self.grace_s:g} s after its time budget; ending the worker", file=sys.stderr, flush=True)
+        print(
+            f"orchestrate: trial stuck in native code {self.grace_s:g} s after its time budget; ending the worker",
+            file=sys.stderr,
+            flush=True,
+        )
         os._exit(HUNG_EXIT_CODE)

@@ -47,7 +47,8 @@ import torch
 from torch import nn
 
 from methods import BuildContext, Method, StepInfo, available_methods, get_method
-from orchestrator.measure.flops import count_flops_unpadded, linear_shapes, unpadded_examples
+from methods.base import linear_shapes
+from orchestrator.measure.flops import count_flops_unpadded, unpadded_examples
 from orchestrator.search.space import SpaceFile
 from orchestrator.spec.models import TRAINING_PARAMS
 from orchestrator.tasks.models import default_target_modules, head_modules, load_model, resolve_model
@@ -365,10 +366,11 @@ def run_contract_trial(name: str, precision: str) -> Trial:
     training, _ = contract_params(name)
     reference = base_model()
     base_names = {n for n, _ in reference.named_parameters()} | {n for n, _ in reference.named_buffers()}
-    flops_base = count_flops_unpadded(reference, flop_probe())
     all_params = sum(p.numel() for p in reference.parameters())
 
     method, model, ctx = build(name)
+    flop_formulas = method.flop_formulas()  # what the trainer counts with, base and adapted alike
+    flops_base = count_flops_unpadded(reference, flop_probe(), flop_formulas)
     trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
     adapted_modules = linear_shapes(model, method.reference_target_modules(ctx))
     before = batch_loss(model, train_batch(), precision)
@@ -384,7 +386,7 @@ def run_contract_trial(name: str, precision: str) -> Trial:
     adapter_state = snapshot(model, list(trainable))
     logits_trained = logits(model, val, precision)
     adapter_effect = effect_of(model, built_adapter, val, precision, logits_trained)
-    flops_trained = count_flops_unpadded(model, flop_probe())
+    flops_trained = count_flops_unpadded(model, flop_probe(), flop_formulas)
     stats_before = method.stats(model)
 
     model = method.finalize(model)
@@ -402,7 +404,7 @@ def run_contract_trial(name: str, precision: str) -> Trial:
     return Trial(
         name=name, precision=precision, method=method, finalized=model, losses=losses,
         eval_loss_before=before, eval_loss_after=after, reported=reported, stats_before_finalize=stats_before,
-        flops_base=flops_base, flops_trained=flops_trained, flops_finalized=count_flops_unpadded(model, flop_probe()),
+        flops_base=flops_base, flops_trained=flops_trained, flops_finalized=count_flops_unpadded(model, flop_probe(), flop_formulas),
         logits_trained=logits_trained, logits_finalized=logits_finalized, adapter_effect=adapter_effect, base_names=base_names,
         heads=ctx.head_modules, trainable_at_build=trainable, all_params_at_build=all_params,
         adapter_state=adapter_state, adapted_modules=adapted_modules,
@@ -551,7 +553,7 @@ class TestContract:
                 replace_module(merged, name, layer.merged())
         assert not added_tensors(merged, trial.base_names)
         assert_same_logits(logits(merged, eval_batch(), trial.precision), trial.logits_finalized, trial.precision, "merge")
-        assert count_flops_unpadded(merged, flop_probe()) == trial.flops_base
+        assert count_flops_unpadded(merged, flop_probe(), trial.method.flop_formulas()) == trial.flops_base
 
     def test_a_reloaded_adapter_gives_the_same_logits(self, trial: Trial):
         _, fresh, _ = build(trial.name)

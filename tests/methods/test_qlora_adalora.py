@@ -13,7 +13,8 @@ bnb = pytest.importorskip("bitsandbytes")
 from methods import BuildContext, StepInfo  # noqa: E402
 from methods.adalora import kept_ranks  # noqa: E402
 from methods.qlora_adalora import QloraAdaLoRA  # noqa: E402
-from orchestrator.measure.flops import count_flops, linear_shapes  # noqa: E402
+from methods.base import linear_shapes  # noqa: E402
+from orchestrator.measure.flops import count_flops  # noqa: E402
 from orchestrator.tasks.models import load_model, resolve_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,11 +100,11 @@ def test_base_memory_counts_4bit_weights_and_their_statistics(built):
 
 
 def test_4bit_matmuls_are_counted_like_float_ones(built):
-    _, model, _, float_flops = built
+    method, model, _, float_flops = built
     batch = _batch(torch.Generator().manual_seed(3), labels=False)
     tokens = batch["input_ids"].numel()
     adapter = sum(2 * 4 * (d_in + d_out) for _, d_in, d_out in linear_shapes(model, TARGETS)) * tokens
-    assert count_flops(model, batch) - float_flops == adapter
+    assert count_flops(model, batch, method.flop_formulas()) - float_flops == adapter
 
 
 def test_trains_again_after_a_no_grad_evaluation():

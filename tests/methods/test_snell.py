@@ -202,28 +202,35 @@ def test_merged_forward_equals_unmerged_forward(kernel):
 def test_unmerged_flops_count_the_dense_branch_and_cdist_merged_costs_nothing():
     method, model = build(low_rank_dim=8, num_heads=2, merge=True)
     batch = tiny_batch()
-    base_flops = count_flops(tiny_model(), batch)
+    formulas = method.flop_formulas()
+    base_flops = count_flops(tiny_model(), batch, formulas)
     tokens, d, heads, width = batch["input_ids"].numel(), 32, 2, 4
     dense = 2 * tokens * d * d  # F.linear with the dense d_out x d_in update
-    cdist = 2 * heads * d * d * (width + 2)  # registered formula for aten._euclidean_dist
-    assert count_flops(model, batch) - base_flops == 4 * (dense + cdist)
+    cdist = 2 * heads * d * d * (width + 2)  # declared formula for aten._euclidean_dist
+    assert count_flops(model, batch, formulas) - base_flops == 4 * (dense + cdist)
     model = method.finalize(model)
-    assert count_flops(model, batch) == base_flops
+    assert count_flops(model, batch, formulas) == base_flops
+
+
+def test_cdist_costs_nothing_to_a_counter_without_the_declared_formulas():
+    """Why SNELL declares them: FlopCounterMode alone misses the kernel, and nothing is
+    registered globally that another count could pick up."""
+    method, model = build(low_rank_dim=8, num_heads=2, merge=True)
+    batch = tiny_batch()
+    cdist = 2 * 2 * 32 * 32 * (4 + 2)
+    missed = count_flops(model, batch, method.flop_formulas()) - count_flops(model, batch)
+    assert missed == 4 * cdist
 
 
 def test_cdist_flops_are_counted_on_both_kernels_paths():
-    import methods.snell.layer  # noqa: F401  (registers the formulas)
-    from torch.utils.flop_counter import FlopCounterMode
+    from methods.flop_count import count_call_flops
 
-    from orchestrator.measure.flops import EXTRA_FLOP_FORMULAS
-
+    formulas = get_method("snell")().flop_formulas()
     # cdist takes the matmul path (aten._euclidean_dist) when either side has more than
     # 25 rows, and the direct one (aten._cdist_forward) otherwise.
     for rows, cols, expected in ((40, 30, 2 * 2 * 40 * 30 * (3 + 2)), (10, 20, 3 * 2 * 10 * 20 * 3)):
         x1, x2 = torch.randn(2, rows, 3), torch.randn(2, cols, 3)
-        with FlopCounterMode(display=False, custom_mapping=dict(EXTRA_FLOP_FORMULAS)) as counter:
-            torch.cdist(x1, x2)
-        assert counter.get_total_flops() == expected
+        assert count_call_flops(lambda: torch.cdist(x1, x2), formulas) == expected
 
 
 @pytest.mark.slow
