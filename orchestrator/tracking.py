@@ -149,6 +149,9 @@ def store_error(exc: BaseException, uri: str | None) -> StoreError | None:
         chain.append(str(link).lower())
         link = link.__cause__ or link.__context__
     text = " ".join(chain)
+    if uri and uri.startswith(("http://", "https://")) and "permission denied" in text:
+        # a server's refusal (its artifact upload says only "permission denied"), not a read-only file
+        text += " error code 403"
     for signs, what in _STORE_FAULTS:
         found = next((sign for sign in signs if sign in text), None)
         if found:

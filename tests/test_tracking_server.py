@@ -439,3 +439,11 @@ def test_a_reader_judges_but_is_told_to_ask_for_edit_before_writing(tracking_ser
     (parent,) = _by_level(_runs_of(tracking_server, NAMES[0]))["hypothesis"]
     with pytest.raises(StoreError, match=r"error code 403.*EDIT"):
         Tracker(tracking_server.uri).set_tags(parent.info.run_id, {"note": "mine"})
+    # ``report`` writes the report locally, then logs it to the run, which a reader may not:
+    # one line naming what it did write
+    out = drivers[0] / "reader-report"
+    capsys.readouterr()
+    assert main(["report", NAMES[0], "--tracking-uri", tracking_server.uri, "--out", str(out)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "error code 403" in line and line.endswith(f"the report itself was written to {out / 'report.md'}"), line
+    assert (out / "report.md").exists()

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from orchestrator.errors import StoreError
 from orchestrator.report.collect import (
     ReportError,
     RunSummary,
@@ -69,8 +70,11 @@ def write_report(
     (folder / "report.md").write_text(redact(to_markdown(blocks)))
     (folder / "report.html").write_text(redact(to_html(blocks, f"{summary.hypothesis} report", folder)))
     if log:
-        _log(tracker, parent_run_id, folder)
-        _log_diagnostics(tracker, summary, diagnostics, folder / "diagnostics")
+        try:
+            _log(tracker, parent_run_id, folder)
+            _log_diagnostics(tracker, summary, diagnostics, folder / "diagnostics")
+        except StoreError as exc:  # e.g. a read-only user of a server: the local report is there all the same
+            raise StoreError(f"{exc}; the report itself was written to {folder / 'report.md'}") from exc
     return folder / "report.md"
 
 

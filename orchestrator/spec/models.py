@@ -22,6 +22,10 @@ SCHEDULERS = tuple(registry.SCHEDULERS)
 TRAINING_PARAMS = ("lr", "weight_decay", "warmup_ratio", "precision")
 
 
+#: Arm names a hypothesis cannot use (they mean something else where arms are named).
+RESERVED_ARM_NAMES = frozenset({"all"})
+
+
 class Strict(BaseModel):
     """Unknown keys are errors, and so is a NaN or an infinity in a number field (YAML's
     ``.nan`` / ``.inf``): every range check is false for NaN, so it would pass as ``le=1``
@@ -245,8 +249,10 @@ class Hypothesis(Strict):
         from pydantic import ValidationError
         from pydantic_core import InitErrorDetails, PydanticCustomError
 
-        bad = [name for name in arms if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(name))]
-        if bad:  # a ValidationError (not ValueError) so each is reported at its arm's line
+        not_identifiers = [name for name in arms if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(name))]
+        # ``all:`` scopes a search constraint to every arm, so an arm called "all" would make it ambiguous
+        reserved = [name for name in arms if name in RESERVED_ARM_NAMES]
+        if not_identifiers or reserved:  # a ValidationError (not ValueError): each at its arm's line
             raise ValidationError.from_exception_data(
                 "arms",
                 [
@@ -259,7 +265,19 @@ class Hypothesis(Strict):
                         loc=(name,),
                         input=name,
                     )
-                    for name in bad
+                    for name in not_identifiers
+                ]
+                + [
+                    InitErrorDetails(
+                        type=PydanticCustomError(
+                            "arm_name",
+                            "arm name {name} is reserved: a constraint scoped 'all:' means every arm",
+                            {"name": repr(name)},
+                        ),
+                        loc=(name,),
+                        input=name,
+                    )
+                    for name in reserved
                 ],
             )
         return arms
