@@ -202,3 +202,14 @@ def test_planning_starts_nothing(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "imported: []"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_refinement_names_the_hypothesis_it_refines(own_hypothesis, capsys):
+    """``refines:`` a file: the plan names that file's hypothesis (``history`` draws the lineage)."""
+    refined = own_hypothesis.parent / "refined.yaml"
+    text = own_hypothesis.read_text()
+    name = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("name:"))
+    refined.write_text(text.replace(f"name: {name}", f"name: {name}-v2\nrefines: plan.yaml", 1))
+    lines = plan_lines(capsys, str(refined))
+    assert f"refines: {name}" in lines
+    assert not any(line.startswith("refines:") for line in plan_lines(capsys, str(own_hypothesis)))

@@ -65,6 +65,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     task, training, search = plan.task, plan.training, plan.search
     out = console()
     out.print(f"[bold]{plan.name}[/] profile={plan.profile}  spec sha256 {plan.spec_sha256[:12]}")
+    if plan.refines:
+        out.print(f"refines: {plan.refines}")
     out.print(f"task: {task.model} on {task.dataset} (max_length {task.max_length}, metric {task.metric})")
     out.print(
         f"training: {training.epochs} epochs, batch {training.batch_size}, lr {training.lr}, "
