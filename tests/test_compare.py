@@ -10,6 +10,7 @@ from __future__ import annotations
 import doctest
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -19,9 +20,9 @@ from orchestrator.compare import claims as claims_module
 from orchestrator.compare import compare_runs, resolve_target
 from orchestrator.compare.blocks import comparison_blocks
 from orchestrator.compare.claims import ClaimChangeKind, pair_claims
-from orchestrator.compare.page import to_html, to_markdown
 from orchestrator.judge import judge_claims
 from orchestrator.report import ReportError
+from orchestrator.report.render import to_html, to_markdown
 from orchestrator.tracking import ARM, LEVEL, REFINES, Tracker
 from test_report import orchestrate
 
@@ -228,12 +229,11 @@ def test_compare_says_when_b_refines_a(store, capsys):
 
 # -- rendering, on hand-built inputs --------------------------------------------------------------
 def test_a_diff_is_a_fenced_block_that_a_fence_in_the_spec_does_not_end_and_a_pre_in_html():
-    from orchestrator.compare.blocks import Diff
-    from orchestrator.report.render import Para
+    from orchestrator.report.render import Diff, Para
 
     assert to_markdown([Diff(["+```", "-x"])]) == "```diff\n+```\n-x\n```\n"
     assert to_markdown([Diff([" ```", "-x"])]) == "~~~~diff\n ```\n-x\n~~~~\n"
-    html = to_html([Para("before"), Diff(["@@ -1 +1 @@", "-a < b", "+c"]), Para("after")], "t")
+    html = to_html([Para("before"), Diff(["@@ -1 +1 @@", "-a < b", "+c"]), Para("after")], "t", Path("."))
     assert '<pre class="diff"><span class="hunk">@@ -1 +1 @@</span>\n<span class="del">-a &lt; b</span>' in html
     assert html.index("before") < html.index("<pre") < html.index("after")
 

@@ -41,8 +41,8 @@ def add_compare_commands(subparsers: Any) -> None:
 def cmd_compare(args: argparse.Namespace) -> int:
     from orchestrator.compare import compare_runs, resolve_target
     from orchestrator.compare.blocks import comparison_blocks
-    from orchestrator.compare.page import to_html, to_markdown
     from orchestrator.report import ReportError
+    from orchestrator.report.render import to_html, to_markdown
     from orchestrator.tracking import Tracker, redact
 
     tracker = Tracker(args.tracking_uri)
@@ -57,7 +57,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         path = Path(args.html)
         path.parent.mkdir(parents=True, exist_ok=True)
         title = f"{comparison.a.label} -> {comparison.b.label}"
-        path.write_text(redact(to_html(blocks, title)))
+        path.write_text(redact(to_html(blocks, title, path.parent)))  # a comparison has no image
         print_error(f"orchestrate: wrote {path}")
     return EXIT_OK
 

@@ -1,4 +1,4 @@
-"""A ``Comparison`` as the blocks of a page (``compare.page`` renders them).
+"""A ``Comparison`` as the blocks of a page, rendered like a report (``report.render``).
 
 Sections: the two runs and how they relate, the spec diff, the claims (a changed one
 marked **post hoc**), the verdicts (those that flipped first, then every claim's), and
@@ -8,12 +8,11 @@ each shared arm's numbers with B - A.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from orchestrator.compare.claims import ClaimChangeKind
 from orchestrator.report.numbers import fmt, pct
-from orchestrator.report.render import Alert, Block, Bullets, Heading, Para, Table
+from orchestrator.report.render import Alert, Block, Bullets, Diff, Heading, Para, Table
 
 if TYPE_CHECKING:
     from orchestrator.compare.comparison import ArmPair, Comparison, Estimate, RunSide, VerdictPair
@@ -32,19 +31,9 @@ CHANGE_WORDS = {
 }
 
 
-@dataclass(frozen=True)
-class Diff:
-    """Lines shown as they are, in a fixed-width font (a unified diff)."""
-
-    lines: list[str]
-
-
-PageBlock = Block | Diff
-
-
-def comparison_blocks(comparison: Comparison) -> list[PageBlock]:
+def comparison_blocks(comparison: Comparison) -> list[Block]:
     a, b = comparison.a, comparison.b
-    blocks: list[PageBlock] = [Heading(f"Comparison: {a.label} -> {b.label}", 1)]
+    blocks: list[Block] = [Heading(f"Comparison: {a.label} -> {b.label}", 1)]
     posthoc = sum(1 for change in comparison.claims if change.posthoc)
     if posthoc:
         blocks.append(Alert(POSTHOC_ALERT.format(n=posthoc)))
@@ -56,10 +45,10 @@ def comparison_blocks(comparison: Comparison) -> list[PageBlock]:
     return blocks
 
 
-def _runs(comparison: Comparison) -> list[PageBlock]:
+def _runs(comparison: Comparison) -> list[Block]:
     header = ["", "hypothesis", "run id", "profile", "status", "started", "spec file", "refines"]
     rows = [[name, *_run_cells(side)] for name, side in (("A", comparison.a), ("B", comparison.b))]
-    blocks: list[PageBlock] = [Table(header, rows)]
+    blocks: list[Block] = [Table(header, rows)]
     if comparison.lineage:
         blocks.append(Para(f"Lineage: {comparison.lineage}."))
     return blocks
@@ -79,8 +68,8 @@ def _run_cells(side: RunSide) -> list[str]:
     ]
 
 
-def _spec(comparison: Comparison) -> list[PageBlock]:
-    blocks: list[PageBlock] = [Heading("Spec diff")]
+def _spec(comparison: Comparison) -> list[Block]:
+    blocks: list[Block] = [Heading("Spec diff")]
     if not comparison.a.spec_text and not comparison.b.spec_text:
         return blocks + [Para("Neither run logged its spec or its plan.")]
     if not comparison.spec_diff:
@@ -88,23 +77,23 @@ def _spec(comparison: Comparison) -> list[PageBlock]:
     return blocks + [Diff(comparison.spec_diff)]
 
 
-def _claims(comparison: Comparison) -> list[PageBlock]:
+def _claims(comparison: Comparison) -> list[Block]:
     rows = [
         [CHANGE_WORDS[change.kind], _code(change.before), _code(change.after)]
         for change in comparison.claims
         if change.kind != ClaimChangeKind.SAME
     ]
     same = sum(1 for change in comparison.claims if change.kind == ClaimChangeKind.SAME)
-    blocks: list[PageBlock] = [Heading("Claims"), Para(f"{same} claim{'' if same == 1 else 's'} the same in both.")]
+    blocks: list[Block] = [Heading("Claims"), Para(f"{same} claim{'' if same == 1 else 's'} the same in both.")]
     if rows:
         blocks.append(Table(["change", "claim in A", "claim in B"], rows))
     return blocks
 
 
-def _verdicts(comparison: Comparison) -> list[PageBlock]:
+def _verdicts(comparison: Comparison) -> list[Block]:
     flipped = comparison.flipped
     judged = sum(1 for pair in comparison.verdicts if pair.verdict_a and pair.verdict_b)
-    blocks: list[PageBlock] = [
+    blocks: list[Block] = [
         Heading("Verdicts"),
         Para(f"{len(flipped)} of the {judged} claims judged in both runs flipped."),
     ]
@@ -153,9 +142,9 @@ def _pair_change(pair: VerdictPair) -> str:
     return CHANGE_WORDS[pair.change.kind]
 
 
-def _arms(comparison: Comparison) -> list[PageBlock]:
+def _arms(comparison: Comparison) -> list[Block]:
     level = pct(comparison.b.summary.confidence)
-    blocks: list[PageBlock] = [Heading("Arms")]
+    blocks: list[Block] = [Heading("Arms")]
     rows = [row for arm in comparison.arms for row in _arm_rows(arm)]
     if rows:
         blocks.append(Table(["arm", "metric", "A", "B", "B - A"], rows, {2, 3, 4}))

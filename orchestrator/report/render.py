@@ -53,7 +53,14 @@ class Image:
     caption: str = ""
 
 
-Block = Heading | Para | Alert | Bullets | Table | Image
+@dataclass(frozen=True)
+class Diff:
+    """Lines shown as they are, in a fixed-width font: a unified diff (``orchestrate compare``)."""
+
+    lines: list[str]
+
+
+Block = Heading | Para | Alert | Bullets | Table | Image | Diff
 
 
 # -- Markdown -----------------------------------------------------------------------------
@@ -79,6 +86,10 @@ def _md_block(block: Block) -> str:
     if isinstance(block, Image):
         image = f"![{block.title}]({block.path.as_posix()})"
         return image + (f"\n\n*{block.caption}*" if block.caption else "")
+    if isinstance(block, Diff):
+        # a context line " ```" would close a ``` fence (up to 3 spaces may indent one)
+        fence = "~~~~" if any(line.lstrip(" ").startswith("```") for line in block.lines) else "```"
+        return "\n".join([f"{fence}diff", *block.lines, fence])
     raise TypeError(f"unknown block {block!r}")
 
 
@@ -100,6 +111,8 @@ td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .supported{color:#1a7f37;font-weight:700}.refuted{color:#cf222e;font-weight:700}.inconclusive{color:#9a6700;font-weight:700}
 figure{margin:1.2em 0}figure img{max-width:100%;border:1px solid #d0d7de;border-radius:4px}
 figcaption{color:#57606a;font-size:13px;margin-top:.3em}
+pre.diff{background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;padding:.7em 1em;overflow-x:auto;
+font-size:13px;line-height:1.4}.add{color:#1a7f37}.del{color:#cf222e}.hunk{color:#8250df}
 """
 
 
@@ -133,7 +146,20 @@ def _html_block(block: Block, folder: Path) -> str:
         data = base64.b64encode((folder / block.path).read_bytes()).decode("ascii")
         caption = f"<figcaption>{inline(block.caption)}</figcaption>" if block.caption else ""
         return f'<figure><img alt="{html.escape(block.title)}" src="data:image/png;base64,{data}">{caption}</figure>'
+    if isinstance(block, Diff):
+        return '<pre class="diff">' + "\n".join(_html_diff_line(line) for line in block.lines) + "</pre>"
     raise TypeError(f"unknown block {block!r}")
+
+
+def _html_diff_line(line: str) -> str:
+    text = html.escape(line)
+    if line.startswith("@@"):
+        return f'<span class="hunk">{text}</span>'
+    if line.startswith("+") and not line.startswith("+++"):
+        return f'<span class="add">{text}</span>'
+    if line.startswith("-") and not line.startswith("---"):
+        return f'<span class="del">{text}</span>'
+    return text
 
 
 def _cell(text: str, numeric: bool) -> str:
