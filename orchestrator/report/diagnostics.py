@@ -117,23 +117,13 @@ def search_table(arm: ArmSummary, plan: Mapping[str, Any]) -> SearchTable:
 
 
 def _planned_space(plan: Mapping[str, Any]) -> dict[str, BaseDistribution] | None:
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
     from orchestrator.search.space import DefineByRun, ParamSpec
 
     if "params" not in plan:
         return None
     params = {name: ParamSpec.model_validate(spec) for name, spec in (plan.get("params") or {}).items()}
-    space: dict[str, BaseDistribution] = {}
-    for name, spec in DefineByRun(params, dict(plan.get("fixed") or {})).searched().items():
-        low, high = spec.low or 0.0, spec.high or 0.0
-        if spec.type == "categorical":
-            space[name] = CategoricalDistribution(spec.choices or [])
-        elif spec.type == "int":
-            space[name] = IntDistribution(int(low), int(high), log=spec.log, step=int(spec.step or 1))
-        else:
-            space[name] = FloatDistribution(low, high, log=spec.log, step=spec.step)
-    return space
+    searched = DefineByRun(params, dict(plan.get("fixed") or {})).searched()
+    return {name: spec.distribution() for name, spec in searched.items()}
 
 
 def _inferred_space(arm: ArmSummary) -> dict[str, BaseDistribution]:

@@ -68,6 +68,18 @@ class ParamSpec(BaseModel):
             raise ValueError("an int parameter needs an integer step")  # int(0.5) == 0 broke suggest_int
         return self
 
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        """The Optuna distribution ``suggest`` samples from (what a study rebuilt from
+        logged trials needs, e.g. the report's importances)."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.type == "categorical":
+            return CategoricalDistribution(self.choices or [])
+        low, high = self.low or 0.0, self.high or 0.0  # set for int and float (``_check``)
+        if self.type == "int":
+            return IntDistribution(int(low), int(high), log=self.log, step=int(self.step or 1))
+        return FloatDistribution(low, high, log=self.log, step=self.step)
+
     def grid_values(self) -> list[Any] | None:
         """Every value, when the parameter is finite (for the grid sampler)."""
         if self.type == "categorical":
