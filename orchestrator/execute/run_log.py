@@ -37,6 +37,9 @@ PREFIX = "orchestrate:"
 LOGS_FOLDER = "logs"
 #: The longest failure reason a trial's line shows (the full trace is in MLflow: error.txt).
 REASON_CHARS = 160
+#: Ray log files kept in a state folder's ``logs/``: the newest ones; older ones are removed
+#: when a run starts (a state folder used for months would otherwise hold one per run).
+KEEP_LOGS = 30
 
 
 def trial_line(
@@ -91,6 +94,31 @@ def ray_log_path(state_dir: Path, hypothesis: str, profile: str, now: datetime |
     """
     stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
     return state_dir / LOGS_FOLDER / f"{hypothesis}-{profile}-{stamp}.log"
+
+
+def prune_logs(folder: Path, keep: int = KEEP_LOGS) -> list[Path]:
+    """Remove all but the ``keep`` newest ``*.log`` files of ``folder`` (by modification
+    time); returns what it removed. A file another process removes first is skipped.
+
+    >>> import tempfile, os
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> for i in range(4):
+    ...     _ = (folder / f"run-{i}.log").write_text("x")
+    ...     os.utime(folder / f"run-{i}.log", (i, i))
+    >>> sorted(p.name for p in prune_logs(folder, keep=2))
+    ['run-0.log', 'run-1.log']
+    >>> sorted(p.name for p in folder.iterdir())
+    ['run-2.log', 'run-3.log']
+    """
+    if not folder.is_dir():
+        return []
+    logs = sorted(folder.glob("*.log"), key=lambda p: p.stat().st_mtime, reverse=True)
+    removed = []
+    for old in logs[keep:]:
+        with contextlib.suppress(FileNotFoundError):
+            old.unlink()
+            removed.append(old)
+    return removed
 
 
 @contextlib.contextmanager

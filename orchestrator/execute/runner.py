@@ -39,7 +39,7 @@ from orchestrator.execute.progress import Progress
 from orchestrator.execute.recorder import TrialRecorder
 from orchestrator.execute.run_context import RunContext
 from orchestrator.execute.run_lock import hold_run_lock
-from orchestrator.execute.run_log import ray_log_path, search_finished
+from orchestrator.execute.run_log import prune_logs, ray_log_path, search_finished
 from orchestrator.execute.state import RunState
 from orchestrator.execute.winners import AllTrialsFailedError, pick_winner
 from orchestrator.plan import ArmPlan, Plan
@@ -140,6 +140,8 @@ def _run_plan_locked(plan: Plan, options: RunOptions) -> RunOutcome:
     storage = options.storage_path or str(state_dir / "ray")
     archive = TrialArchive(state_dir / "archive") if plan.search.reuse_trials and not options.fresh else None
     ray_log = None if options.verbose else ray_log_path(state_dir, plan.name, plan.profile)
+    if ray_log is not None:
+        prune_logs(ray_log.parent)  # the older runs' Ray logs beyond the newest KEEP_LOGS
     arms: list[ArmOutcome] = []
     try:
         describe_hypothesis_run(tracker, parent_id, plan)
