@@ -91,25 +91,33 @@ class Column:
         dist = self.distribution
         if isinstance(dist, CategoricalDistribution):
             return float(dist.to_internal_repr(value))
-        low, high = _scaled(dist, dist.low), _scaled(dist, dist.high)  # type: ignore[attr-defined]
+        dist = _numeric(dist)
+        low, high = _scaled(dist, dist.low), _scaled(dist, dist.high)
         return 0.0 if high == low else (_scaled(dist, value) - low) / (high - low)
 
     def decode(self, column: float) -> Any:
         dist = self.distribution
         if isinstance(dist, CategoricalDistribution):
             return dist.to_external_repr(int(min(max(round(column), 0), len(dist.choices) - 1)))
-        low, high = _scaled(dist, dist.low), _scaled(dist, dist.high)  # type: ignore[attr-defined]
+        dist = _numeric(dist)
+        low, high = _scaled(dist, dist.low), _scaled(dist, dist.high)
         scaled = low + min(max(column, 0.0), 1.0) * (high - low)
-        value = math.exp(scaled) if dist.log else scaled  # type: ignore[attr-defined]
-        step = dist.step  # type: ignore[attr-defined]
-        if step is not None:
-            value = dist.low + round((value - dist.low) / step) * step  # type: ignore[attr-defined]
-        value = min(max(value, dist.low), dist.high)  # type: ignore[attr-defined]
+        value = math.exp(scaled) if dist.log else scaled
+        if dist.step is not None:
+            value = dist.low + round((value - dist.low) / dist.step) * dist.step
+        value = min(max(value, dist.low), dist.high)
         return round(value) if isinstance(dist, IntDistribution) else float(value)
 
 
-def _scaled(dist: BaseDistribution, value: float) -> float:
-    return math.log(value) if dist.log else float(value)  # type: ignore[attr-defined]
+def _numeric(dist: BaseDistribution) -> FloatDistribution | IntDistribution:
+    """A column's distribution that is not categorical: Optuna has only these two others."""
+    if not isinstance(dist, (FloatDistribution, IntDistribution)):
+        raise TypeError(f"unsupported distribution {type(dist).__name__}")
+    return dist
+
+
+def _scaled(dist: FloatDistribution | IntDistribution, value: float) -> float:
+    return math.log(value) if dist.log else float(value)
 
 
 def column_for(name: str, dist: BaseDistribution) -> Column:

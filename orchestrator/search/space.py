@@ -75,24 +75,31 @@ class ParamSpec(BaseModel):
 
         if self.type == "categorical":
             return CategoricalDistribution(self.choices or [])
-        low, high = self.low or 0.0, self.high or 0.0  # set for int and float (``_check``)
+        low, high = self.bounds
         if self.type == "int":
             return IntDistribution(int(low), int(high), log=self.log, step=int(self.step or 1))
         return FloatDistribution(low, high, log=self.log, step=self.step)
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """(low, high) of an int or float parameter (``_check`` makes sure both are set)."""
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} parameter has no low/high")
+        return self.low, self.high
 
     def grid_values(self) -> list[Any] | None:
         """Every value, when the parameter is finite (for the grid sampler)."""
         if self.type == "categorical":
             return list(self.choices or [])
+        low, high = self.bounds
         if self.type == "int" and not self.log:
-            step = int(self.step or 1)
-            values = range(int(self.low), int(self.high) + 1, step)  # type: ignore[arg-type]
+            values = range(int(low), int(high) + 1, int(self.step or 1))
             _check_grid_size(len(values))
             return list(values)
         if self.step:
-            count = round((self.high - self.low) / self.step) + 1  # type: ignore[operator]
+            count = round((high - low) / self.step) + 1
             _check_grid_size(count)
-            return [round(self.low + i * self.step, 12) for i in range(count)]  # type: ignore[operator]
+            return [round(low + i * self.step, 12) for i in range(count)]
         return None
 
 
@@ -229,7 +236,8 @@ class DefineByRun:
 
 def suggest(trial: optuna.Trial, name: str, spec: ParamSpec) -> Any:
     if spec.type == "categorical":
-        return trial.suggest_categorical(name, spec.choices)  # type: ignore[arg-type]
+        return trial.suggest_categorical(name, spec.choices or [])
+    low, high = spec.bounds
     if spec.type == "int":
-        return trial.suggest_int(name, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log)  # type: ignore[arg-type]
-    return trial.suggest_float(name, float(spec.low), float(spec.high), step=spec.step, log=spec.log)  # type: ignore[arg-type]
+        return trial.suggest_int(name, int(low), int(high), step=int(spec.step or 1), log=spec.log)
+    return trial.suggest_float(name, low, high, step=spec.step, log=spec.log)
