@@ -323,6 +323,11 @@ class Tracker:
     def get_run(self, run_id: str) -> Any:
         return self._call(lambda: self.client.get_run(run_id))
 
+    def metric_history(self, run_id: str, key: str) -> dict[int, float]:
+        """Every value one run logged for ``key``, by step (a trial's step is its epoch);
+        the last value where a step was logged twice."""
+        return {m.step: m.value for m in self._call(lambda: self.client.get_metric_history(run_id, key))}
+
     def list_artifacts(self, run_id: str, folder: str | None = None) -> list[Any]:
         """The entries (``FileInfo``: ``path``, ``is_dir``) of one folder of a run's
         artifacts; the top folder when ``folder`` is None."""

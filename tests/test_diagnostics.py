@@ -18,6 +18,7 @@ from orchestrator.report.diagnostics import (
     build_study,
     diagnose,
     search_table,
+    shared_epoch,
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -107,7 +108,7 @@ def test_the_same_trials_give_the_same_importances(lr_search, tmp_path):
 
 def test_an_arm_with_two_trials_gets_a_reason_not_figures(tmp_path):
     found = diagnose(search_table(_arm(lr_decides(2)), PLAN), tmp_path)
-    assert found.reason == "2 completed trial(s); importances need at least 4"
+    assert found.reason == "2 trial(s) to compare; importances need at least 4"
     assert found.importances == [] and found.plots == [] and not list(tmp_path.glob("*.png"))
 
 
@@ -128,6 +129,49 @@ def test_failed_stopped_and_infeasible_trials_do_not_weigh_in():
     states = [t.state.name for t in study.trials]
     assert states == ["COMPLETE", "FAIL", "PRUNED", "FAIL", "FAIL", "FAIL", "COMPLETE", "COMPLETE"]
     assert left_out == {"FAILED": 1, "STOPPED": 1, "INFEASIBLE": 1, "COMPLETED without a usable value": 2}
+
+
+def asha_stopped(count: int = 8, completed: int = 3) -> list[RunRecord]:
+    """``lr_decides`` trials as a 2-epoch ASHA search leaves them: each logged epoch 1
+    (the value lr decides), ``completed`` of them also epoch 2; the others STOPPED."""
+    trials = lr_decides(count)
+    for n, trial in enumerate(trials):
+        first = trial.metrics["val_accuracy"]
+        if n < completed:
+            trial.history = {1: first, 2: first + 0.01}
+            trial.metrics["val_accuracy"] = first + 0.01
+        else:
+            trial.status, trial.history = "STOPPED", {1: first}
+    return trials
+
+
+def test_too_few_completed_trials_weigh_in_with_every_trained_trial_s_value_at_the_shared_epoch(tmp_path):
+    trials = asha_stopped()
+    trials.append(_trial(99, {"lr": 1e-3}, {}, status="FAILED"))
+    table = search_table(_arm(trials), PLAN)
+    assert shared_epoch(table) == 1
+    found = diagnose(table, tmp_path)
+    assert found.reason is None and found.epoch == 1 and found.completed == 8 and found.left_out == {"FAILED": 1}
+    assert found.importances[0].name == "lr"
+    assert [p.path.name for p in found.plots] == ["slice.png", "contour.png", "parallel_coordinate.png"]
+    assert all("at epoch 1" in plot.caption and "trial that trained" in plot.caption for plot in found.plots)
+    assert json.loads((tmp_path / "importance.json").read_text())["epoch"] == 1
+    study, _ = build_study(table, epoch=1)
+    values = [t.value for t in study.trials if t.state.name == "COMPLETE"]
+    assert values == [t.history[1] for t in trials[:8]]  # epoch-1 values, never a completed trial's final one
+
+
+def test_enough_completed_trials_keep_their_final_values(tmp_path):
+    found = diagnose(search_table(_arm(asha_stopped(8, completed=4)), PLAN), tmp_path)
+    assert found.epoch is None and found.completed == 4 and found.left_out == {"STOPPED": 4}
+
+
+def test_without_per_epoch_values_too_few_completed_trials_still_get_a_reason(tmp_path):
+    trials = asha_stopped()
+    for trial in trials:
+        trial.history = {}
+    found = diagnose(search_table(_arm(trials), PLAN), tmp_path)
+    assert found.epoch is None and found.reason == "3 trial(s) to compare; importances need at least 4"
 
 
 def test_logged_text_becomes_the_distribution_s_values():

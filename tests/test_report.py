@@ -306,7 +306,7 @@ def test_report_has_search_diagnostics_per_arm_and_logs_them_on_the_arm_runs(rep
     parts = {part.split("\n", 1)[0]: part for part in section.split("\n### ")[1:]}
     assert set(parts) == {"small", "large", "flaky"}
     for arm in ("small", "large"):  # 3 trials each, 3 searched parameters (r is fixed)
-        assert "No importances or figures: 3 completed trial(s); importances need at least 4." in parts[arm]
+        assert "No importances or figures: 3 trial(s) to compare; importances need at least 4." in parts[arm]
     assert "one searched parameter (`mode`)" in parts["flaky"]
     client = report["client"]
     experiment_id = client.get_run(report["run_id"]).info.experiment_id
@@ -314,6 +314,22 @@ def test_report_has_search_diagnostics_per_arm_and_logs_them_on_the_arm_runs(rep
     for arm_run in arm_runs:
         logged = [a.path for a in client.list_artifacts(arm_run.info.run_id, "diagnostics")]
         assert logged == ["diagnostics/importance.json"], arm_run.data.tags["orchestrate.arm"]
+
+
+@pytest.mark.slow
+def test_the_search_trials_per_epoch_values_come_back_from_the_store(report):
+    """What the diagnostics fall back on when too few trials completed (``shared_epoch``)."""
+    from orchestrator.report.collect import collect_summary
+    from orchestrator.tracking import Tracker
+
+    summary = collect_summary(Tracker(report["uri"]), report["run_id"], with_images=False)
+    trained = [t for arm in summary.arms for t in arm.trials if t.status in ("COMPLETED", "STOPPED")]
+    assert trained
+    for trial in trained:
+        assert sorted(trial.history) == list(range(1, len(trial.history) + 1)), trial.name
+        assert all(0.0 <= value <= 1.0 for value in trial.history.values())  # val_accuracy
+    quick = collect_summary(Tracker(report["uri"]), report["run_id"], with_images=False, with_history=False)
+    assert all(not t.history for arm in quick.arms for t in arm.trials)
 
 
 @pytest.mark.slow

@@ -164,7 +164,7 @@ def compare_runs(tracker: Tracker, run_a: str, run_b: str) -> Comparison:
 def _side(tracker: Tracker, run_id: str) -> RunSide:
     from orchestrator.report.collect import collect_summary
 
-    summary = collect_summary(tracker, run_id, with_images=False)
+    summary = collect_summary(tracker, run_id, with_images=False, with_history=False)
     run = tracker.get_run(run_id)
     spec_text = None
     if summary.spec_file:

@@ -96,7 +96,7 @@ def rejudge(tracker: Tracker, run_id: str, spec_path: str | Path | None = None) 
     claims asked for."""
     from orchestrator.execute.looks import JudgeSettings, replay_looks
 
-    summary = collect_summary(tracker, run_id, with_images=False)
+    summary = collect_summary(tracker, run_id, with_images=False, with_history=False)
     claims, confidence, family_wise = list(summary.claims), summary.confidence, summary.family_wise
     notes: list[str] = []
     posthoc = False

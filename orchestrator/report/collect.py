@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from orchestrator.results import COMPLETED, FAILED, RunKind, TrialStatus
+from orchestrator.results import COMPLETED, FAILED, STOPPED, RunKind, TrialStatus
 from orchestrator.tracking import ARM, LEVEL
 
 if TYPE_CHECKING:
@@ -50,6 +50,8 @@ class RunRecord:
     start_time: int
     error: str | None = None
     images: list[str] = field(default_factory=list)  # PNG artifact paths of the run
+    # search trials: the arm's primary objective by epoch (what ASHA compared), for the diagnostics
+    history: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -196,8 +198,10 @@ def resolve_hypothesis_run(tracker: Tracker, target: str) -> str:
 
 
 # -- reading the tree -------------------------------------------------------------------
-def collect_summary(tracker: Tracker, run_id: str, with_images: bool = True) -> RunSummary:
-    """Read one hypothesis run and its whole tree from MLflow."""
+def collect_summary(tracker: Tracker, run_id: str, with_images: bool = True, with_history: bool = True) -> RunSummary:
+    """Read one hypothesis run and its whole tree from MLflow; ``with_images``: the PNG
+    artifacts' paths, ``with_history``: each search trial's objective by epoch (one more
+    call per trial; the report's diagnostics use it)."""
     from orchestrator.execute.looks import Look
     from orchestrator.judge import Verdict
 
@@ -220,8 +224,15 @@ def collect_summary(tracker: Tracker, run_id: str, with_images: bool = True) -> 
     arm_runs = [r for r in _children(tracker, experiment_id, run_id) if r.data.tags.get(LEVEL) == "arm"]
     order = list((plan.get("arms") and [a["arm"] for a in plan["arms"]]) or params.get("arms", "").split(","))
     arm_runs.sort(key=lambda r: order.index(r.data.tags.get(ARM)) if r.data.tags.get(ARM) in order else len(order))
+    objectives = {a.get("arm"): next(iter(a.get("objectives") or {}), None) for a in plan.get("arms") or []}
     arms = [
-        _arm_summary(tracker, arm_run, _children(tracker, experiment_id, arm_run.info.run_id), with_images)
+        _arm_summary(
+            tracker,
+            arm_run,
+            _children(tracker, experiment_id, arm_run.info.run_id),
+            with_images,
+            objectives.get(arm_run.data.tags.get(ARM)) if with_history else None,
+        )
         for arm_run in arm_runs
     ]
     return RunSummary(
@@ -249,7 +260,9 @@ def _children(tracker: Tracker, experiment_id: str, run_id: str) -> list[Any]:
     return tracker.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'")
 
 
-def _arm_summary(tracker: Tracker, arm_run: Any, children: list[Any], with_images: bool) -> ArmSummary:
+def _arm_summary(
+    tracker: Tracker, arm_run: Any, children: list[Any], with_images: bool, objective: str | None = None
+) -> ArmSummary:
     arm_id = arm_run.info.run_id
     tags, params, metrics = arm_run.data.tags, arm_run.data.params, arm_run.data.metrics
     trials = sorted(
@@ -263,6 +276,10 @@ def _arm_summary(tracker: Tracker, arm_run: Any, children: list[Any], with_image
     counts = {s.value: int(metrics.get(f"trials_{s.lower()}", counted[s])) for s in STATUSES}
     best_run = tags.get("orchestrate.best_run") or None
     arm_images = image_paths(tracker, arm_id) if with_images else []
+    if objective is not None:  # per-epoch values of the trials that trained (report.diagnostics)
+        for record in trials:
+            if record.status in (COMPLETED, STOPPED):
+                record.history = tracker.metric_history(record.run_id, objective)
     if with_images:
         for record in [*confirms, *trials]:
             if record.status != FAILED:

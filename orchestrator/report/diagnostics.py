@@ -20,6 +20,15 @@ params, its value from the arm's primary objective (validation split). Completed
 trials are COMPLETE; early-stopped ones PRUNED; failed, infeasible and interrupted
 ones FAIL, so none of them weighs in, while trial numbers keep the search's order.
 
+Early epochs. ASHA stops about half of a small search after its first epoch, so a
+default profile's search of 8 trials can end with 3 completed ones: too few for a
+forest. Then, when that brings more trials in, the study is built from every trained
+trial's value at the last epoch all of them reached (``shared_epoch``; the value each
+logged there, what ASHA itself compared), and the report says so: such importances say
+what mattered early in training, which need not be what matters at the end. Mixing
+stopped trials' early values with completed trials' final ones would confound the
+parameters with the training length, so the two are never mixed.
+
 fANOVA, not PED-ANOVA: PED-ANOVA compares the top 10% of trials with the rest, which
 is one trial in a search of ten; fANOVA's forest uses every completed trial, so it
 says something from a handful of trials on. Its forest is seeded: a report rebuilt
@@ -86,6 +95,8 @@ class ArmDiagnostics:
     space_source: str
     completed: int  # trials that weigh in (COMPLETE with a finite objective)
     left_out: dict[str, int]  # status -> trials that do not weigh in
+    # None: the completed trials' final values; k: every trained trial's value at epoch k (``shared_epoch``)
+    epoch: int | None = None
     importances: list[ParamImportance] = field(default_factory=list)
     plots: list[Plot] = field(default_factory=list)
     reason: str | None = None  # why there are no importances (too few trials, one parameter...)
@@ -160,22 +171,31 @@ def _number(text: str) -> float | None:
 
 
 # -- the study ------------------------------------------------------------------------------
-def build_study(table: SearchTable) -> tuple[Study, Counter[str]]:
+def shared_epoch(table: SearchTable) -> int | None:
+    """The last epoch that every trial which trained (completed or stopped early, with a
+    logged history) reached; None without such trials."""
+    reached = [max(t.history) for t in table.trials if t.status in (COMPLETED, STOPPED) and t.history]
+    return min(reached) if reached else None
+
+
+def build_study(table: SearchTable, epoch: int | None = None) -> tuple[Study, Counter[str]]:
     """An in-memory Optuna study of the arm's trials, in start order, and the statuses of
     the trials that do not weigh in (a completed trial without a finite objective, or
-    with a value its distribution does not hold, counts as such)."""
+    with a value its distribution does not hold, counts as such). With ``epoch``, every
+    trial that trained weighs in with its value at that epoch, stopped ones included."""
     import optuna
     from optuna.trial import TrialState, create_trial
 
     with _quiet_optuna():  # no "A new study created in memory" line
         study = optuna.create_study(direction="maximize" if table.mode == "max" else "minimize")
     left_out: Counter[str] = Counter()
+    trained = (COMPLETED,) if epoch is None else (COMPLETED, STOPPED)
     for record in table.trials:
         params = _optuna_params(record, table.space)
-        value = record.metrics.get(table.objective)
+        value = record.metrics.get(table.objective) if epoch is None else record.history.get(epoch)
         if value is not None and not math.isfinite(value):
             value = None
-        if record.status == COMPLETED and params is not None and value is not None:
+        if record.status in trained and params is not None and value is not None:
             state = TrialState.COMPLETE
         else:
             left_out[str(record.status) if record.status != COMPLETED else "COMPLETED without a usable value"] += 1
@@ -228,7 +248,17 @@ def diagnose(table: SearchTable, folder: Path) -> ArmDiagnostics:
 
     study, left_out = build_study(table)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    found = ArmDiagnostics(table.arm, table.objective, table.mode, table.space_source, len(complete), dict(left_out))
+    epoch = shared_epoch(table) if len(complete) < MIN_COMPLETED else None
+    if epoch is not None:
+        early_study, early_left_out = build_study(table, epoch)
+        early = early_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if len(early) > len(complete):
+            study, left_out, complete = early_study, early_left_out, early
+        else:
+            epoch = None
+    found = ArmDiagnostics(
+        table.arm, table.objective, table.mode, table.space_source, len(complete), dict(left_out), epoch=epoch
+    )
     shared = [name for name in table.space if complete and all(name in t.params for t in complete)]
     found.reason = _why_not(table, complete, shared)
     if found.reason is None:
@@ -237,7 +267,7 @@ def diagnose(table: SearchTable, folder: Path) -> ArmDiagnostics:
                 study, evaluator=FanovaImportanceEvaluator(seed=FANOVA_SEED), params=shared, normalize=True
             )
         found.importances = [ParamImportance(name, float(v), i + 1) for i, (name, v) in enumerate(scores.items())]
-        found.plots = _figures(study, table, [p.name for p in found.importances], folder)
+        found.plots = _figures(study, table, [p.name for p in found.importances], folder, epoch)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "importance.json").write_text(json.dumps(found.to_json(), indent=2) + "\n")
     return found
@@ -256,7 +286,7 @@ def _why_not(table: SearchTable, complete: list[FrozenTrial], shared: list[str])
     if len(table.space) == 1:
         return f"one searched parameter (`{next(iter(table.space))}`), which explains everything by construction"
     if len(complete) < MIN_COMPLETED:
-        return f"{len(complete)} completed trial(s); importances need at least {MIN_COMPLETED}"
+        return f"{len(complete)} trial(s) to compare; importances need at least {MIN_COMPLETED}"
     if len(shared) < 2:
         return "fewer than two searched parameters were set in every completed trial (the others are conditional)"
     if len({t.value for t in complete}) < 2:
@@ -264,10 +294,14 @@ def _why_not(table: SearchTable, complete: list[FrozenTrial], shared: list[str])
     return None
 
 
-def _figures(study: Study, table: SearchTable, ranked: list[str], folder: Path) -> list[Plot]:
+def _figures(study: Study, table: SearchTable, ranked: list[str], folder: Path, epoch: int | None) -> list[Plot]:
     from optuna.visualization.matplotlib import plot_contour, plot_parallel_coordinate, plot_slice
 
     target = f"{table.objective} (validation)" if table.objective.startswith("val_") else table.objective
+    if epoch is not None:
+        target = f"{target} at epoch {epoch}"
+    measured = table.objective if epoch is None else f"{table.objective} at epoch {epoch}"
+    trial = "completed trial" if epoch is None else "trial that trained"
     order = [*ranked, *(name for name in table.space if name not in ranked)]  # conditional ones last
     made = [
         (
@@ -275,7 +309,7 @@ def _figures(study: Study, table: SearchTable, ranked: list[str], folder: Path) 
             plot_slice,
             order,
             "Slice",
-            f"Each completed trial's {table.objective} against each searched parameter (darker: later trial); "
+            f"Each {trial}'s {measured} against each searched parameter (darker: later trial); "
             "log-scaled parameters on a log axis.",
         ),
         (
@@ -283,16 +317,15 @@ def _figures(study: Study, table: SearchTable, ranked: list[str], folder: Path) 
             plot_contour,
             ranked[:2],
             "Contour",
-            f"{table.objective} over the two most important parameters ({', '.join(ranked[:2])}), interpolated "
-            "between the completed trials (dots): an estimate of the surface, not a measurement of it.",
+            f"{measured} over the two most important parameters ({', '.join(ranked[:2])}), interpolated "
+            f"between the {trial}s (dots): an estimate of the surface, not a measurement of it.",
         ),
         (
             "parallel_coordinate.png",
             plot_parallel_coordinate,
             ranked,
             "Parallel coordinates",
-            f"One line per completed trial through its {table.objective} and its parameter values, coloured by "
-            f"{table.objective}.",
+            f"One line per {trial} through its {measured} and its parameter values, coloured by {measured}.",
         ),
     ]
     plots = []

@@ -464,6 +464,9 @@ def diagnostics_section(diagnostics: list[ArmDiagnostics], folder: Path) -> list
             "trials that each parameter explains (they sum to 1). It describes this search's few trials, not the "
             "method: with a handful of trials a small share may be noise. Failed, infeasible and early-stopped "
             f"trials do not weigh in; an arm needs {MIN_COMPLETED} completed trials and two searched parameters. "
+            f"Where fewer than {MIN_COMPLETED} trials completed (ASHA stops about half of a small search after its "
+            "first epoch), every trial that trained weighs in with its value at the last epoch all of them reached, "
+            "and the arm's lines say so: importances of early training, which need not hold at the end. "
             "The same numbers and figures are logged on each arm's MLflow run under `diagnostics/`."
         ),
     ]
@@ -472,7 +475,12 @@ def diagnostics_section(diagnostics: list[ArmDiagnostics], folder: Path) -> list
         blocks += [
             Heading(found.arm, 3),
             Para(
-                f"{found.completed} completed trials weigh in"
+                (
+                    f"{found.completed} completed trials weigh in"
+                    if found.epoch is None
+                    else f"{found.completed} trials weigh in with their value at epoch {found.epoch} (too few "
+                    "completed for their final values): early training"
+                )
                 + (f" (left out: {left_out})" if left_out else "")
                 + f"; objective `{found.objective}` ({found.mode}); search space: {found.space_source}."
             ),
