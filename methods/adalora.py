@@ -174,10 +174,10 @@ def resolve_schedule(config: AdaLoraMethodConfig, total_steps: int) -> BudgetSch
 
 def adalora_config(config: AdaLoraMethodConfig, ctx: BuildContext, schedule: BudgetSchedule):
     """A peft ``AdaLoraConfig`` for sequence classification (head trained in full)."""
-    from peft import AdaLoraConfig, TaskType
+    from peft import AdaLoraConfig
 
     return AdaLoraConfig(
-        task_type=TaskType.SEQ_CLS,
+        task_type=ctx.peft_task_type,
         init_r=config.initial_rank,
         target_r=config.target_r,
         tinit=schedule.tinit,

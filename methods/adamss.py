@@ -272,7 +272,7 @@ class AdaMSS(Method):
         self.tracker = TrainableTracker()
 
     def build(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
-        from peft import AdamssConfig, TaskType, get_peft_model
+        from peft import AdamssConfig, get_peft_model
 
         cfg = self.config
         schedule_kwargs: dict[str, Any] = {}
@@ -280,7 +280,7 @@ class AdaMSS(Method):
             self.schedule = resolve_asa_schedule(cfg, ctx.total_steps)
             schedule_kwargs = asdict(self.schedule)
         peft_config = AdamssConfig(
-            task_type=TaskType.SEQ_CLS,
+            task_type=ctx.peft_task_type,
             r=cfg.r,
             num_subspaces=cfg.num_subspaces,
             subspace_rank=cfg.subspace_rank,

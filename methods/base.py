@@ -161,6 +161,11 @@ class BuildContext:
     head_modules: list[str] = field(default_factory=lambda: ["classifier"])
     calibration_batches: Callable[[], Iterable[dict[str, Any]]] | None = None
     model_path: str | None = None  # where the base model was loaded from (QLoRA reloads it)
+    #: What peft-wrapping methods pass as ``task_type`` (the task type's
+    #: ``peft_task_type``): "SEQ_CLS" for text; None for images, peft's plain
+    #: ``PeftModel``, which passes ``pixel_values`` through (``SEQ_CLS`` expects input_ids).
+    peft_task_type: str | None = "SEQ_CLS"
+    task_type: str = "sequence-classification"  # orchestrator.tasks.types; what the inputs are
 
 
 class Method(abc.ABC):
@@ -208,6 +213,11 @@ class Method(abc.ABC):
     #: parameter count or FLOPs depend on training (pruning, growth, gates, seeded
     #: clustering) or on the input (routing) must narrow it.
     exact_metrics: ClassVar[frozenset[str]] = STATIC_ADAPTER_METRICS
+    #: Task types (``task.type``, ``orchestrator.tasks.types``) the method cannot train,
+    #: each with the reason; ``orchestrate validate`` refuses an arm whose method cannot
+    #: train the hypothesis's type, at the arm's line, with that reason. Default: none,
+    #: the method trains every type (the contract test runs it on a tiny model of each).
+    unsupported_task_types: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()

@@ -29,15 +29,15 @@ class LoraMethodConfig(MethodConfig):
 
 
 def lora_config(config: LoraMethodConfig, ctx: BuildContext, **extra: Any):
-    """A peft ``LoraConfig`` for sequence classification from our config.
+    """A peft ``LoraConfig`` for the task (``ctx.peft_task_type``) from our config.
 
     The classifier head is trained in full (``modules_to_save``), as in every LoRA
     paper's GLUE setup; its parameters are counted separately as ``head_params``.
     """
-    from peft import LoraConfig, TaskType
+    from peft import LoraConfig
 
     return LoraConfig(
-        task_type=TaskType.SEQ_CLS,
+        task_type=ctx.peft_task_type,
         r=config.r,
         lora_alpha=config.lora_alpha,  # type: ignore[arg-type]  # peft annotates int; it only divides by it
         lora_dropout=config.lora_dropout,

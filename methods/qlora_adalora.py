@@ -165,6 +165,10 @@ class QloraAdaLoRA(AdaLoRA):
     config: QloraAdaLoraConfig
     summary = "QLoRA + AdaLoRA (peft + bitsandbytes): AdaLoRA on a 4-bit NF4 base model"
     requires = (Requirement("bitsandbytes", extra="quant"),)
+    unsupported_task_types: ClassVar[dict[str, str]] = {
+        "image-classification": "it reloads the base model 4-bit as AutoModelForSequenceClassification "
+        "(quantised_base); an image model would need its own Auto class there",
+    }
     metrics: ClassVar[dict[str, str]] = {
         **AdaLoRA.metrics,
         "base_float_memory_mb": "MiB of the float base model this arm was given, before quantisation",

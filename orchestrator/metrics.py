@@ -30,7 +30,7 @@ COMMON_METRICS: dict[str, str] = {
 #: on the input (routing) declares its own set. Every other metric that gives one value on
 #: every seed leaves its claim INCONCLUSIVE: its spread is unknown, not zero (docs/claims.md).
 STATIC_ADAPTER_METRICS: frozenset[str] = frozenset(
-    {"trainable_params", "head_params", "adapter_flops_per_token", "flops_ratio"}
+    {"trainable_params", "head_params", "adapter_flops_per_token", "adapter_flops_per_image", "flops_ratio"}
 )
 
 
@@ -42,5 +42,23 @@ def task_metrics(task_metric: str) -> dict[str, str]:
     }
 
 
-def known_metrics(task_metric: str, method_metrics: dict[str, str] | None = None) -> dict[str, str]:
-    return {**COMMON_METRICS, **task_metrics(task_metric), **(method_metrics or {})}
+def flop_metrics(flop_unit: str) -> dict[str, str]:
+    """The engine's FLOP metrics in the task type's unit (``TaskType.flop_unit``): per
+    non-pad token for text, per image for images (COMMON_METRICS holds the token's)."""
+    if flop_unit == "token":
+        return {}
+    return {
+        f"adapter_flops_per_{flop_unit}": f"FLOPs of adapted minus base model per {flop_unit} (FlopCounterMode; "
+        "static adapters: 16 validation examples, exact; routed: every example of the final split)",
+        "flops_ratio": f"adapter_flops_per_{flop_unit} over unmerged LoRA r=8 on the same target modules, per "
+        f"{flop_unit} too (its per-token cost times the tokens of one {flop_unit})",
+    }
+
+
+def known_metrics(
+    task_metric: str, method_metrics: dict[str, str] | None = None, flop_unit: str = "token"
+) -> dict[str, str]:
+    common = dict(COMMON_METRICS)
+    if flop_unit != "token":
+        del common["adapter_flops_per_token"]
+    return {**common, **flop_metrics(flop_unit), **task_metrics(task_metric), **(method_metrics or {})}

@@ -9,6 +9,7 @@ from methods import BuildContext, get_method
 from methods.base import linear_shapes
 from methods.flop_count import token_affine_flops
 from orchestrator.measure import flops
+from orchestrator.tasks.types.sequence_classification import non_pad_tokens, unpadded_examples
 
 
 def probe_batch(n: int = 4, length: int = 12):
@@ -26,14 +27,14 @@ def ctx(modules=("query", "value")) -> BuildContext:
 @pytest.mark.parametrize("rank, modules", [(8, ("query", "value")), (4, ("query", "key", "value", "intermediate.dense"))])
 def test_lora_adapter_flops_per_token_are_exactly_2r_din_dout(tiny_model, rank, modules):
     batch = probe_batch()
-    examples = flops.unpadded_examples(batch)
-    tokens = flops.non_pad_tokens(batch)
+    examples = unpadded_examples(batch)
+    tokens = non_pad_tokens(batch)
     base = flops.count_flops_unpadded(tiny_model, examples)
     shapes = linear_shapes(tiny_model, list(modules))
     model = get_method("lora").from_params({"r": rank, "target_modules": list(modules)}).build(tiny_model, ctx(modules))
     adapted = flops.count_flops_unpadded(model, examples)
     expected = sum(2 * rank * (d_in + d_out) for _, d_in, d_out in shapes)
-    assert flops.adapter_flops_per_token(base, adapted, tokens) == expected
+    assert flops.adapter_flops_per_unit(base, adapted, tokens) == expected
 
 
 def test_reference_is_unmerged_lora_r8_on_the_same_modules(tiny_model):
@@ -44,17 +45,17 @@ def test_reference_is_unmerged_lora_r8_on_the_same_modules(tiny_model):
 
 def test_merged_lora_costs_zero_adapter_flops(tiny_model):
     batch = probe_batch()
-    examples = flops.unpadded_examples(batch)
+    examples = unpadded_examples(batch)
     base = flops.count_flops_unpadded(tiny_model, examples)
     model = get_method("lora").from_params({"r": 8}).build(tiny_model, ctx())
     merged = model.merge_and_unload()
-    assert flops.adapter_flops_per_token(base, flops.count_flops_unpadded(merged, examples), 10) == 0
+    assert flops.adapter_flops_per_unit(base, flops.count_flops_unpadded(merged, examples), 10) == 0
 
 
 def test_padding_does_not_inflate_the_count(tiny_model):
     batch = probe_batch()
     padded_total = flops.count_flops(tiny_model, batch)
-    unpadded_total = flops.count_flops_unpadded(tiny_model, flops.unpadded_examples(batch))
+    unpadded_total = flops.count_flops_unpadded(tiny_model, unpadded_examples(batch))
     assert unpadded_total < padded_total
 
 
@@ -94,7 +95,7 @@ def test_routed_whole_split_count_equals_flop_counter_on_the_same_examples(tiny_
     if name == "radlora":
         assert stats["total_rank_std"] > 0
     assert stats["flops_examples"] == len(examples)
-    assert stats["adapter_flops_per_token"] == flops.adapter_flops_per_token(base, adapted, tokens)
+    assert stats["adapter_flops_per_token"] == flops.adapter_flops_per_unit(base, adapted, tokens)
 
 
 def test_a_path_whose_flops_are_not_affine_in_the_tokens_is_refused():
@@ -143,9 +144,9 @@ def test_a_routed_trial_reports_flops_over_the_whole_final_split_not_the_probe(p
     reference = flops.reference_lora_flops_per_token(base_model, default_target_modules(base_model))
 
     def measured(batch) -> float:
-        examples = flops.unpadded_examples(batch)
+        examples = unpadded_examples(batch)
         base = flops.count_flops_unpadded(base_model, examples)
-        return flops.adapter_flops_per_token(base, flops.count_flops_unpadded(final_models[0], examples), flops.non_pad_tokens(batch))
+        return flops.adapter_flops_per_unit(base, flops.count_flops_unpadded(final_models[0], examples), non_pad_tokens(batch))
 
     whole, probe = measured(every), measured(next(val.batches(PROBE_EXAMPLES, polarity.pad_id)))
     assert final["flops_examples"] == len(val) == 64

@@ -76,9 +76,9 @@ def test_tokenised_once_then_read_from_the_cache(tmp_path, monkeypatch):
     task = TaskSpec(model="random:bert-tiny", dataset="synthetic:polarity", train_examples=64, val_examples=32, test_examples=32)
     first = prepare_task(task, tmp_path, tmp_path / "cache")
     assert first.sizes() == {"train": 64, "validation": 32, "test": 32}
-    import orchestrator.tasks.prepare as prepare
+    import orchestrator.tasks.types.sequence_classification as sequence_classification
 
-    monkeypatch.setattr(prepare, "load_tokenizer", lambda ref: (_ for _ in ()).throw(AssertionError("tokenised twice")))
+    monkeypatch.setattr(sequence_classification, "load_tokenizer", lambda ref: (_ for _ in ()).throw(AssertionError("tokenised twice")))
     second = prepare_task(task, tmp_path, tmp_path / "cache")
     assert (second.splits["train"].ids == first.splits["train"].ids).all()
     batch = next(second.splits["train"].batches(8, second.pad_id))
@@ -120,7 +120,7 @@ def test_evaluation_batches_by_length_but_returns_predictions_in_split_order(tmp
     data = prepare_task(TaskSpec(train_examples=32, val_examples=200, test_examples=8), tmp_path, tmp_path / "cache")
     val = data.splits["validation"]
     assert not (val.order(16, by_length=True) == np.arange(len(val))).all()  # the sorted order differs
-    _, _, predictions = evaluate(ParityOfLength(), val, data.pad_id, 16, "accuracy", "cpu")
+    _, _, predictions = evaluate(ParityOfLength(), data, "validation", 16, "accuracy", "cpu")
     expected = val.lengths % 2
     assert 0 < expected.sum() < len(expected)
     assert predictions.tolist() == expected.tolist()

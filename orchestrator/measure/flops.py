@@ -2,12 +2,19 @@
 
 Definitions (METHODS.md section 8):
 
-- ``adapter_flops_per_token``: FLOPs of the adapted model minus FLOPs of the frozen
-  base on the same batch, divided by the number of non-pad tokens. Routers and weight
-  generators count; work multiplied by zero counts too, so only real skips save.
+- ``adapter_flops_per_<unit>``: FLOPs of the adapted model minus FLOPs of the frozen
+  base on the same examples, divided by the units they hold: the task type's
+  ``flop_unit``, non-pad tokens for text (``adapter_flops_per_token``), images for
+  image classification (``adapter_flops_per_image``). Routers and weight generators
+  count; work multiplied by zero counts too, so only real skips save.
 - ``flops_ratio``: that over unmerged LoRA r=8 on the same target modules, whose cost
   is exactly 2 * 8 * (d_in + d_out) per token and module (verified in the tests against
-  a FlopCounterMode count of a real peft LoRA).
+  a FlopCounterMode count of a real peft LoRA), times the tokens per unit (1 for text;
+  for a ViT, every patch token and the CLS token pass every adapted linear), so both
+  sides of the ratio are in the same unit.
+
+What the model's inputs are (token ids and masks, pixels) is the task type's
+(``orchestrator.tasks.types``: ``flop_probe``); this module counts whatever it is given.
 
 FlopCounterMode sees matmul-type ops only; a method whose model uses other costly ops
 (cdist, say) declares formulas for them (``Method.flop_formulas``), and the caller hands
@@ -40,9 +47,10 @@ if TYPE_CHECKING:
 
 
 def count_flops(model: nn.Module, batch: dict[str, torch.Tensor], formulas: FlopFormulas | None = None) -> int:
-    """Total FLOPs of one forward pass of ``model`` on ``batch`` (no gradients), with the
-    method's ``formulas`` for ops FlopCounterMode does not know."""
-    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    """Total FLOPs of one forward pass of ``model`` on ``batch``'s inputs (``labels``
+    left out, so no loss is counted; no gradients), with the method's ``formulas`` for
+    ops FlopCounterMode does not know."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
     was_training = model.training
     model.eval()
     try:
@@ -51,24 +59,10 @@ def count_flops(model: nn.Module, batch: dict[str, torch.Tensor], formulas: Flop
         model.train(was_training)
 
 
-def non_pad_tokens(batch: dict[str, torch.Tensor]) -> int:
-    return int(batch["attention_mask"].sum().item())
-
-
-def unpadded_examples(batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-    """Each example of ``batch`` as its own batch of one, padding removed, so that
-    FLOPs per token are exact (padding would inflate them)."""
-    examples = []
-    for row in range(batch["input_ids"].shape[0]):
-        length = int(batch["attention_mask"][row].sum())
-        examples.append({k: v[row : row + 1, :length] for k, v in batch.items() if v.dim() == 2})
-    return examples
-
-
 def count_flops_unpadded(
     model: nn.Module, examples: list[dict[str, torch.Tensor]], formulas: FlopFormulas | None = None
 ) -> int:
-    """Total FLOPs over examples run one at a time (see ``unpadded_examples``)."""
+    """Total FLOPs over examples run one at a time (``TaskType.flop_probe``: unpadded)."""
     return sum(count_flops(model, example, formulas) for example in examples)
 
 
@@ -77,6 +71,6 @@ def reference_lora_flops_per_token(model: nn.Module, target_modules: list[str], 
     return sum(2 * rank * (d_in + d_out) for _, d_in, d_out in linear_shapes(model, target_modules))
 
 
-def adapter_flops_per_token(base_flops: int, adapted_flops: int, tokens: int) -> float:
-    """Per non-pad token; clipped at 0 because merged adapters cost exactly nothing."""
-    return max(0, adapted_flops - base_flops) / max(1, tokens)
+def adapter_flops_per_unit(base_flops: int, adapted_flops: int, units: int) -> float:
+    """Per unit (non-pad token, image); clipped at 0 because merged adapters cost exactly nothing."""
+    return max(0, adapted_flops - base_flops) / max(1, units)

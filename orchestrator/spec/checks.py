@@ -22,10 +22,13 @@ from orchestrator.spec.errors import clip as _clip  # one rule for quoting user 
 from orchestrator.spec.models import TRAINING_PARAMS, Hypothesis, TrainingSpec
 from orchestrator.spec.pydantic_errors import issues_from_validation
 from orchestrator.spec.yaml_lines import LocatedYaml, load_located, read_user_file
-from orchestrator.tasks.models import is_known_model_ref
+from orchestrator.tasks.types import get_task_type
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from methods.base import Requirement
+    from orchestrator.tasks.types.base import TaskType
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,23 @@ def _cached_space(path: Path, cache: dict[str, Any] | None) -> tuple[ResolvedSpa
     return cache[key]
 
 
+def _check_task(spec: Hypothesis, task_type: TaskType, issue: Callable[[tuple[Any, ...], str], None]) -> None:
+    """The model and dataset references as the task's type reads them, and no field that
+    only another type reads (a ``text_column`` on an image task would be ignored)."""
+    for name, problem in (
+        ("model", task_type.model_ref_problem(spec.task.model)),
+        ("dataset", task_type.dataset_ref_problem(spec.task.dataset)),
+    ):
+        if problem is None:
+            continue
+        if name in spec.task.model_fields_set:
+            issue(("task", name), problem)
+        else:  # the default is the text type's: blame the type, and say so
+            issue(("task", "type"), f"task.{name} is not set, and its default: {problem}")
+    for name in sorted((task_type.TYPE_FIELDS - task_type.own_fields) & spec.task.model_fields_set):
+        issue(("task", name), f"task.{name} does not apply to task.type {task_type.name}; remove it")
+
+
 def check_hypothesis(
     spec: Hypothesis,
     located: LocatedYaml,
@@ -114,13 +134,8 @@ def check_hypothesis(
     def issue(path: tuple[Any, ...], message: str) -> None:
         issues.append(SpecIssue(located.file, located.line_of(path), ".".join(map(str, path)), message))
 
-    if not is_known_model_ref(spec.task.model):
-        issue(("task", "model"), f"unknown model {spec.task.model!r}; built in: embedded:minilm-l6, random:bert-tiny")
-    from orchestrator.tasks.datasets import dataset_ref_problem
-
-    problem = dataset_ref_problem(spec.task.dataset)
-    if problem:
-        issue(("task", "dataset"), problem)
+    task_type = get_task_type(spec.task.type)
+    _check_task(spec, task_type, issue)
 
     for arm_name, arm in spec.arms.items():
         try:
@@ -133,7 +148,13 @@ def check_hypothesis(
             continue
         if check_requirements:
             _check_requirements(arm_name, arm.method, method_cls.requires, issue)
-        arm_metrics[arm_name] = known_metrics(spec.task.metric, method_cls.metrics)
+        if spec.task.type in method_cls.unsupported_task_types:
+            issue(
+                ("arms", arm_name, "method"),
+                f"method {arm.method!r} cannot train task.type {spec.task.type}: "
+                f"{method_cls.unsupported_task_types[spec.task.type]}",
+            )
+        arm_metrics[arm_name] = known_metrics(spec.task.metric, method_cls.metrics, task_type.flop_unit)
         aliases = dict(getattr(method_cls.Config, "aliases", {}) or {})  # e.g. AdaMSS's K -> num_subspaces
         accepted = set(method_cls.Config.model_fields) | set(TRAINING_PARAMS) | set(aliases)
         for key in arm.fixed:

@@ -19,10 +19,10 @@ from pydantic import ValidationError
 
 from orchestrator.spec.checks import ResolvedSpace, check_hypothesis
 from orchestrator.spec.errors import SpecError, SpecIssue
-from orchestrator.spec.models import Hypothesis
+from orchestrator.spec.models import Hypothesis, TaskSpec
 from orchestrator.spec.pydantic_errors import issues_from_validation
 from orchestrator.spec.yaml_lines import LocatedYaml, load_located, read_user_file
-from orchestrator.tasks.data_checks import data_file_issues
+from orchestrator.tasks.types import get_task_type
 
 DEFAULT_PROFILE = "default"
 
@@ -92,10 +92,21 @@ def load_hypothesis(
         if name == wanted:
             chosen, chosen_spaces = profiled, profile_spaces
     if check_requirements:  # what training needs; re-judging reads no data
-        issues.extend(data_file_issues(((h.task, lines) for h, lines in checked), path.parent))
+        issues.extend(_data_issues(checked, path.parent))
     if issues:
         raise SpecError(list(dict.fromkeys(issues)))
     return LoadedSpec(path, text, hashlib.sha256(text.encode()).hexdigest(), wanted, chosen, chosen_spaces)
+
+
+def _data_issues(checked: list[tuple[Hypothesis, LocatedYaml]], base_dir: Path) -> list[SpecIssue]:
+    """Each task's local data, checked by its type (a hypothesis and each profile)."""
+    by_type: dict[str, list[tuple[TaskSpec, LocatedYaml]]] = {}
+    for hypothesis, lines in checked:
+        by_type.setdefault(hypothesis.task.type, []).append((hypothesis.task, lines))
+    issues: list[SpecIssue] = []
+    for name, tasks in by_type.items():
+        issues += get_task_type(name).data_file_issues(tasks, base_dir)
+    return issues
 
 
 def _validate(value: dict[str, Any], located: LocatedYaml) -> Hypothesis:

@@ -35,17 +35,26 @@ class Strict(BaseModel):
 
 
 class TaskSpec(Strict):
-    model: str = Field("embedded:minilm-l6", description="embedded:minilm-l6, random:bert-tiny, a folder or a hub id")
+    #: The task type (``orchestrator.tasks.types``) owns model loading, preprocessing,
+    #: batching, evaluation and the FLOP unit; ``causal-lm`` is issue 17's stage 2.
+    type: Literal["sequence-classification", "image-classification"] = Field(
+        "sequence-classification", description="what the inputs are: texts, or images"
+    )
+    model: str = Field(
+        "embedded:minilm-l6",
+        description="text: embedded:minilm-l6, random:bert-tiny; images: random:vit-tiny; or a folder or a hub id",
+    )
     dataset: str = Field(
         "embedded:rotten-tomatoes",
-        description="embedded:rotten-tomatoes, synthetic:polarity, csv:PATH, jsonl:PATH or a hub id",
+        description="text: embedded:rotten-tomatoes, synthetic:polarity, csv:PATH, jsonl:PATH; "
+        "images: embedded:digits, imagefolder:PATH; or a hub id",
     )
-    max_length: int = Field(64, ge=8, le=4096)
+    max_length: int = Field(64, ge=8, le=4096, description="tokens a text is cut to (text types only)")
     metric: Literal["accuracy", "f1", "mcc"] = "accuracy"
     train_examples: int | None = Field(None, ge=8, description="cap on training examples (deterministic subset)")
     val_examples: int | None = Field(None, ge=8)
     test_examples: int | None = Field(None, ge=8)
-    text_column: str = "text"
+    text_column: str = Field("text", description="column of the texts (text types only)")
     label_column: str = "label"
     target_modules: list[str] | None = Field(None, description="module suffixes to adapt; default per model family")
 

@@ -1,14 +1,18 @@
-"""Tokenise a task once, cache it, and hand trials compact arrays.
+"""Prepare a task once (tokenise texts, resize images), cache it, and hand trials
+compact arrays.
 
-Trials never tokenise: the driver does it once per (model, dataset, max_length, caps)
-and ships the arrays to trials through Ray's object store, so every node of a cluster
-gets them without a shared path. The on-disk cache is ``.npz`` (no pickle), keyed by
-a hash of everything the arrays depend on.
+Trials never tokenise or decode images: the driver does it once per (model, dataset,
+max_length, caps) and ships the arrays to trials through Ray's object store, so every
+node of a cluster gets them without a shared path. What the arrays are is the task
+type's (``orchestrator.tasks.types``: ``prepare``, ``split_arrays``); the on-disk
+cache is this module's: ``.npz`` (no pickle), keyed by a hash of everything the arrays
+depend on (the type's ``cache_fields``).
 
 It is only a cache: one that cannot be read (cut short, a bit flipped), or that reads
-but does not hold what a tokenised task is (offsets that go back or end elsewhere than
-the ids do, labels out of step, a checksum that does not match its arrays), is rebuilt,
-with a warning naming the file; it never fails a run and is never used as it is.
+but does not hold what a prepared task is (for text: offsets that go back or end
+elsewhere than the ids do; labels out of step; a checksum that does not match its
+arrays), is rebuilt, with a warning naming the file; it never fails a run and is never
+used as it is.
 """
 
 from __future__ import annotations
@@ -17,101 +21,34 @@ import hashlib
 import json
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from orchestrator.tasks.datasets import SPLITS, load_dataset
-from orchestrator.tasks.models import load_tokenizer, resolve_model
+from orchestrator.tasks.datasets import SPLITS
+from orchestrator.tasks.types import DEFAULT_TASK_TYPE, get_task_type, task_type_names
+from orchestrator.tasks.types.sequence_classification import TokenizedSplit
 
 if TYPE_CHECKING:
-    import torch
-
     from orchestrator.spec.models import TaskSpec
 
-CACHE_VERSION = 1
-
-
-@dataclass(frozen=True)
-class TokenizedSplit:
-    """Ragged token ids stored flat (``ids[offsets[i]:offsets[i+1]]`` is example i)."""
-
-    ids: np.ndarray
-    offsets: np.ndarray
-    labels: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return self.offsets[1:] - self.offsets[:-1]
-
-    def order(self, batch_size: int, shuffle_seed: int | None = None, by_length: bool = False) -> np.ndarray:
-        """The order examples are batched in.
-
-        ``shuffle_seed`` shuffles (training). ``by_length`` puts examples of similar
-        length together, so dynamic padding pads little: with a seed, transformers'
-        ``LengthGroupedSampler`` (what ``Trainer(group_by_length=True)`` uses: shuffled
-        mega-batches, each sorted by length); without one, plainly sorted (evaluation,
-        where order does not change the result). On the embedded task random batches
-        of 32 hold 1.9x as many tokens as the examples; grouped, 1.1x.
-        """
-        if shuffle_seed is None:
-            return np.argsort(self.lengths, kind="stable") if by_length else np.arange(len(self))
-        if by_length:
-            import torch
-            from transformers.trainer_pt_utils import LengthGroupedSampler
-
-            sampler = LengthGroupedSampler(
-                batch_size, lengths=self.lengths.tolist(), generator=torch.Generator().manual_seed(shuffle_seed)
-            )
-            return np.fromiter(iter(sampler), dtype=np.int64, count=len(self))
-        order = np.arange(len(self))
-        np.random.default_rng(shuffle_seed).shuffle(order)
-        return order
-
-    def batches(
-        self,
-        batch_size: int,
-        pad_id: int,
-        shuffle_seed: int | None = None,
-        by_length: bool = False,
-        order: np.ndarray | None = None,
-    ) -> Iterator[dict[str, torch.Tensor]]:
-        """Dynamically padded batches, in ``order`` or in ``self.order(...)``."""
-        import torch
-
-        if order is None:
-            order = self.order(batch_size, shuffle_seed, by_length)
-        for start in range(0, len(order), batch_size):
-            chosen = order[start : start + batch_size]
-            lengths = self.offsets[chosen + 1] - self.offsets[chosen]
-            input_ids = torch.full((len(chosen), int(lengths.max())), pad_id, dtype=torch.long)
-            mask = torch.zeros_like(input_ids)
-            for row, (index, length) in enumerate(zip(chosen, lengths, strict=True)):
-                input_ids[row, :length] = torch.from_numpy(
-                    self.ids[self.offsets[index] : self.offsets[index] + length].astype(np.int64)
-                )
-                mask[row, :length] = 1
-            yield {
-                "input_ids": input_ids,
-                "attention_mask": mask,
-                "token_type_ids": torch.zeros_like(input_ids),
-                "labels": torch.from_numpy(self.labels[chosen].astype(np.int64)),
-            }
+__all__ = ["CacheDamagedError", "PreparedTask", "TokenizedSplit", "cache_key", "prepare_task"]
 
 
 @dataclass(frozen=True)
 class PreparedTask:
+    """A task's splits as its type's arrays (``TokenizedSplit`` for text, ``ImageSplit``
+    for images), with what every type needs to read them."""
+
     model_ref: str
     dataset_ref: str
     label_names: list[str]
-    pad_id: int
-    splits: dict[str, TokenizedSplit]
+    pad_id: int  # the token id text batches are padded with (0 where nothing is padded)
+    splits: dict[str, Any]
+    task_type: str = DEFAULT_TASK_TYPE
 
     @property
     def num_labels(self) -> int:
@@ -122,27 +59,14 @@ class PreparedTask:
 
 
 def cache_key(task: TaskSpec, base_dir: Path) -> str:
-    dataset = task.dataset
-    if dataset.startswith(("csv:", "jsonl:")):
-        kind, raw = dataset.split(":", 1)
-        path = Path(raw) if Path(raw).is_absolute() else base_dir / raw
-        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "missing"
-        dataset = f"{kind}:{path.resolve()}:{digest}"
-    fields = {
-        "v": CACHE_VERSION,
-        "model": task.model,
-        "dataset": dataset,
-        "max_length": task.max_length,
-        "caps": [task.train_examples, task.val_examples, task.test_examples],
-        "columns": [task.text_column, task.label_column],
-    }
+    fields = get_task_type(task.type).cache_fields(task, base_dir)
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def prepare_task(
     task: TaskSpec, base_dir: Path, cache_dir: Path | None = None, warn: Callable[[str], None] | None = None
 ) -> PreparedTask:
-    """The task tokenised, from ``cache_dir`` when a sound cache is there. A damaged
+    """The task prepared by its type, from ``cache_dir`` when a sound cache is there. A damaged
     cache is rebuilt; ``warn`` (default: ``warnings.warn``) is told which and why."""
     key = cache_key(task, base_dir)
     cache_file = cache_dir / f"task-{key}.npz" if cache_dir else None
@@ -151,21 +75,7 @@ def prepare_task(
             return _load_cache(cache_file)
         except CacheDamagedError as exc:
             (warn or warnings.warn)(f"{cache_file}: tokenised cache not used ({exc}); rebuilding it")
-    model_ref = resolve_model(task.model)
-    tokenizer = load_tokenizer(model_ref)
-    caps = {"train": task.train_examples, "validation": task.val_examples, "test": task.test_examples}
-    data = load_dataset(task.dataset, base_dir, task.text_column, task.label_column, caps)
-    splits = {}
-    for name in SPLITS:
-        texts, labels = data.splits[name]
-        cap = caps[name]
-        texts, labels = (texts[:cap], labels[:cap]) if cap else (texts, labels)
-        encoded = tokenizer(texts, truncation=True, max_length=task.max_length)["input_ids"]
-        lengths = np.array([len(ids) for ids in encoded], dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        flat = np.fromiter((t for ids in encoded for t in ids), dtype=np.int32, count=int(offsets[-1]))
-        splits[name] = TokenizedSplit(flat, offsets, np.asarray(labels, dtype=np.int64))
-    prepared = PreparedTask(task.model, task.dataset, data.label_names, int(tokenizer.pad_token_id or 0), splits)
+    prepared = get_task_type(task.type).prepare(task, base_dir)
     if cache_file is not None:
         try:
             _save_cache(cache_file, prepared)
@@ -182,14 +92,14 @@ class CacheDamagedError(ValueError):
 
 def _save_cache(path: Path, task: PreparedTask) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {}
-    for name, split in task.splits.items():
-        arrays[f"{name}_ids"], arrays[f"{name}_offsets"], arrays[f"{name}_labels"] = (
-            split.ids,
-            split.offsets,
-            split.labels,
-        )
+    task_type = get_task_type(task.task_type)
+    arrays = {
+        f"{name}_{part}": array
+        for name, split in task.splits.items()
+        for part, array in task_type.split_arrays(split).items()
+    }
     meta = {
+        "task_type": task.task_type,
         "model_ref": task.model_ref,
         "dataset_ref": task.dataset_ref,
         "label_names": task.label_names,
@@ -221,11 +131,14 @@ def _load_cache(path: Path) -> PreparedTask:
     problem = _meta_problem(meta) or _arrays_problem(arrays, meta)
     if problem:
         raise CacheDamagedError(problem)
+    task_type = get_task_type(meta["task_type"])
     splits = {
-        name: TokenizedSplit(arrays[f"{name}_ids"], arrays[f"{name}_offsets"], arrays[f"{name}_labels"])
+        name: task_type.split_from_arrays({part: arrays[f"{name}_{part}"] for part in task_type.array_parts})
         for name in SPLITS
     }
-    return PreparedTask(meta["model_ref"], meta["dataset_ref"], meta["label_names"], meta["pad_id"], splits)
+    return PreparedTask(
+        meta["model_ref"], meta["dataset_ref"], meta["label_names"], meta["pad_id"], splits, meta["task_type"]
+    )
 
 
 def _meta_problem(meta: object) -> str | None:
@@ -239,29 +152,24 @@ def _meta_problem(meta: object) -> str | None:
             return f"meta {key} is missing or not a {kind.__name__}"
     if len(meta["label_names"]) < 2 or not all(isinstance(name, str) for name in meta["label_names"]):
         return "meta label_names is not a list of two or more names"
+    meta.setdefault("task_type", DEFAULT_TASK_TYPE)  # written before task types: text
+    if meta["task_type"] not in task_type_names():
+        return f"meta task_type {str(meta['task_type'])[:40]!r} is not a task type"
     return None
 
 
 def _arrays_problem(arrays: dict[str, np.ndarray], meta: dict) -> str | None:
-    """What makes the arrays something other than the tokenised splits they were."""
-    expected = {f"{name}_{part}" for name in SPLITS for part in ("ids", "offsets", "labels")}
+    """What makes the arrays something other than the prepared splits they were."""
+    task_type = get_task_type(meta["task_type"])
+    expected = {f"{name}_{part}" for name in SPLITS for part in task_type.array_parts}
     if set(arrays) != expected:
         return f"arrays {sorted(set(arrays) ^ expected)} missing or unexpected"
     if _arrays_checksum(arrays) != meta["sha256"]:
         return "its arrays do not match their checksum"
     for name in SPLITS:
-        ids, offsets, labels = arrays[f"{name}_ids"], arrays[f"{name}_offsets"], arrays[f"{name}_labels"]
-        if not all(a.ndim == 1 and np.issubdtype(a.dtype, np.integer) for a in (ids, offsets, labels)):
-            return f"{name}: arrays are not flat integer arrays"
-        if (
-            len(offsets) != len(labels) + 1
-            or offsets[0] != 0
-            or offsets[-1] != len(ids)
-            or np.any(np.diff(offsets) < 0)
-        ):
-            return f"{name}: offsets do not split the {len(ids)} token ids into {len(labels)} examples"
-        if len(labels) and (labels.min() < 0 or labels.max() >= len(meta["label_names"])):
-            return f"{name}: labels outside 0..{len(meta['label_names']) - 1}"
+        parts = {part: arrays[f"{name}_{part}"] for part in task_type.array_parts}
+        if problem := task_type.split_problem(parts, len(meta["label_names"])):
+            return f"{name}: {problem}"
     return None
 
 

@@ -10,7 +10,6 @@ driver records them.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import time
@@ -27,7 +26,10 @@ from orchestrator.measure.memory import peak_memory_mb, reset_peak_memory
 from orchestrator.measure.parameters import adapter_trainable, head_params
 from orchestrator.results import TRIAL_PARAM_PREFIX
 from orchestrator.spec.models import TRAINING_PARAMS, TrainingSpec
-from orchestrator.tasks.models import default_target_modules, head_modules, load_model, resolve_model
+from orchestrator.tasks.types import get_task_type
+from orchestrator.tasks.types.base import SplitOutcome, score
+from orchestrator.tasks.types.classifier import on_device as _on_device
+from orchestrator.tasks.types.classifier import to_device as _to
 from orchestrator.trial.faults import MemoryLimitError, NonFiniteLossError, TrialTimeoutError
 from orchestrator.trial.per_example import PerExampleRecord
 from orchestrator.trial.precision import PrecisionChoice, autocast, grad_scaler, resolve_precision
@@ -36,11 +38,13 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from orchestrator.tasks.prepare import PreparedTask, TokenizedSplit
+    from orchestrator.tasks.prepare import PreparedTask
 
 Reporter = Callable[[dict[str, Any], "Path | None"], None]
 #: validation examples on which static adapters' FLOPs are counted, one at a time (routed: the whole final split)
 PROBE_EXAMPLES = 16
+
+__all__ = ["PROBE_EXAMPLES", "SplitOutcome", "TrialSetup", "evaluate", "evaluate_split", "run_trial", "score"]
 
 
 @dataclass(frozen=True)
@@ -97,15 +101,17 @@ def run_trial(
     precision = resolve_precision(training.precision, device)
     reset_peak_memory(device)
 
-    model_ref = resolve_model(setup.model)
-    model = load_model(model_ref, data.num_labels, seed)
-    target_modules = list(setup.target_modules or default_target_modules(model))
-    train, val = data.splits["train"], data.splits["validation"]
-    probe_batch = next(val.batches(PROBE_EXAMPLES, data.pad_id))
-    probe = flop_measure.unpadded_examples(probe_batch)
+    task_type = get_task_type(data.task_type)
+    model_ref = task_type.resolve_model(setup.model)
+    model = task_type.load_model(model_ref, data.num_labels, seed)
+    target_modules = list(setup.target_modules or task_type.default_target_modules(model))
+    train = data.splits["train"]
+    probe = task_type.flop_probe(data, "validation", PROBE_EXAMPLES)
     flop_formulas = method.flop_formulas()  # the method's ops FlopCounterMode does not know, on both sides
-    base_flops = flop_measure.count_flops_unpadded(model, probe, flop_formulas)
-    tokens = flop_measure.non_pad_tokens(probe_batch)
+    base_flops = flop_measure.count_flops_unpadded(model, probe.examples, flop_formulas)
+    # adapter FLOPs are reported per unit (a token, an image) and the per-token reference is scaled to it
+    flops_key = f"adapter_flops_per_{task_type.flop_unit}"
+    tokens_per_unit = task_type.tokens_per_unit(model)
 
     steps_per_epoch = math.ceil(len(train) / training.batch_size)
     total_steps = steps_per_epoch * training.epochs
@@ -116,11 +122,17 @@ def run_trial(
         target_modules=target_modules,
         seed=seed,
         device=device,
-        head_modules=head_modules(model),
-        calibration_batches=lambda: _on_device(train.batches(training.batch_size, data.pad_id, seed), device, limit=4),
+        head_modules=task_type.head_modules(model),
+        calibration_batches=lambda: _on_device(
+            task_type.batches(data, "train", training.batch_size, seed), device, limit=4
+        ),
         model_path=model_ref.path,
+        peft_task_type=task_type.peft_task_type,
+        task_type=task_type.name,
     )
-    reference_flops = flop_measure.reference_lora_flops_per_token(model, method.reference_target_modules(ctx))
+    reference_flops = (
+        flop_measure.reference_lora_flops_per_token(model, method.reference_target_modules(ctx)) * tokens_per_unit
+    )
     infeasible = _analytically_infeasible(method, model, ctx, setup)
     if infeasible is not None:
         report(infeasible, None)
@@ -137,8 +149,8 @@ def run_trial(
     for epoch in range(training.epochs):
         model.train()
         started, losses = time.perf_counter(), []
-        batches = train.batches(
-            training.batch_size, data.pad_id, seed * 1000 + epoch, by_length=training.group_by_length
+        batches = task_type.batches(
+            data, "train", training.batch_size, seed * 1000 + epoch, by_length=training.group_by_length
         )
         for batch in _on_device(batches, device):
             info = StepInfo(step, total_steps, epoch, steps_per_epoch)
@@ -168,7 +180,7 @@ def run_trial(
         train_time += time.perf_counter() - started
         last = epoch == training.epochs - 1
         val_loss, val_score, _ = evaluate(
-            model, val, data.pad_id, training.eval_batch_size, setup.metric, device, precision
+            model, data, "validation", training.eval_batch_size, setup.metric, device, precision
         )
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
@@ -186,14 +198,19 @@ def run_trial(
             metrics["train_time_s"] = train_time
         metrics["trainable_params"] = peak_trainable
         metrics["head_params"] = head_params(model, heads)
-        # routed methods count every example of the final split (end_eval_stats)
-        if "adapter_flops_per_token" not in metrics:
-            metrics["adapter_flops_per_token"] = flop_measure.adapter_flops_per_token(
-                base_flops,
-                flop_measure.count_flops_unpadded(model, [_to(e, device) for e in probe], flop_formulas),
-                tokens,
+        # routed methods count every example of the final split (end_eval_stats), per token
+        if flops_key not in metrics:
+            routed_per_token = metrics.get("adapter_flops_per_token")
+            metrics[flops_key] = (
+                routed_per_token * tokens_per_unit
+                if routed_per_token is not None
+                else flop_measure.adapter_flops_per_unit(
+                    base_flops,
+                    flop_measure.count_flops_unpadded(model, [_to(e, device) for e in probe.examples], flop_formulas),
+                    probe.units,
+                )
             )
-        adapter = metrics["adapter_flops_per_token"]
+        adapter = metrics[flops_key]
         metrics["flops_ratio"] = adapter / reference_flops if reference_flops else float("nan")
         metrics["peak_rss_mb"] = peak_memory_mb(device)
         metrics.update({TRIAL_PARAM_PREFIX + k: v for k, v in precision.as_params().items()})
@@ -237,7 +254,7 @@ def _final_measurements(
     passes: list[tuple[dict[str, float], SplitOutcome]] = []
 
     def measure(state: nn.Module) -> dict[str, float]:
-        outcome = evaluate_split(state, data.splits[split_name], data.pad_id, batch_size, precision.device, precision)
+        outcome = evaluate_split(state, data, split_name, batch_size, precision.device, precision)
         reported = {f"{prefix}_loss": outcome.mean_loss, f"{prefix}_{setup.metric}": outcome.score(setup.metric)}
         passes.append((reported, outcome))
         return reported
@@ -267,98 +284,30 @@ def _record_of_reported(
     return None
 
 
-@dataclass(frozen=True)
-class SplitOutcome:
-    """One evaluation pass over a split, per example and in split order."""
-
-    predictions: np.ndarray  # int64 predicted labels
-    gold: np.ndarray  # int64 labels
-    losses: np.ndarray  # float64 cross-entropy of each example (fp32 logits)
-
-    @property
-    def mean_loss(self) -> float:
-        return float(self.losses.mean()) if len(self.losses) else float("nan")
-
-    def score(self, metric: str) -> float:
-        return score(metric, self.gold, self.predictions)
-
-
 def evaluate(
     model: nn.Module,
-    split: TokenizedSplit,
-    pad_id: int,
+    data: PreparedTask,
+    split: str,
     batch_size: int,
     metric: str,
     device: str,
     precision: PrecisionChoice | None = None,
 ) -> tuple[float, float, np.ndarray]:
     """(mean loss, metric, predictions in split order) over a whole split."""
-    outcome = evaluate_split(model, split, pad_id, batch_size, device, precision)
+    outcome = evaluate_split(model, data, split, batch_size, device, precision)
     return outcome.mean_loss, outcome.score(metric), outcome.predictions
 
 
 def evaluate_split(
     model: nn.Module,
-    split: TokenizedSplit,
-    pad_id: int,
+    data: PreparedTask,
+    split: str,
     batch_size: int,
     device: str,
     precision: PrecisionChoice | None = None,
 ) -> SplitOutcome:
-    """Every example of a split, in eval mode, under the trial's autocast (the loss
-    itself is taken in fp32); batched by length, given back in split order."""
-    import torch
-
-    model.eval()
-    predictions, labels, losses = [], [], []
-    order = split.order(batch_size, by_length=True)  # little padding; put back in split order below
-    with torch.no_grad():
-        for batch in _on_device(split.batches(batch_size, pad_id, order=order), device):
-            with autocast(precision) if precision is not None else contextlib.nullcontext():
-                out = model(**batch)
-            losses.append(
-                torch.nn.functional.cross_entropy(out.logits.float(), batch["labels"], reduction="none").cpu().numpy()
-            )
-            predictions.append(out.logits.argmax(-1).cpu().numpy())
-            labels.append(batch["labels"].cpu().numpy())
-    model.train()
-    positions = order[: sum(len(part) for part in predictions)]
-    return SplitOutcome(
-        predictions=_in_split_order(predictions, positions, np.int64),
-        gold=_in_split_order(labels, positions, np.int64),
-        losses=_in_split_order(losses, positions, np.float64),
-    )
-
-
-def _in_split_order(parts: list[np.ndarray], positions: np.ndarray, dtype: type) -> np.ndarray:
-    """Per-batch arrays, joined and put back at their examples' places in the split."""
-    values: np.ndarray = np.concatenate(parts).astype(dtype) if parts else np.array([], dtype=dtype)
-    ordered = np.empty_like(values)
-    ordered[positions] = values
-    return ordered
-
-
-def score(metric: str, gold: np.ndarray, preds: np.ndarray) -> float:
-    if len(gold) == 0:
-        return float("nan")
-    if metric == "accuracy":
-        return float((gold == preds).mean())
-    from sklearn.metrics import f1_score, matthews_corrcoef
-
-    if metric == "f1":
-        return float(f1_score(gold, preds, average="binary" if gold.max() <= 1 else "macro"))
-    return float(matthews_corrcoef(gold, preds))
-
-
-def _to(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items()} if device != "cpu" else batch
-
-
-def _on_device(batches, device: str, limit: int | None = None):
-    for index, batch in enumerate(batches):
-        if limit is not None and index >= limit:
-            return
-        yield _to(batch, device)
+    """Every example of a split, as the task's type evaluates it (``TaskType.evaluate_split``)."""
+    return get_task_type(data.task_type).evaluate_split(model, data, split, batch_size, device, precision)
 
 
 def _backward_and_step(

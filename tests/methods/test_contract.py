@@ -1,10 +1,14 @@
 """The contract every registered method keeps, checked for each one in fp32 and in bf16.
 
 Table-driven, in the manner of peft's ``tests/test_*_models.py``: the cases are every name
-``methods.available_methods()`` returns times the two precisions, so a method added to the
-registry is checked with no new test code. Each case runs one small trial (a random
-2-layer BERT, hidden 32; one batch of 8) through the hooks in the order
-``methods.base`` documents, once, and the tests below each check one promise on it:
+``methods.available_methods()`` returns times the two precisions times the task types
+(``TASKS``: a random 2-layer BERT, hidden 32, on token ids; a random 2-layer ViT, hidden 32,
+on 32x32 images, fp32 only), so a method added to the registry is checked with no new test
+code. A method that declares it cannot train a type (``Method.unsupported_task_types``) is
+not run on it; ``test_validate_refuses_a_method_on_a_type_it_cannot_train`` checks that
+``orchestrate validate`` refuses it there. Each case runs one small trial (one batch of 8)
+through the hooks in the order ``methods.base`` documents, once, and the tests below each
+check one promise on it:
 
 - the search space's paper defaults (``defaults:`` merged with what the method needs
   fixed) validate against the method's Config;
@@ -48,14 +52,14 @@ from torch import nn
 
 from methods import BuildContext, Method, StepInfo, available_methods, get_method
 from methods.base import linear_shapes
-from orchestrator.measure.flops import count_flops_unpadded, unpadded_examples
+from orchestrator.measure.flops import count_flops_unpadded
 from orchestrator.search.space import SpaceFile
 from orchestrator.spec.models import TRAINING_PARAMS
-from orchestrator.tasks.models import default_target_modules, head_modules, load_model, resolve_model
+from orchestrator.tasks.types import get_task_type
+from orchestrator.tasks.types.sequence_classification import unpadded_examples
 from orchestrator.trial.training import seed_everything, split_params
 
 ROOT = Path(__file__).resolve().parents[2]
-MODEL = "random:bert-tiny"
 SEED = 0
 STEPS = 3
 PRECISIONS = ("fp32", "bf16")
@@ -179,13 +183,13 @@ def assert_same_logits(actual: torch.Tensor, expected: torch.Tensor, precision: 
 
 
 # -- data -------------------------------------------------------------------------------------
-def train_batch() -> dict[str, torch.Tensor]:
+def text_train_batch() -> dict[str, torch.Tensor]:
     """8 examples of 12 tokens, labels a function of the first token (learnable)."""
     ids = torch.randint(1000, 1100, (8, 12), generator=torch.Generator().manual_seed(10))
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids), "labels": ids[:, 0] % 2}
 
 
-def eval_batch() -> dict[str, torch.Tensor]:
+def text_eval_batch() -> dict[str, torch.Tensor]:
     """8 other examples of 5..12 tokens, right-padded with 0 (routers pool over real tokens only)."""
     ids = torch.randint(1000, 1100, (8, 12), generator=torch.Generator().manual_seed(11))
     lengths = torch.tensor([12, 5, 9, 12, 7, 11, 6, 10])
@@ -193,17 +197,43 @@ def eval_batch() -> dict[str, torch.Tensor]:
     return {"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids), "labels": ids[:, 0] % 2}
 
 
+def image_batch(seed: int) -> dict[str, torch.Tensor]:
+    """8 normalised 32x32 RGB images, labels the sign of the first pixel (learnable)."""
+    pixels = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    return {"pixel_values": pixels, "labels": (pixels[:, 0, 0, 0] > 0).long()}
+
+
+def single_images(batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    return [{"pixel_values": batch["pixel_values"][i : i + 1]} for i in range(batch["pixel_values"].shape[0])]
+
+
+@dataclass(frozen=True)
+class TaskCase:
+    """A task type's tiny model and batches: what one contract case trains and measures."""
+
+    type: str
+    model: str
+    train_batch: Callable[[], dict[str, torch.Tensor]]
+    eval_batch: Callable[[], dict[str, torch.Tensor]]
+    singles: Callable[[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]  # unpadded, one at a time
+    precisions: tuple[str, ...] = PRECISIONS
+
+
+TASKS = {
+    "text": TaskCase("sequence-classification", "random:bert-tiny", text_train_batch, text_eval_batch, unpadded_examples),
+    # fp32 only: bf16 is a property of the method's layers, checked on text; images add the ViT's inputs
+    "image": TaskCase("image-classification", "random:vit-tiny", lambda: image_batch(10), lambda: image_batch(11), single_images, ("fp32",)),
+}
+TEXT = TASKS["text"]
+
+
 def inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in batch.items() if k != "labels"}
 
 
-def calibration_batches() -> list[dict[str, torch.Tensor]]:
-    return [train_batch(), eval_batch()]
-
-
-def flop_probe() -> list[dict[str, torch.Tensor]]:
+def flop_probe(task: TaskCase = TEXT) -> list[dict[str, torch.Tensor]]:
     """Four validation examples, one at a time and unpadded, as the engine counts them."""
-    return unpadded_examples(inputs(eval_batch()))[:4]
+    return task.singles(inputs(task.eval_batch()))[:4]
 
 
 # -- building -------------------------------------------------------------------------------
@@ -225,25 +255,29 @@ def contract_params(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return split_params({**space_defaults(name), **contract_of(name).fixed})
 
 
-def base_model() -> nn.Module:
-    return load_model(resolve_model(MODEL), num_labels=2, seed=SEED)
+def base_model(task: TaskCase = TEXT) -> nn.Module:
+    task_type = get_task_type(task.type)
+    return task_type.load_model(task_type.resolve_model(task.model), num_labels=2, seed=SEED)
 
 
-def context(model: nn.Module) -> BuildContext:
-    batches = calibration_batches()
+def context(model: nn.Module, task: TaskCase = TEXT) -> BuildContext:
+    """What ``run_trial`` hands a method, from the task's type."""
+    task_type = get_task_type(task.type)
+    batches = [task.train_batch(), task.eval_batch()]
     return BuildContext(
-        total_steps=STEPS, steps_per_epoch=STEPS, num_labels=2, target_modules=default_target_modules(model),
-        seed=SEED, head_modules=head_modules(model), calibration_batches=lambda: iter(batches),
+        total_steps=STEPS, steps_per_epoch=STEPS, num_labels=2, target_modules=task_type.default_target_modules(model),
+        seed=SEED, head_modules=task_type.head_modules(model), calibration_batches=lambda: iter(batches),
+        peft_task_type=task_type.peft_task_type, task_type=task_type.name,
     )
 
 
-def build(name: str) -> tuple[Method, nn.Module, BuildContext]:
+def build(name: str, task: TaskCase = TEXT) -> tuple[Method, nn.Module, BuildContext]:
     """The method from its contract params on a fresh base, seeded as ``run_trial`` seeds:
     the same call twice builds the same model (randomized SVDs and inits included)."""
     seed_everything(SEED)
     method = get_method(name).from_params(contract_params(name)[1])
-    model = base_model()
-    ctx = context(model)
+    model = base_model(task)
+    ctx = context(model, task)
     return method, method.build(model, ctx), ctx
 
 
@@ -284,6 +318,7 @@ class Trial:
 
     name: str
     precision: str
+    task: TaskCase
     method: Method
     finalized: nn.Module
     losses: list[float]
@@ -315,12 +350,12 @@ def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor], precision: str)
     return float(nn.functional.cross_entropy(logits(model, batch, precision), batch["labels"]))
 
 
-def train(method: Method, model: nn.Module, precision: str, lr: float, weight_decay: float) -> list[float]:
+def train(method: Method, model: nn.Module, precision: str, lr: float, weight_decay: float, task: TaskCase = TEXT) -> list[float]:
     """STEPS optimizer steps on one batch, hooks in ``methods.base``'s order, forward and
     loss under the precision's autocast, the rest outside it (``run_trial``'s loop; the
     learning rate is constant here)."""
     optimizer = torch.optim.AdamW(method.param_groups(model, weight_decay), lr=lr)
-    batch, losses = train_batch(), []
+    batch, losses = task.train_batch(), []
     model.train()
     for step in range(STEPS):
         info = StepInfo(step, STEPS, 0, STEPS)
@@ -362,31 +397,31 @@ def effect_of(model: nn.Module, built: dict[str, torch.Tensor], batch: dict[str,
     return float((with_adapter - without).abs().max()) if built else 0.0
 
 
-def run_contract_trial(name: str, precision: str) -> Trial:
+def run_contract_trial(name: str, precision: str, task: TaskCase = TEXT) -> Trial:
     training, _ = contract_params(name)
-    reference = base_model()
+    reference = base_model(task)
     base_names = {n for n, _ in reference.named_parameters()} | {n for n, _ in reference.named_buffers()}
     all_params = sum(p.numel() for p in reference.parameters())
 
-    method, model, ctx = build(name)
+    method, model, ctx = build(name, task)
     flop_formulas = method.flop_formulas()  # what the trainer counts with, base and adapted alike
-    flops_base = count_flops_unpadded(reference, flop_probe(), flop_formulas)
+    flops_base = count_flops_unpadded(reference, flop_probe(task), flop_formulas)
     trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
     adapted_modules = linear_shapes(model, method.reference_target_modules(ctx))
-    before = batch_loss(model, train_batch(), precision)
+    before = batch_loss(model, task.train_batch(), precision)
 
     adapter_names = [n for n in trainable if base_name(n) not in base_names and not is_head(n, ctx.head_modules)]
     built_adapter = snapshot(model, adapter_names)
 
-    losses = train(method, model, precision, training.get("lr", 1e-3), training.get("weight_decay", 0.0))
-    after = batch_loss(model, train_batch(), precision)
-    val = eval_batch()
+    losses = train(method, model, precision, training.get("lr", 1e-3), training.get("weight_decay", 0.0), task)
+    after = batch_loss(model, task.train_batch(), precision)
+    val = task.eval_batch()
     reported = dict(method.after_evaluation(model, StepInfo(STEPS, STEPS, 0, STEPS), batch_loss(model, val, precision)))
     amplify(model, adapter_names)
     adapter_state = snapshot(model, list(trainable))
     logits_trained = logits(model, val, precision)
     adapter_effect = effect_of(model, built_adapter, val, precision, logits_trained)
-    flops_trained = count_flops_unpadded(model, flop_probe(), flop_formulas)
+    flops_trained = count_flops_unpadded(model, flop_probe(task), flop_formulas)
     stats_before = method.stats(model)
 
     model = method.finalize(model)
@@ -402,26 +437,36 @@ def run_contract_trial(name: str, precision: str) -> Trial:
 
     reported.update(method.extra_evaluations(model, evaluate))
     return Trial(
-        name=name, precision=precision, method=method, finalized=model, losses=losses,
+        name=name, precision=precision, task=task, method=method, finalized=model, losses=losses,
         eval_loss_before=before, eval_loss_after=after, reported=reported, stats_before_finalize=stats_before,
-        flops_base=flops_base, flops_trained=flops_trained, flops_finalized=count_flops_unpadded(model, flop_probe(), flop_formulas),
+        flops_base=flops_base, flops_trained=flops_trained, flops_finalized=count_flops_unpadded(model, flop_probe(task), flop_formulas),
         logits_trained=logits_trained, logits_finalized=logits_finalized, adapter_effect=adapter_effect, base_names=base_names,
         heads=ctx.head_modules, trainable_at_build=trainable, all_params_at_build=all_params,
         adapter_state=adapter_state, adapted_modules=adapted_modules,
     )
 
 
-CASES = [pytest.param((name, precision), id=f"{name}-{precision}") for name in available_methods() for precision in PRECISIONS]
+def supports(name: str, task: TaskCase) -> bool:
+    return task.type not in get_method(name).unsupported_task_types
+
+
+CASES = [
+    pytest.param((name, precision, task), id=f"{name}-{precision}" + ("" if task is TEXT else f"-{key}"))
+    for key, task in TASKS.items()
+    for name in available_methods()
+    if supports(name, task)
+    for precision in task.precisions
+]
 
 
 @pytest.fixture(scope="class", params=CASES)
 def trial(request) -> Trial:
-    """One contract trial per (method, precision), shared by the tests of the class; the
-    class scope makes pytest run a case's tests together and free it afterwards."""
-    name, precision = request.param
+    """One contract trial per (method, precision, task type), shared by the tests of the
+    class; the class scope makes pytest run a case's tests together and free it afterwards."""
+    name, precision, task = request.param
     needs_optional_dependencies(name)
     torch.set_num_threads(1)
-    return run_contract_trial(name, precision)
+    return run_contract_trial(name, precision, task)
 
 
 # -- the space's defaults (no training needed) -----------------------------------------------------
@@ -552,15 +597,15 @@ class TestContract:
             for name, layer in list(adapters(merged, MaskedLoraLinear)):
                 replace_module(merged, name, layer.merged())
         assert not added_tensors(merged, trial.base_names)
-        assert_same_logits(logits(merged, eval_batch(), trial.precision), trial.logits_finalized, trial.precision, "merge")
-        assert count_flops_unpadded(merged, flop_probe(), trial.method.flop_formulas()) == trial.flops_base
+        assert_same_logits(logits(merged, trial.task.eval_batch(), trial.precision), trial.logits_finalized, trial.precision, "merge")
+        assert count_flops_unpadded(merged, flop_probe(trial.task), trial.method.flop_formulas()) == trial.flops_base
 
     def test_a_reloaded_adapter_gives_the_same_logits(self, trial: Trial):
-        _, fresh, _ = build(trial.name)
+        _, fresh, _ = build(trial.name, trial.task)
         missing = set(trial.adapter_state) - set(fresh.state_dict())
         assert not missing, f"saved tensors a fresh build does not have: {sorted(missing)}"
         fresh.load_state_dict(trial.adapter_state, strict=False)
-        reloaded = logits(fresh, eval_batch(), trial.precision)
+        reloaded = logits(fresh, trial.task.eval_batch(), trial.precision)
         assert_same_logits(reloaded, trial.logits_trained, trial.precision, "reload")
 
 
@@ -570,3 +615,30 @@ def test_the_loss_check_catches_a_nan_loss():
     model = method.build(base_model(), context(base_model()))
     losses = train(method, model, "fp32", 1e-3, 0.0)
     assert math.isfinite(losses[0]) and not all(math.isfinite(loss) for loss in losses[1:])
+
+
+UNSUPPORTED = [
+    pytest.param(name, task, id=f"{name}-{key}")
+    for key, task in TASKS.items()
+    for name in available_methods()
+    if not supports(name, task)
+]
+
+
+@pytest.mark.parametrize("name,task", UNSUPPORTED)
+def test_validate_refuses_a_method_on_a_type_it_cannot_train(name, task, tmp_path, capsys):
+    """A method that declares it cannot train a type is refused at its arm's line, with its reason."""
+    from orchestrator.cli import main
+
+    reason = get_method(name).unsupported_task_types[task.type]
+    assert reason.strip(), f"{name} declares no reason for not training {task.type}"
+    dataset = "synthetic:polarity" if task is TEXT else "embedded:digits"
+    path = tmp_path / "h.yaml"
+    path.write_text(
+        "name: unsupported\nstatement: a method on a type it cannot train\n"
+        f"task: {{type: {task.type}, model: {task.model}, dataset: {dataset}}}\n"
+        f"arms:\n  a: {{method: lora}}\n  b: {{method: {name}}}\n"
+    )
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:6: arms.b.method: method {name!r} cannot train task.type {task.type}" in err
