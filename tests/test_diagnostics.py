@@ -154,7 +154,7 @@ def test_too_few_completed_trials_weigh_in_with_every_trained_trial_s_value_at_t
     assert found.reason is None and found.epoch == 1 and found.completed == 8 and found.left_out == {"FAILED": 1}
     assert found.importances[0].name == "lr"
     assert [p.path.name for p in found.plots] == ["slice.png", "contour.png", "parallel_coordinate.png"]
-    assert all("at epoch 1" in plot.caption and "trial that trained" in plot.caption for plot in found.plots)
+    assert all("at epoch 1" in plot.caption and "trained trial" in plot.caption for plot in found.plots)
     assert json.loads((tmp_path / "importance.json").read_text())["epoch"] == 1
     study, _ = build_study(table, epoch=1)
     values = [t.value for t in study.trials if t.state.name == "COMPLETE"]

@@ -301,7 +301,7 @@ def _figures(study: Study, table: SearchTable, ranked: list[str], folder: Path, 
     if epoch is not None:
         target = f"{target} at epoch {epoch}"
     measured = table.objective if epoch is None else f"{table.objective} at epoch {epoch}"
-    trial = "completed trial" if epoch is None else "trial that trained"
+    trial = "completed trial" if epoch is None else "trained trial"  # trained: completed or stopped early
     order = [*ranked, *(name for name in table.space if name not in ranked)]  # conditional ones last
     made = [
         (
