@@ -110,7 +110,7 @@ def test_a_profile_changes_what_is_planned(capsys):
     smoke = load_hypothesis(LORA_RANK, "smoke").hypothesis
     default, profiled = plan_lines(capsys, str(LORA_RANK)), plan_lines(capsys, str(LORA_RANK), "--profile", "smoke")
     assert profiled[0].startswith(f"{smoke.name} profile=smoke ")
-    assert profiled[1].startswith(f"task: {smoke.task.model} on {smoke.task.dataset} ")
+    assert profiled[1].startswith(f"task: {smoke.task.type} {smoke.task.model} on {smoke.task.dataset} ")
     assert default[1] != profiled[1]
     block = arm_block(profiled, next(iter(smoke.arms)))
     assert any(line.strip().startswith(f"{smoke.search.trials_per_arm} trials, 1 at a time") for line in block)

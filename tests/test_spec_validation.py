@@ -70,3 +70,25 @@ def test_cli_validate_ok(tiny_hypothesis, capsys):
 def test_the_shipped_paper_profiles_judge_on_the_held_out_split(name):
     path = ROOT / "hypotheses" / f"{name}.yaml"
     assert load_hypothesis(path, "paper").hypothesis.confirm.split == "test"
+
+
+def test_a_profile_that_changes_the_task_type_replaces_the_whole_task(tiny_hypothesis):
+    """A text file's ``max_length`` is refused on an image task; a profile that moves the
+    hypothesis to images gives its task whole (``apply_profile``), while a profile of the
+    same type still merges field by field."""
+    text = tiny_hypothesis.read_text()
+    assert "max_length" in text and "profiles:" not in text
+    tiny_hypothesis.write_text(
+        text
+        + "profiles:\n"
+        + "  images:\n"
+        + "    task: {type: image-classification, model: random:vit-tiny, dataset: embedded:digits}\n"
+        + "  shorter:\n"
+        + "    task: {max_length: 16}\n"
+    )
+    images = load_hypothesis(tiny_hypothesis, "images").hypothesis.task
+    assert (images.type, images.model, images.dataset) == ("image-classification", "random:vit-tiny", "embedded:digits")
+    assert "max_length" not in images.model_fields_set
+    base = load_hypothesis(tiny_hypothesis).hypothesis.task
+    shorter = load_hypothesis(tiny_hypothesis, "shorter").hypothesis.task
+    assert shorter.max_length == 16 and (shorter.model, shorter.dataset) == (base.model, base.dataset)

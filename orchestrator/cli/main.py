@@ -67,7 +67,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     out.print(f"[bold]{plan.name}[/] profile={plan.profile}  spec sha256 {plan.spec_sha256[:12]}")
     if plan.refines:
         out.print(f"refines: {plan.refines}")
-    out.print(f"task: {task.model} on {task.dataset} (max_length {task.max_length}, metric {task.metric})")
+    from orchestrator.tasks.types import get_task_type
+
+    length = f"max_length {task.max_length}, " if "max_length" in get_task_type(task.type).own_fields else ""
+    out.print(f"task: {task.type} {task.model} on {task.dataset} ({length}metric {task.metric})")
     out.print(
         f"training: {training.epochs} epochs, batch {training.batch_size}, lr {training.lr}, "
         f"precision {training.precision}"

@@ -119,7 +119,12 @@ def _validate(value: dict[str, Any], located: LocatedYaml) -> Hypothesis:
 def apply_profile(located: LocatedYaml, name: str) -> tuple[dict[str, Any], LocatedYaml]:
     """Deep-merge ``profiles[name]`` over the file; lists are replaced, and a key
     ending in ``+`` (``expected+``) appends to the list instead. Lines of overridden
-    keys point into the profile, so an error in a profile is reported there."""
+    keys point into the profile, so an error in a profile is reported there.
+
+    One exception: a profile whose ``task`` names another ``task.type`` than the file's
+    replaces the whole ``task`` (a text task's ``max_length`` means nothing to an image
+    task, and the image type refuses it), so e.g. a paper profile can move a hypothesis
+    from a text proxy to the images its source measured on."""
     value = copy.deepcopy(located.value)
     overrides = value.get("profiles", {}).get(name) or {}
     lines = dict(located.lines)
@@ -137,6 +142,13 @@ def apply_profile(located: LocatedYaml, name: str) -> tuple[dict[str, Any], Loca
         )
     _merge(value, overrides, (), prefix, lines, located.file)
     return value, LocatedYaml(located.file, value, lines)
+
+
+def _changes_task_type(path: tuple, key: Any, new: dict[str, Any], target: dict[str, Any]) -> bool:
+    """The profile's ``task`` names a ``type`` other than the file's (default: text)."""
+    from orchestrator.tasks.types import DEFAULT_TASK_TYPE
+
+    return path == () and key == "task" and "type" in new and new["type"] != target[key].get("type", DEFAULT_TASK_TYPE)
 
 
 def _merge(
@@ -164,7 +176,11 @@ def _merge(
             for i in range(len(existing), len(appended)):
                 lines[path + (real, i)] = lines.get(source_path + (i - len(existing),), lines.get(source_path, 0))
             continue
-        if isinstance(new, dict) and isinstance(target.get(key), dict):
+        if (
+            isinstance(new, dict)
+            and isinstance(target.get(key), dict)
+            and not _changes_task_type(path, key, new, target)
+        ):
             lines[path + (key,)] = lines.get(source_path, lines.get(path + (key,), 0))
             _merge(target[key], new, path + (key,), prefix, lines, file)
             continue
