@@ -61,7 +61,10 @@ def prepare_ray_environment(address: str | None = None) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/JSON/TensorBoard files per trial
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "1")
+    # TUNE_MAX_PENDING_TRIALS_PG is left to Ray ("auto"): with max_concurrent_trials set, as
+    # every Tuner here sets it, Tune then stages that many placement groups at once. Fixed
+    # at 1 (as it was until 2026-11-30), trials started one after another at ~0.4 a second,
+    # so 32 slots never held more than 4 running trials (benchmarks/scale.py, docs/scale.md).
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DISABLE_DOCKER_CPU_WARNING", "1")
     # Ctrl-C must reach our driver as KeyboardInterrupt (it closes MLflow runs and keeps

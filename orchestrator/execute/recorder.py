@@ -133,25 +133,21 @@ class TrialRecorder:
         facts = {
             k.removeprefix(TRIAL_PARAM_PREFIX): str(v) for k, v in result.items() if k.startswith(TRIAL_PARAM_PREFIX)
         }
-        if facts and not facts.items() <= record.runtime.items():
-            record.runtime.update(facts)
-            self.tracker.log_params(self._run_id(record), facts)
+        new_facts = facts if facts and not facts.items() <= record.runtime.items() else {}
+        record.runtime.update(new_facts)
         metrics = {k: v for k, v in result.items() if k not in HIDDEN_RESULT_KEYS and _number(v)}
         record.metrics.update(metrics)
-        self.tracker.log_metrics(
-            self._run_id(record), metrics, step=int(result.get("epoch", result.get("training_iteration", 0)))
-        )
-        if self.progress:
-            self.progress.offer(metrics.get(self.progress.metric))
+        tags: dict[str, str] = {}
         if trial_id not in self.node_tagged and result.get("node_ip"):  # which machine ran it (clusters)
             self.node_tagged.add(trial_id)
-            self.tracker.set_tags(
-                self._run_id(record),
-                {
-                    "orchestrate.node_ip": str(result["node_ip"]),
-                    "orchestrate.hostname": str(result.get("hostname", "")),
-                },
-            )
+            tags = {
+                "orchestrate.node_ip": str(result["node_ip"]),
+                "orchestrate.hostname": str(result.get("hostname", "")),
+            }
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        self.tracker.log_batch(self._run_id(record), metrics, new_facts, tags, step)  # one write per report
+        if self.progress:
+            self.progress.offer(metrics.get(self.progress.metric))
 
     def completed(self, trial_id: str, checkpoint_path: str | None) -> None:
         record = self.records.get(trial_id)

@@ -118,7 +118,9 @@ class StateFile(BaseModel):
         looks: the looks the judge took so far (``execute.looks.Look.to_dict``), in order.
     """
 
-    model_config = ConfigDict(strict=True, extra="ignore")
+    # NaN and infinite metrics are saved as NaN / Infinity, as json.dumps wrote them and
+    # json.loads reads them back (pydantic's default, null, would come back as None)
+    model_config = ConfigDict(strict=True, extra="ignore", ser_json_inf_nan="constants")
 
     spec_sha256: str
     hypothesis: str
@@ -217,7 +219,9 @@ class RunState:
         tmp = self.path.with_suffix(".tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(self.content.model_dump(by_alias=True), indent=1, sort_keys=True))
+            # pydantic's own serialiser: 15x faster than json.dumps(model_dump()) at 3,000 records
+            # (12 ms against 182 ms), and the state is saved twice per trial (docs/scale.md)
+            tmp.write_text(self.content.model_dump_json(by_alias=True, indent=1))
             os.replace(tmp, self.path)
         except OSError as exc:
             with contextlib.suppress(OSError):
