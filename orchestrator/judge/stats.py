@@ -393,7 +393,13 @@ def interval(est: Estimate, alpha: float, within: tuple[float, float] = (-math.i
 
 
 #: Metrics bounded by their definition, by name without a ``test_``/``val_`` prefix.
-BOUNDED_METRICS = {"accuracy": (0.0, 1.0), "f1": (0.0, 1.0), "mcc": (-1.0, 1.0)}
+BOUNDED_METRICS = {
+    "accuracy": (0.0, 1.0),
+    "f1": (0.0, 1.0),
+    "mcc": (-1.0, 1.0),
+    "exact_match": (0.0, 1.0),
+    "perplexity": (1.0, math.inf),
+}
 #: ... and those that cannot be negative.
 NONNEGATIVE_PREFIXES = (
     "flops_ratio",

@@ -99,7 +99,8 @@ def _cached_space(path: Path, cache: dict[str, Any] | None) -> tuple[ResolvedSpa
 
 def _check_task(spec: Hypothesis, task_type: TaskType, issue: Callable[[tuple[Any, ...], str], None]) -> None:
     """The model and dataset references as the task's type reads them, and no field that
-    only another type reads (a ``text_column`` on an image task would be ignored)."""
+    only another type reads (a ``text_column`` on an image task would be ignored), and a
+    metric the type reports (exact match is a causal LM's, accuracy a classifier's)."""
     for name, problem in (
         ("model", task_type.model_ref_problem(spec.task.model)),
         ("dataset", task_type.dataset_ref_problem(spec.task.dataset)),
@@ -112,6 +113,13 @@ def _check_task(spec: Hypothesis, task_type: TaskType, issue: Callable[[tuple[An
             issue(("task", "type"), f"task.{name} is not set, and its default: {problem}")
     for name in sorted((task_type.TYPE_FIELDS - task_type.own_fields) & spec.task.model_fields_set):
         issue(("task", name), f"task.{name} does not apply to task.type {task_type.name}; remove it")
+    if spec.task.metric not in task_type.metrics:
+        where = ("task", "metric") if "metric" in spec.task.model_fields_set else ("task", "type")
+        issue(
+            where,
+            f"task.metric {spec.task.metric} does not apply to task.type {task_type.name}; "
+            f"use {' or '.join(task_type.metrics)}",
+        )
 
 
 def check_hypothesis(

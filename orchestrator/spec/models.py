@@ -34,29 +34,59 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+#: ``task.metric`` when a hypothesis does not set it, per ``task.type`` (else accuracy).
+DEFAULT_METRICS = {"causal-lm": "exact_match"}
+#: Task metrics a search minimises by default (every other one is maximised).
+LOWER_IS_BETTER = frozenset({"perplexity"})
+
+
+def default_metric(task: Any) -> str:
+    """The metric a raw ``task:`` mapping names, or its type's default."""
+    if not isinstance(task, dict):
+        return "accuracy"
+    return str(task.get("metric") or DEFAULT_METRICS.get(str(task.get("type")), "accuracy"))
+
+
 class TaskSpec(Strict):
     #: The task type (``orchestrator.tasks.types``) owns model loading, preprocessing,
-    #: batching, evaluation and the FLOP unit; ``causal-lm`` is issue 17's stage 2.
-    type: Literal["sequence-classification", "image-classification"] = Field(
-        "sequence-classification", description="what the inputs are: texts, or images"
+    #: batching, evaluation and the FLOP unit.
+    type: Literal["sequence-classification", "image-classification", "causal-lm"] = Field(
+        "sequence-classification",
+        description="what the inputs are: texts or images to classify, or prompts to complete (causal-lm)",
     )
     model: str = Field(
         "embedded:minilm-l6",
-        description="text: embedded:minilm-l6, random:bert-tiny; images: random:vit-tiny; or a folder or a hub id",
+        description="text: embedded:minilm-l6, random:bert-tiny; images: random:vit-tiny; causal-lm: "
+        "embedded:smollm2-135m, random:llama-tiny; or a folder or a hub id",
     )
     dataset: str = Field(
         "embedded:rotten-tomatoes",
         description="text: embedded:rotten-tomatoes, synthetic:polarity, csv:PATH, jsonl:PATH; "
-        "images: embedded:digits, imagefolder:PATH; or a hub id",
+        "images: embedded:digits, imagefolder:PATH; causal-lm: embedded:rotten-tomatoes-lm, synthetic:polarity-lm, "
+        "csv:PATH, jsonl:PATH (prompt, completion); or a hub id",
     )
-    max_length: int = Field(64, ge=8, le=4096, description="tokens a text is cut to (text types only)")
-    metric: Literal["accuracy", "f1", "mcc"] = "accuracy"
+    max_length: int = Field(
+        64, ge=8, le=4096, description="text: tokens a text is cut to; causal-lm: most tokens of prompt + completion"
+    )
+    metric: Literal["accuracy", "f1", "mcc", "exact_match", "perplexity"] = Field(
+        "accuracy", description="classification: accuracy, f1, mcc; causal-lm: exact_match (default), perplexity"
+    )
     train_examples: int | None = Field(None, ge=8, description="cap on training examples (deterministic subset)")
     val_examples: int | None = Field(None, ge=8)
     test_examples: int | None = Field(None, ge=8)
     text_column: str = Field("text", description="column of the texts (text types only)")
-    label_column: str = "label"
+    label_column: str = Field("label", description="column of the labels (classification types only)")
+    prompt_column: str = Field("prompt", description="column of the prompts (causal-lm only)")
+    completion_column: str = Field("completion", description="column of the completions (causal-lm only)")
     target_modules: list[str] | None = Field(None, description="module suffixes to adapt; default per model family")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _type_default_metric(cls, data: Any) -> Any:
+        """A causal LM is scored by exact match unless the hypothesis says otherwise."""
+        if isinstance(data, dict) and "metric" not in data and data.get("type") in DEFAULT_METRICS:
+            return {**data, "metric": DEFAULT_METRICS[data["type"]]}
+        return data
 
 
 class ArmSpec(Strict):
@@ -243,11 +273,12 @@ class Hypothesis(Strict):
         if isinstance(data, dict):
             search = data.get("search")
             task = data.get("task")
-            metric = task.get("metric", "accuracy") if isinstance(task, dict) else "accuracy"
+            metric = default_metric(task)
+            objective = {f"val_{metric}": "min" if metric in LOWER_IS_BETTER else "max"}
             if search is None:
-                data = {**data, "search": {"objectives": {f"val_{metric}": "max"}}}
+                data = {**data, "search": {"objectives": objective}}
             elif isinstance(search, dict) and "objectives" not in search:
-                data = {**data, "search": {**search, "objectives": {f"val_{metric}": "max"}}}
+                data = {**data, "search": {**search, "objectives": objective}}
         return data
 
     @field_validator("arms")

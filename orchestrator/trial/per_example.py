@@ -109,9 +109,11 @@ class PerExampleRecord:
 
     def per_example_means(self) -> dict[str, np.ndarray]:
         """Reported metric -> per-example values whose mean it is: accuracy (0/1) and the
-        loss, under the reported metrics' prefix ("test"). F1 and MCC are not means."""
+        loss, under the reported metrics' prefix ("test"); a causal LM's exact match (its
+        0/1 hits, gold 1) too. F1, MCC and perplexity are not means."""
         prefix = self.metric.split("_", 1)[0]
-        return {
-            f"{prefix}_accuracy": np.array([c == "1" for c in self.correct], dtype=float),
-            f"{prefix}_loss": np.asarray(self.loss, dtype=float),
-        }
+        correct = np.array([c == "1" for c in self.correct], dtype=float)
+        means = {f"{prefix}_accuracy": correct, f"{prefix}_loss": np.asarray(self.loss, dtype=float)}
+        if self.metric == f"{prefix}_exact_match":
+            means[self.metric] = correct
+        return means

@@ -3,7 +3,8 @@
 Table-driven, in the manner of peft's ``tests/test_*_models.py``: the cases are every name
 ``methods.available_methods()`` returns times the two precisions times the task types
 (``TASKS``: a random 2-layer BERT, hidden 32, on token ids; a random 2-layer ViT, hidden 32,
-on 32x32 images, fp32 only), so a method added to the registry is checked with no new test
+on 32x32 images, fp32 only; a random 2-layer LLaMA, hidden 32, on prompt + completion ids
+with the loss on the completion, no head, fp32 only), so a method added to the registry is checked with no new test
 code. A method that declares it cannot train a type (``Method.unsupported_task_types``) is
 not run on it; ``test_validate_refuses_a_method_on_a_type_it_cannot_train`` checks that
 ``orchestrate validate`` refuses it there. Each case runs one small trial (one batch of 8)
@@ -207,6 +208,41 @@ def single_images(batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor
     return [{"pixel_values": batch["pixel_values"][i : i + 1]} for i in range(batch["pixel_values"].shape[0])]
 
 
+PROMPT = 8  # tokens of prompt before each causal-LM example's completion
+
+
+def lm_batch(seed: int, lengths: list[int] | None = None) -> dict[str, torch.Tensor]:
+    """8 prompt + completion examples of 12 tokens (or ``lengths``, right-padded with 0),
+    labels -100 on the 8 prompt tokens and on padding, as the causal-LM type batches them;
+    the completion repeats the prompt's first tokens (learnable)."""
+    ids = torch.randint(1000, 1100, (8, 12), generator=torch.Generator().manual_seed(seed))
+    ids[:, PROMPT:] = ids[:, : 12 - PROMPT]
+    mask = (torch.arange(12)[None, :] < torch.tensor(lengths or [12] * 8)[:, None]).long()
+    labels = torch.where(mask.bool(), ids, -100)
+    labels[:, :PROMPT] = -100
+    return {"input_ids": ids * mask, "attention_mask": mask, "labels": labels}
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(logits, labels)
+
+
+def completion_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The causal LM's: next-token cross-entropy on the completion's tokens only."""
+    return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+
+
+def classification_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(-1) == labels).float().mean())
+
+
+def completion_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Next-token accuracy on the completion (the contract's stand-in for exact match)."""
+    targets = labels[:, 1:]
+    counted = targets != -100
+    return float((logits[:, :-1].argmax(-1) == targets)[counted].float().mean())
+
+
 @dataclass(frozen=True)
 class TaskCase:
     """A task type's tiny model and batches: what one contract case trains and measures."""
@@ -217,12 +253,19 @@ class TaskCase:
     eval_batch: Callable[[], dict[str, torch.Tensor]]
     singles: Callable[[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]  # unpadded, one at a time
     precisions: tuple[str, ...] = PRECISIONS
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = classification_loss  # (logits, labels)
+    accuracy: Callable[[torch.Tensor, torch.Tensor], float] = classification_accuracy
+    dataset: str = "synthetic:polarity"  # what a probe hypothesis of this type reads
 
 
 TASKS = {
     "text": TaskCase("sequence-classification", "random:bert-tiny", text_train_batch, text_eval_batch, unpadded_examples),
     # fp32 only: bf16 is a property of the method's layers, checked on text; images add the ViT's inputs
-    "image": TaskCase("image-classification", "random:vit-tiny", lambda: image_batch(10), lambda: image_batch(11), single_images, ("fp32",)),
+    "image": TaskCase("image-classification", "random:vit-tiny", lambda: image_batch(10), lambda: image_batch(11), single_images, ("fp32",),
+                      dataset="embedded:digits"),
+    # fp32 only, as images; a random LLaMA (hidden 32, 2 layers, the SmolLM2 tokenizer's vocab), no head
+    "lm": TaskCase("causal-lm", "random:llama-tiny", lambda: lm_batch(10), lambda: lm_batch(11, [12, 9, 10, 12, 11, 9, 12, 10]),
+                   unpadded_examples, ("fp32",), completion_loss, completion_accuracy, "synthetic:polarity-lm"),
 }
 TEXT = TASKS["text"]
 
@@ -346,8 +389,8 @@ def logits(model: nn.Module, batch: dict[str, torch.Tensor], precision: str) -> 
         return model(**inputs(batch)).logits.float()
 
 
-def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor], precision: str) -> float:
-    return float(nn.functional.cross_entropy(logits(model, batch, precision), batch["labels"]))
+def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor], precision: str, task: TaskCase = TEXT) -> float:
+    return float(task.loss(logits(model, batch, precision), batch["labels"]))
 
 
 def train(method: Method, model: nn.Module, precision: str, lr: float, weight_decay: float, task: TaskCase = TEXT) -> list[float]:
@@ -408,15 +451,15 @@ def run_contract_trial(name: str, precision: str, task: TaskCase = TEXT) -> Tria
     flops_base = count_flops_unpadded(reference, flop_probe(task), flop_formulas)
     trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
     adapted_modules = linear_shapes(model, method.reference_target_modules(ctx))
-    before = batch_loss(model, task.train_batch(), precision)
+    before = batch_loss(model, task.train_batch(), precision, task)
 
     adapter_names = [n for n in trainable if base_name(n) not in base_names and not is_head(n, ctx.head_modules)]
     built_adapter = snapshot(model, adapter_names)
 
     losses = train(method, model, precision, training.get("lr", 1e-3), training.get("weight_decay", 0.0), task)
-    after = batch_loss(model, task.train_batch(), precision)
+    after = batch_loss(model, task.train_batch(), precision, task)
     val = task.eval_batch()
-    reported = dict(method.after_evaluation(model, StepInfo(STEPS, STEPS, 0, STEPS), batch_loss(model, val, precision)))
+    reported = dict(method.after_evaluation(model, StepInfo(STEPS, STEPS, 0, STEPS), batch_loss(model, val, precision, task)))
     amplify(model, adapter_names)
     adapter_state = snapshot(model, list(trainable))
     logits_trained = logits(model, val, precision)
@@ -432,8 +475,7 @@ def run_contract_trial(name: str, precision: str, task: TaskCase = TEXT) -> Tria
 
     def evaluate(state_now: nn.Module) -> dict[str, float]:
         out = logits(state_now, val, precision)
-        accuracy = float((out.argmax(-1) == val["labels"]).float().mean())
-        return {"val_loss": float(nn.functional.cross_entropy(out, val["labels"])), "val_accuracy": accuracy}
+        return {"val_loss": float(task.loss(out, val["labels"])), "val_accuracy": task.accuracy(out, val["labels"])}
 
     reported.update(method.extra_evaluations(model, evaluate))
     return Trial(
@@ -632,7 +674,7 @@ def test_validate_refuses_a_method_on_a_type_it_cannot_train(name, task, tmp_pat
 
     reason = get_method(name).unsupported_task_types[task.type]
     assert reason.strip(), f"{name} declares no reason for not training {task.type}"
-    dataset = "synthetic:polarity" if task is TEXT else "embedded:digits"
+    dataset = task.dataset
     path = tmp_path / "h.yaml"
     path.write_text(
         "name: unsupported\nstatement: a method on a type it cannot train\n"

@@ -23,6 +23,7 @@ DEFAULT_TASK_TYPE = "sequence-classification"
 _BUILTIN_MODULES: dict[str, str] = {
     "sequence-classification": "orchestrator.tasks.types.sequence_classification",
     "image-classification": "orchestrator.tasks.types.image_classification",
+    "causal-lm": "orchestrator.tasks.types.causal_lm",
 }
 
 _REGISTRY: dict[str, TaskType] = {}

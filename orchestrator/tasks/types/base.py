@@ -20,14 +20,15 @@ A type owns, in the order a run meets them:
   image) they hold, so FLOPs are reported per unit and the LoRA-r8 reference, a
   per-token formula, is scaled to the same unit (``tokens_per_unit``).
 
-Stage 2 (causal LM) fits the same hooks: prompt + completion arrays, a loss masked to
-the completion, ``evaluate_split`` by greedy decoding (predictions = exact-match hits),
-``flop_unit = "token"``.
+Causal LM (``causal_lm``) fits the same hooks: prompt + completion arrays, a loss masked
+to the completion, ``evaluate_split`` by greedy decoding (predictions = exact-match
+hits against gold 1), ``flop_unit = "token"``, no head (``head_modules`` is empty).
 """
 
 from __future__ import annotations
 
 import abc
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -96,13 +97,17 @@ class SplitOutcome:
         return float(self.losses.mean()) if len(self.losses) else float("nan")
 
     def score(self, metric: str) -> float:
+        if metric == "perplexity":  # exp of the mean per-example loss: not itself a mean (judged on seeds only)
+            return math.exp(self.mean_loss) if math.isfinite(self.mean_loss) else float("nan")
         return score(metric, self.gold, self.predictions)
 
 
 def score(metric: str, gold: np.ndarray, preds: np.ndarray) -> float:
+    """``accuracy`` and ``exact_match`` (a causal LM's hits against gold 1) are the share
+    of predictions equal to gold; ``f1`` and ``mcc`` are sklearn's."""
     if len(gold) == 0:
         return float("nan")
-    if metric == "accuracy":
+    if metric in ("accuracy", "exact_match"):
         return float((gold == preds).mean())
     from sklearn.metrics import f1_score, matthews_corrcoef
 
@@ -137,8 +142,13 @@ class TaskType(abc.ABC):
     flop_unit: ClassVar[str]
     #: ``TaskSpec`` fields that only some types read, and which of them this one does;
     #: a hypothesis that sets one its type ignores is refused at that field's line.
-    TYPE_FIELDS: ClassVar[frozenset[str]] = frozenset({"max_length", "text_column"})
+    TYPE_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"max_length", "text_column", "label_column", "prompt_column", "completion_column"}
+    )
     own_fields: ClassVar[frozenset[str]] = frozenset()
+    #: The values of ``task.metric`` this type can report (the first is the default);
+    #: another is refused at the metric's line.
+    metrics: ClassVar[tuple[str, ...]] = ("accuracy", "f1", "mcc")
     #: What ``peft``'s ``task_type`` should be for this type's models (``BuildContext.
     #: peft_task_type``): ``"SEQ_CLS"`` wraps with a class that expects ``input_ids``;
     #: ``None`` is peft's plain ``PeftModel``, which passes every input through.

@@ -102,7 +102,7 @@ def random_vit_ref(ref: str) -> ModelRef | None:
 class ImageClassification(TaskType):
     name = "image-classification"
     flop_unit = "image"
-    own_fields = frozenset()
+    own_fields = frozenset({"label_column"})
     peft_task_type = None
     model_examples = "random:vit-tiny, random:vit-h64-l4, a folder or a hub id (google/vit-base-patch16-224-in21k)"
     dataset_examples = "embedded:digits, imagefolder:PATH or a hub id (cifar10)"
