@@ -309,12 +309,13 @@ def test_a_varying_metric_with_a_spread_still_gets_its_t_test():
 
 def test_exact_metrics_of_the_methods_are_metrics_they_report():
     from methods import available_methods, get_method
-    from orchestrator.metrics import COMMON_METRICS, STATIC_ADAPTER_METRICS
+    from orchestrator.metrics import COMMON_METRICS, STATIC_ADAPTER_METRICS, flop_metrics
 
-    assert STATIC_ADAPTER_METRICS <= set(COMMON_METRICS)
+    engine = set(COMMON_METRICS) | set(flop_metrics("image"))  # FLOPs per token (text, causal LM) or per image
+    assert STATIC_ADAPTER_METRICS <= engine
     for name in available_methods():
         method = get_method(name)
-        assert method.exact_metrics <= set(COMMON_METRICS) | set(method.metrics), name
+        assert method.exact_metrics <= engine | set(method.metrics), name
 
 
 @pytest.mark.parametrize("name", ["radlora", "cogalora", "galora", "plateau_lora", "adalora", "qlora_adalora",
@@ -323,7 +324,7 @@ def test_methods_whose_cost_follows_training_or_the_input_do_not_fix_their_flops
     from methods import get_method
 
     exact = get_method(name).exact_metrics
-    assert not exact & {"adapter_flops_per_token", "flops_ratio", "active_layers", "total_rank", "kept_modules",
+    assert not exact & {"adapter_flops_per_token", "adapter_flops_per_image", "flops_ratio", "active_layers", "total_rank", "kept_modules",
                         "active_fraction", "kept_fraction", "rank_final"}
     assert "head_params" in exact
 
