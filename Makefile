@@ -34,8 +34,8 @@ test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(BIN)/ruff check orchestrator methods
-	$(BIN)/ruff format --check orchestrator methods
+	$(BIN)/ruff check orchestrator methods tests benchmarks
+	$(BIN)/ruff format --check orchestrator methods tests benchmarks
 	$(BIN)/mypy
 
 test-fast: setup

@@ -44,9 +44,13 @@ def run_raw(trials: int, concurrent: int, epochs: int, storage: str, reuse: bool
     tuner = tune.Tuner(
         tune.with_parameters(trivial, epochs=epochs),
         param_space={"lr": tune.loguniform(1e-4, 1e-1)},
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=trials, max_concurrent_trials=concurrent,
-                                    scheduler=ASHAScheduler(metric="val_accuracy", mode="max", max_t=epochs, grace_period=1),
-                                    reuse_actors=reuse),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            num_samples=trials,
+            max_concurrent_trials=concurrent,
+            scheduler=ASHAScheduler(metric="val_accuracy", mode="max", max_t=epochs, grace_period=1),
+            reuse_actors=reuse,
+        ),
         run_config=tune.RunConfig(name="raw", storage_path=storage, verbose=0),
     )
     tuner.fit()
@@ -72,19 +76,49 @@ def run_orchestrate(trials: int, concurrent: int, epochs: int, folder: Path) -> 
     parent = tracker.start_run(experiment, "overhead", {"orchestrate.level": "hypothesis"})
     arm_run = tracker.start_run(experiment, "arm", {"orchestrate.level": "arm"}, parent)
     plan = ArmPlan(
-        arm="a", method="lora", routed=False, space_file=None,
-        params={"lr": ParamSpec(type="float", low=1e-4, high=1e-1, log=True)}, fixed={}, points_to_evaluate=[],
-        sampler=SamplerPlan("tpe", 0, 10, 1), objectives={"val_accuracy": "max"}, constraints=[],
-        scheduler="asha", trials=trials,
+        arm="a",
+        method="lora",
+        routed=False,
+        space_file=None,
+        params={"lr": ParamSpec(type="float", low=1e-4, high=1e-1, log=True)},
+        fixed={},
+        points_to_evaluate=[],
+        sampler=SamplerPlan("tpe", 0, 10, 1),
+        objectives={"val_accuracy": "max"},
+        constraints=[],
+        scheduler="asha",
+        trials=trials,
     )
-    settings = SearchSettings(seed=0, max_concurrent=concurrent, resources=Resources(cpu=1), max_retries=1, trial_timeout_s=None,
-                              trial_memory_mb=None, reuse_trials=False)
-    setup = TrialSetup(arm="a", method="lora", model="random:bert-tiny", metric="accuracy", training=TrainingSpec(epochs=epochs))
+    settings = SearchSettings(
+        seed=0,
+        max_concurrent=concurrent,
+        resources=Resources(cpu=1),
+        max_retries=1,
+        trial_timeout_s=None,
+        trial_memory_mb=None,
+        reuse_trials=False,
+    )
+    setup = TrialSetup(
+        arm="a", method="lora", model="random:bert-tiny", metric="accuracy", training=TrainingSpec(epochs=epochs)
+    )
     state = RunState.open(folder / "state", "overhead", "default", "x", fresh=True)
     progress = Progress(quiet=True)
-    recorder = TrialRecorder(tracker, experiment, arm_run, "a", "trial", epochs, [], state,
-                             progress.arm("a", "search", trials, "val_accuracy", "max"), {}, ["lr"])
-    records = tuning.run_searches([tuning.SearchRequest(plan, setup, recorder)], settings, None, str(folder / "ray"), "orchestrate")["a"]
+    recorder = TrialRecorder(
+        tracker,
+        experiment,
+        arm_run,
+        "a",
+        "trial",
+        epochs,
+        [],
+        state,
+        progress.arm("a", "search", trials, "val_accuracy", "max"),
+        {},
+        ["lr"],
+    )
+    records = tuning.run_searches(
+        [tuning.SearchRequest(plan, setup, recorder)], settings, None, str(folder / "ray"), "orchestrate"
+    )["a"]
     assert len(records) == trials, len(records)
     return time.perf_counter() - started
 
@@ -108,7 +142,10 @@ def main() -> None:
     print(f"trials={args.trials} concurrent={args.concurrent} epochs={args.epochs}")
     print(f"raw Ray Tune + OptunaSearch(TPE): {raw:.1f} s ({raw / args.trials:.2f} s per trial)")
     print(f"orchestrate (searcher + MLflow recorder + state): {ours:.1f} s ({ours / args.trials:.2f} s per trial)")
-    print(f"raw Ray Tune + OptunaSearch(TPE), reuse_actors=True: {raw_reuse:.1f} s ({raw_reuse / args.trials:.2f} s per trial)")
+    print(
+        f"raw Ray Tune + OptunaSearch(TPE), reuse_actors=True: {raw_reuse:.1f} s "
+        f"({raw_reuse / args.trials:.2f} s per trial)"
+    )
     print(f"ratio orchestrate / raw (Ray's defaults) = {ours / raw:.3f} (target <= 1.10)")
     print(f"ratio orchestrate / raw with reuse_actors = {ours / raw_reuse:.3f} (the cost of our layer alone)")
 

@@ -47,7 +47,14 @@ def build_models(ref, activity: float, rank: int, target_modules: list[str]):
     from orchestrator.tasks.models import head_modules, load_model
 
     base = load_model(ref, num_labels=2, seed=0)
-    ctx = BuildContext(total_steps=1, steps_per_epoch=1, num_labels=2, target_modules=target_modules, seed=0, head_modules=head_modules(base))
+    ctx = BuildContext(
+        total_steps=1,
+        steps_per_epoch=1,
+        num_labels=2,
+        target_modules=target_modules,
+        seed=0,
+        head_modules=head_modules(base),
+    )
     unmerged = get_peft_model(copy.deepcopy(base), lora_config(LoraMethodConfig(r=8), ctx))
     merged = copy.deepcopy(unmerged).merge_and_unload()
     models = {"base (no adapter)": base, "LoRA-r8 unmerged": unmerged, "LoRA-r8 merged": merged}
@@ -64,7 +71,9 @@ def build_models(ref, activity: float, rank: int, target_modules: list[str]):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="embedded:minilm-l6")
-    parser.add_argument("--activity", type=float, default=0.3, help="fraction of (example, unit) pairs whose adapter runs")
+    parser.add_argument(
+        "--activity", type=float, default=0.3, help="fraction of (example, unit) pairs whose adapter runs"
+    )
     parser.add_argument("--rank", type=int, default=8, help="rank of the active routed adapters")
     parser.add_argument("--examples", type=int, default=512)
     parser.add_argument("--batch", type=int, default=32)
@@ -75,7 +84,12 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from orchestrator.measure.flops import count_flops_unpadded, non_pad_tokens, reference_lora_flops_per_token, unpadded_examples
+    from orchestrator.measure.flops import (
+        count_flops_unpadded,
+        non_pad_tokens,
+        reference_lora_flops_per_token,
+        unpadded_examples,
+    )
     from orchestrator.tasks.models import default_target_modules, load_model, load_tokenizer, resolve_model
 
     if args.threads:
@@ -85,7 +99,13 @@ def main(argv: list[str] | None = None) -> None:
     texts = texts_for(args.model, args.examples)
     batches = []
     for start in range(0, len(texts), args.batch):
-        enc = tokenizer(texts[start : start + args.batch], padding=True, truncation=True, max_length=args.max_length, return_tensors="pt")
+        enc = tokenizer(
+            texts[start : start + args.batch],
+            padding=True,
+            truncation=True,
+            max_length=args.max_length,
+            return_tensors="pt",
+        )
         batches.append(dict(enc))
     targets = default_target_modules(load_model(ref, num_labels=2, seed=0))
     models = build_models(ref, args.activity, args.rank, targets)
@@ -106,15 +126,22 @@ def main(argv: list[str] | None = None) -> None:
     tokens = non_pad_tokens(batches[0])
     base_probe = count_flops_unpadded(models["base (no adapter)"], probe)
     reference = reference_lora_flops_per_token(models["base (no adapter)"], targets)
-    print(f"model {args.model}, {len(texts)} examples, batch {args.batch}, threads {torch.get_num_threads()}, "
-          f"targets {','.join(targets)}, {args.repeats} interleaved passes; FLOPs on {len(probe)} unpadded examples")
+    print(
+        f"model {args.model}, {len(texts)} examples, batch {args.batch}, threads {torch.get_num_threads()}, "
+        f"targets {','.join(targets)}, {args.repeats} interleaved passes; FLOPs on {len(probe)} unpadded examples"
+    )
     for label, pick in (("median", statistics.median), ("best", min)):
         best = {name: sum(pick(values) for values in batches_) for name, batches_ in per_batch.items()}
         unmerged, merged = best["LoRA-r8 unmerged"], best["LoRA-r8 merged"]
-        print(f"{label + ' wall time':44s} {'s':>8s} {'/unmerged':>10s} {'/merged':>8s} {'adapter FLOPs/LoRA-r8':>22s}")
+        print(
+            f"{label + ' wall time':44s} {'s':>8s} {'/unmerged':>10s} {'/merged':>8s} {'adapter FLOPs/LoRA-r8':>22s}"
+        )
         for name, model in models.items():
             adapter = max(0, count_flops_unpadded(model, probe) - base_probe) / tokens / reference
-            print(f"{name:44s} {best[name]:8.3f} {best[name] / unmerged:10.3f} {best[name] / merged:8.3f} {adapter:22.3f}")
+            print(
+                f"{name:44s} {best[name]:8.3f} {best[name] / unmerged:10.3f} "
+                f"{best[name] / merged:8.3f} {adapter:22.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Sample efficiency of orchestrate's samplers on a cheap but real objective.
 
     python benchmarks/samplers.py collect       # 105 real trainings -> surrogate_table.csv (19 min here)
-    python benchmarks/samplers.py [--reps 10] [--trials 40] [--samplers random,tpe,gp,botorch-legacy,botorch] [--concurrency 1,4]
+    python benchmarks/samplers.py [--reps 10] [--trials 40] \
+        [--samplers random,tpe,gp,botorch-legacy,botorch] [--concurrency 1,4]
 
 The objective is a surrogate of REAL measured trials: ``collect`` runs
 ``orchestrator.trial.training.run_trial`` (LoRA through orchestrate's own training loop) on
@@ -65,8 +66,14 @@ def read_table(path: Path = TABLE) -> list[dict]:
         return []
     lines = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
     return [
-        {"r": int(row["r"]), "lora_alpha": int(row["lora_alpha"]), "lr": float(row["lr"]),
-         "val_accuracy": float(row["val_accuracy"]), "val_loss": float(row["val_loss"]), "seconds": float(row["seconds"])}
+        {
+            "r": int(row["r"]),
+            "lora_alpha": int(row["lora_alpha"]),
+            "lr": float(row["lr"]),
+            "val_accuracy": float(row["val_accuracy"]),
+            "val_loss": float(row["val_loss"]),
+            "seconds": float(row["seconds"]),
+        }
         for row in csv.DictReader(lines)
     ]
 
@@ -86,12 +93,19 @@ def collect(out: Path) -> None:
             f"# command: {command}\n"
             f"# started: {datetime.datetime.now().isoformat(timespec='seconds')}\n"
             f"# task: {TASK}, training: {TRAINING}, lora_dropout: {DROPOUT}, seed: {SEED}, 1 thread\n"
-            "# each row is one real run of orchestrator.trial.training.run_trial (method lora); val_accuracy is after the last epoch\n"
+            "# each row is one real run of orchestrator.trial.training.run_trial (method lora); "
+            "val_accuracy is after the last epoch\n"
             "r,lora_alpha,lr,val_accuracy,val_loss,seconds\n"
         )
     data = prepare_task(TaskSpec(**TASK), ROOT, Path(tempfile.gettempdir()) / "orchestrate-bench-cache")
-    setup = TrialSetup(arm="surrogate", method="lora", model=TASK["model"], metric="accuracy",
-                       training=TrainingSpec(**TRAINING), threads=1)
+    setup = TrialSetup(
+        arm="surrogate",
+        method="lora",
+        model=TASK["model"],
+        metric="accuracy",
+        training=TrainingSpec(**TRAINING),
+        threads=1,
+    )
     todo = [point for point in _grid_order() if point not in done]
     with tempfile.TemporaryDirectory() as workdir:
         for i, (r, alpha, lr) in enumerate(todo):
@@ -100,8 +114,14 @@ def collect(out: Path) -> None:
             final = run_trial(setup, params, SEED, data, lambda metrics, artifacts: None, Path(workdir))
             seconds = time.perf_counter() - started
             with out.open("a") as handle:
-                handle.write(f"{r},{alpha},{lr:.6g},{final['val_accuracy']:.6f},{final['val_loss']:.6f},{seconds:.1f}\n")
-            print(f"[{i + 1}/{len(todo)}] r={r} alpha={alpha} lr={lr:.3g}: val_accuracy {final['val_accuracy']:.4f} ({seconds:.0f} s)", flush=True)
+                handle.write(
+                    f"{r},{alpha},{lr:.6g},{final['val_accuracy']:.6f},{final['val_loss']:.6f},{seconds:.1f}\n"
+                )
+            print(
+                f"[{i + 1}/{len(todo)}] r={r} alpha={alpha} lr={lr:.3g}: "
+                f"val_accuracy {final['val_accuracy']:.4f} ({seconds:.0f} s)",
+                flush=True,
+            )
 
 
 # --------------------------------------------------------------------------- objective
@@ -120,7 +140,9 @@ class Surrogate:
             cells.setdefault((row["r"], row["lora_alpha"]), []).append((math.log10(row["lr"]), row["val_accuracy"]))
         missing = [(r, a) for r in GRID_R for a in GRID_ALPHA if len(cells.get((r, a), [])) < 2]
         if missing:
-            raise SystemExit(f"surrogate table incomplete for (r, alpha) = {missing}: run `python benchmarks/samplers.py collect`")
+            raise SystemExit(
+                f"surrogate table incomplete for (r, alpha) = {missing}: run `python benchmarks/samplers.py collect`"
+            )
         self.curves = {}
         for key, points in cells.items():
             points.sort()
@@ -156,7 +178,9 @@ def make_sampler(name: str, seed: int, trials: int):
     return sampler
 
 
-def one_search(name: str, seed: int, trials: int, objective: Surrogate, concurrency: int = 1) -> tuple[list[float], list[float]]:
+def one_search(
+    name: str, seed: int, trials: int, objective: Surrogate, concurrency: int = 1
+) -> tuple[list[float], list[float]]:
     """(value of each trial in order, wall seconds of each suggestion).
 
     With ``concurrency`` > 1 the search is asynchronous, as Ray Tune runs it with
@@ -202,8 +226,13 @@ def summarise(results: dict, best: float, trials: int) -> list[dict]:
     rows = []
     for name, runs in results.items():
         curves = np.maximum.accumulate(np.array([run["values"] for run in runs]), axis=1)
-        row = {"sampler": name, "reps": len(runs), "final_mean": curves[:, -1].mean(), "final_sd": curves[:, -1].std(ddof=1),
-               "at20_mean": curves[:, min(19, trials - 1)].mean()}
+        row = {
+            "sampler": name,
+            "reps": len(runs),
+            "final_mean": curves[:, -1].mean(),
+            "final_sd": curves[:, -1].std(ddof=1),
+            "at20_mean": curves[:, min(19, trials - 1)].mean(),
+        }
         for fraction in (0.99, 0.97):
             hits = [trials_to_reach(run["values"], fraction * best) for run in runs]
             reached = [h for h in hits if h is not None]
@@ -212,7 +241,11 @@ def summarise(results: dict, best: float, trials: int) -> list[dict]:
             median = float(np.median(censored))
             row[f"reach{int(fraction * 100)}"] = (median, len(reached))
         suggest = np.concatenate([run["seconds"] for run in runs])
-        row["suggest_mean"], row["suggest_p50"], row["suggest_p95"] = suggest.mean(), np.median(suggest), np.percentile(suggest, 95)
+        row["suggest_mean"], row["suggest_p50"], row["suggest_p95"] = (
+            suggest.mean(),
+            np.median(suggest),
+            np.percentile(suggest, 95),
+        )
         rows.append(row)
     return rows
 
@@ -224,13 +257,14 @@ def markdown_table(rows: list[dict], trials: int) -> str:
         return f"{text} ({reached}/{reps})"
 
     lines = [
-        "| sampler | reps | trials to 99% of best: median (runs reaching) | trials to 97% | mean best after 20 | mean best after "
-        f"{trials} (sd) | suggestion s: mean / p50 / p95 |",
+        "| sampler | reps | trials to 99% of best: median (runs reaching) | trials to 97% | mean best after 20 | "
+        f"mean best after {trials} (sd) | suggestion s: mean / p50 / p95 |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
-            f"| {row['sampler']} | {row['reps']} | {reach(row['reach99'], row['reps'])} | {reach(row['reach97'], row['reps'])} | "
+            f"| {row['sampler']} | {row['reps']} | "
+            f"{reach(row['reach99'], row['reps'])} | {reach(row['reach97'], row['reps'])} | "
             f"{row['at20_mean']:.4f} | {row['final_mean']:.4f} ({row['final_sd']:.4f}) | "
             f"{row['suggest_mean']:.3f} / {row['suggest_p50']:.3f} / {row['suggest_p95']:.3f} |"
         )
@@ -248,7 +282,7 @@ def plot(results: dict, best: float, path: Path) -> None:
     for name, runs in results.items():
         panels.setdefault(name.partition(" (")[2].rstrip(")") or "sequential", {})[name] = runs
     fig, axes = plt.subplots(1, len(panels), figsize=(7.0 * len(panels), 4.5), dpi=110, squeeze=False)
-    for ax, (title, panel) in zip(axes[0], panels.items()):
+    for ax, (title, panel) in zip(axes[0], panels.items(), strict=True):
         for name, runs in panel.items():
             curves = np.maximum.accumulate(np.array([run["values"] for run in runs]), axis=1)
             mean, sd = curves.mean(axis=0), curves.std(axis=0, ddof=1)
@@ -272,7 +306,14 @@ def label(name: str, concurrency: int) -> str:
     return name if concurrency == 1 else f"{name} ({concurrency} async)"
 
 
-def run(samplers: list[str], reps: int, trials: int, concurrencies: list[int], plot_path: Path | None, json_path: Path | None) -> None:
+def run(
+    samplers: list[str],
+    reps: int,
+    trials: int,
+    concurrencies: list[int],
+    plot_path: Path | None,
+    json_path: Path | None,
+) -> None:
     import json
     import warnings
 
@@ -283,19 +324,31 @@ def run(samplers: list[str], reps: int, trials: int, concurrencies: list[int], p
     objective = Surrogate(read_table())
     load = os.getloadavg()
     started = time.perf_counter()
-    print(f"surrogate: {len(read_table())} measured points, best {objective.best:.4f}; target 99% = {0.99 * objective.best:.4f}")
+    print(
+        f"surrogate: {len(read_table())} measured points, best {objective.best:.4f}; "
+        f"target 99% = {0.99 * objective.best:.4f}"
+    )
     print(f"load average before: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     results: dict[str, list[dict]] = {}
     for concurrency in concurrencies:
         for name in samplers:
             for seed in range(reps):
                 values, seconds = one_search(name, seed, trials, objective, concurrency)
-                results.setdefault(label(name, concurrency), []).append({"seed": seed, "values": values, "seconds": seconds})
-                print(f"{label(name, concurrency):26} seed {seed:2}: best {max(values):.4f}, trials to 99% {trials_to_reach(values, 0.99 * objective.best)}, "
-                      f"mean suggestion {np.mean(seconds):.3f} s", flush=True)
+                results.setdefault(label(name, concurrency), []).append(
+                    {"seed": seed, "values": values, "seconds": seconds}
+                )
+                print(
+                    f"{label(name, concurrency):26} seed {seed:2}: best {max(values):.4f}, "
+                    f"trials to 99% {trials_to_reach(values, 0.99 * objective.best)}, "
+                    f"mean suggestion {np.mean(seconds):.3f} s",
+                    flush=True,
+                )
     rows = summarise(results, objective.best, trials)
     load = os.getloadavg()
-    print(f"\nload average after: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; total {time.perf_counter() - started:.0f} s\n")
+    print(
+        f"\nload average after: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; "
+        f"total {time.perf_counter() - started:.0f} s\n"
+    )
     print(markdown_table(rows, trials))
     if plot_path:
         plot(results, objective.best, plot_path)
@@ -309,9 +362,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", nargs="?", default="run", choices=["run", "collect"])
     parser.add_argument("--out", type=Path, default=TABLE, help="collect: the table to write (appends; resumes)")
-    parser.add_argument("--samplers", default="random,tpe,gp,botorch-legacy,botorch",
-                        help="also: botorch-default (optuna-integration's own candidates function)")
-    parser.add_argument("--concurrency", default="1,4", help="trials running at once; 1 = sequential, more = asynchronous")
+    parser.add_argument(
+        "--samplers",
+        default="random,tpe,gp,botorch-legacy,botorch",
+        help="also: botorch-default (optuna-integration's own candidates function)",
+    )
+    parser.add_argument(
+        "--concurrency", default="1,4", help="trials running at once; 1 = sequential, more = asynchronous"
+    )
     parser.add_argument("--reps", type=int, default=10, help="repetitions (seeds 0..reps-1) per sampler")
     parser.add_argument("--trials", type=int, default=40, help="trials per search")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "samplers_efficiency.png")
@@ -321,7 +379,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "collect":
         collect(args.out)
     else:
-        run(args.samplers.split(","), args.reps, args.trials, [int(c) for c in args.concurrency.split(",")], args.plot, args.json)
+        run(
+            args.samplers.split(","),
+            args.reps,
+            args.trials,
+            [int(c) for c in args.concurrency.split(",")],
+            args.plot,
+            args.json,
+        )
 
 
 if __name__ == "__main__":

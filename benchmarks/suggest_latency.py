@@ -37,8 +37,8 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -111,7 +111,9 @@ def thread_mode(mode: str) -> Iterator[None]:
             yield
 
 
-def time_asks(sampler_name: str, scenario: str, completed: int, pending: int, asks: int, mode: str, seed: int = 0) -> tuple[list[float], list[float]]:
+def time_asks(
+    sampler_name: str, scenario: str, completed: int, pending: int, asks: int, mode: str, seed: int = 0
+) -> tuple[list[float], list[float]]:
     """(wall seconds, process CPU seconds) of each ask."""
     import optuna
 
@@ -140,14 +142,24 @@ def time_asks(sampler_name: str, scenario: str, completed: int, pending: int, as
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="p50/p95 suggestion latency of botorch, gp and tpe")
-    parser.add_argument("--samplers", default="botorch,gp,tpe", help="also: botorch-legacy, botorch-default (optuna-integration's candidates)")
+    parser.add_argument(
+        "--samplers",
+        default="botorch,gp,tpe",
+        help="also: botorch-legacy, botorch-default (optuna-integration's candidates)",
+    )
     parser.add_argument("--completed", default="10,40,100", help="history sizes (completed trials)")
     parser.add_argument("--scenarios", default="single,multi")
     parser.add_argument("--asks", type=int, default=5, help="timed asks per cell (tpe gets 4x as many)")
     parser.add_argument("--pending", type=int, default=3, help="trials left RUNNING (pending points) during every ask")
     parser.add_argument("--modes", default="shipped,blas1,default", help="thread modes: shipped, blas1, default")
-    parser.add_argument("--default-at", default="40", help="history sizes at which the slow 'default' mode is timed ('all' for every one)")
-    parser.add_argument("--no-warmup", action="store_true", help="skip the untimed first ask per sampler (imports, setup)")
+    parser.add_argument(
+        "--default-at",
+        default="40",
+        help="history sizes at which the slow 'default' mode is timed ('all' for every one)",
+    )
+    parser.add_argument(
+        "--no-warmup", action="store_true", help="skip the untimed first ask per sampler (imports, setup)"
+    )
     args = parser.parse_args(argv)
 
     import warnings
@@ -163,28 +175,49 @@ def main(argv: list[str] | None = None) -> None:
     for name in [] if args.no_warmup else samplers:
         time_asks(name, "single", 12, args.pending, 1, "shipped")  # imports and first-call setup, untimed
     rows = []
-    print(f"cores: {os.cpu_count()}, torch threads by default: {torch.get_num_threads()}, "
-          f"load average (1/5/15 min): {load_before[0]:.1f} {load_before[1]:.1f} {load_before[2]:.1f}; pending trials: {args.pending}")
+    print(
+        f"cores: {os.cpu_count()}, torch threads by default: {torch.get_num_threads()}, "
+        f"load average (1/5/15 min): {load_before[0]:.1f} {load_before[1]:.1f} {load_before[2]:.1f}; "
+        f"pending trials: {args.pending}"
+    )
     print("threads: shipped = limited_threads(1); blas1 = shipped + threadpoolctl limits(1); default = neither")
-    print(f"{'sampler':15} {'scenario':8} {'N':>4} {'threads':>8} {'asks':>4} {'p50 s':>7} {'p95 s':>7} {'max s':>7} {'cpu p50':>8}")
+    print(
+        f"{'sampler':15} {'scenario':8} {'N':>4} {'threads':>8} {'asks':>4} "
+        f"{'p50 s':>7} {'p95 s':>7} {'max s':>7} {'cpu p50':>8}"
+    )
     for scenario in args.scenarios.split(","):
         for sampler_name in samplers:
             for completed in (int(n) for n in args.completed.split(",")):
                 for mode in args.modes.split(","):
-                    if mode == "default" and args.default_at != "all" and str(completed) not in args.default_at.split(","):
+                    if (
+                        mode == "default"
+                        and args.default_at != "all"
+                        and str(completed) not in args.default_at.split(",")
+                    ):
                         continue  # without a thread limit a BoTorch ask takes 15-60 s on a busy 2-core machine
                     asks = args.asks * (4 if sampler_name == "tpe" else 1)
-                    wall, cpu = (np.array(x) for x in time_asks(sampler_name, scenario, completed, args.pending, asks, mode))
+                    wall, cpu = (
+                        np.array(x) for x in time_asks(sampler_name, scenario, completed, args.pending, asks, mode)
+                    )
                     p50, p95 = np.percentile(wall, 50), np.percentile(wall, 95)
                     rows.append((sampler_name, scenario, completed, mode, p50, p95))
-                    print(f"{sampler_name:15} {scenario:8} {completed:>4} {mode:>8} {asks:>4} {p50:>7.3f} {p95:>7.3f} "
-                          f"{wall.max():>7.3f} {np.percentile(cpu, 50):>8.3f}", flush=True)
+                    print(
+                        f"{sampler_name:15} {scenario:8} {completed:>4} {mode:>8} {asks:>4} {p50:>7.3f} {p95:>7.3f} "
+                        f"{wall.max():>7.3f} {np.percentile(cpu, 50):>8.3f}",
+                        flush=True,
+                    )
     load_after = os.getloadavg()
-    print(f"load average after: {load_after[0]:.1f} {load_after[1]:.1f} {load_after[2]:.1f}; total {time.perf_counter() - started:.0f} s")
+    print(
+        f"load average after: {load_after[0]:.1f} {load_after[1]:.1f} {load_after[2]:.1f}; "
+        f"total {time.perf_counter() - started:.0f} s"
+    )
     for sampler_name, scenario, completed, mode, p50, _ in rows:
         if sampler_name == "botorch" and completed == 40 and mode == "shipped":
             verdict = "meets" if p50 <= TARGET_S else "MISSES"
-            print(f"target: botorch {scenario} p50 at 40 trials, {args.pending} pending = {p50:.3f} s ({verdict} <= {TARGET_S} s)")
+            print(
+                f"target: botorch {scenario} p50 at 40 trials, {args.pending} pending = "
+                f"{p50:.3f} s ({verdict} <= {TARGET_S} s)"
+            )
 
 
 if __name__ == "__main__":

@@ -49,7 +49,9 @@ def _lora_model(seed: int):
 
     torch.manual_seed(seed)
     model = load_model(resolve_model("embedded:minilm-l6"), 2, seed)
-    return get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, target_modules=["query", "value"]))
+    return get_peft_model(
+        model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, target_modules=["query", "value"])
+    )
 
 
 def plain_loop(data, threads: int, precision: str, seed: int = 0) -> float:
@@ -80,7 +82,15 @@ def trial_loop(data, threads: int, precision: str, seed: int = 0, group_by_lengt
     from orchestrator.trial.training import TrialSetup, run_trial
 
     training = TrainingSpec(epochs=1, batch_size=32, lr=5e-4, group_by_length=group_by_length, precision=precision)
-    setup = TrialSetup(arm="lora", method="lora", model="embedded:minilm-l6", metric="accuracy", training=training, fixed={"r": 8}, threads=threads)
+    setup = TrialSetup(
+        arm="lora",
+        method="lora",
+        model="embedded:minilm-l6",
+        metric="accuracy",
+        training=training,
+        fixed={"r": 8},
+        threads=threads,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         final = run_trial(setup, {}, seed, data, lambda m, a: None, Path(tmp))
     return final["train_time_s"]
@@ -132,41 +142,63 @@ def matmul_peak_gflops(threads: int, precision: str, size: int = 1024, budget_s:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--examples", type=int, default=640)
-    parser.add_argument("--emulated-examples", type=int, default=64, help="examples for bf16 where the CPU emulates it")
+    parser.add_argument(
+        "--emulated-examples", type=int, default=64, help="examples for bf16 where the CPU emulates it"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    from orchestrator.trial.precision import cpu_has_native_bf16
     from orchestrator.spec.models import TaskSpec
     from orchestrator.tasks.prepare import prepare_task
+    from orchestrator.trial.precision import cpu_has_native_bf16
 
     native = cpu_has_native_bf16()
     cache = Path(tempfile.gettempdir()) / "orchestrate-bench-cache"
     sizes = {"fp32": args.examples, "bf16": args.examples if native else args.emulated_examples}
-    data = {p: prepare_task(TaskSpec(train_examples=n, val_examples=64, test_examples=64), Path("."), cache) for p, n in sizes.items()}
+    data = {
+        p: prepare_task(TaskSpec(train_examples=n, val_examples=64, test_examples=64), Path("."), cache)
+        for p, n in sizes.items()
+    }
     times: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.repeats):
         for precision in ("fp32", "bf16"):
             times.setdefault(("plain", precision), []).append(plain_loop(data[precision], args.threads, precision))
             times.setdefault(("trial", precision), []).append(trial_loop(data[precision], args.threads, precision))
-        times.setdefault(("grouped", "fp32"), []).append(trial_loop(data["fp32"], args.threads, "fp32", group_by_length=True))
+        times.setdefault(("grouped", "fp32"), []).append(
+            trial_loop(data["fp32"], args.threads, "fp32", group_by_length=True)
+        )
     flops = training_flops_per_example(data["fp32"], args.threads)
     peak = {p: matmul_peak_gflops(args.threads, p) for p in ("fp32", "bf16")}
 
     rate = {key: len(data[key[1]].splits["train"]) / min(values) for key, values in times.items()}
-    print(f"CPU native bf16 (AVX512-BF16/AMX): {'yes' if native else 'no: bf16 is emulated'}; {args.threads} threads, best of {args.repeats}")
+    print(
+        f"CPU native bf16 (AVX512-BF16/AMX): {'yes' if native else 'no: bf16 is emulated'}; "
+        f"{args.threads} threads, best of {args.repeats}"
+    )
     print(f"training FLOPs per example (forward + backward, FlopCounterMode): {flops / 1e9:.2f} GFLOP")
-    print(f"matmul peak (1024^2, {args.threads} threads): fp32 {peak['fp32']:.1f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s")
+    print(
+        f"matmul peak (1024^2, {args.threads} threads): "
+        f"fp32 {peak['fp32']:.1f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s"
+    )
     print(f"{'loop':<8}{'precision':<11}{'examples':>9}{'examples/s':>12}{'GFLOP/s':>10}{'of peak':>9}")
     for (loop, precision), examples_per_s in rate.items():
         achieved = flops * examples_per_s / 1e9
-        print(f"{loop:<8}{precision:<11}{len(data[precision].splits['train']):>9}{examples_per_s:>12.1f}{achieved:>10.1f}{achieved / peak[precision]:>9.0%}")
+        print(
+            f"{loop:<8}{precision:<11}{len(data[precision].splits['train']):>9}"
+            f"{examples_per_s:>12.1f}{achieved:>10.1f}{achieved / peak[precision]:>9.0%}"
+        )
     for precision in ("fp32", "bf16"):
-        print(f"trial / plain ({precision}) = {rate[('trial', precision)] / rate[('plain', precision)]:.3f} (target >= 0.9)")
+        print(
+            f"trial / plain ({precision}) = "
+            f"{rate[('trial', precision)] / rate[('plain', precision)]:.3f} (target >= 0.9)"
+        )
     for loop in ("plain", "trial"):
         print(f"bf16 / fp32 examples/s ({loop}) = {rate[(loop, 'bf16')] / rate[(loop, 'fp32')]:.2f}")
-    print(f"trial with group_by_length (the default) / plain (fp32) = {rate[('grouped', 'fp32')] / rate[('plain', 'fp32')]:.3f} "
-          "(its GFLOP/s counts the random batches' padding, which grouping avoids)")
+    print(
+        "trial with group_by_length (the default) / plain (fp32) = "
+        f"{rate[('grouped', 'fp32')] / rate[('plain', 'fp32')]:.3f} "
+        "(its GFLOP/s counts the random batches' padding, which grouping avoids)"
+    )
     print(f"training.precision: auto chooses {'bf16' if native else 'fp32'} on this CPU")
 
 

@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from orchestrator.execute.ray_session import prepare_ray_environment  # noqa: E402
+from orchestrator.execute.ray_session import prepare_ray_environment
 
 prepare_ray_environment()  # local Ray on 127.0.0.1 only; must precede any import of ray
 

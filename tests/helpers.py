@@ -73,7 +73,8 @@ defaults: {mode: raise}
 SHARED_HYPOTHESIS = (
     TINY_HYPOTHESIS.replace(
         "  large: {method: lora, fixed: {r: 8}}\n",
-        "  large: {method: lora, fixed: {r: 8}}\n  flaky: {method: failing, space: flaky.yaml, fixed: {r: 2, when: 1}}\n",
+        "  large: {method: lora, fixed: {r: 8}}\n"
+        "  flaky: {method: failing, space: flaky.yaml, fixed: {r: 2, when: 1}}\n",
     )
     .replace("trials_per_arm: 2", "trials_per_arm: 3")
     .replace("sampler: tpe", "sampler: random")
@@ -111,7 +112,9 @@ def new_mlflow_store(folder: Path) -> str:
     shutil.copyfile(_EMPTY_STORE[0], folder / "mlflow.db")
     db = sqlite3.connect(folder / "mlflow.db")
     try:  # the Default experiment's artifacts under FOLDER, as a store made in FOLDER has them
-        db.execute("UPDATE experiments SET artifact_location = ? WHERE name = 'Default'", (str(folder / "mlruns" / "0"),))
+        db.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE name = 'Default'", (str(folder / "mlruns" / "0"),)
+        )
         db.commit()
     finally:
         db.close()
@@ -188,4 +191,6 @@ def copy_shared_run(run: SharedRun, dest: Path) -> SharedRun:
         db.close()
     assert left == 0, f"{left} runs of the copy still point into {run.folder}"
     moved = lambda path: dest / path.relative_to(run.folder)  # noqa: E731
-    return replace(run, folder=dest, spec=moved(run.spec), uri=f"sqlite:///{dest}/mlflow.db", state_dir=moved(run.state_dir))
+    return replace(
+        run, folder=dest, spec=moved(run.spec), uri=f"sqlite:///{dest}/mlflow.db", state_dir=moved(run.state_dir)
+    )

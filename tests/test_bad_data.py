@@ -26,9 +26,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import yaml
@@ -143,9 +143,15 @@ def test_bad_data_file(data: Path, tmp_path: Path, capsys):
 def test_the_run_refuses_what_validation_refuses(data: Path):
     """The run's own loading applies the same rules: one line, exit 2's error type."""
     task = yaml.safe_load(sidecar(data)["task"][0]) if "task" in sidecar(data) else {}
-    caps = {"train": task.get("train_examples"), "validation": task.get("val_examples"), "test": task.get("test_examples")}
+    caps = {
+        "train": task.get("train_examples"),
+        "validation": task.get("val_examples"),
+        "test": task.get("test_examples"),
+    }
     with pytest.raises(DataFileError) as info:
-        load_dataset(f"{data.suffix[1:]}:{data}", ROOT, task.get("text_column", "text"), task.get("label_column", "label"), caps)
+        load_dataset(
+            f"{data.suffix[1:]}:{data}", ROOT, task.get("text_column", "text"), task.get("label_column", "label"), caps
+        )
     assert "\n" not in str(info.value)
 
 
@@ -154,7 +160,9 @@ def test_good_data_file_loads(data: Path, tmp_path: Path):
     facts = sidecar(data)
     task = yaml.safe_load(facts["task"][0]) if "task" in facts else {}
     load_hypothesis(probe(tmp_path, data, task))
-    loaded = load_dataset(f"{data.suffix[1:]}:{data}", tmp_path, task.get("text_column", "text"), task.get("label_column", "label"))
+    loaded = load_dataset(
+        f"{data.suffix[1:]}:{data}", tmp_path, task.get("text_column", "text"), task.get("label_column", "label")
+    )
     assert loaded.label_names == json.loads(facts["labels"][0])
     assert sum(loaded.sizes().values()) == int(facts["rows"][0])
 
@@ -168,6 +176,7 @@ def test_multiline_fields_and_bom_read_as_written():
 
 
 # -- cases that cannot sit in git ----------------------------------------------------------
+
 
 def _folder(tmp: Path) -> Path:
     (tmp / "data.csv").mkdir()
@@ -204,11 +213,20 @@ def _over_the_size_limit(tmp: Path) -> Path:
 
 GENERATED: dict[str, tuple[Callable[[Path], Path], list[Expect]]] = {
     "folder": (_folder, [Expect("hypothesis", DATASET_LINE, "task.dataset", "is a folder; name a .csv file")]),
-    "symlink_loop": (_symlink_loop, [Expect("hypothesis", DATASET_LINE, "task.dataset", "is a loop of symbolic links")]),
-    "fifo": (_fifo, [Expect("hypothesis", DATASET_LINE, "task.dataset", "is not a regular file (a FIFO, socket or device)")]),
+    "symlink_loop": (
+        _symlink_loop,
+        [Expect("hypothesis", DATASET_LINE, "task.dataset", "is a loop of symbolic links")],
+    ),
+    "fifo": (
+        _fifo,
+        [Expect("hypothesis", DATASET_LINE, "task.dataset", "is not a regular file (a FIFO, socket or device)")],
+    ),
     "missing": (_missing, [Expect("hypothesis", DATASET_LINE, "task.dataset", "no such file")]),
     "huge_field": (_huge_field, [Expect("data", 4, "text", "a field of 5,000,000 characters, more than 100,000")]),
-    "over_the_size_limit": (_over_the_size_limit, [Expect("hypothesis", DATASET_LINE, "task.dataset", "GiB, more than the 1 GiB")]),
+    "over_the_size_limit": (
+        _over_the_size_limit,
+        [Expect("hypothesis", DATASET_LINE, "task.dataset", "GiB, more than the 1 GiB")],
+    ),
 }
 
 
@@ -273,7 +291,10 @@ def _profiled(tmp_path: Path) -> Path:
 def test_every_profiles_file_is_checked_and_each_problem_reported_once(tmp_path: Path):
     issues = issues_of(_profiled(tmp_path))
     assert [(Path(i.file).name, i.line, i.field) for i in issues] == [
-        ("bad_json_line.jsonl", 4, ""), ("blank_labels.csv", 5, "label"), ("h.yaml", 17, "task.dataset")]
+        ("bad_json_line.jsonl", 4, ""),
+        ("blank_labels.csv", 5, "label"),
+        ("h.yaml", 17, "task.dataset"),
+    ]
     assert f"no such file {tmp_path / 'data' / 'nowhere.csv'}" in issues[2].message
 
 
@@ -316,12 +337,32 @@ def test_run_with_bad_data_exits_2_before_mlflow_or_ray(tmp_path: Path):
     hypothesis = _profiled(tmp_path)
     store = tmp_path / "store" / "mlflow.db"
     result = subprocess.run(
-        [sys.executable, "-c", RUN_AND_REPORT, "run", str(hypothesis), "--profile", "smoke", "--quiet",
-         "--tracking-uri", f"sqlite:///{store}", "--state-dir", str(tmp_path / "state")],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        [
+            sys.executable,
+            "-c",
+            RUN_AND_REPORT,
+            "run",
+            str(hypothesis),
+            "--profile",
+            "smoke",
+            "--quiet",
+            "--tracking-uri",
+            f"sqlite:///{store}",
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert [line.split(": ")[0] for line in result.stderr.splitlines()] == [
-        f"{tmp_path / 'data' / 'bad_json_line.jsonl'}:4", f"{tmp_path / 'data' / 'blank_labels.csv'}:5", f"{hypothesis}:17"]
+        f"{tmp_path / 'data' / 'bad_json_line.jsonl'}:4",
+        f"{tmp_path / 'data' / 'blank_labels.csv'}:5",
+        f"{hypothesis}:17",
+    ]
     assert not store.parent.exists() and not (tmp_path / "state").exists() and not (tmp_path / "mlflow.db").exists()
     assert "ray imported: False mlflow imported: False" in result.stdout

@@ -62,7 +62,7 @@ def expectations(path: Path) -> list[Expect]:
     for raw in path.read_bytes().decode("latin-1").splitlines():
         if not raw.startswith("# expect: "):
             break
-        line, field, message = raw[len("# expect: "):].split(" ", 2)
+        line, field, message = raw[len("# expect: ") :].split(" ", 2)
         out.append(Expect(None if line == "-" else int(line), "" if field == "-" else field, message))
     assert out, f"{path.name} states no expectation"
     return out
@@ -94,7 +94,7 @@ def assert_cli_reports(path: Path, issues: list[SpecIssue], capsys) -> None:
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err and "ok" not in captured.out
     assert captured.err.splitlines() == [str(i) for i in issues]
-    for line, issue in zip(captured.err.splitlines(), issues):
+    for line, issue in zip(captured.err.splitlines(), issues, strict=True):
         where = f"{issue.file}:{issue.line}: " if issue.line else f"{issue.file}: "
         assert line.startswith(where + (f"{issue.field}: " if issue.field else "")), line
 
@@ -120,11 +120,16 @@ def test_malformed_search_space(path: Path, tmp_path: Path, capsys):
 
 # -- cases that are generated rather than stored ---------------------------------------
 
+
 @pytest.mark.parametrize(
     "name, content, expected",
     [
         ("zero_bytes.yaml", b"", Expect(1, "", "the file is empty")),
-        ("huge.yaml", b"# padding\n" * (MAX_FILE_BYTES // 10 + 1), Expect(1, "", f"larger than {MAX_FILE_BYTES >> 20} MiB")),
+        (
+            "huge.yaml",
+            b"# padding\n" * (MAX_FILE_BYTES // 10 + 1),
+            Expect(1, "", f"larger than {MAX_FILE_BYTES >> 20} MiB"),
+        ),
         ("utf16.yaml", "name: x\n".encode("utf-16"), Expect(1, "", "not UTF-8 text (byte 0xff)")),
         ("nul_byte.yaml", b"name: x\nstatement: a\x00b\n", Expect(2, "", "character #x0000 is not allowed")),
     ],
@@ -160,13 +165,25 @@ def test_unreadable_file(tmp_path, capsys):
 
 # -- through a real process -------------------------------------------------------------
 
-SAMPLE = ["yaml_tab_indentation", "unknown_key_search", "claim_syntax_column", "python_tag_apply", "not_utf8", "alias_bomb"]
+SAMPLE = [
+    "yaml_tab_indentation",
+    "unknown_key_search",
+    "claim_syntax_column",
+    "python_tag_apply",
+    "not_utf8",
+    "alias_bomb",
+]
 
 
 def test_console_validate_in_a_subprocess():
     paths = [CORPUS / f"{name}.yaml" for name in SAMPLE]
-    result = subprocess.run([sys.executable, "-m", "orchestrator.cli", "validate", *map(str, paths)],
-                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "validate", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stderr.splitlines()
@@ -175,7 +192,11 @@ def test_console_validate_in_a_subprocess():
     for path in paths:
         for e in expectations(path):
             prefix = f"{path}:{e.line}: " + (f"{e.field}: " if e.field else "")
-            assert any(line.startswith(prefix) and e.message in line for line in lines), (prefix, e.message, result.stderr)
+            assert any(line.startswith(prefix) and e.message in line for line in lines), (
+                prefix,
+                e.message,
+                result.stderr,
+            )
 
 
 RUN_AND_REPORT = """\
@@ -192,9 +213,14 @@ def bad_run(tmp_path_factory):
     """``orchestrate run BAD`` in a fresh process and an empty working folder."""
     cwd = tmp_path_factory.mktemp("bad_run")
     path = CORPUS / "claim_unknown_metric.yaml"
-    result = subprocess.run([sys.executable, "-c", RUN_AND_REPORT, "run", str(path), "--quiet"],
-                            capture_output=True, text=True, cwd=cwd, timeout=300,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    result = subprocess.run(
+        [sys.executable, "-c", RUN_AND_REPORT, "run", str(path), "--quiet"],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     return path, cwd, result
 
 

@@ -25,8 +25,14 @@ from orchestrator.trial.per_example import PerExampleRecord
 from orchestrator.trial.training import TrialSetup, run_trial
 
 ROOT = Path(__file__).resolve().parent.parent
-POLARITY = TaskSpec(type="causal-lm", model="random:llama-tiny", dataset="synthetic:polarity-lm",
-                    train_examples=64, val_examples=16, test_examples=16)
+POLARITY = TaskSpec(
+    type="causal-lm",
+    model="random:llama-tiny",
+    dataset="synthetic:polarity-lm",
+    train_examples=64,
+    val_examples=16,
+    test_examples=16,
+)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +75,9 @@ def test_the_embedded_task_asks_for_the_reviews_label_word():
 
 
 # -- exact match ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("generated,gold", [(" Positive", " positive"), ("positive\n", " positive"), (" a  b ", "a b")])
+@pytest.mark.parametrize(
+    "generated,gold", [(" Positive", " positive"), ("positive\n", " positive"), (" a  b ", "a b")]
+)
 def test_exact_match_ignores_case_and_surrounding_or_repeated_whitespace(generated, gold):
     assert normalise(generated) == normalise(gold)
 
@@ -79,7 +87,8 @@ def test_exact_match_still_tells_different_answers_apart():
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    # the lists may differ in length: a common prefix stops at the shorter one
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
 class Oracle(torch.nn.Module):
@@ -128,7 +137,9 @@ def test_exact_match_is_judged_per_example_and_perplexity_is_not():
 # -- the spec -------------------------------------------------------------------------------------------
 def _hypothesis(folder: Path, task: str) -> Path:
     path = folder / "h.yaml"
-    path.write_text(f"name: lm\nstatement: a causal LM\ntask:\n{task}arms:\n  a: {{method: lora}}\n  b: {{method: dora}}\n")
+    path.write_text(
+        f"name: lm\nstatement: a causal LM\ntask:\n{task}arms:\n  a: {{method: lora}}\n  b: {{method: dora}}\n"
+    )
     return path
 
 
@@ -143,16 +154,31 @@ def test_a_causal_lm_is_scored_by_exact_match_unless_told_and_perplexity_is_mini
 @pytest.mark.parametrize(
     "task,line,message",
     [
-        ("  type: causal-lm\n  model: random:llama-tiny\n  dataset: synthetic:polarity-lm\n  metric: accuracy\n", 7,
-         "task.metric: task.metric accuracy does not apply to task.type causal-lm; use exact_match or perplexity"),
-        ("  model: random:bert-tiny\n  dataset: synthetic:polarity\n  metric: exact_match\n", 6,
-         "task.metric: task.metric exact_match does not apply to task.type sequence-classification"),
-        ("  type: causal-lm\n  model: random:llama-tiny\n  dataset: synthetic:polarity-lm\n  text_column: t\n", 7,
-         "task.text_column: task.text_column does not apply to task.type causal-lm"),
-        ("  model: random:bert-tiny\n  dataset: synthetic:polarity\n  prompt_column: p\n", 6,
-         "task.prompt_column: task.prompt_column does not apply to task.type sequence-classification"),
-        ("  type: causal-lm\n  model: random:bert-tiny\n  dataset: synthetic:polarity-lm\n", 5,
-         "task.model: 'random:bert-tiny' is not a causal language model"),
+        (
+            "  type: causal-lm\n  model: random:llama-tiny\n  dataset: synthetic:polarity-lm\n  metric: accuracy\n",
+            7,
+            "task.metric: task.metric accuracy does not apply to task.type causal-lm; use exact_match or perplexity",
+        ),
+        (
+            "  model: random:bert-tiny\n  dataset: synthetic:polarity\n  metric: exact_match\n",
+            6,
+            "task.metric: task.metric exact_match does not apply to task.type sequence-classification",
+        ),
+        (
+            "  type: causal-lm\n  model: random:llama-tiny\n  dataset: synthetic:polarity-lm\n  text_column: t\n",
+            7,
+            "task.text_column: task.text_column does not apply to task.type causal-lm",
+        ),
+        (
+            "  model: random:bert-tiny\n  dataset: synthetic:polarity\n  prompt_column: p\n",
+            6,
+            "task.prompt_column: task.prompt_column does not apply to task.type sequence-classification",
+        ),
+        (
+            "  type: causal-lm\n  model: random:bert-tiny\n  dataset: synthetic:polarity-lm\n",
+            5,
+            "task.model: 'random:bert-tiny' is not a causal language model",
+        ),
     ],
 )
 def test_a_metric_or_field_of_another_type_is_refused_at_its_line(tmp_path, capsys, task, line, message):
@@ -182,7 +208,10 @@ def test_a_csv_without_the_prompt_column_is_refused_at_its_header(tmp_path, caps
     (tmp_path / "data.csv").write_text("question,completion\nwhat,yes\n")
     path = _hypothesis(tmp_path, "  type: causal-lm\n  model: random:llama-tiny\n  dataset: csv:data.csv\n")
     assert main(["validate", str(path)]) == 2
-    assert f"{tmp_path / 'data.csv'}:1: prompt: no column 'prompt' (columns: 'question', 'completion')" in capsys.readouterr().err
+    assert (
+        f"{tmp_path / 'data.csv'}:1: prompt: no column 'prompt' (columns: 'question', 'completion')"
+        in capsys.readouterr().err
+    )
 
 
 def test_an_example_longer_than_max_length_is_refused_never_cut(tmp_path):
@@ -196,8 +225,14 @@ def test_an_example_longer_than_max_length_is_refused_never_cut(tmp_path):
 
 # -- a trial ----------------------------------------------------------------------------------------------
 def test_lora_r8_is_the_flop_reference_per_token_and_no_head_trains(polarity, tmp_path):
-    setup = TrialSetup(arm="a", method="lora", model="random:llama-tiny", metric="exact_match",
-                       training=TrainingSpec(epochs=1, batch_size=32), fixed={"r": 8})
+    setup = TrialSetup(
+        arm="a",
+        method="lora",
+        model="random:llama-tiny",
+        metric="exact_match",
+        training=TrainingSpec(epochs=1, batch_size=32),
+        fixed={"r": 8},
+    )
     final = run_trial(setup, {"lr": 1e-2}, 0, polarity, lambda m, a: None, tmp_path)
     assert final["adapter_flops_per_token"] == 2 * 8 * (32 + 32) * 4  # q_proj, v_proj of 2 blocks, hidden 32
     assert final["flops_ratio"] == 1.0 and final["head_params"] == 0
@@ -208,9 +243,23 @@ def test_lora_r8_is_the_flop_reference_per_token_and_no_head_trains(polarity, tm
 @pytest.mark.slow
 def test_the_decoder_peft_smoke_profile_runs_end_to_end_with_verdicts(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "run", str(ROOT / "hypotheses" / "decoder_peft.yaml"), "--profile", "smoke",
-         "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--state-dir", str(tmp_path / "state")],
-        capture_output=True, text=True, cwd=tmp_path, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "run",
+            str(ROOT / "hypotheses" / "decoder_peft.yaml"),
+            "--profile",
+            "smoke",
+            "--tracking-uri",
+            f"sqlite:///{tmp_path}/mlflow.db",
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "dora.test_exact_match >= lora.test_exact_match" in result.stdout + result.stderr

@@ -4,7 +4,7 @@ ClaimSyntaxError that points at the right column and says what to write instead.
 from __future__ import annotations
 
 import random
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -20,6 +20,7 @@ def coefficients(claim: Claim) -> dict[MetricRef, float]:
 
 # ---------------------------------------------------------------- the three forms
 
+
 @pytest.mark.parametrize(
     ("text", "lower", "upper", "lower_strict", "upper_strict"),
     [
@@ -29,8 +30,7 @@ def coefficients(claim: Claim) -> dict[MetricRef, float]:
         ("a.x < 0.9", None, 0.0, False, True),
     ],
 )
-def test_each_comparison_operator_becomes_a_bound_on_lhs_minus_rhs(
-        text, lower, upper, lower_strict, upper_strict):
+def test_each_comparison_operator_becomes_a_bound_on_lhs_minus_rhs(text, lower, upper, lower_strict, upper_strict):
     claim = parse_claim(text)
     assert claim.kind == "compare"
     assert (claim.lower, claim.upper) == (lower, upper)
@@ -62,8 +62,10 @@ def test_strictness_moves_with_the_bound_when_oriented():
 
 def test_multiplication_and_division_by_constants():
     claim = parse_claim("radlora.active_layers <= 0.5 * lora.active_layers")
-    assert coefficients(claim) == {MetricRef("radlora", "active_layers"): 1.0,
-                                   MetricRef("lora", "active_layers"): -0.5}
+    assert coefficients(claim) == {
+        MetricRef("radlora", "active_layers"): 1.0,
+        MetricRef("lora", "active_layers"): -0.5,
+    }
     claim = parse_claim("a.x <= adalora.base_memory_mb / 5")
     assert coefficients(claim) == {A: 1.0, MetricRef("adalora", "base_memory_mb"): pytest.approx(-0.2)}
 
@@ -81,10 +83,18 @@ def test_repeated_references_are_combined():
     assert coefficients(claim) == {A: 1.5, B: -1.0}
 
 
-@pytest.mark.parametrize(("text", "value"), [
-    ("a.x >= 25%", 0.25), ("a.x >= 1e-3", 0.001), ("a.x >= 2.5E+2", 250.0), ("a.x >= .5", 0.5),
-    ("a.x >= 3.", 3.0), ("a.x >= 12", 12.0), ("a.x >= 0.5%", 0.005),
-])
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("a.x >= 25%", 0.25),
+        ("a.x >= 1e-3", 0.001),
+        ("a.x >= 2.5E+2", 250.0),
+        ("a.x >= .5", 0.5),
+        ("a.x >= 3.", 3.0),
+        ("a.x >= 12", 12.0),
+        ("a.x >= 0.5%", 0.005),
+    ],
+)
 def test_number_formats(text, value):
     assert parse_claim(text).expr.constant == pytest.approx(-value)
 
@@ -150,14 +160,14 @@ def test_str_is_the_text_as_written_and_claims_are_hashable():
 
 
 def test_holds_at_respects_strictness():
-    assert parse_claim("a.x <= 0.25").holds_at(0.0)            # D = a.x - 0.25 = 0
+    assert parse_claim("a.x <= 0.25").holds_at(0.0)  # D = a.x - 0.25 = 0
     assert not parse_claim("a.x < 0.25").holds_at(0.0)
     assert parse_claim("a.x in [1, 2]").holds_at(2.0) and not parse_claim("a.x in [1, 2]").holds_at(2.1)
 
 
 def test_linear_expr_arithmetic_and_text():
     expr = LinearExpr(1.0, {A: 2.0}) - LinearExpr(0.5, {A: 2.0, B: 1.0})
-    assert dict(expr.coefficients) == {B: -1.0}          # zero coefficients are dropped
+    assert dict(expr.coefficients) == {B: -1.0}  # zero coefficients are dropped
     assert str(expr) == "-b.y + 0.5"
     assert expr.evaluate({B: 2.0}) == pytest.approx(-1.5)
     assert str(LinearExpr(0.0, {A: 0.5})) == "0.5 * a.x"
@@ -165,55 +175,59 @@ def test_linear_expr_arithmetic_and_text():
 
 # ---------------------------------------------------------------- errors
 
-@pytest.mark.parametrize(("text", "column", "fragment"), [
-    ("", 1, "empty claim"),
-    ("   ", 4, "empty claim"),
-    ("lora.test_accuracy", 19, "expected a comparison operator (<, <=, >, >=)"),
-    ("lora.test_accuracy 0.9", 20, "after 'lora.test_accuracy', got '0.9'"),
-    ("lora >= 0.9", 1, "'lora' is not a metric reference"),
-    ("a. >= 1", 3, "expected a metric name after 'a.'"),
-    ("a.5 >= 1", 3, "expected a metric name after 'a.'"),
-    ("a.b.c >= 1", 4, "too many dots"),
-    ("a.x == b.y", 5, "use 'X within m of Y'"),
-    ("a.x = 1", 5, "equality"),
-    ("a.x != 1", 5, "not supported"),
-    ("a.x * b.y >= 1", 5, "claims must be linear in metrics"),
-    ("(a.x + 1) * (b.y - 1) >= 1", 11, "claims must be linear in metrics"),
-    ("a.x / b.y <= 0.5", 5, "cannot divide by 'b.y'"),
-    ("1 / a.x <= 0.5", 3, "claims must be linear in metrics"),
-    ("a.x / (2 - 2) >= 1", 5, "division by zero"),
-    ("(a.x >= 1", 6, "missing ')' to close the '(' at column 1"),
-    ("(a.x + 1 >= 1", 10, "missing ')'"),
-    ("a.x >= (1 + 2", 14, "missing ')'"),
-    ("a.x >= ()", 9, "empty parentheses"),
-    ("a.x >= 1)", 9, "unexpected ')' after the end of the claim"),
-    ("a.x > 0 < 1", 9, "only one comparison per claim"),
-    ("a.x >=", 7, "expected an expression after '>='"),
-    ("a.x >= 1 +", 11, "ends too early"),
-    ("a.x >= * 2", 8, "got '*'"),
-    ("a.x >= $", 8, "unexpected character '$'"),
-    ("a.x >= 2lora.x", 8, "'2lora.x' is not a number"),
-    ("a.x >= 1.2.3", 8, "'1.2.3' is not a number"),
-    ("a.x >= 1e", 8, "'1e' is not a number"),
-    ("a.x % 2 >= 1", 5, "'%' must directly follow a number"),
-    ("1 < 2", 1, "does not depend on any metric"),
-    ("a.x - a.x >= 0", 1, "cancel out"),
-    ("0 * a.x >= 1", 1, "cancel out"),
-    ("a.x in 0.2, 0.3", 8, "expected '['"),
-    ("a.x in [0.2 0.3]", 13, "expected ','"),
-    ("a.x in [0.2, 0.3", 17, "expected ']'"),
-    ("a.x in [b.y, 1]", 9, "lower bound must be a number, not a metric ('b.y')"),
-    ("a.x in [0, b.y]", 12, "upper bound must be a number"),
-    ("a.x in [0.3, 0.2]", 9, "empty range"),
-    ("a.x in []", 9, "expected a number for the range's lower bound"),
-    ("a.x within b.y of 1", 12, "margin after 'within' must be a number"),
-    ("a.x within -0.1 of b.y", 12, "the margin must be >= 0"),
-    ("a.x within 0.1 b.y", 16, "expected 'of' after the margin '0.1'"),
-    ("a.x within 0.1 of", 16, "expected an expression after 'of'"),
-    ("a.x within", 11, "expected a number for the margin"),
-    ("a.x IN [0, 1]", 5, "expected a comparison operator"),
-    ("a.é >= 1", 3, "expected a metric name after 'a.'"),
-])
+
+@pytest.mark.parametrize(
+    ("text", "column", "fragment"),
+    [
+        ("", 1, "empty claim"),
+        ("   ", 4, "empty claim"),
+        ("lora.test_accuracy", 19, "expected a comparison operator (<, <=, >, >=)"),
+        ("lora.test_accuracy 0.9", 20, "after 'lora.test_accuracy', got '0.9'"),
+        ("lora >= 0.9", 1, "'lora' is not a metric reference"),
+        ("a. >= 1", 3, "expected a metric name after 'a.'"),
+        ("a.5 >= 1", 3, "expected a metric name after 'a.'"),
+        ("a.b.c >= 1", 4, "too many dots"),
+        ("a.x == b.y", 5, "use 'X within m of Y'"),
+        ("a.x = 1", 5, "equality"),
+        ("a.x != 1", 5, "not supported"),
+        ("a.x * b.y >= 1", 5, "claims must be linear in metrics"),
+        ("(a.x + 1) * (b.y - 1) >= 1", 11, "claims must be linear in metrics"),
+        ("a.x / b.y <= 0.5", 5, "cannot divide by 'b.y'"),
+        ("1 / a.x <= 0.5", 3, "claims must be linear in metrics"),
+        ("a.x / (2 - 2) >= 1", 5, "division by zero"),
+        ("(a.x >= 1", 6, "missing ')' to close the '(' at column 1"),
+        ("(a.x + 1 >= 1", 10, "missing ')'"),
+        ("a.x >= (1 + 2", 14, "missing ')'"),
+        ("a.x >= ()", 9, "empty parentheses"),
+        ("a.x >= 1)", 9, "unexpected ')' after the end of the claim"),
+        ("a.x > 0 < 1", 9, "only one comparison per claim"),
+        ("a.x >=", 7, "expected an expression after '>='"),
+        ("a.x >= 1 +", 11, "ends too early"),
+        ("a.x >= * 2", 8, "got '*'"),
+        ("a.x >= $", 8, "unexpected character '$'"),
+        ("a.x >= 2lora.x", 8, "'2lora.x' is not a number"),
+        ("a.x >= 1.2.3", 8, "'1.2.3' is not a number"),
+        ("a.x >= 1e", 8, "'1e' is not a number"),
+        ("a.x % 2 >= 1", 5, "'%' must directly follow a number"),
+        ("1 < 2", 1, "does not depend on any metric"),
+        ("a.x - a.x >= 0", 1, "cancel out"),
+        ("0 * a.x >= 1", 1, "cancel out"),
+        ("a.x in 0.2, 0.3", 8, "expected '['"),
+        ("a.x in [0.2 0.3]", 13, "expected ','"),
+        ("a.x in [0.2, 0.3", 17, "expected ']'"),
+        ("a.x in [b.y, 1]", 9, "lower bound must be a number, not a metric ('b.y')"),
+        ("a.x in [0, b.y]", 12, "upper bound must be a number"),
+        ("a.x in [0.3, 0.2]", 9, "empty range"),
+        ("a.x in []", 9, "expected a number for the range's lower bound"),
+        ("a.x within b.y of 1", 12, "margin after 'within' must be a number"),
+        ("a.x within -0.1 of b.y", 12, "the margin must be >= 0"),
+        ("a.x within 0.1 b.y", 16, "expected 'of' after the margin '0.1'"),
+        ("a.x within 0.1 of", 16, "expected an expression after 'of'"),
+        ("a.x within", 11, "expected a number for the margin"),
+        ("a.x IN [0, 1]", 5, "expected a comparison operator"),
+        ("a.é >= 1", 3, "expected a metric name after 'a.'"),
+    ],
+)
 def test_syntax_errors_point_at_the_column_and_explain(text, column, fragment):
     with pytest.raises(ClaimSyntaxError) as caught:
         parse_claim(text)
@@ -271,8 +285,12 @@ def random_expr(rng: random.Random, depth: int = 0) -> tuple[str, Callable[[dict
     op = rng.choice("+-*/") if not (f_has and g_has) else rng.choice("+-")
     if op == "/" and g_has:
         op = "*"
-    functions = {"+": lambda env: f(env) + g(env), "-": lambda env: f(env) - g(env),
-                 "*": lambda env: f(env) * g(env), "/": lambda env: f(env) / g(env)}
+    functions = {
+        "+": lambda env: f(env) + g(env),
+        "-": lambda env: f(env) - g(env),
+        "*": lambda env: f(env) * g(env),
+        "/": lambda env: f(env) / g(env),
+    }
     wrap = lambda part: f"({part})" if " " in part else part  # noqa: E731 - keeps the oracle's precedence
     text = f"{wrap(left)} {op} {wrap(right)}"
     if rng.random() < 0.2:
@@ -285,8 +303,8 @@ def test_the_normal_form_agrees_with_direct_evaluation_of_random_claims():
     rng = random.Random(11)
     checked = 0
     for _ in range(800):
-        left, f, f_has = random_expr(rng)
-        right, g, g_has = random_expr(rng)
+        left, f, _f_has = random_expr(rng)
+        right, g, _g_has = random_expr(rng)
         op = rng.choice(["<", "<=", ">", ">="])
         text = f"{left} {op} {right}"
         try:

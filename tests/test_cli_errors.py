@@ -14,9 +14,9 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -54,20 +54,34 @@ class Where:
                 print("held", flush=True)
                 sys.stdin.read()
         """)
-        holder = subprocess.Popen([sys.executable, "-c", code, str(state_dir), hypothesis, profile], cwd=ROOT,
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        holder = subprocess.Popen(
+            [sys.executable, "-c", code, str(state_dir), hypothesis, profile],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         self.holders.append(holder)
         assert holder.stdout.readline().strip() == "held"
 
 
 def run_while_locked(where: Where) -> list[str]:
     where.lock_held(where.folder / "state")
-    return ["run", where.spec(), "--state-dir", str(where.folder / "state"), "--tracking-uri", f"sqlite:///{where.folder}/new.db"]
+    return [
+        "run",
+        where.spec(),
+        "--state-dir",
+        str(where.folder / "state"),
+        "--tracking-uri",
+        f"sqlite:///{where.folder}/new.db",
+    ]
 
 
 def non_finite(value: str) -> Callable[[Where], list[str]]:
     def argv(where: Where) -> list[str]:
         return ["validate", where.spec(TINY_HYPOTHESIS.replace("lr: 1.0e-2}", f"lr: {value}}}"))]
+
     return argv
 
 
@@ -80,22 +94,49 @@ class Case:
 
 
 CASES = [
-    Case("ui port above 65535", lambda w: ["ui", "--port", "99999", "--tracking-uri", new_mlflow_store(w.folder)],
-         2, "orchestrate ui: --port 99999 is not a port: pass 1-65535, or 0 for any free one"),
-    Case("ui negative port", lambda w: ["ui", "--port", "-1", "--tracking-uri", new_mlflow_store(w.folder)],
-         2, "orchestrate ui: --port -1 is not a port"),
-    Case("ui on a damaged store", lambda w: ["ui", "--port", "0", "--tracking-uri", w.damaged_store()],
-         2, "mlflow.db"),
-    Case("ui on a damaged store, with a hypothesis", lambda w: ["ui", "--port", "0", "--hypothesis", "tiny-test", "--tracking-uri", w.damaged_store()],
-         2, "mlflow.db"),
+    Case(
+        "ui port above 65535",
+        lambda w: ["ui", "--port", "99999", "--tracking-uri", new_mlflow_store(w.folder)],
+        2,
+        "orchestrate ui: --port 99999 is not a port: pass 1-65535, or 0 for any free one",
+    ),
+    Case(
+        "ui negative port",
+        lambda w: ["ui", "--port", "-1", "--tracking-uri", new_mlflow_store(w.folder)],
+        2,
+        "orchestrate ui: --port -1 is not a port",
+    ),
+    Case(
+        "ui on a damaged store", lambda w: ["ui", "--port", "0", "--tracking-uri", w.damaged_store()], 2, "mlflow.db"
+    ),
+    Case(
+        "ui on a damaged store, with a hypothesis",
+        lambda w: ["ui", "--port", "0", "--hypothesis", "tiny-test", "--tracking-uri", w.damaged_store()],
+        2,
+        "mlflow.db",
+    ),
     Case("NaN learning rate", non_finite(".nan"), 2, "tiny.yaml:13: training.lr: Input should be a finite number"),
-    Case("infinite learning rate", non_finite(".inf"), 2, "tiny.yaml:13: training.lr: Input should be a finite number"),
-    Case("NaN confidence", lambda w: ["validate", w.spec(TINY_HYPOTHESIS + "judge: {confidence: .nan}\n")],
-         2, "tiny.yaml:24: judge.confidence: Input should be a finite number"),
-    Case("a second run of the same hypothesis in one state folder", run_while_locked,
-         2, "orchestrate: hypothesis 'tiny-test' (profile 'default') is already running in this state folder (pid "),
-    Case("state folder is a file", lambda w: ["run", w.spec(), "--state-dir", w.spec(), "--tracking-uri", f"sqlite:///{w.folder}/new.db"],
-         2, "is not a folder"),
+    Case(
+        "infinite learning rate", non_finite(".inf"), 2, "tiny.yaml:13: training.lr: Input should be a finite number"
+    ),
+    Case(
+        "NaN confidence",
+        lambda w: ["validate", w.spec(TINY_HYPOTHESIS + "judge: {confidence: .nan}\n")],
+        2,
+        "tiny.yaml:24: judge.confidence: Input should be a finite number",
+    ),
+    Case(
+        "a second run of the same hypothesis in one state folder",
+        run_while_locked,
+        2,
+        "orchestrate: hypothesis 'tiny-test' (profile 'default') is already running in this state folder (pid ",
+    ),
+    Case(
+        "state folder is a file",
+        lambda w: ["run", w.spec(), "--state-dir", w.spec(), "--tracking-uri", f"sqlite:///{w.folder}/new.db"],
+        2,
+        "is not a folder",
+    ),
 ]
 
 

@@ -44,7 +44,7 @@ def table_rows(lines: list[str], title: str) -> list[list[str]]:
     """The cells of each row of the table titled ``title...``, up to the next title."""
     start = next(i for i, line in enumerate(lines) if line.startswith(title))
     rows = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if line and not line.startswith(("│", "┏", "┃", "┡", "└", "╇", "━")):
             break
         if line.startswith("│"):

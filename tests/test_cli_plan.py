@@ -197,8 +197,14 @@ sys.exit(code)
 
 def test_planning_starts_nothing(tmp_path):
     """No Ray, no MLflow, no file written: a plan is safe to print anywhere."""
-    result = subprocess.run([sys.executable, "-c", PLAN_AND_REPORT, "plan", str(LORA_RANK)], capture_output=True,
-                            text=True, cwd=tmp_path, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    result = subprocess.run(
+        [sys.executable, "-c", PLAN_AND_REPORT, "plan", str(LORA_RANK)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "imported: []"
     assert list(tmp_path.iterdir()) == []

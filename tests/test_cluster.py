@@ -18,6 +18,7 @@ people's included): it kills exactly the processes inside our namespaces
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -73,10 +74,16 @@ class Hosts:
     def env(self, token: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
         env.pop(LOOPBACK_FLAG, None)  # cluster mode: listeners on the namespace's address, extra nodes allowed
-        env.update({
-            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0",
-            "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-        })  # Ray reads RAY_AUTH_TOKEN before RAY_AUTH_TOKEN_PATH and ~/.ray/auth_token
+        env.update(
+            {
+                "RAY_AUTH_MODE": "token",
+                "RAY_AUTH_TOKEN": token,
+                "RAY_USAGE_STATS_ENABLED": "0",
+                "HF_HUB_OFFLINE": "1",
+                "OMP_NUM_THREADS": "1",
+                "TOKENIZERS_PARALLELISM": "false",
+            }
+        )  # Ray reads RAY_AUTH_TOKEN before RAY_AUTH_TOKEN_PATH and ~/.ray/auth_token
         return env
 
     def run_in(self, ns: str, command: list[str], env: dict[str, str], **kw) -> subprocess.CompletedProcess:
@@ -92,10 +99,8 @@ class Hosts:
         for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
             pids = [p for ns in self.created for p in self.pids(ns)]
             for pid in pids:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
             deadline = time.monotonic() + grace
             while time.monotonic() < deadline and any(self.pids(ns) for ns in self.created):
                 time.sleep(0.5)
@@ -129,10 +134,41 @@ def cluster(tmp_path_factory):
     common = ["--num-cpus", "1", "--num-gpus", "1", "--object-store-memory", str(150 * 2**20), "--disable-usage-stats"]
     started = time.monotonic()
     try:
-        hosts.run_in(hosts.head, [ray, "start", "--head", "--node-ip-address", HEAD_IP, "--port", str(GCS_PORT),
-                                  "--include-dashboard", "false", "--temp-dir", str(ray_tmp / "h"), *common], env, timeout=240)
-        hosts.run_in(hosts.worker, [ray, "start", "--address", f"{HEAD_IP}:{GCS_PORT}", "--node-ip-address", WORKER_IP,
-                                    "--temp-dir", str(ray_tmp / "w"), *common], env, timeout=240)
+        hosts.run_in(
+            hosts.head,
+            [
+                ray,
+                "start",
+                "--head",
+                "--node-ip-address",
+                HEAD_IP,
+                "--port",
+                str(GCS_PORT),
+                "--include-dashboard",
+                "false",
+                "--temp-dir",
+                str(ray_tmp / "h"),
+                *common,
+            ],
+            env,
+            timeout=240,
+        )
+        hosts.run_in(
+            hosts.worker,
+            [
+                ray,
+                "start",
+                "--address",
+                f"{HEAD_IP}:{GCS_PORT}",
+                "--node-ip-address",
+                WORKER_IP,
+                "--temp-dir",
+                str(ray_tmp / "w"),
+                *common,
+            ],
+            env,
+            timeout=240,
+        )
         print(f"cluster up in {time.monotonic() - started:.0f} s")
         yield hosts, env, folder
     finally:
@@ -147,8 +183,13 @@ def _cluster_query(hosts: Hosts, env: dict[str, str], folder: Path) -> dict:
         import json, logging, ray
         import ray._private.state as state
         ray.init(address="{HEAD_IP}:{GCS_PORT}", logging_level=logging.ERROR, log_to_driver=False)
-        nodes = [{{"ip": n["NodeManagerAddress"], "alive": n["Alive"], "resources": n["Resources"]}} for n in ray.nodes()]
-        actors = [{{"cls": a["ActorClassName"], "ip": a["Address"]["IPAddress"], "state": a["State"]}} for a in state.actors().values()]
+        nodes = [
+            {{"ip": n["NodeManagerAddress"], "alive": n["Alive"], "resources": n["Resources"]}} for n in ray.nodes()
+        ]
+        actors = [
+            {{"cls": a["ActorClassName"], "ip": a["Address"]["IPAddress"], "state": a["State"]}}
+            for a in state.actors().values()
+        ]
         print("JSON" + json.dumps({{"nodes": nodes, "actors": actors}}))
     """)
     out = hosts.run_in(hosts.head, [sys.executable, "-c", script], env, timeout=180, cwd=folder)
@@ -161,16 +202,36 @@ def cluster_run(cluster):
     before = _cluster_query(hosts, env, folder)
     spec = folder / "tiny.yaml"
     # two trials at a time, one GPU each: one per node (the tiny hypothesis runs one at a time)
-    spec.write_text(TINY_HYPOTHESIS.replace("  scheduler: fifo\n", "  scheduler: fifo\n  resources_per_trial: {cpu: 1, gpu: 1}\n")
-                    .replace("max_concurrent: 1", "max_concurrent: 2"))
+    spec.write_text(
+        TINY_HYPOTHESIS.replace(
+            "  scheduler: fifo\n", "  scheduler: fifo\n  resources_per_trial: {cpu: 1, gpu: 1}\n"
+        ).replace("max_concurrent: 1", "max_concurrent: 2")
+    )
     uri = new_mlflow_store(folder)  # on the driver: only the driver writes to MLflow
     storage = folder / "ray-storage"  # one folder both hosts see, as a shared filesystem would be
     started = time.monotonic()
     out = hosts.run_in(
         hosts.head,
-        [sys.executable, "-m", "orchestrator.cli", "run", str(spec), "--address", f"{HEAD_IP}:{GCS_PORT}",
-         "--tracking-uri", uri, "--storage-path", str(storage), "--state-dir", str(folder / "state"), "--quiet"],
-        env, check=False, timeout=900, cwd=folder,
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "run",
+            str(spec),
+            "--address",
+            f"{HEAD_IP}:{GCS_PORT}",
+            "--tracking-uri",
+            uri,
+            "--storage-path",
+            str(storage),
+            "--state-dir",
+            str(folder / "state"),
+            "--quiet",
+        ],
+        env,
+        check=False,
+        timeout=900,
+        cwd=folder,
     )
     elapsed = time.monotonic() - started
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
@@ -197,7 +258,8 @@ def test_trials_ran_on_both_nodes(cluster_run):
     # remembers where every actor lived, dead ones included
     trial_actors = [a for a in after["actors"] if a["cls"] == "ImplicitFunc"]
     per_node = {ip: sum(a["ip"] == ip for a in trial_actors) for ip in (HEAD_IP, WORKER_IP)}
-    print(f"trainable actors per node: {per_node}; trial runs in MLflow: {len([r for r in runs if r.data.tags.get('orchestrate.level') == 'trial'])}")
+    trial_runs = [r for r in runs if r.data.tags.get("orchestrate.level") == "trial"]
+    print(f"trainable actors per node: {per_node}; trial runs in MLflow: {len(trial_runs)}")
     assert all(per_node.values()), after["actors"]
 
 
@@ -220,4 +282,8 @@ def test_every_trial_and_confirmation_is_in_mlflow(cluster_run):
 
 def test_mlflow_runs_say_which_node_ran_them(cluster_run):
     _, _, runs, _, _ = cluster_run
-    assert {r.data.tags.get("orchestrate.node_ip") for r in runs if r.data.tags.get("orchestrate.level") in ("trial", "confirm")} == {HEAD_IP, WORKER_IP}
+    assert {
+        r.data.tags.get("orchestrate.node_ip")
+        for r in runs
+        if r.data.tags.get("orchestrate.level") in ("trial", "confirm")
+    } == {HEAD_IP, WORKER_IP}

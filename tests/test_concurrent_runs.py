@@ -45,9 +45,21 @@ def two_runs(tmp_path_factory):
     for name in NAMES:
         spec = folder / f"{name}.yaml"
         spec.write_text(ONE_ARM.replace("name: tiny-test", f"name: {name}"))
-        command = [sys.executable, "-m", "orchestrator.cli", "run", str(spec), "--tracking-uri", uri,
-                   "--state-dir", str(folder / "state"), "--quiet"]
-        processes.append(subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        command = [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "run",
+            str(spec),
+            "--tracking-uri",
+            uri,
+            "--state-dir",
+            str(folder / "state"),
+            "--quiet",
+        ]
+        processes.append(
+            subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
     started = time.monotonic()
     results = []
     for process in processes:

@@ -25,9 +25,9 @@ import json
 import random
 import re
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -60,6 +60,7 @@ class Case:
 
 # -- the folder a run left ------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def left_run(tmp_path_factory, shared_ray) -> SharedRun:
     """The tiny hypothesis run to its end: its state, archive, cache and store are the
@@ -77,7 +78,9 @@ def left_copy(left_run, tmp_path, monkeypatch) -> SharedRun:
         yield run
 
 
-def run_again(run: SharedRun, capsys, command: str = "run", uri: str | None = None, quiet: bool = True) -> tuple[int, list[str]]:
+def run_again(
+    run: SharedRun, capsys, command: str = "run", uri: str | None = None, quiet: bool = True
+) -> tuple[int, list[str]]:
     """The same command again, in process: its exit code and its stderr lines."""
     capsys.readouterr()
     args = {
@@ -107,11 +110,13 @@ def refused(code: int, lines: list[str], path: Path, message: str) -> None:
 
 # -- run state: refused whole, exit 2, the file left as it was -------------------------------
 
+
 def _edit_state(change: Callable[[dict], None]) -> Callable[[bytes], bytes]:
     def damage(text: bytes) -> bytes:
         data = json.loads(text)
         change(data)
         return json.dumps(data).encode()
+
     return damage
 
 
@@ -122,15 +127,43 @@ def _first_trial(data: dict) -> dict:
 STATE_CASES = [
     Case("truncated", lambda b: b[: len(b) // 2], 2, "the run state is damaged (not valid JSON at line"),
     Case("empty file", lambda b: b"", 2, "not valid JSON at line 1, column 1"),
-    Case("random bytes", lambda b: b"\xff" + random.Random(21).randbytes(300), 2, "not UTF-8 text: byte 0xff at offset 0"),
+    Case(
+        "random bytes",
+        lambda b: b"\xff" + random.Random(21).randbytes(300),
+        2,
+        "not UTF-8 text: byte 0xff at offset 0",
+    ),
     Case("a list", lambda b: b"[]", 2, "a JSON list, not the object a run state is"),
-    Case("arms not an object", _edit_state(lambda d: d.update(arms=["small", "large"])), 2, "(arms: Input should be an object"),
-    Case("trial record without fields", _edit_state(lambda d: d["arms"]["small"]["trials"].append({"trial_id": "x"})), 2,
-         "arms.small.trials.2.arm: Field required"),
-    Case("trial status unknown", _edit_state(lambda d: _first_trial(d).update(status="DONE")), 2, "status 'DONE' is none of"),
-    Case("trial metric out of range", _edit_state(lambda d: _first_trial(d)["metrics"].update(val_accuracy=9.99)), 2,
-         "metric val_accuracy is 9.99, outside [0, 1]"),
-    Case("trial mapping not text", _edit_state(lambda d: d["arms"]["large"].update(trial={"t": 7})), 2, "arms.large.trial.t: Input should be a valid string"),
+    Case(
+        "arms not an object",
+        _edit_state(lambda d: d.update(arms=["small", "large"])),
+        2,
+        "(arms: Input should be an object",
+    ),
+    Case(
+        "trial record without fields",
+        _edit_state(lambda d: d["arms"]["small"]["trials"].append({"trial_id": "x"})),
+        2,
+        "arms.small.trials.2.arm: Field required",
+    ),
+    Case(
+        "trial status unknown",
+        _edit_state(lambda d: _first_trial(d).update(status="DONE")),
+        2,
+        "status 'DONE' is none of",
+    ),
+    Case(
+        "trial metric out of range",
+        _edit_state(lambda d: _first_trial(d)["metrics"].update(val_accuracy=9.99)),
+        2,
+        "metric val_accuracy is 9.99, outside [0, 1]",
+    ),
+    Case(
+        "trial mapping not text",
+        _edit_state(lambda d: d["arms"]["large"].update(trial={"t": 7})),
+        2,
+        "arms.large.trial.t: Input should be a valid string",
+    ),
     Case("look cut short", _edit_state(lambda d: d.update(looks=[{"index": 1}])), 2, "look 1 cannot be read"),
 ]
 
@@ -185,19 +218,25 @@ def test_a_state_subfolder_that_is_a_file_refuses_the_run(left_copy: SharedRun, 
     folder.write_text("x")
     code, lines = run_again(left_copy, capsys)
     assert code == 2 and len(lines) == 1, lines
-    assert lines[0] == f"orchestrate: {folder}/tiny-test--default.json: cannot save the run state: {folder} is a file, not a folder; move it away"
+    assert (
+        lines[0] == f"orchestrate: {folder}/tiny-test--default.json: cannot save the run state: "
+        f"{folder} is a file, not a folder; move it away"
+    )
     assert running_runs(left_copy) == 0
 
 
 # -- the trial archive: a bad line is not reused, and said so -----------------------------------
 
+
 def _edit_line(change: Callable[[dict], None]) -> Callable[[bytes], bytes]:
     """Change the first line's record; its checksum is left as it was written."""
+
     def damage(text: bytes) -> bytes:
         first, rest = text.split(b"\n", 1)
         record = json.loads(first)
         change(record)
         return json.dumps(record).encode() + b"\n" + rest
+
     return damage
 
 
@@ -205,6 +244,7 @@ def _raw_first_line(edit: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
     def damage(text: bytes) -> bytes:
         first, rest = text.split(b"\n", 1)
         return edit(first) + b"\n" + rest
+
     return damage
 
 
@@ -214,16 +254,46 @@ def _accuracy_text(value: str) -> Callable[[bytes], bytes]:
 
 
 ARCHIVE_CASES = [
-    Case("accuracy 9.99", _edit_line(lambda r: r["metrics"].update(val_accuracy=9.99)), 0, "metric val_accuracy is 9.99, outside [0, 1]"),
-    Case("accuracy '0.39#8'", _edit_line(lambda r: r["metrics"].update(val_accuracy="0.39#8")), 0, "metric val_accuracy is '0.39#8', not a number"),
+    Case(
+        "accuracy 9.99",
+        _edit_line(lambda r: r["metrics"].update(val_accuracy=9.99)),
+        0,
+        "metric val_accuracy is 9.99, outside [0, 1]",
+    ),
+    Case(
+        "accuracy '0.39#8'",
+        _edit_line(lambda r: r["metrics"].update(val_accuracy="0.39#8")),
+        0,
+        "metric val_accuracy is '0.39#8', not a number",
+    ),
     Case("accuracy 0.39#8 unquoted", _accuracy_text("0.39#8"), 0, "not valid JSON (column"),
     Case("accuracy Infinity", _accuracy_text("Infinity"), 0, "metric val_accuracy is inf, not a finite number"),
-    Case("negative loss", _edit_line(lambda r: r["metrics"].update(val_loss=-0.5)), 0, "metric val_loss is -0.5, outside [0, inf]"),
-    Case("accuracy edited within range", _edit_line(lambda r: r["metrics"].update(val_accuracy=0.999)), 0, "its checksum does not match its content"),
-    Case("parameter a list", _edit_line(lambda r: r["params"].update(lr=[0.1, 0.2])), 0, "parameter lr is [0.1, 0.2], not a single finite value"),
+    Case(
+        "negative loss",
+        _edit_line(lambda r: r["metrics"].update(val_loss=-0.5)),
+        0,
+        "metric val_loss is -0.5, outside [0, inf]",
+    ),
+    Case(
+        "accuracy edited within range",
+        _edit_line(lambda r: r["metrics"].update(val_accuracy=0.999)),
+        0,
+        "its checksum does not match its content",
+    ),
+    Case(
+        "parameter a list",
+        _edit_line(lambda r: r["params"].update(lr=[0.1, 0.2])),
+        0,
+        "parameter lr is [0.1, 0.2], not a single finite value",
+    ),
     Case("status unknown", _edit_line(lambda r: r.update(status="DONE")), 0, "status 'DONE' is none of"),
     Case("field missing", _edit_line(lambda r: r.pop("metrics")), 0, "(no metrics)"),
-    Case("not UTF-8", _raw_first_line(lambda line: line.replace(b'"arm"', b'"\xe9arm"', 1)), 0, "not UTF-8 text: byte 0xe9"),
+    Case(
+        "not UTF-8",
+        _raw_first_line(lambda line: line.replace(b'"arm"', b'"\xe9arm"', 1)),
+        0,
+        "not UTF-8 text: byte 0xe9",
+    ),
 ]
 
 
@@ -275,7 +345,9 @@ def test_a_tampered_archive_line_is_not_reused_chosen_or_logged(left_copy: Share
     (state,) = (left_copy.state_dir / "state").glob("*.json")
     code, lines = run_again(left_copy, capsys, quiet=False)  # warnings are status lines: --quiet would hide them
     assert code == 0, lines
-    assert any(f"{path}:1: archived trial not reused (metric val_accuracy is 9.99, outside [0, 1])" in line for line in lines), lines
+    assert any(
+        f"{path}:1: archived trial not reused (metric val_accuracy is 9.99, outside [0, 1])" in line for line in lines
+    ), lines
 
     db = sqlite3.connect(left_copy.folder / "mlflow.db")
     try:
@@ -291,25 +363,33 @@ def test_a_tampered_archive_line_is_not_reused_chosen_or_logged(left_copy: Share
 
 # -- the tokenised cache: rebuilt, with a warning ----------------------------------------------
 
+
 def _rewrite_cache(change: Callable[[PreparedTask], PreparedTask]) -> Callable[[Path], None]:
     """Arrays that load, with a checksum that matches, but that are not a tokenised task."""
+
     def damage(path: Path) -> None:
         from orchestrator.tasks.prepare import _load_cache
 
         _save_cache(path, change(_load_cache(path)))
+
     return damage
 
 
 def _with_train(task: PreparedTask, **arrays: np.ndarray) -> PreparedTask:
     train = task.splits["train"]
     parts = {"ids": train.ids, "offsets": train.offsets, "labels": train.labels, **arrays}
-    return PreparedTask(task.model_ref, task.dataset_ref, task.label_names, task.pad_id,
-                        {**task.splits, "train": TokenizedSplit(parts["ids"], parts["offsets"], parts["labels"])})
+    return PreparedTask(
+        task.model_ref,
+        task.dataset_ref,
+        task.label_names,
+        task.pad_id,
+        {**task.splits, "train": TokenizedSplit(parts["ids"], parts["offsets"], parts["labels"])},
+    )
 
 
 def _flip_bit(data: bytes) -> bytes:
     middle = len(data) // 2
-    return data[:middle] + bytes([data[middle] ^ 0x10]) + data[middle + 1:]
+    return data[:middle] + bytes([data[middle] ^ 0x10]) + data[middle + 1 :]
 
 
 def _labels_changed_checksum_kept(path: Path) -> None:
@@ -325,8 +405,16 @@ CACHE_CASES = [
     Case("empty", lambda b: b"", 0, "EOFError"),
 ]
 CACHE_REWRITES = [
-    ("offsets past the ids", _rewrite_cache(lambda t: _with_train(t, offsets=t.splits["train"].offsets + 1)), "train: offsets do not split"),
-    ("a label out of range", _rewrite_cache(lambda t: _with_train(t, labels=t.splits["train"].labels + 2)), "train: labels outside 0..1"),
+    (
+        "offsets past the ids",
+        _rewrite_cache(lambda t: _with_train(t, offsets=t.splits["train"].offsets + 1)),
+        "train: offsets do not split",
+    ),
+    (
+        "a label out of range",
+        _rewrite_cache(lambda t: _with_train(t, labels=t.splits["train"].labels + 2)),
+        "train: labels outside 0..1",
+    ),
     ("arrays changed, checksum kept", _labels_changed_checksum_kept, "its arrays do not match their checksum"),
 ]
 
@@ -340,7 +428,9 @@ def _assert_rebuilt(run: SharedRun, path: Path, task: object, message: str, refe
     notes: list[str] = []
     prepared = prepare_task(task, run.spec.parent, path.parent, warn=notes.append)
     (note,) = notes
-    assert note.startswith(f"{path}: tokenised cache not used (") and message in note and note.endswith("rebuilding it"), note
+    assert (
+        note.startswith(f"{path}: tokenised cache not used (") and message in note and note.endswith("rebuilding it")
+    ), note
     for name, split in reference.splits.items():
         for part in ("ids", "offsets", "labels"):
             assert np.array_equal(getattr(prepared.splits[name], part), getattr(split, part)), (name, part)
@@ -374,6 +464,7 @@ def test_without_a_warn_callback_a_damaged_cache_is_a_python_warning(left_copy: 
 
 # -- the MLflow store: StoreError, exit 2 ---------------------------------------------------
 
+
 def _overwrite_header(data: bytes) -> bytes:
     return b"\x13" * 100 + data[100:]
 
@@ -384,8 +475,10 @@ def test_a_store_whose_header_is_overwritten_refuses_every_command(command: str,
     store.write_bytes(_overwrite_header(store.read_bytes()))
     code, lines = run_again(left_copy, capsys, command=command)
     assert code == 2 and len(lines) == 1, lines
-    assert lines[0] == (f"orchestrate: the MLflow store {left_copy.uri} is damaged (file is not a database); restore it from a copy, "
-                        "or name another store with --tracking-uri (a new file starts empty)")
+    assert lines[0] == (
+        f"orchestrate: the MLflow store {left_copy.uri} is damaged (file is not a database); restore it from a copy, "
+        "or name another store with --tracking-uri (a new file starts empty)"
+    )
 
 
 def _read_only(run: SharedRun) -> str:
@@ -397,7 +490,9 @@ def test_a_read_only_store_refuses_the_run_before_anything_starts(left_copy: Sha
     uri = _read_only(left_copy)
     code, lines = run_again(left_copy, capsys, uri=uri)
     assert code == 2 and len(lines) == 1, lines
-    assert lines[0].startswith(f"orchestrate: the MLflow store {uri} is read-only (readonly database); make it writable"), lines[0]
+    assert lines[0].startswith(
+        f"orchestrate: the MLflow store {uri} is read-only (readonly database); make it writable"
+    ), lines[0]
     assert running_runs(left_copy) == 0
 
 
@@ -440,7 +535,9 @@ def test_a_full_store_fails_the_write_with_a_store_error_and_the_run_can_be_clos
     try:
         tracker = Tracker(left_copy.uri)
         run_id = tracker.start_run(tracker.experiment_id("tiny-test"), "a run", {})
-        with pytest.raises(StoreError, match=re.escape(f"the MLflow store {left_copy.uri} cannot be written: the disk is full")):
+        with pytest.raises(
+            StoreError, match=re.escape(f"the MLflow store {left_copy.uri} cannot be written: the disk is full")
+        ):
             tracker.log_params(run_id, {f"p{i}": "x" * 400 for i in range(2000)})
         tracker.end_run(run_id, "FAILED")  # closing needs no new page
     finally:

@@ -7,9 +7,18 @@ import importlib
 
 import pytest
 
-MODULES = ["orchestrator.judge", "orchestrator.judge.verdicts", "orchestrator.judge.stats", "orchestrator.judge.evidence",
-           "orchestrator.judge.sequential", "orchestrator.trial.per_example", "orchestrator.execute.looks", "orchestrator.search.botorch_sampler",
-           "orchestrator.finite", "orchestrator.tasks.types.causal_lm"]
+MODULES = [
+    "orchestrator.judge",
+    "orchestrator.judge.verdicts",
+    "orchestrator.judge.stats",
+    "orchestrator.judge.evidence",
+    "orchestrator.judge.sequential",
+    "orchestrator.trial.per_example",
+    "orchestrator.execute.looks",
+    "orchestrator.search.botorch_sampler",
+    "orchestrator.finite",
+    "orchestrator.tasks.types.causal_lm",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
-
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -65,7 +63,7 @@ def test_every_trained_run_records_the_precision_it_used(finished_run):
 
 
 def test_a_failing_trial_is_recorded_failed_and_the_search_goes_on(finished_run):
-    _, client, runs = finished_run
+    _, _, runs = finished_run
     flaky = [r for r in by_level(runs, "trial") if r.data.tags["orchestrate.arm"] == "flaky"]
     failed = [r for r in flaky if r.info.status == "FAILED"]
     finished = [r for r in flaky if r.info.status == "FINISHED"]

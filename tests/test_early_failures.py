@@ -16,10 +16,13 @@ from helpers import TINY_HYPOTHESIS, new_mlflow_store
 from orchestrator.cli import main
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("dataset", "no-such-owner/no-such-dataset", "offline, use embedded:rotten-tomatoes"),
-    ("model", "no-such-owner/no-such-model", "no-such-owner/no-such-model"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("dataset", "no-such-owner/no-such-dataset", "offline, use embedded:rotten-tomatoes"),
+        ("model", "no-such-owner/no-such-model", "no-such-owner/no-such-model"),
+    ],
+)
 def test_data_or_model_that_cannot_load_starts_no_mlflow_run(field, value, message, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     default = {"dataset": "synthetic:polarity", "model": "random:bert-tiny"}[field]

@@ -10,7 +10,14 @@ import time
 import pytest
 
 from orchestrator.trial.faults import (
-    ERROR_KEY, TRACE_KEY, MemoryLimitError, NonFiniteLossError, TrialHungError, TrialTimeoutError, failure_result, is_transient,
+    ERROR_KEY,
+    TRACE_KEY,
+    MemoryLimitError,
+    NonFiniteLossError,
+    TrialHungError,
+    TrialTimeoutError,
+    failure_result,
+    is_transient,
 )
 from orchestrator.trial.watchdog import HangWatchdog
 
@@ -18,7 +25,13 @@ from orchestrator.trial.watchdog import HangWatchdog
 def test_a_trials_own_faults_are_not_transient_and_lost_workers_are():
     from ray.exceptions import ActorDiedError, ObjectLostError
 
-    for own in (RuntimeError("bug"), NonFiniteLossError("nan"), TrialTimeoutError("slow"), MemoryLimitError("big"), ValueError("x")):
+    for own in (
+        RuntimeError("bug"),
+        NonFiniteLossError("nan"),
+        TrialTimeoutError("slow"),
+        MemoryLimitError("big"),
+        ValueError("x"),
+    ):
         assert not is_transient(own), own
     assert is_transient(ConnectionResetError("peer gone"))
     assert is_transient(ActorDiedError())
@@ -36,10 +49,12 @@ def test_failure_result_carries_the_reason_and_the_trace():
 
 def test_the_watchdog_interrupts_a_python_hang_with_its_reason():
     started = time.monotonic()
-    with pytest.raises(TrialHungError, match=r"hung inside a step past its 0.5 s budget"):
-        with HangWatchdog(0.5, margin_s=0.1, grace_s=60):
-            while True:
-                sum(range(100))
+    with (
+        pytest.raises(TrialHungError, match=r"hung inside a step past its 0.5 s budget"),
+        HangWatchdog(0.5, margin_s=0.1, grace_s=60),
+    ):
+        while True:
+            sum(range(100))
     assert time.monotonic() - started < 5
 
 
@@ -64,7 +79,8 @@ def test_no_budget_no_watchdog_thread():
 FAULTS = """\
 name: faults-test
 statement: every fault is recorded with its reason and the search goes on
-task: {model: random:bert-tiny, dataset: synthetic:polarity, max_length: 32, train_examples: 96, val_examples: 32, test_examples: 32}
+task: {model: random:bert-tiny, dataset: synthetic:polarity, max_length: 32,
+       train_examples: 96, val_examples: 32, test_examples: 32}
 arms:
   nan: {method: failing, fixed: {r: 2, mode: nan, when: 1}}
   hang: {method: failing, fixed: {r: 2, mode: hang, when: 1}}
@@ -104,12 +120,17 @@ def test_every_injected_fault_is_recorded_with_its_reason(tmp_path, shared_ray):
     reasons = {arm: run.data.tags.get("orchestrate.error", "") for arm, run in trials.items()}
     assert reasons["nan"].startswith("NonFiniteLossError: non-finite loss")
     assert reasons["hang"].startswith("TrialHungError: trial hung inside a step past its 12 s budget")
-    assert reasons["stuck"].startswith("TrialHungError: hung inside a step past its 12 s budget") and "worker was ended" in reasons["stuck"]
+    assert (
+        reasons["stuck"].startswith("TrialHungError: hung inside a step past its 12 s budget")
+        and "worker was ended" in reasons["stuck"]
+    )
     assert reasons["hog"].startswith("MemoryLimitError: trial peaked at") and "1200 MB limit" in reasons["hog"]
     for arm in ("nan", "hang", "stuck", "hog"):
         assert trials[arm].info.status == "FAILED", arm
     # own faults are not retried; a lost worker is, once (max_retries: 1)
-    assert "orchestrate.retries" not in trials["nan"].data.tags and "orchestrate.retries" not in trials["hog"].data.tags
+    assert (
+        "orchestrate.retries" not in trials["nan"].data.tags and "orchestrate.retries" not in trials["hog"].data.tags
+    )
     assert trials["stuck"].data.tags["orchestrate.retries"] == "1"
     lost = trials["lost"]
     assert lost.info.status == "FINISHED" and lost.data.tags["orchestrate.retries"] == "1"

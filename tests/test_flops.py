@@ -24,14 +24,18 @@ def ctx(modules=("query", "value")) -> BuildContext:
     return BuildContext(total_steps=10, steps_per_epoch=10, num_labels=2, target_modules=list(modules), seed=0)
 
 
-@pytest.mark.parametrize("rank, modules", [(8, ("query", "value")), (4, ("query", "key", "value", "intermediate.dense"))])
+@pytest.mark.parametrize(
+    "rank, modules", [(8, ("query", "value")), (4, ("query", "key", "value", "intermediate.dense"))]
+)
 def test_lora_adapter_flops_per_token_are_exactly_2r_din_dout(tiny_model, rank, modules):
     batch = probe_batch()
     examples = unpadded_examples(batch)
     tokens = non_pad_tokens(batch)
     base = flops.count_flops_unpadded(tiny_model, examples)
     shapes = linear_shapes(tiny_model, list(modules))
-    model = get_method("lora").from_params({"r": rank, "target_modules": list(modules)}).build(tiny_model, ctx(modules))
+    model = (
+        get_method("lora").from_params({"r": rank, "target_modules": list(modules)}).build(tiny_model, ctx(modules))
+    )
     adapted = flops.count_flops_unpadded(model, examples)
     expected = sum(2 * rank * (d_in + d_out) for _, d_in, d_out in shapes)
     assert flops.adapter_flops_per_unit(base, adapted, tokens) == expected
@@ -40,7 +44,9 @@ def test_lora_adapter_flops_per_token_are_exactly_2r_din_dout(tiny_model, rank, 
 def test_reference_is_unmerged_lora_r8_on_the_same_modules(tiny_model):
     shapes = linear_shapes(tiny_model, ["query", "value"])
     assert len(shapes) == 4  # 2 layers x (query, value)
-    assert flops.reference_lora_flops_per_token(tiny_model, ["query", "value"]) == sum(16 * (i + o) for _, i, o in shapes)
+    assert flops.reference_lora_flops_per_token(tiny_model, ["query", "value"]) == sum(
+        16 * (i + o) for _, i, o in shapes
+    )
 
 
 def test_merged_lora_costs_zero_adapter_flops(tiny_model):
@@ -67,8 +73,14 @@ def routed_examples(count: int = 24, seed: int = 0):
     """Unpadded examples of 2..21 tokens (the whole 'split' of these tests)."""
     gen = torch.Generator().manual_seed(seed)
     lengths = torch.randint(2, 22, (count,), generator=gen).tolist()
-    return [{"input_ids": torch.randint(1000, 5000, (1, n), generator=gen), "attention_mask": torch.ones(1, n, dtype=torch.long),
-             "token_type_ids": torch.zeros(1, n, dtype=torch.long)} for n in lengths]
+    return [
+        {
+            "input_ids": torch.randint(1000, 5000, (1, n), generator=gen),
+            "attention_mask": torch.ones(1, n, dtype=torch.long),
+            "token_type_ids": torch.zeros(1, n, dtype=torch.long),
+        }
+        for n in lengths
+    ]
 
 
 def randomize_routed(model, method: str, scale: float = 2.0, seed: int = 1) -> None:
@@ -116,7 +128,14 @@ def polarity(tmp_path_factory):
     from orchestrator.spec.models import TaskSpec
     from orchestrator.tasks.prepare import prepare_task
 
-    task = TaskSpec(model="random:bert-tiny", dataset="synthetic:polarity", max_length=32, train_examples=64, val_examples=64, test_examples=48)
+    task = TaskSpec(
+        model="random:bert-tiny",
+        dataset="synthetic:polarity",
+        max_length=32,
+        train_examples=64,
+        val_examples=64,
+        test_examples=48,
+    )
     return prepare_task(task, Path("."), tmp_path_factory.mktemp("cache"))
 
 
@@ -134,8 +153,14 @@ def test_a_routed_trial_reports_flops_over_the_whole_final_split_not_the_probe(p
         return model
 
     monkeypatch.setattr(RadLoRA, "finalize", finalize_with_varied_routing)
-    setup = TrialSetup(arm="a", method="radlora", model="random:bert-tiny", metric="accuracy",
-                       training=TrainingSpec(epochs=1, batch_size=32), fixed={})
+    setup = TrialSetup(
+        arm="a",
+        method="radlora",
+        model="random:bert-tiny",
+        metric="accuracy",
+        training=TrainingSpec(epochs=1, batch_size=32),
+        fixed={},
+    )
     final = run_trial(setup, {}, 0, polarity, lambda m, a: None, tmp_path)
 
     val = polarity.splits["validation"]
@@ -146,7 +171,9 @@ def test_a_routed_trial_reports_flops_over_the_whole_final_split_not_the_probe(p
     def measured(batch) -> float:
         examples = unpadded_examples(batch)
         base = flops.count_flops_unpadded(base_model, examples)
-        return flops.adapter_flops_per_unit(base, flops.count_flops_unpadded(final_models[0], examples), non_pad_tokens(batch))
+        return flops.adapter_flops_per_unit(
+            base, flops.count_flops_unpadded(final_models[0], examples), non_pad_tokens(batch)
+        )
 
     whole, probe = measured(every), measured(next(val.batches(PROBE_EXAMPLES, polarity.pad_id)))
     assert final["flops_examples"] == len(val) == 64

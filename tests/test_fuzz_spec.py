@@ -30,9 +30,10 @@ from orchestrator.spec.errors import SpecError
 from orchestrator.spec.loader import load_hypothesis
 
 
-
 def fuzz(examples: int) -> settings:
-    return settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck), print_blob=True)
+    return settings(
+        max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck), print_blob=True
+    )
 
 
 VALID_SPACE = """\
@@ -117,11 +118,66 @@ def test_the_valid_hypothesis_is_valid(folder):
 # -- 1. random YAML-ish text ---------------------------------------------------------
 
 YAML_PIECES = [
-    "name: ", "statement: ", "arms:", "task:", "search:", "training:", "profiles:", "expected:",
-    "small: ", "{method: lora}", "method: ", "lora", "fixed: ", "{r: 2}", "space: ", "space.yaml",
-    "\n", "\n  ", "\n    ", "\t", " ", "- ", ": ", ":", "[", "]", "{", "}", ", ", "#", "&a ", "*a", "<<: ",
-    "!!python/object:os.system ", "!!float ", "!!binary ", "!tag ", "|\n  ", ">\n  ", "'", '"', "---\n", "...\n",
-    "? ", "%YAML 1.1\n", "1", "-1", "1e999", ".nan", ".inf", "~", "null", "yes", "2020-01-01", "0x1F", "\\", "\x00", "\x85", "\ufeff", "é",
+    "name: ",
+    "statement: ",
+    "arms:",
+    "task:",
+    "search:",
+    "training:",
+    "profiles:",
+    "expected:",
+    "small: ",
+    "{method: lora}",
+    "method: ",
+    "lora",
+    "fixed: ",
+    "{r: 2}",
+    "space: ",
+    "space.yaml",
+    "\n",
+    "\n  ",
+    "\n    ",
+    "\t",
+    " ",
+    "- ",
+    ": ",
+    ":",
+    "[",
+    "]",
+    "{",
+    "}",
+    ", ",
+    "#",
+    "&a ",
+    "*a",
+    "<<: ",
+    "!!python/object:os.system ",
+    "!!float ",
+    "!!binary ",
+    "!tag ",
+    "|\n  ",
+    ">\n  ",
+    "'",
+    '"',
+    "---\n",
+    "...\n",
+    "? ",
+    "%YAML 1.1\n",
+    "1",
+    "-1",
+    "1e999",
+    ".nan",
+    ".inf",
+    "~",
+    "null",
+    "yes",
+    "2020-01-01",
+    "0x1F",
+    "\\",
+    "\x00",
+    "\x85",
+    "\ufeff",
+    "é",
 ]
 
 
@@ -143,12 +199,13 @@ def test_random_yamlish_text_only_raises_spec_error(folder, texts):
 
 # -- 2. line mutations of a valid hypothesis ------------------------------------------
 
+
 def _garble(line: str, data: st.DataObject) -> str:
     pos = data.draw(st.integers(0, len(line)))
     junk = data.draw(st.text(alphabet=st.sampled_from(list(":-[]{},#&*!'\" \tabc019.")), min_size=1, max_size=4))
     if data.draw(st.booleans()):
         return line[:pos] + junk + line[pos:]
-    return line[:pos] + junk + line[pos + len(junk):]
+    return line[:pos] + junk + line[pos + len(junk) :]
 
 
 @st.composite
@@ -187,21 +244,88 @@ def test_mutated_lines_only_raise_spec_error(folder, texts):
 # -- 3. random values and keys in the parsed tree, dumped again -----------------------
 
 INTERESTING_TEXT = [
-    "", " ", "lora", "lorra", "os.system", "methods.lora:LoRA", "__import__('os')", "../../etc/passwd", "/dev/zero",
-    "space.yaml", "search_spaces/lora.yaml", "a\x00b", "x" * 300, "val_accuracy", "test_accuracy", "flops_ratio",
-    "max", "min", "tpe", "grid", "cmaes", "asha", "small", "large", "small.test_accuracy >= 0.5",
-    "small.x * large.y <= 1", "((((((1))))))", "all: flops_ratio <= 1", "nope: val_loss <= 1", "r", "lr",
-    "int", "float", "categorical", "expected+", "embedded:rotten-tomatoes", "csv:", "random:bert-h64-l4", "\u2212",
+    "",
+    " ",
+    "lora",
+    "lorra",
+    "os.system",
+    "methods.lora:LoRA",
+    "__import__('os')",
+    "../../etc/passwd",
+    "/dev/zero",
+    "space.yaml",
+    "search_spaces/lora.yaml",
+    "a\x00b",
+    "x" * 300,
+    "val_accuracy",
+    "test_accuracy",
+    "flops_ratio",
+    "max",
+    "min",
+    "tpe",
+    "grid",
+    "cmaes",
+    "asha",
+    "small",
+    "large",
+    "small.test_accuracy >= 0.5",
+    "small.x * large.y <= 1",
+    "((((((1))))))",
+    "all: flops_ratio <= 1",
+    "nope: val_loss <= 1",
+    "r",
+    "lr",
+    "int",
+    "float",
+    "categorical",
+    "expected+",
+    "embedded:rotten-tomatoes",
+    "csv:",
+    "random:bert-h64-l4",
+    "\u2212",
 ]
 SCALARS = st.one_of(
-    st.none(), st.booleans(),
-    st.integers(min_value=-(10**30), max_value=10**30), st.integers(-3, 40),
-    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, 1e-3, 0.5, 1.0, 1e300]),
-    st.sampled_from(INTERESTING_TEXT), st.text(max_size=12),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.integers(-3, 40),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.0, 1e-3, 0.5, 1.0, 1e300]),
+    st.sampled_from(INTERESTING_TEXT),
+    st.text(max_size=12),
 )
-VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)), max_leaves=6)
-KEYS = st.one_of(st.sampled_from(["epochs", "r", "method", "space", "fixed", "when", "low", "high", "choices", "type", "log", "step",
-                                  "profiles", "expected+", "name+", "search", "cpu", "gpu", "seeds"]), st.text(max_size=8), st.integers(-2, 2))
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    max_leaves=6,
+)
+KEYS = st.one_of(
+    st.sampled_from(
+        [
+            "epochs",
+            "r",
+            "method",
+            "space",
+            "fixed",
+            "when",
+            "low",
+            "high",
+            "choices",
+            "type",
+            "log",
+            "step",
+            "profiles",
+            "expected+",
+            "name+",
+            "search",
+            "cpu",
+            "gpu",
+            "seeds",
+        ]
+    ),
+    st.text(max_size=8),
+    st.integers(-2, 2),
+)
 
 
 def _paths(tree: Any, prefix: tuple = ()) -> list[tuple]:
@@ -258,8 +382,13 @@ def test_mutated_values_only_raise_spec_error(folder, texts):
 
 # -- 4. the CLI maps every loader outcome to exit 0 or 2 ---------------------------------
 
+
 @fuzz(100)
-@given(st.one_of(mutated_lines(VALID), mutated_tree(VALID), st.lists(st.sampled_from(YAML_PIECES), max_size=30).map("".join)))
+@given(
+    st.one_of(
+        mutated_lines(VALID), mutated_tree(VALID), st.lists(st.sampled_from(YAML_PIECES), max_size=30).map("".join)
+    )
+)
 def test_cli_validate_exits_2_exactly_when_the_loader_refuses(folder, text):
     issues = check_loader(folder, text)
     err = io.StringIO()
@@ -274,9 +403,55 @@ def test_cli_validate_exits_2_exactly_when_the_loader_refuses(folder, text):
 # -- 5. the claim parser --------------------------------------------------------------
 
 CLAIM_TOKENS = [
-    "small.test_accuracy", "large.flops_ratio", "a.b", "a.", ".b", "a.b.c", "x", "_", "1", "0", "0.5", ".5", "5.",
-    "1e-3", "2.5E+2", "25%", "%", "1e999", "1e308", "1e-400", "+", "-", "\u2212", "*", "/", "(", ")", "[", "]", ",",
-    "<", "<=", ">", ">=", "=", "==", "!=", "=<", "=>", "<>", "\u2264", "\u2265", "in", "within", "of", "and", "é", "\t", "",
+    "small.test_accuracy",
+    "large.flops_ratio",
+    "a.b",
+    "a.",
+    ".b",
+    "a.b.c",
+    "x",
+    "_",
+    "1",
+    "0",
+    "0.5",
+    ".5",
+    "5.",
+    "1e-3",
+    "2.5E+2",
+    "25%",
+    "%",
+    "1e999",
+    "1e308",
+    "1e-400",
+    "+",
+    "-",
+    "\u2212",
+    "*",
+    "/",
+    "(",
+    ")",
+    "[",
+    "]",
+    ",",
+    "<",
+    "<=",
+    ">",
+    ">=",
+    "=",
+    "==",
+    "!=",
+    "=<",
+    "=>",
+    "<>",
+    "\u2264",
+    "\u2265",
+    "in",
+    "within",
+    "of",
+    "and",
+    "é",
+    "\t",
+    "",
 ]
 
 
@@ -295,12 +470,19 @@ def check_claim(text: str) -> None:
     assert next(iter(claim.expr.coefficients.values())) > 0  # oriented
     if claim.kind == "compare":  # the canonical form parses back to the same claim
         again = parse_claim(claim.canonical())
-        assert (again.lower, again.upper, again.lower_strict, again.upper_strict) == (claim.lower, claim.upper, claim.lower_strict, claim.upper_strict)
+        assert (again.lower, again.upper, again.lower_strict, again.upper_strict) == (
+            claim.lower,
+            claim.upper,
+            claim.lower_strict,
+            claim.upper_strict,
+        )
         assert again.expr.constant == pytest.approx(claim.expr.constant, rel=1e-9, abs=1e-12)
         assert dict(again.expr.coefficients) == pytest.approx(dict(claim.expr.coefficients), rel=1e-9)
 
 
-SOUP = st.tuples(st.lists(st.sampled_from(CLAIM_TOKENS), max_size=14), st.sampled_from([" ", ""])).map(lambda ts: ts[1].join(ts[0]))
+SOUP = st.tuples(st.lists(st.sampled_from(CLAIM_TOKENS), max_size=14), st.sampled_from([" ", ""])).map(
+    lambda ts: ts[1].join(ts[0])
+)
 CLAIM_LIKE = st.text(alphabet=st.sampled_from(list("ab._ 0123456789e%+-*/()[],<>=≤≥")), max_size=60)
 
 
@@ -321,7 +503,12 @@ def test_random_claim_strings_only_raise_claim_syntax_error(claims):
 
 
 def test_claim_parser_handles_deep_nesting_and_huge_numbers():
-    for text in ["a.b <= " + "(" * 5000 + "1" + ")" * 5000, "a.b <= " + "- " * 5000 + "1", "a.b * 1e300 * 1e300 <= 1", "a.b in [1e999, 2e999]"]:
+    for text in [
+        "a.b <= " + "(" * 5000 + "1" + ")" * 5000,
+        "a.b <= " + "- " * 5000 + "1",
+        "a.b * 1e300 * 1e300 <= 1",
+        "a.b in [1e999, 2e999]",
+    ]:
         with pytest.raises(ClaimSyntaxError):
             parse_claim(text)
     assert parse_claim("a.b <= " + "(" * 50 + "1" + ")" * 50).upper == 0.0

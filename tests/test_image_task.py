@@ -15,8 +15,14 @@ from orchestrator.tasks.prepare import prepare_task
 from orchestrator.trial.training import TrialSetup, run_trial
 
 ROOT = Path(__file__).resolve().parent.parent
-DIGITS = TaskSpec(type="image-classification", model="random:vit-tiny", dataset="embedded:digits",
-                  train_examples=96, val_examples=32, test_examples=32)
+DIGITS = TaskSpec(
+    type="image-classification",
+    model="random:vit-tiny",
+    dataset="embedded:digits",
+    train_examples=96,
+    val_examples=32,
+    test_examples=32,
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +31,9 @@ def digits(tmp_path_factory):
 
 
 def test_embedded_digits_split_60_20_20_by_a_hash_of_the_image():
-    whole = prepare_task(DIGITS.model_copy(update={"train_examples": None, "val_examples": None, "test_examples": None}), Path("."))
+    whole = prepare_task(
+        DIGITS.model_copy(update={"train_examples": None, "val_examples": None, "test_examples": None}), Path(".")
+    )
     sizes = whole.sizes()
     assert sum(sizes.values()) == 1797 and whole.label_names == [str(d) for d in range(10)]
     assert abs(sizes["train"] / 1797 - 0.6) < 0.05 and abs(sizes["test"] / 1797 - 0.2) < 0.05
@@ -41,7 +49,9 @@ def test_images_are_cached_as_uint8_at_the_models_size_and_normalised_per_batch(
     assert np.allclose(batch["pixel_values"].numpy(), expected) and set(batch) == {"pixel_values", "labels"}
     again = prepare_task(DIGITS, Path("."), tmp_path)
     reread = prepare_task(DIGITS, Path("."), tmp_path)
-    assert (reread.splits["test"].pixels == again.splits["test"].pixels).all() and reread.task_type == "image-classification"
+    assert (
+        reread.splits["test"].pixels == again.splits["test"].pixels
+    ).all() and reread.task_type == "image-classification"
 
 
 def test_a_damaged_image_cache_is_rebuilt_with_a_warning(tmp_path):
@@ -56,8 +66,14 @@ def test_a_damaged_image_cache_is_rebuilt_with_a_warning(tmp_path):
 
 def test_lora_r8_is_the_flop_reference_per_image(digits, tmp_path):
     """adapter FLOPs per image = the per-token LoRA-r8 formula x (16 patches + CLS)."""
-    setup = TrialSetup(arm="a", method="lora", model="random:vit-tiny", metric="accuracy",
-                       training=TrainingSpec(epochs=1, batch_size=32), fixed={"r": 8})
+    setup = TrialSetup(
+        arm="a",
+        method="lora",
+        model="random:vit-tiny",
+        metric="accuracy",
+        training=TrainingSpec(epochs=1, batch_size=32),
+        fixed={"r": 8},
+    )
     final = run_trial(setup, {"lr": 1e-2}, 0, digits, lambda m, a: None, tmp_path)
     per_token = 2 * 8 * (32 + 32) * 4  # q_proj and v_proj of 2 blocks, hidden 32
     assert final["adapter_flops_per_image"] == per_token * 17
@@ -100,7 +116,9 @@ def test_a_bad_image_folder_is_refused_at_the_folder_and_at_the_image(tmp_path, 
     assert main(["validate", str(hypothesis)]) == 2
     err = capsys.readouterr().err.splitlines()
     assert f"{hypothesis}:6: task.dataset: class folder {tmp_path / 'data' / 'dog'} holds no image" in "\n".join(err)
-    assert any(line.startswith(f"{tmp_path / 'data' / 'cat' / 'broken.png'}: Pillow cannot read this image") for line in err)
+    assert any(
+        line.startswith(f"{tmp_path / 'data' / 'cat' / 'broken.png'}: Pillow cannot read this image") for line in err
+    )
 
 
 def test_an_image_folder_with_one_class_is_refused(tmp_path, capsys):
@@ -114,9 +132,23 @@ def test_an_image_folder_with_one_class_is_refused(tmp_path, capsys):
 @pytest.mark.slow
 def test_the_vit_digits_smoke_profile_runs_end_to_end_with_verdicts(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "run", str(ROOT / "hypotheses" / "vit_digits.yaml"), "--profile", "smoke",
-         "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--state-dir", str(tmp_path / "state")],
-        capture_output=True, text=True, cwd=tmp_path, timeout=900,  # the report lands in the cwd
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "run",
+            str(ROOT / "hypotheses" / "vit_digits.yaml"),
+            "--profile",
+            "smoke",
+            "--tracking-uri",
+            f"sqlite:///{tmp_path}/mlflow.db",
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=900,  # the report lands in the cwd
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "dora.test_accuracy >= lora.test_accuracy" in result.stdout + result.stderr

@@ -47,19 +47,26 @@ class World:
 
     skill_a: float = 1.2
     skill_b: float = 1.2
-    difficulty_sd: float = 1.8     # examples hard for both arms
-    disagreement_sd: float = 0.8   # examples one arm gets and the other does not
-    seed_shared_sd: float = 0.10   # data order: moves both arms on a seed
-    seed_own_sd: float = 0.15      # each arm's own initialisation
+    difficulty_sd: float = 1.8  # examples hard for both arms
+    disagreement_sd: float = 0.8  # examples one arm gets and the other does not
+    seed_shared_sd: float = 0.10  # data order: moves both arms on a seed
+    seed_own_sd: float = 0.15  # each arm's own initialisation
 
-    def draw(self, rng: np.random.Generator, seeds: int, examples: int, shape: tuple[int, ...] = ()) -> dict[str, np.ndarray]:
+    def draw(
+        self, rng: np.random.Generator, seeds: int, examples: int, shape: tuple[int, ...] = ()
+    ) -> dict[str, np.ndarray]:
         """Correctness ``arm -> (*shape, seeds, examples)`` of 0/1 outcomes."""
         difficulty = rng.normal(0.0, self.difficulty_sd, (*shape, 1, examples))
         shared = rng.normal(0.0, self.seed_shared_sd, (*shape, seeds, 1))
         out = {}
         for arm, skill in (("a", self.skill_a), ("b", self.skill_b)):
-            logit = (skill + difficulty + shared + rng.normal(0.0, self.seed_own_sd, (*shape, seeds, 1))
-                     + rng.normal(0.0, self.disagreement_sd, (*shape, 1, examples)))
+            logit = (
+                skill
+                + difficulty
+                + shared
+                + rng.normal(0.0, self.seed_own_sd, (*shape, seeds, 1))
+                + rng.normal(0.0, self.disagreement_sd, (*shape, 1, examples))
+            )
             out[arm] = (rng.random((*shape, seeds, examples)) < 1.0 / (1.0 + np.exp(-logit))).astype(np.float64)
         return out
 
@@ -87,7 +94,10 @@ def _rates(verdicts: list[str]) -> tuple[float, float]:
 
 def _report(name: str, supported: float, refuted: float, power: float | None = None) -> None:
     extra = "" if power is None else f"  power {power:.3f}"
-    print(f"\n{name}: false SUPPORTED {supported:.4f}  false REFUTED {refuted:.4f}  (bound {ALPHA + TOLERANCE:.4f}){extra}")
+    print(
+        f"\n{name}: false SUPPORTED {supported:.4f}  false REFUTED {refuted:.4f}  "
+        f"(bound {ALPHA + TOLERANCE:.4f}){extra}"
+    )
 
 
 def _judge_fixed(world: World, seeds: int, examples: int, claim_of, rng_seed: int) -> list[str]:
@@ -104,7 +114,9 @@ def test_two_arms_on_shared_examples_non_inferiority_on_its_margin_errors_at_mos
     world = World(skill_a=1.05, skill_b=1.2)
     acc_a, acc_b = world.true_accuracies()
     margin = acc_a - acc_b  # the claim a >= b + margin is exactly on its boundary
-    verdicts = _judge_fixed(world, seeds, examples, lambda: f"a.test_accuracy >= b.test_accuracy + {margin!r}", seeds * 7 + examples)
+    verdicts = _judge_fixed(
+        world, seeds, examples, lambda: f"a.test_accuracy >= b.test_accuracy + {margin!r}", seeds * 7 + examples
+    )
     supported, refuted = _rates(verdicts)
     _report(f"boundary non-inferiority, {seeds} seeds x {examples} examples", supported, refuted)
     assert supported <= ALPHA + TOLERANCE
@@ -152,15 +164,25 @@ def test_power_five_points_better_on_1000_examples_and_5_seeds_is_supported_usua
     verdicts = []
     for _ in range(SIMS // 4):
         samples, per_example = _inputs(world.draw(rng, 5, 1000), 5)
-        verdicts.append(judge_claims(["a.test_accuracy > b.test_accuracy"], samples, confidence=CONFIDENCE,
-                                     per_example=per_example)[0].verdict)
+        verdicts.append(
+            judge_claims(
+                ["a.test_accuracy > b.test_accuracy"], samples, confidence=CONFIDENCE, per_example=per_example
+            )[0].verdict
+        )
     power = verdicts.count("SUPPORTED") / len(verdicts)
     print(f"\npower: a better by {acc_a - acc_b:.3f}, 5 seeds x 1000 examples: {power:.3f}")
     assert power >= 0.8
 
 
-def _sequential(world: World, claims: list[str], seeds: int, max_seeds: int, examples: int, rng_seed: int,
-                fail_probability: float = 0.0) -> tuple[list[list[str]], list[int]]:
+def _sequential(
+    world: World,
+    claims: list[str],
+    seeds: int,
+    max_seeds: int,
+    examples: int,
+    rng_seed: int,
+    fail_probability: float = 0.0,
+) -> tuple[list[list[str]], list[int]]:
     """Each simulated hypothesis run through its looks as the driver runs them: arms of
     open claims get the next round; returns every simulation's final verdicts and the
     seeds per arm it used (the largest)."""
@@ -169,8 +191,12 @@ def _sequential(world: World, claims: list[str], seeds: int, max_seeds: int, exa
     finals, used = [], []
     for _ in range(SIMS):
         outcomes = world.draw(rng, max_seeds, examples)
-        failed = {arm: {FIRST_SEED + s: "NonFiniteLossError: nan" for s in range(max_seeds) if rng.random() < fail_probability}
-                  for arm in outcomes}
+        failed = {
+            arm: {
+                FIRST_SEED + s: "NonFiniteLossError: nan" for s in range(max_seeds) if rng.random() < fail_probability
+            }
+            for arm in outcomes
+        }
         ran = {arm: sizes[0] for arm in outcomes}
         verdicts = None
         for look in range(1, len(sizes) + 1):
@@ -180,8 +206,16 @@ def _sequential(world: World, claims: list[str], seeds: int, max_seeds: int, exa
                 samples |= arm_samples
                 per_example |= arm_examples
             seen_failed = {arm: {s: e for s, e in f.items() if s < FIRST_SEED + ran[arm]} for arm, f in failed.items()}
-            verdicts = judge_look(claims, samples, look=look, sizes=sizes, previous=verdicts, confidence=CONFIDENCE,
-                                  failed=seen_failed, per_example=per_example)
+            verdicts = judge_look(
+                claims,
+                samples,
+                look=look,
+                sizes=sizes,
+                previous=verdicts,
+                confidence=CONFIDENCE,
+                failed=seen_failed,
+                per_example=per_example,
+            )
             going_on = arms_needing_seeds(claims, verdicts)
             if look == len(sizes) or not going_on:
                 break
@@ -216,8 +250,11 @@ def test_sequential_looks_stop_early_when_the_answer_is_clear_and_keep_power():
 def test_sequential_family_of_three_claims_on_their_boundaries_any_false_support_at_most_alpha():
     world = World(skill_a=1.05, skill_b=1.2)
     acc_a, acc_b = world.true_accuracies()
-    claims = [f"a.test_accuracy >= b.test_accuracy + {acc_a - acc_b!r}", f"a.test_accuracy >= {acc_a!r}",
-              f"b.test_accuracy <= {acc_b!r}"]
+    claims = [
+        f"a.test_accuracy >= b.test_accuracy + {acc_a - acc_b!r}",
+        f"a.test_accuracy >= {acc_a!r}",
+        f"b.test_accuracy <= {acc_b!r}",
+    ]
     finals, used = _sequential(world, claims, 2, 6, 300, 23)
     any_supported = sum("SUPPORTED" in f for f in finals) / len(finals)
     any_refuted = sum("REFUTED" in f for f in finals) / len(finals)

@@ -59,7 +59,7 @@ def known_truth_run(tmp_path_factory, shared_ray):
 
 
 def test_the_judge_refutes_the_false_claim_and_supports_the_true_one_within_the_cap(known_truth_run):
-    code, runs, logged = known_truth_run
+    code, _runs, logged = known_truth_run
     assert code == 0
     within, beats = logged["verdicts"]
     assert within["verdict"] == "REFUTED", within["reason"]

@@ -5,7 +5,6 @@ before anything starts, and an arm whose every trial failed is searched again on
 from __future__ import annotations
 
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,9 @@ def without_bitsandbytes(monkeypatch):
 
 
 def _line_of_arm(path: Path, arm: str) -> int:
-    return next(number for number, text in enumerate(path.read_text().splitlines(), 1) if text.strip().startswith(f"{arm}:"))
+    return next(
+        number for number, text in enumerate(path.read_text().splitlines(), 1) if text.strip().startswith(f"{arm}:")
+    )
 
 
 def test_the_quantised_method_declares_bitsandbytes_and_its_extra():
@@ -48,20 +49,36 @@ def test_an_installed_requirement_is_found_without_importing_it(monkeypatch):
 
 
 @pytest.mark.parametrize("command", ["validate", "plan"])
-def test_validate_and_plan_refuse_the_arm_at_its_line_and_name_the_install_command(command, without_bitsandbytes, capsys):
+def test_validate_and_plan_refuse_the_arm_at_its_line_and_name_the_install_command(
+    command, without_bitsandbytes, capsys
+):
     args = [command, str(QLORA)] + (["--profile", "smoke"] if command == "plan" else [])
     assert main(args) == 2
     err = capsys.readouterr().err
     line = _line_of_arm(QLORA, "qlora_adalora")
-    expected = f"{QLORA}:{line}: arms.qlora_adalora.method: method 'qlora_adalora' needs bitsandbytes, which is not installed: {INSTALL}"
+    expected = (
+        f"{QLORA}:{line}: arms.qlora_adalora.method: "
+        f"method 'qlora_adalora' needs bitsandbytes, which is not installed: {INSTALL}"
+    )
     assert expected in err.splitlines()
     assert "arms.adalora" not in err  # the float arm needs nothing optional
 
 
 def test_run_refuses_before_anything_starts(without_bitsandbytes, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code = main(["run", str(QLORA), "--profile", "smoke", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
-                 "--state-dir", str(tmp_path / "state"), "--quiet"])
+    code = main(
+        [
+            "run",
+            str(QLORA),
+            "--profile",
+            "smoke",
+            "--tracking-uri",
+            f"sqlite:///{tmp_path}/mlflow.db",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--quiet",
+        ]
+    )
     assert code == 2
     assert INSTALL in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # no MLflow store, no run state, no Ray folder
@@ -82,7 +99,8 @@ def test_rejudging_reads_the_spec_without_the_extra(without_bitsandbytes):
 RETRY = """\
 name: retry-test
 statement: an arm whose every trial failed is searched again on resume
-task: {model: random:bert-tiny, dataset: synthetic:polarity, max_length: 32, train_examples: 96, val_examples: 32, test_examples: 32}
+task: {model: random:bert-tiny, dataset: synthetic:polarity, max_length: 32,
+       train_examples: 96, val_examples: 32, test_examples: 32}
 arms:
   fine: {method: lora, fixed: {r: 2}}
   late: {method: failing, fixed: {r: 2, mode: die_once, when: 1, marker: MARKER}}
@@ -113,12 +131,12 @@ def test_an_arm_whose_trials_all_failed_is_searched_again_on_resume(tmp_path):
     failed (an ImportError, say); the rerun prepares ``late`` with a new search request
     and a new Tuner, ``fine`` with none."""
     from helpers import new_mlflow_store
-    from orchestrator.execute.progress import Progress
     from orchestrator.execute.mlflow_runs import open_hypothesis_run
+    from orchestrator.execute.progress import Progress
     from orchestrator.execute.run_context import RunContext
     from orchestrator.execute.runner import _prepare_arm
-    from orchestrator.execute.winners import AllTrialsFailedError, pick_winner
     from orchestrator.execute.state import RunState
+    from orchestrator.execute.winners import AllTrialsFailedError, pick_winner
     from orchestrator.results import COMPLETED, FAILED, TrialRecord
     from orchestrator.tracking import Tracker
 
@@ -137,7 +155,15 @@ def test_an_arm_whose_trials_all_failed_is_searched_again_on_resume(tmp_path):
     tracker.end_run(failed_run, FAILED)
     outcomes = {
         "fine": TrialRecord("t1", "fine", "trial", {"r": 2}, COMPLETED, {"val_accuracy": 0.6}),
-        "late": TrialRecord("t2", "late", "trial", {"r": 2}, FAILED, error="ImportError: requires bitsandbytes", mlflow_run_id=failed_run),
+        "late": TrialRecord(
+            "t2",
+            "late",
+            "trial",
+            {"r": 2},
+            FAILED,
+            error="ImportError: requires bitsandbytes",
+            mlflow_run_id=failed_run,
+        ),
     }
     for arm, record in outcomes.items():  # what _search_arms stores when the search Tuner returns
         first.set_trial_run(arm, "trial", record.trial_id, record.mlflow_run_id or "")
@@ -176,11 +202,19 @@ def test_a_rerun_retries_the_failed_arm_and_reaches_a_verdict(tmp_path, shared_r
     experiment = client.get_experiment_by_name("retry-test")
     runs = client.search_runs([experiment.experiment_id], max_results=100)
     late_trials = sorted(
-        (r for r in runs if r.data.tags.get("orchestrate.level") == "trial" and r.data.tags.get("orchestrate.arm") == "late"),
+        (
+            r
+            for r in runs
+            if r.data.tags.get("orchestrate.level") == "trial" and r.data.tags.get("orchestrate.arm") == "late"
+        ),
         key=lambda r: r.info.start_time,
     )
     assert [r.info.status for r in late_trials] == ["FAILED", "FINISHED"]
-    fine_trials = [r for r in runs if r.data.tags.get("orchestrate.level") == "trial" and r.data.tags.get("orchestrate.arm") == "fine"]
+    fine_trials = [
+        r
+        for r in runs
+        if r.data.tags.get("orchestrate.level") == "trial" and r.data.tags.get("orchestrate.arm") == "fine"
+    ]
     assert len(fine_trials) == 1  # the finished arm was not searched again
     parent = next(r for r in runs if r.data.tags.get("orchestrate.level") == "hypothesis")
     assert parent.info.status == "FINISHED" and "verdict.0" in parent.data.tags

@@ -15,5 +15,7 @@ def test_front_keeps_exactly_the_non_dominated_points():
 
 
 def test_front_plot_is_a_png(tmp_path):
-    path = plot_front([[0.9, 1.0], [0.8, 0.2]], [0, 1], ["val_accuracy", "flops_ratio"], ["max", "min"], "t", tmp_path / "f.png")
+    path = plot_front(
+        [[0.9, 1.0], [0.8, 0.2]], [0, 1], ["val_accuracy", "flops_ratio"], ["max", "min"], "t", tmp_path / "f.png"
+    )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -29,12 +29,25 @@ from orchestrator.trial.training import TrialSetup, run_trial
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    task = TaskSpec(model="random:bert-tiny", dataset="synthetic:polarity", max_length=32, train_examples=64, val_examples=32, test_examples=48)
+    task = TaskSpec(
+        model="random:bert-tiny",
+        dataset="synthetic:polarity",
+        max_length=32,
+        train_examples=64,
+        val_examples=32,
+        test_examples=48,
+    )
     return prepare_task(task, Path("."), tmp_path_factory.mktemp("cache"))
 
 
-SEARCH = TrialSetup(arm="a", method="lora", model="random:bert-tiny", metric="accuracy",
-                    training=TrainingSpec(epochs=1, batch_size=16, lr=1e-2), fixed={"r": 4})
+SEARCH = TrialSetup(
+    arm="a",
+    method="lora",
+    model="random:bert-tiny",
+    metric="accuracy",
+    training=TrainingSpec(epochs=1, batch_size=16, lr=1e-2),
+    fixed={"r": 4},
+)
 CONFIRM = replace(SEARCH, confirm=True, final_split="test")
 
 
@@ -56,7 +69,7 @@ def test_a_confirmation_run_records_each_test_example_with_the_reported_means(da
     assert record.per_example_means()["test_loss"].mean() == pytest.approx(final["test_loss"], abs=1e-5)
     gold = data.splits["test"].labels
     assert record.labels_sha256 == hashlib.sha256(gold.astype("int64").tobytes()).hexdigest()
-    assert record.correct == "".join("1" if p == g else "0" for p, g in zip(record.pred, gold))
+    assert record.correct == "".join("1" if p == g else "0" for p, g in zip(record.pred, gold, strict=True))
 
 
 def test_two_seeds_record_the_same_examples_in_the_same_order(data, tmp_path):
@@ -91,7 +104,11 @@ class _LoraReportingItsShiftedHead(LoRA):
     def extra_evaluations(self, model, evaluate):
         import torch
 
-        bias = next(p for name, p in model.named_parameters() if p.requires_grad and name.endswith("classifier.modules_to_save.default.bias"))
+        bias = next(
+            p
+            for name, p in model.named_parameters()
+            if p.requires_grad and name.endswith("classifier.modules_to_save.default.bias")
+        )
         saved = bias.detach().clone()
         with torch.no_grad():
             bias[0] += 3.0
@@ -104,7 +121,9 @@ class _LoraReportingItsShiftedHead(LoRA):
 
 def test_an_evaluation_that_overwrites_the_reported_metric_takes_the_record_with_it(data, tmp_path):
     plain, _ = trial_and_record(CONFIRM, 1000, data, tmp_path / "plain")
-    shifted, record = trial_and_record(replace(CONFIRM, method=_LoraReportingItsShiftedHead.name), 1000, data, tmp_path / "shifted")
+    shifted, record = trial_and_record(
+        replace(CONFIRM, method=_LoraReportingItsShiftedHead.name), 1000, data, tmp_path / "shifted"
+    )
     assert shifted["test_loss"] != plain["test_loss"]
     assert record.per_example_means()["test_loss"].mean() == pytest.approx(shifted["test_loss"], abs=1e-5)
     assert record.per_example_means()["test_accuracy"].mean() == shifted["test_accuracy"]
@@ -112,8 +131,14 @@ def test_an_evaluation_that_overwrites_the_reported_metric_takes_the_record_with
 
 # -- read back by the judge ----------------------------------------------------------------
 def record_of(correct: str, labels: bytes = b"same examples") -> PerExampleRecord:
-    return PerExampleRecord(split="test", metric="test_accuracy", labels_sha256=hashlib.sha256(labels).hexdigest(),
-                            correct=correct, pred=[int(c) for c in correct], loss=[0.25 if c == "1" else 1.5 for c in correct])
+    return PerExampleRecord(
+        split="test",
+        metric="test_accuracy",
+        labels_sha256=hashlib.sha256(labels).hexdigest(),
+        correct=correct,
+        pred=[int(c) for c in correct],
+        loss=[0.25 if c == "1" else 1.5 for c in correct],
+    )
 
 
 @pytest.fixture
@@ -131,7 +156,10 @@ def store(tmp_path):
         if per_example is not None:
             per_example.write(folder)
             means = per_example.per_example_means()
-            metrics = {"test_accuracy": float(means["test_accuracy"].mean()), "test_loss": float(means["test_loss"].mean())}
+            metrics = {
+                "test_accuracy": float(means["test_accuracy"].mean()),
+                "test_loss": float(means["test_loss"].mean()),
+            }
         tracker.log_artifacts(run_id, folder)
         return SimpleNamespace(seed=seed, status=status, error=None, metrics=metrics, mlflow_run_id=run_id)
 
@@ -140,7 +168,10 @@ def store(tmp_path):
 
 def test_the_judge_reads_back_every_runs_per_example_values(store):
     tracker, log = store
-    runs = {"lora": [log("lora", 1, record_of("1101")), log("lora", 2, record_of("1111"))], "full": [log("full", 1, record_of("0101"))]}
+    runs = {
+        "lora": [log("lora", 1, record_of("1101")), log("lora", 2, record_of("1111"))],
+        "full": [log("full", 1, record_of("0101"))],
+    }
     outcomes, notes = per_example_outcomes(tracker, runs)
     assert notes == []
     assert outcomes["lora"]["test_accuracy"][1].tolist() == [1.0, 1.0, 0.0, 1.0]
@@ -154,7 +185,9 @@ def test_the_judge_reads_back_every_runs_per_example_values(store):
 def test_a_report_run_record_is_read_by_its_run_id(store):
     tracker, log = store
     logged = log("lora", 1, record_of("10"))
-    as_report_has_it = SimpleNamespace(seed=1, status="COMPLETED", error=None, metrics=logged.metrics, run_id=logged.mlflow_run_id)
+    as_report_has_it = SimpleNamespace(
+        seed=1, status="COMPLETED", error=None, metrics=logged.metrics, run_id=logged.mlflow_run_id
+    )
     outcomes, notes = per_example_outcomes(tracker, {"lora": [as_report_has_it]})
     assert outcomes["lora"]["test_accuracy"][1].tolist() == [1.0, 0.0] and notes == []
 
@@ -173,16 +206,23 @@ def test_a_run_without_a_record_leaves_the_metric_out_for_every_arm_with_a_note(
     runs = {"lora": [log("lora", 1000, record_of("10")), older], "full": [log("full", 1000, record_of("11"))]}
     outcomes, notes = per_example_outcomes(tracker, runs)
     assert outcomes == {"lora": {}, "full": {}}
-    assert notes == ["test_accuracy judged on seed variance only: lora seed 1001 has no per-example record",
-                     "test_loss judged on seed variance only: lora seed 1001 has no per-example record"]
+    assert notes == [
+        "test_accuracy judged on seed variance only: lora seed 1001 has no per-example record",
+        "test_loss judged on seed variance only: lora seed 1001 has no per-example record",
+    ]
 
 
 def test_runs_on_different_examples_leave_the_metric_out_with_a_note(store):
     tracker, log = store
-    runs = {"lora": [log("lora", 1, record_of("10"))], "full": [log("full", 1, record_of("10", labels=b"other examples"))]}
+    runs = {
+        "lora": [log("lora", 1, record_of("10"))],
+        "full": [log("full", 1, record_of("10", labels=b"other examples"))],
+    }
     outcomes, notes = per_example_outcomes(tracker, runs)
     assert outcomes == {"lora": {}, "full": {}}
-    assert len(notes) == 2 and all("the runs scored different examples: lora seed 1 (2 examples" in note for note in notes)
+    assert len(notes) == 2 and all(
+        "the runs scored different examples: lora seed 1 (2 examples" in note for note in notes
+    )
 
 
 def test_a_record_that_does_not_give_the_reported_value_leaves_the_metric_out(store):
@@ -191,8 +231,10 @@ def test_a_record_that_does_not_give_the_reported_value_leaves_the_metric_out(st
     disagreeing.metrics = {**disagreeing.metrics, "test_accuracy": 0.5}
     outcomes, notes = per_example_outcomes(tracker, {"lora": [log("lora", 1, record_of("10"))], "full": [disagreeing]})
     assert "test_accuracy" not in outcomes["lora"] and set(outcomes["full"]) == {"test_loss"}
-    assert notes == ["test_accuracy judged on seed variance only: full seed 1's per-example record does not give its reported test_accuracy"]
-
+    assert notes == [
+        "test_accuracy judged on seed variance only: "
+        "full seed 1's per-example record does not give its reported test_accuracy"
+    ]
 
 
 @pytest.mark.slow

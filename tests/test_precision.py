@@ -10,22 +10,35 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator.trial import precision as precision_module
-from orchestrator.trial.precision import PrecisionUnavailableError, resolve_precision
 from orchestrator.spec.models import TaskSpec, TrainingSpec
 from orchestrator.tasks.prepare import prepare_task
+from orchestrator.trial import precision as precision_module
+from orchestrator.trial.precision import PrecisionUnavailableError, resolve_precision
 from orchestrator.trial.training import TrialSetup, run_trial
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    task = TaskSpec(model="random:bert-tiny", dataset="synthetic:polarity", max_length=32, train_examples=96, val_examples=32, test_examples=32)
+    task = TaskSpec(
+        model="random:bert-tiny",
+        dataset="synthetic:polarity",
+        max_length=32,
+        train_examples=96,
+        val_examples=32,
+        test_examples=32,
+    )
     return prepare_task(task, Path("."), tmp_path_factory.mktemp("cache"))
 
 
 def trial(precision: str) -> TrialSetup:
-    return TrialSetup(arm="a", method="lora", model="random:bert-tiny", metric="accuracy",
-                      training=TrainingSpec(epochs=1, batch_size=32, lr=1e-2, precision=precision), fixed={"r": 4})
+    return TrialSetup(
+        arm="a",
+        method="lora",
+        model="random:bert-tiny",
+        metric="accuracy",
+        training=TrainingSpec(epochs=1, batch_size=32, lr=1e-2, precision=precision),
+        fixed={"r": 4},
+    )
 
 
 @pytest.mark.parametrize("native", [True, False], ids=["cpu-with-native-bf16", "cpu-without-native-bf16"])
@@ -100,7 +113,9 @@ def _validate(tmp_path: Path, body: str) -> tuple[int, str]:
 
     path = tmp_path / "h.yaml"
     path.write_text(textwrap.dedent(body))
-    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "validate", str(path)], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "validate", str(path)], capture_output=True, text=True
+    )
     return done.returncode, done.stdout + done.stderr
 
 
@@ -112,35 +127,47 @@ HEAD = """\
 
 
 def test_fp16_for_cpu_trials_is_refused_at_its_line(tmp_path):
-    code, out = _validate(tmp_path, HEAD + """\
+    code, out = _validate(
+        tmp_path,
+        HEAD
+        + """\
     arms:
       a: {method: lora}
       b:
         method: lora
         fixed: {precision: fp16}
     training: {precision: fp16}
-    """)
+    """,
+    )
     assert code == 2
     assert "h.yaml:9: training.precision: fp16 needs a GPU" in out
     assert "h.yaml:8: arms.b.fixed.precision: fp16 needs a GPU" in out
 
 
 def test_an_arm_may_fix_its_precision_and_a_bad_value_is_named(tmp_path):
-    code, out = _validate(tmp_path, HEAD + """\
+    code, out = _validate(
+        tmp_path,
+        HEAD
+        + """\
     arms:
       a: {method: lora, fixed: {precision: bf16}}
       b: {method: lora, fixed: {precision: fp8}}
-    """)
+    """,
+    )
     assert code == 2
     assert "h.yaml:6: arms.b.fixed.precision" in out
     assert "arms.a" not in out  # bf16 is a valid choice for CPU trials
 
 
 def test_a_local_run_warns_when_bf16_is_forced_on_a_cpu_that_emulates_it(monkeypatch):
-    from orchestrator.trial.precision import emulated_bf16_warnings
     from orchestrator.spec.models import Hypothesis
+    from orchestrator.trial.precision import emulated_bf16_warnings
 
-    spec = Hypothesis(name="p", statement="s", arms={"a": {"method": "lora", "fixed": {"precision": "bf16"}}, "b": {"method": "lora"}})
+    spec = Hypothesis(
+        name="p",
+        statement="s",
+        arms={"a": {"method": "lora", "fixed": {"precision": "bf16"}}, "b": {"method": "lora"}},
+    )
     monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: False)
     (warning,) = emulated_bf16_warnings(spec)
     assert "arms.a.fixed.precision" in warning and "emulate" in warning

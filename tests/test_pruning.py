@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 from ray.tune.schedulers import TrialScheduler
 
-from orchestrator.trial.faults import ERROR_KEY
 from orchestrator.execute.pruning import OptunaPrunerScheduler, build_pruner, build_scheduler
 from orchestrator.search.registry import PRUNERS, SCHEDULERS
+from orchestrator.trial.faults import ERROR_KEY
 
 
 def trial(name: str) -> SimpleNamespace:
@@ -25,7 +25,9 @@ def drive(scheduler: OptunaPrunerScheduler, name: str, values: list[float]) -> l
         actions.append(action)
         if action == TrialScheduler.STOP:
             break
-    scheduler.on_trial_complete(None, t, {"val_accuracy": values[len(actions) - 1], "training_iteration": len(actions)})
+    scheduler.on_trial_complete(
+        None, t, {"val_accuracy": values[len(actions) - 1], "training_iteration": len(actions)}
+    )
     return actions
 
 
@@ -70,8 +72,14 @@ def test_failure_reports_and_missing_values_never_prune():
     scheduler = OptunaPrunerScheduler("sha", "val_accuracy", "max", max_epochs=4, trials=8)
     t = trial("x")
     scheduler.on_trial_add(None, t)
-    assert scheduler.on_trial_result(None, t, {ERROR_KEY: "RuntimeError: boom", "training_iteration": 1}) == TrialScheduler.CONTINUE
-    assert scheduler.on_trial_result(None, t, {"val_accuracy": float("nan"), "training_iteration": 1}) == TrialScheduler.CONTINUE
+    assert (
+        scheduler.on_trial_result(None, t, {ERROR_KEY: "RuntimeError: boom", "training_iteration": 1})
+        == TrialScheduler.CONTINUE
+    )
+    assert (
+        scheduler.on_trial_result(None, t, {"val_accuracy": float("nan"), "training_iteration": 1})
+        == TrialScheduler.CONTINUE
+    )
     scheduler.on_trial_error(None, t)
     assert [tr.state.name for tr in scheduler._study.trials] == ["FAIL"]
 
@@ -84,22 +92,34 @@ def test_a_real_tune_search_with_the_median_pruner_stops_bad_trials_and_optuna_s
     from ray import tune
 
     from orchestrator.execute.ray_session import ray_session
-    from orchestrator.search.samplers import SamplerPlan, build_sampler
     from orchestrator.execute.searcher import HonestOptunaSearch
+    from orchestrator.search.samplers import SamplerPlan, build_sampler
     from orchestrator.search.space import DefineByRun, ParamSpec
 
     def trainable(config):
         for epoch in range(1, 5):
             tune.report({"val_accuracy": config["x"] * epoch / 4, "epoch": epoch})
 
-    searcher = HonestOptunaSearch(space=DefineByRun({"x": ParamSpec(type="float", low=0.0, high=1.0)}, {}), metric="val_accuracy", mode="max",
-                                  sampler=build_sampler(SamplerPlan("random", 0, 0, 1)), epochs=4)
+    searcher = HonestOptunaSearch(
+        space=DefineByRun({"x": ParamSpec(type="float", low=0.0, high=1.0)}, {}),
+        metric="val_accuracy",
+        mode="max",
+        sampler=build_sampler(SamplerPlan("random", 0, 0, 1)),
+        epochs=4,
+    )
     scheduler = OptunaPrunerScheduler("median", "val_accuracy", "max", max_epochs=4, trials=12)
     with ray_session(num_cpus=2):
-        grid = tune.Tuner(trainable, tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=12, max_concurrent_trials=1),
-                          run_config=tune.RunConfig(storage_path=str(tmp_path), name="pruned", verbose=0)).fit()
+        grid = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher, scheduler=scheduler, num_samples=12, max_concurrent_trials=1
+            ),
+            run_config=tune.RunConfig(storage_path=str(tmp_path), name="pruned", verbose=0),
+        ).fit()
         assert ray.is_initialized()
     epochs = sorted(r.metrics["epoch"] for r in grid)
     assert epochs.count(4) >= 3 and epochs[0] < 4  # some ran to the end, some were stopped
     states = [t.state for t in searcher._ot_study.trials]
-    assert states.count(TrialState.PRUNED) == len(scheduler.pruned) == epochs.count(1) + epochs.count(2) + epochs.count(3)
+    assert (
+        states.count(TrialState.PRUNED) == len(scheduler.pruned) == epochs.count(1) + epochs.count(2) + epochs.count(3)
+    )

@@ -85,11 +85,27 @@ def run_with_secrets(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ray-secrets")
     (folder / "tiny.yaml").write_text(TINY_HYPOTHESIS)
     uri = new_mlflow_store(folder)
-    env = {**os.environ, **SECRETS, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           ray_session.KEEP_SESSION_FLAG: "1"}  # Ray's files stay, to be read here
+    env = {
+        **os.environ,
+        **SECRETS,
+        "PYTHONPATH": str(ROOT),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        ray_session.KEEP_SESSION_FLAG: "1",
+    }  # Ray's files stay, to be read here
     env.pop("RAY_ADDRESS", None)
-    command = [sys.executable, "-m", "orchestrator.cli", "run", str(folder / "tiny.yaml"), "--tracking-uri", uri,
-               "--state-dir", str(folder / "state"), "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "orchestrator.cli",
+        "run",
+        str(folder / "tiny.yaml"),
+        "--tracking-uri",
+        uri,
+        "--state-dir",
+        str(folder / "state"),
+        "--quiet",
+    ]
     driver = subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, err = driver.communicate(timeout=1500)
     sessions = session_folders(driver.pid)
@@ -124,10 +140,21 @@ def test_rays_session_files_are_reachable_by_their_owner_only(run_with_secrets):
 
 
 def test_rays_processes_inherit_no_secret_but_the_ones_trials_need():
-    environ = {**SECRETS, "MY_API_KEY": "apikey-93c1f0aa7b26", "HUGGING_FACE_HUB_TOKEN": "hf_secret_1234567890",
-               "RAY_AUTH_TOKEN": "ray-token-0123456789", "TOKENIZERS_PARALLELISM": "false", "PATH": "/usr/bin"}
+    environ = {
+        **SECRETS,
+        "MY_API_KEY": "apikey-93c1f0aa7b26",
+        "HUGGING_FACE_HUB_TOKEN": "hf_secret_1234567890",
+        "RAY_AUTH_TOKEN": "ray-token-0123456789",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PATH": "/usr/bin",
+    }
     assert ray_session.secret_variables(environ) == [
-        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MY_API_KEY",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "MLFLOW_TRACKING_PASSWORD",
+        "MLFLOW_TRACKING_TOKEN",
+        "MY_API_KEY",
     ]  # kept: the Hugging Face tokens (trials load hub models), Ray's own token, short values, the rest
 
 
@@ -178,7 +205,9 @@ def test_a_folder_whose_driver_was_killed_is_removed_by_the_next_start(monkeypat
     with ray_session._private_folder() as first:
         root = Path(first).parent  # where this machine's private folders go
     driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    abandoned, running, kept = (root / f"{ray_session.PRIVATE_PREFIX}test-{name}-{os.getpid()}" for name in ("dead", "live", "kept"))
+    abandoned, running, kept = (
+        root / f"{ray_session.PRIVATE_PREFIX}test-{name}-{os.getpid()}" for name in ("dead", "live", "kept")
+    )
     for folder in (abandoned, running, kept):
         folder.mkdir()
     (abandoned / ray_session.OWNER_FILE).write_text(f"{socket.gethostname()} {driver.pid}")

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from helpers import new_mlflow_store
-from orchestrator.execute.recorder import TrialRecorder
 from orchestrator.execute.mlflow_runs import close_stale as _close_stale
+from orchestrator.execute.recorder import TrialRecorder
 from orchestrator.execute.state import RunState
 from orchestrator.tracking import Tracker
 from orchestrator.trial.trainable import SEED_KEY
@@ -25,10 +25,14 @@ class Killed(BaseException):
 
 
 def recorder(tracker: Tracker, experiment: str, parent: str, state: RunState) -> TrialRecorder:
-    return TrialRecorder(tracker, experiment, parent, "small", "confirm", 1, [], state, None, {}, [], static_params={"lr": 0.01})
+    return TrialRecorder(
+        tracker, experiment, parent, "small", "confirm", 1, [], state, None, {}, [], static_params={"lr": 0.01}
+    )
 
 
-def test_a_trial_killed_before_its_params_were_logged_gets_them_when_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_trial_killed_before_its_params_were_logged_gets_them_when_resumed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tracker = Tracker(new_mlflow_store(tmp_path))
     experiment = tracker.experiment_id("recorder")
     parent = tracker.start_run(experiment, "small (lora)", {})

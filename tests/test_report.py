@@ -37,8 +37,12 @@ def orchestrate(argv: list[str]) -> int:
 
 
 # -- synthetic summaries --------------------------------------------------------------------
-def _record(arm: str, kind: str, n: int, metrics: dict, status: str = "COMPLETED", seed: int | None = None) -> RunRecord:
-    return RunRecord(f"{arm}{kind}{n:02d}".ljust(32, "0"), f"{arm} #{n}", arm, kind, status, {"r": "4"}, metrics, seed, n)
+def _record(
+    arm: str, kind: str, n: int, metrics: dict, status: str = "COMPLETED", seed: int | None = None
+) -> RunRecord:
+    return RunRecord(
+        f"{arm}{kind}{n:02d}".ljust(32, "0"), f"{arm} #{n}", arm, kind, status, {"r": "4"}, metrics, seed, n
+    )
 
 
 def synthetic_summary() -> RunSummary:
@@ -47,26 +51,79 @@ def synthetic_summary() -> RunSummary:
 
     arms = []
     for index, (arm, ratio) in enumerate((("routed", 0.2), ("lora", 1.0))):
-        trials = [_record(arm, "trial", i, {"val_accuracy": 0.70 + 0.03 * ((i * (index + 3)) % 5), "flops_ratio": ratio + 0.01 * i})
-                  for i in range(1, 7)]
+        trials = [
+            _record(
+                arm,
+                "trial",
+                i,
+                {"val_accuracy": 0.70 + 0.03 * ((i * (index + 3)) % 5), "flops_ratio": ratio + 0.01 * i},
+            )
+            for i in range(1, 7)
+        ]
         trials.append(_record(arm, "trial", 7, {}, status="FAILED"))
         trials.append(_record(arm, "trial", 8, {"val_accuracy": 0.6, "flops_ratio": ratio}, status="STOPPED"))
-        confirms = [_record(arm, "confirm", s, {"test_accuracy": 0.80 + 0.01 * s - 0.02 * index, "flops_ratio": ratio}, seed=1000 + s)
-                    for s in range(4)]
+        confirms = [
+            _record(
+                arm,
+                "confirm",
+                s,
+                {"test_accuracy": 0.80 + 0.01 * s - 0.02 * index, "flops_ratio": ratio},
+                seed=1000 + s,
+            )
+            for s in range(4)
+        ]
         for confirm in confirms:  # the routed arm forced bf16 on a CPU that emulates it
-            confirm.params |= {"precision": "bf16", "precision_native": "false"} if arm == "routed" else {"precision": "fp32", "precision_native": "true"}
+            confirm.params |= (
+                {"precision": "bf16", "precision_native": "false"}
+                if arm == "routed"
+                else {"precision": "fp32", "precision_native": "true"}
+            )
         counts = {"COMPLETED": 6, "FAILED": 1, "STOPPED": 1, "INFEASIBLE": 0}
         best = max(trials[:6], key=lambda t: t.metrics["val_accuracy"])
-        arms.append(ArmSummary(arm, "lora", f"arm{arm}".ljust(32, "0"), best.run_id, "best val_accuracy (max)", {"r": "4", "lr": "0.001"},
-                               {"r": "4"}, counts, trials, confirms))
+        arms.append(
+            ArmSummary(
+                arm,
+                "lora",
+                f"arm{arm}".ljust(32, "0"),
+                best.run_id,
+                "best val_accuracy (max)",
+                {"r": "4", "lr": "0.001"},
+                {"r": "4"},
+                counts,
+                trials,
+                confirms,
+            )
+        )
     claims = ["routed.test_accuracy >= lora.test_accuracy - 0.01", "routed.flops_ratio <= 25%"]
-    samples = {a.arm: {m: {c.seed: c.metrics[m] for c in a.confirms} for m in ("test_accuracy", "flops_ratio")} for a in arms}
-    plan = {"task": {"metric": "accuracy", "model": "random:bert-tiny", "dataset": "synthetic:polarity"},
-            "judge": {"confidence": 0.95, "family_wise": None}, "confirm": {"split": "test", "seeds": 4, "first_seed": 1000},
-            "arms": [{"arm": a.arm, "objectives": {"val_accuracy": "max"}, "sampler": {"name": "tpe"}, "trials": 8} for a in arms]}
-    return RunSummary("f" * 32, "1", "synthetic", "FINISHED", "Routing matches LoRA at a fifth of the FLOPs.", "a paper",
-                      "h.yaml", "0" * 64, "default", "abc", "sqlite:///x.db", plan, claims, arms,
-                      judge_claims(claims, samples, exact_metrics=exact_metrics_of({a.arm: a.method for a in arms})))
+    samples = {
+        a.arm: {m: {c.seed: c.metrics[m] for c in a.confirms} for m in ("test_accuracy", "flops_ratio")} for a in arms
+    }
+    plan = {
+        "task": {"metric": "accuracy", "model": "random:bert-tiny", "dataset": "synthetic:polarity"},
+        "judge": {"confidence": 0.95, "family_wise": None},
+        "confirm": {"split": "test", "seeds": 4, "first_seed": 1000},
+        "arms": [
+            {"arm": a.arm, "objectives": {"val_accuracy": "max"}, "sampler": {"name": "tpe"}, "trials": 8}
+            for a in arms
+        ],
+    }
+    return RunSummary(
+        "f" * 32,
+        "1",
+        "synthetic",
+        "FINISHED",
+        "Routing matches LoRA at a fifth of the FLOPs.",
+        "a paper",
+        "h.yaml",
+        "0" * 64,
+        "default",
+        "abc",
+        "sqlite:///x.db",
+        plan,
+        claims,
+        arms,
+        judge_claims(claims, samples, exact_metrics=exact_metrics_of({a.arm: a.method for a in arms})),
+    )
 
 
 def test_pareto_front_keeps_only_non_dominated_points_in_cost_order():
@@ -108,7 +165,13 @@ def test_plots_are_skipped_when_no_trial_has_the_metrics(tmp_path):
 def test_html_is_self_contained_and_escapes_text(tmp_path):
     png = tmp_path / "a.png"
     png.write_bytes(PNG_SIGNATURE + b"rest")
-    blocks = [Heading("T <1>", 1), Para("x `a<b` **bold**"), Alert("loud"), Table(["h"], [["SUPPORTED"]]), Image(Path("a.png"), "t", "c")]
+    blocks = [
+        Heading("T <1>", 1),
+        Para("x `a<b` **bold**"),
+        Alert("loud"),
+        Table(["h"], [["SUPPORTED"]]),
+        Image(Path("a.png"), "t", "c"),
+    ]
     page = to_html(blocks, "title", tmp_path)
     assert "T &lt;1&gt;" in page and "<code>a&lt;b</code>" in page and "<strong>bold</strong>" in page
     assert 'class="supported"' in page and 'class="alert"' in page
@@ -139,14 +202,28 @@ def test_the_claim_detail_names_a_failed_confirmation_seed_and_its_error(tmp_pat
 
     summary = synthetic_summary()
     failed = summary.arm("lora").confirms[2]
-    failed.status, failed.error, failed.metrics = "FAILED", "NonFiniteLossError: non-finite loss (nan) at step 3 | epoch 0", {}
-    summary.verdicts = judge_claims(summary.claims, samples_from_summary(summary), exact_metrics=exact_metrics_from_summary(summary),
-                                    failed=failures_from_summary(summary))
+    failed.status, failed.error, failed.metrics = (
+        "FAILED",
+        "NonFiniteLossError: non-finite loss (nan) at step 3 | epoch 0",
+        {},
+    )
+    summary.verdicts = judge_claims(
+        summary.claims,
+        samples_from_summary(summary),
+        exact_metrics=exact_metrics_from_summary(summary),
+        failed=failures_from_summary(summary),
+    )
     text = to_markdown(build_blocks(summary, [], tmp_path, [], []))
     claim = _section(text, "### Claim 1")
-    assert "INCONCLUSIVE" in claim and "arm lora, seed 1002: its run failed (NonFiniteLossError: non-finite loss" in claim
-    assert f"seed 1002 `{failed.run_id}` (FAILED: NonFiniteLossError: non-finite loss (nan) at step 3 | epoch 0)" in claim
-    assert "1002: run failed: NonFiniteLossError: non-finite loss (nan) at step 3 \\| epoch 0" in claim  # excluded column
+    assert (
+        "INCONCLUSIVE" in claim and "arm lora, seed 1002: its run failed (NonFiniteLossError: non-finite loss" in claim
+    )
+    assert (
+        f"seed 1002 `{failed.run_id}` (FAILED: NonFiniteLossError: non-finite loss (nan) at step 3 | epoch 0)" in claim
+    )
+    assert (
+        "1002: run failed: NonFiniteLossError: non-finite loss (nan) at step 3 \\| epoch 0" in claim
+    )  # excluded column
 
 
 def test_the_report_never_shows_tracking_credentials(tmp_path):
@@ -192,7 +269,9 @@ def report(shared_run, tmp_path_factory):
         experiment = client.get_experiment_by_name("tiny-test")
         (parent,) = client.search_runs([experiment.experiment_id], "tags.`orchestrate.level` = 'hypothesis'")
         tracker = Tracker(run.uri)
-        confirm = client.search_runs([experiment.experiment_id], "tags.`orchestrate.level` = 'confirm' and tags.`orchestrate.arm` = 'small'")[0]
+        confirm = client.search_runs(
+            [experiment.experiment_id], "tags.`orchestrate.level` = 'confirm' and tags.`orchestrate.arm` = 'small'"
+        )[0]
         heatmap = run.folder / "heatmap"
         heatmap.mkdir()
         _heatmap(heatmap / "rank_heatmap.png")
@@ -201,8 +280,16 @@ def report(shared_run, tmp_path_factory):
         tracker.log_artifacts(confirm.data.tags["mlflow.parentRunId"], heatmap)
         out = run.folder / "report"
         code = orchestrate(["report", "tiny-test", "--out", str(out), "--tracking-uri", run.uri])
-        yield {"code": run.exit_code, "uri": run.uri, "client": client, "run_id": parent.info.run_id,
-               "report_code": code, "out": out, "md": (out / "report.md").read_text(), "confirm_id": confirm.info.run_id}
+        yield {
+            "code": run.exit_code,
+            "uri": run.uri,
+            "client": client,
+            "run_id": parent.info.run_id,
+            "report_code": code,
+            "out": out,
+            "md": (out / "report.md").read_text(),
+            "confirm_id": confirm.info.run_id,
+        }
 
 
 def _heatmap(path: Path) -> None:
@@ -243,7 +330,16 @@ def test_report_verdicts_have_real_numbers_and_their_runs(report):
     first = [cell.strip() for cell in rows[0].strip("|").split("|")]
     assert first[1] == "`small.flops_ratio <= large.flops_ratio / 2`" and first[2] == "SUPPORTED"
     assert float(first[3]) == pytest.approx(-0.25) and first[4] == "[-0.25, -0.25]"
-    for field in ("**estimate**", "**interval**", "one-sided", "**method**", "**effect size**", "**what would settle it**", "**p-values**", "**Holm**"):
+    for field in (
+        "**estimate**",
+        "**interval**",
+        "one-sided",
+        "**method**",
+        "**effect size**",
+        "**what would settle it**",
+        "**p-values**",
+        "**Holm**",
+    ):
         assert verdicts.count(field) >= 2, field
     confirm_ids = re.findall(r"seed 100[01] `([0-9a-f]{32})`", verdicts)
     assert report["confirm_id"] in confirm_ids and len(set(confirm_ids)) == 4
@@ -252,15 +348,24 @@ def test_report_verdicts_have_real_numbers_and_their_runs(report):
 @pytest.mark.slow
 def test_report_arm_table_has_numbers_for_both_arms(report):
     arms = _section(report["md"], "## Arms")
-    rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")] for line in arms.splitlines()
-                                          if line.startswith("| small") or line.startswith("| large"))}
+    rows = {
+        cells[0]: cells
+        for cells in (
+            [c.strip() for c in line.strip("|").split("|")]
+            for line in arms.splitlines()
+            if line.startswith("| small") or line.startswith("| large")
+        )
+    }
     assert set(rows) == {"small", "large"}
     for arm, ratio in (("small", 0.25), ("large", 1.0)):
         cells = rows[arm]
         assert "r=" in cells[2] and 0.0 <= float(cells[3]) <= 1.0
         assert re.fullmatch(r"[0-9.]+( ± [0-9.e-]+)? \(n=2\)", cells[4])
         assert float(cells[5]) == pytest.approx(ratio) and int(cells[6]) > 0 and float(cells[7]) > 0
-        assert cells[8] in ("fp32", "bf16")  # the precision its confirmation runs used (auto: what this CPU runs natively)
+        assert cells[8] in (
+            "fp32",
+            "bf16",
+        )  # the precision its confirmation runs used (auto: what this CPU runs natively)
         assert cells[9] == "3 / 0 / 0 / 0"  # the shared run: 3 trials per arm, all finished
 
 
@@ -275,7 +380,9 @@ def test_report_says_where_numbers_come_from(report):
 def test_report_figures_are_valid_pngs(report):
     paths = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", report["md"])
     assert {"figures/pareto.png", "figures/history.png", "figures/confirmation.png"} <= set(paths)
-    assert any(p.endswith("/rank_heatmap.png") for p in paths) and any(p.endswith("arm/pareto_front.png") for p in paths)
+    assert any(p.endswith("/rank_heatmap.png") for p in paths) and any(
+        p.endswith("arm/pareto_front.png") for p in paths
+    )
     for path in paths:
         width, height = png_size(report["out"] / path)
         assert width > 10 and height > 10

@@ -17,8 +17,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -27,16 +28,35 @@ from helpers import TINY_HYPOTHESIS, new_mlflow_store
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
-SPEC = TINY_HYPOTHESIS.replace("trials_per_arm: 2", "trials_per_arm: 3").replace("max_concurrent: 2", "max_concurrent: 1")
+SPEC = TINY_HYPOTHESIS.replace("trials_per_arm: 2", "trials_per_arm: 3").replace(
+    "max_concurrent: 2", "max_concurrent: 1"
+)
 
 
 def start(spec: Path, folder: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "orchestrator.cli", "run", str(spec), "--quiet",
-               "--state-dir", str(folder / "state"), "--tracking-uri", f"sqlite:///{folder}/mlflow.db"]
+    command = [
+        sys.executable,
+        "-m",
+        "orchestrator.cli",
+        "run",
+        str(spec),
+        "--quiet",
+        "--state-dir",
+        str(folder / "state"),
+        "--tracking-uri",
+        f"sqlite:///{folder}/mlflow.db",
+    ]
     # SIGINT as a terminal's foreground job has it: a suite run as a background job ignores
     # SIGINT, its children inherit that, and the driver (like Python) keeps it ignored
-    return subprocess.Popen(command, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(
+        command,
+        cwd=folder,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def state_of(folder: Path) -> dict[str, Any]:
@@ -69,8 +89,13 @@ POINTS: list[tuple[str, int, Callable[[dict[str, Any], dict[str, Any]], bool]]] 
 ]
 
 
-def interrupt_at(proc: subprocess.Popen, folder: Path, sig: int, point: Callable[[dict[str, Any], dict[str, Any]], bool],
-                 start_state: dict[str, Any]) -> dict[str, Any]:
+def interrupt_at(
+    proc: subprocess.Popen,
+    folder: Path,
+    sig: int,
+    point: Callable[[dict[str, Any], dict[str, Any]], bool],
+    start_state: dict[str, Any],
+) -> dict[str, Any]:
     deadline = time.monotonic() + 600
     while not point(state := state_of(folder), start_state):
         assert proc.poll() is None, proc.communicate()
@@ -120,7 +145,12 @@ def test_a_run_interrupted_four_times_resumes_without_losing_or_doubling_trials(
             assert proc.returncode == 130, f"{where}: exit {proc.returncode}\n{err[-3000:]}"
             assert "run the same command again to resume" in err, where
             assert not [r.info.run_name for r in runs_of(tmp_path) if r.info.status == "RUNNING"], where
-        kept |= {run_id for arm in state.get("arms", {}).values() for kind in ("trial", "confirm") for run_id in arm.get(kind, {}).values()}
+        kept |= {
+            run_id
+            for arm in state.get("arms", {}).values()
+            for kind in ("trial", "confirm")
+            for run_id in arm.get(kind, {}).values()
+        }
 
     last = start(spec, tmp_path)
     out, err = last.communicate(timeout=900)
@@ -132,13 +162,21 @@ def test_a_run_interrupted_four_times_resumes_without_losing_or_doubling_trials(
     assert len(hypothesis) == 1 and hypothesis[0].info.status == "FINISHED"
     assert not [r for r in runs if r.info.status == "RUNNING"]
     for arm in ("small", "large"):
-        trials = [r for r in runs if r.data.tags.get("orchestrate.level") == "trial" and r.data.tags["orchestrate.arm"] == arm]
+        trials = [
+            r
+            for r in runs
+            if r.data.tags.get("orchestrate.level") == "trial" and r.data.tags["orchestrate.arm"] == arm
+        ]
         ids = [r.data.tags["orchestrate.trial_id"] for r in trials]
         assert len(ids) == len(set(ids)), "a trial was logged twice"
         finished = [r for r in trials if r.info.status == "FINISHED"]
         assert len(finished) == 3, [(r.info.run_name, r.info.status) for r in trials]
         assert all(r.info.status in ("FINISHED", "KILLED") for r in trials)
-        confirms = [r for r in runs if r.data.tags.get("orchestrate.level") == "confirm" and r.data.tags["orchestrate.arm"] == arm]
+        confirms = [
+            r
+            for r in runs
+            if r.data.tags.get("orchestrate.level") == "confirm" and r.data.tags["orchestrate.arm"] == arm
+        ]
         assert sorted(r.data.params["seed"] for r in confirms if r.info.status == "FINISHED") == ["1000", "1001"]
     # what finished before each kill was kept: its MLflow runs are the same ones
     assert kept and kept <= {r.info.run_id for r in runs}

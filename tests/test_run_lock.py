@@ -40,8 +40,14 @@ HOLDER = textwrap.dedent("""\
 
 def start_holder(state_dir: Path, hypothesis: str = "tiny-test", profile: str = "default") -> subprocess.Popen:
     """A process that holds the lock once it has printed "held"."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(state_dir), hypothesis, profile], cwd=ROOT,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(state_dir), hypothesis, profile],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert holder.stdout.readline().strip() == "held"
     return holder
 
@@ -49,16 +55,21 @@ def start_holder(state_dir: Path, hypothesis: str = "tiny-test", profile: str = 
 def test_a_second_holder_is_refused_with_who_holds_it_and_what_to_do(tmp_path):
     holder = start_holder(tmp_path)
     try:
-        with pytest.raises(RunLockedError) as refused:
-            with hold_run_lock(tmp_path, "tiny-test", "default"):
-                pass
+        with pytest.raises(RunLockedError) as refused, hold_run_lock(tmp_path, "tiny-test", "default"):
+            pass
     finally:
         holder.kill()
         holder.wait()
     message = str(refused.value)
     assert "\n" not in message
-    for part in ("'tiny-test'", "'default'", f"pid {holder.pid}", socket.gethostname(), str(lock_path(tmp_path, "tiny-test", "default")),
-                 "wait for it to finish or stop it"):
+    for part in (
+        "'tiny-test'",
+        "'default'",
+        f"pid {holder.pid}",
+        socket.gethostname(),
+        str(lock_path(tmp_path, "tiny-test", "default")),
+        "wait for it to finish or stop it",
+    ):
         assert part in message, message
 
 
@@ -95,13 +106,16 @@ def test_a_profile_name_cannot_leave_the_locks_folder(tmp_path):
 
 def test_a_state_dir_that_is_a_file_is_bad_input(tmp_path):
     (tmp_path / "state").write_text("not a folder")
-    with pytest.raises(InputError, match="is not a folder") as refused:
-        with hold_run_lock(tmp_path / "state", "tiny-test", "default"):
-            pass
+    with (
+        pytest.raises(InputError, match="is not a folder") as refused,
+        hold_run_lock(tmp_path / "state", "tiny-test", "default"),
+    ):
+        pass
     assert not isinstance(refused.value, RunLockedError)
 
 
 # -- two real drivers of one hypothesis in one folder -----------------------------------
+
 
 @pytest.mark.slow
 @pytest.mark.e2e
@@ -117,8 +131,22 @@ def test_two_runs_at_once_do_every_trial_once_even_after_a_holder_was_killed(tmp
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("RAY_ADDRESS", None)
-    command = [sys.executable, "-m", "orchestrator.cli", "run", str(spec), "--tracking-uri", uri, "--state-dir", str(state_dir), "--quiet"]
-    drivers = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    command = [
+        sys.executable,
+        "-m",
+        "orchestrator.cli",
+        "run",
+        str(spec),
+        "--tracking-uri",
+        uri,
+        "--state-dir",
+        str(state_dir),
+        "--quiet",
+    ]
+    drivers = [
+        subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     try:
         while all(d.poll() is None for d in drivers):
             time.sleep(0.2)
@@ -126,7 +154,7 @@ def test_two_runs_at_once_do_every_trial_once_even_after_a_holder_was_killed(tmp
         (winner,) = [d for d in drivers if d is not refused]
         assert winner.poll() is None, "the second run must refuse while the first is running"
         _, err = refused.communicate()
-        out, winner_err = winner.communicate(timeout=1500)
+        _out, winner_err = winner.communicate(timeout=1500)
     finally:
         for d in drivers:
             d.kill()

@@ -45,14 +45,39 @@ def test_a_saved_record_is_a_copy(tmp_path):
 
 def test_a_state_of_the_previous_version_resumes_with_its_callback_keys(tmp_path):
     """A run interrupted under the previous version restores the same Tuners."""
-    trial = {"trial_id": "t1", "arm": "a", "kind": "trial", "params": {}, "status": FAILED, "metrics": {},
-             "error": "boom", "seed": None, "mlflow_run_id": "run-1", "feasible": True, "reused_from": None, "runtime": {}}
+    trial = {
+        "trial_id": "t1",
+        "arm": "a",
+        "kind": "trial",
+        "params": {},
+        "status": FAILED,
+        "metrics": {},
+        "error": "boom",
+        "seed": None,
+        "mlflow_run_id": "run-1",
+        "feasible": True,
+        "reused_from": None,
+        "runtime": {},
+    }
     previous = {
-        "spec_sha256": "sha", "hypothesis": "h", "profile": "default", "finished": False, "parent_run_id": "parent",
-        "arms": {"a": {"trial": {"t1": "run-1"}, "confirm": {}, "records": {"trial": {"t1": trial}, "confirm": {}},
-                       "search_done": True, "trials": [trial], "arm_run_id": "arm-run",
-                       "trial_callback_key": "k-search", "confirm_callback_key": "k-round-1",
-                       "confirm_2_callback_key": "k-round-2"}},
+        "spec_sha256": "sha",
+        "hypothesis": "h",
+        "profile": "default",
+        "finished": False,
+        "parent_run_id": "parent",
+        "arms": {
+            "a": {
+                "trial": {"t1": "run-1"},
+                "confirm": {},
+                "records": {"trial": {"t1": trial}, "confirm": {}},
+                "search_done": True,
+                "trials": [trial],
+                "arm_run_id": "arm-run",
+                "trial_callback_key": "k-search",
+                "confirm_callback_key": "k-round-1",
+                "confirm_2_callback_key": "k-round-2",
+            }
+        },
     }
     (tmp_path / "h--default.json").write_text(json.dumps(previous))
     state = _open(tmp_path)

@@ -42,7 +42,9 @@ def cost(params: dict) -> float:
 
 def search(name: str, trials: int, n_objectives: int = 1, startup: int = 4, seed: int = 0) -> optuna.Study:
     directions = ["maximize"] + ["minimize"] * (n_objectives - 1)
-    study = optuna.create_study(directions=directions, sampler=build_sampler(SamplerPlan(name, seed, startup, n_objectives)))
+    study = optuna.create_study(
+        directions=directions, sampler=build_sampler(SamplerPlan(name, seed, startup, n_objectives))
+    )
     space = DefineByRun(SPACE, {})
     for _ in range(trials):
         with limited_threads(1):
@@ -89,12 +91,15 @@ def test_a_constrained_two_objective_search_keeps_only_feasible_trials_on_its_fr
 def test_the_grid_sampler_enumerates_a_finite_space_exactly_once_through_the_searcher():
     from orchestrator.execute.searcher import HonestOptunaSearch
 
-    space = DefineByRun({"r": SPACE["r"], "dropout": SPACE["dropout"], "alpha": ParamSpec(type="categorical", choices=[8, 16])}, {})
+    space = DefineByRun(
+        {"r": SPACE["r"], "dropout": SPACE["dropout"], "alpha": ParamSpec(type="categorical", choices=[8, 16])}, {}
+    )
     grid = space.grid()
     expected = set(itertools.product(*grid.values()))
     assert len(expected) == 4 * 5 * 2
-    searcher = HonestOptunaSearch(space=space, metric="val_accuracy", mode="max",
-                                  sampler=build_sampler(SamplerPlan("grid", 0, 0, 1, grid)))
+    searcher = HonestOptunaSearch(
+        space=space, metric="val_accuracy", mode="max", sampler=build_sampler(SamplerPlan("grid", 0, 0, 1, grid))
+    )
     seen = []
     for i in range(len(expected)):
         config = searcher.suggest(f"trial_{i}")
@@ -161,7 +166,13 @@ MIXED = {
 
 
 def mixed_objective(p: dict) -> float:
-    return -abs(math.log10(p["lr"]) + 2.5) + 0.05 * math.log2(p["r"]) - p["dropout"] - 0.01 * abs(p["layers"] - 3) + (p["cost"] == "dual") * 0.1
+    return (
+        -abs(math.log10(p["lr"]) + 2.5)
+        + 0.05 * math.log2(p["r"])
+        - p["dropout"]
+        - 0.01 * abs(p["layers"] - 3)
+        + (p["cost"] == "dual") * 0.1
+    )
 
 
 def test_the_mixed_space_encoding_round_trips_every_kind_of_parameter():
@@ -175,12 +186,21 @@ def test_the_mixed_space_encoding_round_trips_every_kind_of_parameter():
         search_space.update(trial.distributions)
     space = MixedSpace.of(search_space)
     kinds = {c.name: c.kind for c in space.columns}
-    assert kinds == {"r": "categorical", "cost": "categorical", "layers": "discrete", "steps": "continuous",
-                     "rank": "continuous", "lr": "continuous", "dropout": "discrete"}
+    assert kinds == {
+        "r": "categorical",
+        "cost": "categorical",
+        "layers": "discrete",
+        "steps": "continuous",
+        "rank": "continuous",
+        "lr": "continuous",
+        "dropout": "discrete",
+    }
     point = {"r": 8, "cost": "fixed", "layers": 4, "steps": 250, "rank": 8, "lr": 1e-3, "dropout": 0.15}
     row = space.encode([point])[0]
     assert space.decode(row) == pytest.approx(point)
-    assert row[[c.name for c in space.columns].index("lr")].item() == pytest.approx(0.5)  # log scale: 1e-3 is the middle
+    assert row[[c.name for c in space.columns].index("lr")].item() == pytest.approx(
+        0.5
+    )  # log scale: 1e-3 is the middle
     assert row[[c.name for c in space.columns].index("r")].item() == 2.0  # a categorical is its choice's index
 
 
@@ -227,7 +247,11 @@ def test_botorch_spreads_a_suggestion_away_from_a_running_trial():
     first, spread, alone = _asks_with_and_without_a_running_trial()
 
     def distance(a: dict, b: dict) -> float:
-        return abs(math.log10(a["lr"]) - math.log10(b["lr"])) / 2 + (a["r"] != b["r"]) + abs(a["dropout"] - b["dropout"]) / 0.2
+        return (
+            abs(math.log10(a["lr"]) - math.log10(b["lr"])) / 2
+            + (a["r"] != b["r"])
+            + abs(a["dropout"] - b["dropout"]) / 0.2
+        )
 
     assert distance(first, alone) < 0.05  # without a pending point the same model suggests the same place
     assert distance(first, spread) > 0.1  # with it, somewhere else
@@ -254,12 +278,22 @@ def test_botorch_drives_a_real_tune_search_with_two_trials_at_once(tmp_path, sha
     def trainable(config):  # self-contained: Ray's workers cannot import this test module
         import math
 
-        tune.report({"val_accuracy": math.log10(config["lr"]) + 0.1 * math.log2(config["r"]) - config["dropout"], "epoch": 1})
+        tune.report(
+            {"val_accuracy": math.log10(config["lr"]) + 0.1 * math.log2(config["r"]) - config["dropout"], "epoch": 1}
+        )
 
-    searcher = HonestOptunaSearch(space=DefineByRun(SPACE, {}), metric="val_accuracy", mode="max", epochs=1,
-                                  sampler=build_sampler(SamplerPlan("botorch", 0, 2, 1)))
-    grid = tune.Tuner(trainable, tune_config=tune.TuneConfig(search_alg=searcher, num_samples=6, max_concurrent_trials=2),
-                      run_config=tune.RunConfig(storage_path=str(tmp_path), name="botorch", verbose=0)).fit()
+    searcher = HonestOptunaSearch(
+        space=DefineByRun(SPACE, {}),
+        metric="val_accuracy",
+        mode="max",
+        epochs=1,
+        sampler=build_sampler(SamplerPlan("botorch", 0, 2, 1)),
+    )
+    grid = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=6, max_concurrent_trials=2),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name="botorch", verbose=0),
+    ).fit()
     assert not grid.errors and len(grid) == 6
     trials = searcher._ot_study.trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
@@ -280,7 +314,9 @@ def test_the_registry_and_the_spec_import_without_optuna_ray_or_torch():
     import subprocess
     import sys
 
-    code = ("import sys, orchestrator.spec.models, orchestrator.search.registry; "
-            "print(sorted(m for m in ('optuna', 'ray', 'torch', 'botorch') if m in sys.modules))")
+    code = (
+        "import sys, orchestrator.spec.models, orchestrator.search.registry; "
+        "print(sorted(m for m in ('optuna', 'ray', 'torch', 'botorch') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import math
 
-import optuna
 import pytest
 from optuna.trial import TrialState
 
-from orchestrator.trial.faults import ERROR_KEY
+from orchestrator.execute.searcher import HonestOptunaSearch
 from orchestrator.results import COMPLETED, INFEASIBLE, STOPPED, TrialRecord
 from orchestrator.search.samplers import SamplerPlan, build_sampler
-from orchestrator.execute.searcher import HonestOptunaSearch
-from orchestrator.spec.constraints import parse_constraint
 from orchestrator.search.space import DefineByRun, ParamSpec
+from orchestrator.spec.constraints import parse_constraint
+from orchestrator.trial.faults import ERROR_KEY
 
 SPACE = {
     "r": ParamSpec(type="categorical", choices=[2, 4, 8, 16]),
@@ -25,13 +24,25 @@ BUDGET = parse_constraint("flops_ratio <= 0.5")
 
 
 def searcher(prior=None, sampler="tpe", points=None) -> HonestOptunaSearch:
-    return HonestOptunaSearch(space=DefineByRun(SPACE, {"dropout": 0.1}), metric="val_accuracy", mode="max",
-                              sampler=build_sampler(SamplerPlan(sampler, 0, 3, 1)), constraints=[BUDGET], epochs=2,
-                              prior_trials=prior, points_to_evaluate=points)
+    return HonestOptunaSearch(
+        space=DefineByRun(SPACE, {"dropout": 0.1}),
+        metric="val_accuracy",
+        mode="max",
+        sampler=build_sampler(SamplerPlan(sampler, 0, 3, 1)),
+        constraints=[BUDGET],
+        epochs=2,
+        prior_trials=prior,
+        points_to_evaluate=points,
+    )
 
 
 def result(config: dict, epoch: int = 2) -> dict:
-    return {"val_accuracy": 0.5 + 0.01 * config["r"], "flops_ratio": config["r"] / 16, "epoch": epoch, "training_iteration": epoch}
+    return {
+        "val_accuracy": 0.5 + 0.01 * config["r"],
+        "flops_ratio": config["r"] / 16,
+        "epoch": epoch,
+        "training_iteration": epoch,
+    }
 
 
 def run(search: HonestOptunaSearch, start: int, count: int) -> list[dict]:
@@ -53,12 +64,16 @@ def test_the_searcher_survives_checkpoint_and_restore_and_goes_on(tmp_path):
     restored = searcher()
     restored.restore(str(tmp_path / "searcher.pkl"))
     assert [t.params for t in restored._ot_study.trials] == [t.params for t in first._ot_study.trials]
-    assert [t.constraints for t in restored._ot_study.trials[:5]] == [t.constraints for t in first._ot_study.trials[:5]]
+    assert [t.constraints for t in restored._ot_study.trials[:5]] == [
+        t.constraints for t in first._ot_study.trials[:5]
+    ]
     restored.on_trial_complete("t5", result(pending))  # the pending trial finishes after the restore
     more = run(restored, 6, 3)
     states = [t.state for t in restored._ot_study.trials]
     assert states.count(TrialState.COMPLETE) == 9 and len(more) == 3
-    assert all(("alpha" in c) == (c["r"] in (8, 16)) and c["dropout"] == 0.1 for c in more)  # the conditional space round-trips
+    assert all(
+        ("alpha" in c) == (c["r"] in (8, 16)) and c["dropout"] == 0.1 for c in more
+    )  # the conditional space round-trips
 
 
 def test_constraints_reach_optuna_and_violations_are_measured():
@@ -70,7 +85,7 @@ def test_constraints_reach_optuna_and_violations_are_measured():
 
 def test_an_early_stopped_trial_is_pruned_and_a_failed_one_failed():
     search = searcher()
-    a, b = search.suggest("a"), search.suggest("b")
+    a, _ = search.suggest("a"), search.suggest("b")
     search.on_trial_result("a", result(a, 1))
     search.on_trial_complete("a", result(a, 1))  # stopped after epoch 1 of 2
     search.on_trial_result("b", {ERROR_KEY: "NonFiniteLossError: nan"})  # a failure report carries no objective
@@ -93,7 +108,9 @@ def test_prior_trials_are_told_as_they_ended_before_anything_is_suggested():
     told = search._ot_study.trials
     assert [t.state for t in told] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING]
     assert told[0].params == {"r": 4, "lr": 1e-3} and told[0].value == 0.7
-    assert told[1].params == {"r": 16, "lr": 1e-3, "alpha": 8} and told[1].constraints == {str(BUDGET): 0.5}  # infeasible: 1.0 - 0.5
+    assert told[1].params == {"r": 16, "lr": 1e-3, "alpha": 8} and told[1].constraints == {
+        str(BUDGET): 0.5
+    }  # infeasible: 1.0 - 0.5
     assert set(told[0].distributions) == {"r", "lr"}  # the define-by-run space gave the distributions
     config = search.suggest("new")  # the first point still comes first, and as itself
     assert {k: config[k] for k in first_point} == first_point
@@ -101,8 +118,10 @@ def test_prior_trials_are_told_as_they_ended_before_anything_is_suggested():
 
 def test_a_constrained_sampler_uses_the_prior_trials():
     """With the prior trials alone past its startup, a GP never suggests a known infeasible region first."""
-    prior = [record(i, {"r": r, "lr": lr}, val_accuracy=0.5 + 0.01 * r, flops_ratio=r / 16, epoch=2)
-             for i, (r, lr) in enumerate([(2, 1e-3), (4, 2e-3), (2, 5e-3), (4, 1e-4)])]
+    prior = [
+        record(i, {"r": r, "lr": lr}, val_accuracy=0.5 + 0.01 * r, flops_ratio=r / 16, epoch=2)
+        for i, (r, lr) in enumerate([(2, 1e-3), (4, 2e-3), (2, 5e-3), (4, 1e-4)])
+    ]
     search = searcher(prior, sampler="gp")
     assert len(search._ot_study.trials) == 4 and type(search._ot_study.sampler).__name__ == "GPSampler"
     config = search.suggest("new")

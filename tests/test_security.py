@@ -21,10 +21,9 @@ from urllib.parse import urlparse
 
 import pytest
 
+from helpers import SECRETS, TINY_HYPOTHESIS, new_mlflow_store
 from orchestrator.spec.errors import SpecError
 from orchestrator.spec.loader import load_hypothesis
-
-from helpers import SECRETS, TINY_HYPOTHESIS, new_mlflow_store
 
 SENTINEL_CODE = "import pathlib; pathlib.Path({path!r}).write_text('pwned')"
 
@@ -42,14 +41,18 @@ def replaced(old: str, new: str, text: str = TINY_HYPOTHESIS) -> str:
 
 # -- YAML ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("payload", [
-    "!!python/object/apply:os.system ['touch {s}']",
-    "!!python/object/apply:subprocess.check_call [['touch', '{s}']]",
-    "!!python/object/new:subprocess.Popen [['touch', '{s}']]",
-    "!!python/name:os.system ''",
-    "!!python/module:os ''",
-    "!!python/object:argparse.Namespace {{x: 1}}",
-])
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "!!python/object/apply:os.system ['touch {s}']",
+        "!!python/object/apply:subprocess.check_call [['touch', '{s}']]",
+        "!!python/object/new:subprocess.Popen [['touch', '{s}']]",
+        "!!python/name:os.system ''",
+        "!!python/module:os ''",
+        "!!python/object:argparse.Namespace {{x: 1}}",
+    ],
+)
 @pytest.mark.parametrize("where", ["hypothesis", "space"])
 def test_python_tags_are_refused_and_never_constructed(payload, where, tmp_path):
     sentinel = tmp_path / "pwned"
@@ -67,20 +70,33 @@ def test_python_tags_are_refused_and_never_constructed(payload, where, tmp_path)
 
 # -- methods ----------------------------------------------------------------------------
 
+
 @pytest.fixture
 def evil_module(tmp_path, monkeypatch):
     """An importable module that leaves a file behind if anything imports it."""
     sentinel = tmp_path / "imported"
-    (tmp_path / "evil_plugin.py").write_text(SENTINEL_CODE.format(path=str(sentinel)) + "\nclass Evil: name = 'evil'\n")
+    (tmp_path / "evil_plugin.py").write_text(
+        SENTINEL_CODE.format(path=str(sentinel)) + "\nclass Evil: name = 'evil'\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     yield sentinel
     sys.modules.pop("evil_plugin", None)
 
 
-@pytest.mark.parametrize("method", [
-    "evil_plugin", "evil_plugin:Evil", "evil_plugin.Evil", "os.system", "methods.base:Method",
-    "__import__('evil_plugin')", "../evil_plugin", "methods.lora", "lora; import evil_plugin",
-])
+@pytest.mark.parametrize(
+    "method",
+    [
+        "evil_plugin",
+        "evil_plugin:Evil",
+        "evil_plugin.Evil",
+        "os.system",
+        "methods.base:Method",
+        "__import__('evil_plugin')",
+        "../evil_plugin",
+        "methods.lora",
+        "lora; import evil_plugin",
+    ],
+)
 def test_a_method_is_a_name_never_an_import(method, evil_module, tmp_path):
     path = tmp_path / "h.yaml"
     path.write_text(replaced("small: {method: lora,", f"small: {{method: {json.dumps(method)},"))
@@ -122,6 +138,7 @@ def test_plugins_come_only_from_the_orchestrate_methods_entry_point_group(evil_m
 
 # -- search-space paths -----------------------------------------------------------------
 
+
 def test_a_space_path_outside_the_project_is_only_read_as_yaml(tmp_path):
     sentinel = tmp_path / "pwned"
     (tmp_path / "payload.py").write_text(f"#!/usr/bin/env python\n{SENTINEL_CODE.format(path=str(sentinel))}\n")
@@ -132,7 +149,9 @@ def test_a_space_path_outside_the_project_is_only_read_as_yaml(tmp_path):
             continue
         path.write_text(replaced("small: {method: lora,", f"small: {{method: lora, space: {json.dumps(space)},"))
         issues = issues_of(path)
-        assert issues and all("YAML" in i or "must be a mapping" in i or "unknown key" in i or "Input should" in i for i in issues), issues
+        assert issues and all(
+            "YAML" in i or "must be a mapping" in i or "unknown key" in i or "Input should" in i for i in issues
+        ), issues
     assert not sentinel.exists()
 
 
@@ -158,12 +177,16 @@ def test_special_files_are_never_read(special, tmp_path):
 
 # -- claims and constraints -------------------------------------------------------------
 
-@pytest.mark.parametrize("field, text", [
-    ("expected", "__import__('os').system('touch {s}') or small.test_accuracy >= 0"),
-    ("expected", "small.test_accuracy >= eval(\"open('{s}', 'w')\")"),
-    ("constraints", "__import__('os').system('touch {s}') <= 1"),
-    ("constraints", "all: flops_ratio <= exec('open(\"{s}\", \"w\")')"),
-])
+
+@pytest.mark.parametrize(
+    "field, text",
+    [
+        ("expected", "__import__('os').system('touch {s}') or small.test_accuracy >= 0"),
+        ("expected", "small.test_accuracy >= eval(\"open('{s}', 'w')\")"),
+        ("constraints", "__import__('os').system('touch {s}') <= 1"),
+        ("constraints", 'all: flops_ratio <= exec(\'open("{s}", "w")\')'),
+    ],
+)
 def test_claims_and_constraints_are_parsed_never_evaluated(field, text, tmp_path):
     sentinel = tmp_path / "pwned"
     value = json.dumps(text.format(s=sentinel))
@@ -173,7 +196,9 @@ def test_claims_and_constraints_are_parsed_never_evaluated(field, text, tmp_path
         spec = replaced("  scheduler: fifo", f"  scheduler: fifo\n  constraints: [{value}]")
     (tmp_path / "h.yaml").write_text(spec)
     (issue,) = issues_of(tmp_path / "h.yaml")
-    assert (field == "expected" and "column" in issue) or (field == "constraints" and "is not 'metric <= number'" in issue)
+    assert (field == "expected" and "column" in issue) or (
+        field == "constraints" and "is not 'metric <= number'" in issue
+    )
     assert not sentinel.exists()
 
 

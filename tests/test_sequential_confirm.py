@@ -27,18 +27,22 @@ from orchestrator.cli import main
 from orchestrator.execute.looks import JudgeSettings, Look, replay_looks, runs_through
 from orchestrator.execute.state import RunState
 from orchestrator.judge import judge_claims
+from orchestrator.judge.rejudge import rejudge
 from orchestrator.judge.sequential import look_alpha
 from orchestrator.plan import confirm_rounds
-from orchestrator.judge.rejudge import rejudge
 from orchestrator.spec.errors import SpecError
 from orchestrator.spec.loader import load_hypothesis
 from orchestrator.spec.models import ConfirmSpec
 from orchestrator.tracking import Tracker
 
 CLAIMS = ["small.trainable_params <= 1e9", "large.epoch >= 0.5"]
-SPEC = (TINY_HYPOTHESIS.replace("trials_per_arm: 2", "trials_per_arm: 1")
-        .replace("confirm: {seeds: 2, split: test}", "confirm: {seeds: 2, max_seeds: 4, split: test}")
-        .partition("expected:\n")[0] + "expected:\n" + "".join(f"  - {claim}\n" for claim in CLAIMS))
+SPEC = (
+    TINY_HYPOTHESIS.replace("trials_per_arm: 2", "trials_per_arm: 1")
+    .replace("confirm: {seeds: 2, split: test}", "confirm: {seeds: 2, max_seeds: 4, split: test}")
+    .partition("expected:\n")[0]
+    + "expected:\n"
+    + "".join(f"  - {claim}\n" for claim in CLAIMS)
+)
 SIZES = [2, 4]
 
 
@@ -52,7 +56,7 @@ def test_max_seeds_below_seeds_is_refused_at_its_line_with_exit_2(tmp_path, caps
     text = SPEC.replace("max_seeds: 4", "max_seeds: 1")
     path = tmp_path / "h.yaml"
     path.write_text(text)
-    line = 1 + text.splitlines().index(next(l for l in text.splitlines() if l.startswith("confirm:")))
+    line = 1 + text.splitlines().index(next(row for row in text.splitlines() if row.startswith("confirm:")))
     with pytest.raises(SpecError) as info:
         load_hypothesis(path)
     (issue,) = [str(i) for i in info.value.issues]
@@ -77,13 +81,17 @@ def settings(rounds: list[list[int]], claims: list[str] = CLAIMS) -> JudgeSettin
 
 
 ROUNDS = [[1000, 1001], [1002, 1003]]
-RUNS = {"small": [confirm_run(s, trainable_params=4096.0) for s in (1000, 1001)],
-        "large": [confirm_run(s, epoch=1.0) for s in (1000, 1001, 1002, 1003)]}
+RUNS = {
+    "small": [confirm_run(s, trainable_params=4096.0) for s in (1000, 1001)],
+    "large": [confirm_run(s, epoch=1.0) for s in (1000, 1001, 1002, 1003)],
+}
 
 
 def test_look_k_sees_each_arm_s_runs_of_rounds_one_to_k_only():
     assert {arm: [r.seed for r in runs] for arm, runs in runs_through(RUNS, ROUNDS, 1).items()} == {
-        "small": [1000, 1001], "large": [1000, 1001]}
+        "small": [1000, 1001],
+        "large": [1000, 1001],
+    }
     first, second = replay_looks(settings(ROUNDS), RUNS, tracker=None)
     assert first.seeds == {"small": [1000, 1001], "large": [1000, 1001]}
     assert second.seeds == {"small": [1000, 1001], "large": [1000, 1001, 1002, 1003]}
@@ -102,7 +110,10 @@ def test_a_settled_claim_keeps_its_look_and_only_the_open_claims_arms_go_on():
 
 def test_with_one_round_the_one_look_is_judge_claims():
     (look,) = replay_looks(settings([[1000, 1001, 1002, 1003]]), RUNS, tracker=None)
-    samples = {"small": {"trainable_params": {1000: 4096.0, 1001: 4096.0}}, "large": {"epoch": {s: 1.0 for s in range(1000, 1004)}}}
+    samples = {
+        "small": {"trainable_params": {1000: 4096.0, 1001: 4096.0}},
+        "large": {"epoch": {s: 1.0 for s in range(1000, 1004)}},
+    }
     assert look.verdicts == judge_claims(CLAIMS, samples, exact_metrics=settings([]).exact_metrics)
     assert look.continuing == [] and look.alpha == pytest.approx(0.05)
 
@@ -116,7 +127,11 @@ def test_a_look_survives_its_json():
 def confirm_runs(uri: str) -> list:
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("tiny-test")
-    return [r for r in client.search_runs([experiment.experiment_id], max_results=1000) if r.data.tags.get("orchestrate.level") == "confirm"]
+    return [
+        r
+        for r in client.search_runs([experiment.experiment_id], max_results=1000)
+        if r.data.tags.get("orchestrate.level") == "confirm"
+    ]
 
 
 def finished_seeds(uri: str) -> dict[str, list[int]]:
@@ -152,11 +167,24 @@ def stopped_and_resumed(tmp_path_factory, shared_ray):
         mp.setattr(RunState, "add_look", add_look)
         resumed = main(argv)
     client = MlflowClient(uri)
-    (parent,) = [r for r in client.search_runs([client.get_experiment_by_name("tiny-test").experiment_id])
-                 if r.data.tags.get("orchestrate.level") == "hypothesis"]
-    read = lambda name: json.loads(Path(client.download_artifacts(parent.info.run_id, name, str(folder / "dl"))).read_text())  # noqa: E731
-    return SimpleNamespace(folder=folder, uri=uri, codes=(stopped, resumed), at_stop=at_stop, parent=parent,
-                           looks=read("looks.json"), verdicts=read("verdicts.json"))
+    (parent,) = [
+        r
+        for r in client.search_runs([client.get_experiment_by_name("tiny-test").experiment_id])
+        if r.data.tags.get("orchestrate.level") == "hypothesis"
+    ]
+
+    def read(name: str):
+        return json.loads(Path(client.download_artifacts(parent.info.run_id, name, str(folder / "dl"))).read_text())
+
+    return SimpleNamespace(
+        folder=folder,
+        uri=uri,
+        codes=(stopped, resumed),
+        at_stop=at_stop,
+        parent=parent,
+        looks=read("looks.json"),
+        verdicts=read("verdicts.json"),
+    )
 
 
 @real_run
@@ -170,8 +198,11 @@ def test_round_one_ran_once_and_round_two_only_for_the_arm_of_the_open_claim(sto
     run = stopped_and_resumed
     assert sorted(run.at_stop.values()) == ["FINISHED"] * 4  # round 1 was complete at the stop...
     assert finished_seeds(run.uri) == {"small": [1000, 1001], "large": [1000, 1001, 1002, 1003]}  # ...each seed once
-    assert {r.info.run_id for r in confirm_runs(run.uri)} - set(run.at_stop) == {  # the resume added round 2's runs only
-        r.info.run_id for r in confirm_runs(run.uri) if r.data.params["seed"] in ("1002", "1003")}
+    assert {r.info.run_id for r in confirm_runs(run.uri)} - set(
+        run.at_stop
+    ) == {  # the resume added round 2's runs only
+        r.info.run_id for r in confirm_runs(run.uri) if r.data.params["seed"] in ("1002", "1003")
+    }
 
 
 @real_run
@@ -221,17 +252,33 @@ def run_state(folder: Path) -> dict:
 
 
 def round_two_records(state: dict) -> int:
-    return sum(1 for arm in state.get("arms", {}).values() for record in arm.get("records", {}).get("confirm", {}).values()
-               if record["seed"] >= 1002)
+    return sum(
+        1
+        for arm in state.get("arms", {}).values()
+        for record in arm.get("records", {}).get("confirm", {}).values()
+        if record["seed"] >= 1002
+    )
 
 
 @real_run
 def test_a_run_killed_during_round_two_resumes_it_with_one_run_per_seed(tmp_path):
     (tmp_path / "tiny.yaml").write_text(SPEC)
     uri = new_mlflow_store(tmp_path)
-    command = [sys.executable, "-m", "orchestrator.cli", "run", str(tmp_path / "tiny.yaml"), "--quiet",
-               "--state-dir", str(tmp_path / "state"), "--tracking-uri", uri]
-    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    command = [
+        sys.executable,
+        "-m",
+        "orchestrator.cli",
+        "run",
+        str(tmp_path / "tiny.yaml"),
+        "--quiet",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--tracking-uri",
+        uri,
+    ]
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     deadline = time.monotonic() + 600
     while round_two_records(state := run_state(tmp_path)) < 1:
         assert proc.poll() is None, proc.communicate()
@@ -248,8 +295,12 @@ def test_a_run_killed_during_round_two_resumes_it_with_one_run_per_seed(tmp_path
     assert finished_seeds(uri) == {"small": [1000, 1001], "large": [1000, 1001, 1002, 1003]}
     assert not [r for r in confirm_runs(uri) if r.info.status == "RUNNING"]
     client = MlflowClient(uri)
-    (parent,) = client.search_runs([client.get_experiment_by_name("tiny-test").experiment_id], "tags.`orchestrate.level` = 'hypothesis'")
-    looks = json.loads(Path(client.download_artifacts(parent.info.run_id, "looks.json", str(tmp_path / "dl"))).read_text())
+    (parent,) = client.search_runs(
+        [client.get_experiment_by_name("tiny-test").experiment_id], "tags.`orchestrate.level` = 'hypothesis'"
+    )
+    looks = json.loads(
+        Path(client.download_artifacts(parent.info.run_id, "looks.json", str(tmp_path / "dl"))).read_text()
+    )
     assert [(look["seeds"], [v["verdict"] for v in look["verdicts"]], look["continuing"]) for look in looks] == [
         ({"small": [1000, 1001], "large": [1000, 1001]}, ["SUPPORTED", "INCONCLUSIVE"], ["large"]),
         ({"small": [1000, 1001], "large": [1000, 1001, 1002, 1003]}, ["SUPPORTED", "INCONCLUSIVE"], []),

@@ -87,7 +87,11 @@ def test_a_profile_that_changes_the_task_type_replaces_the_whole_task(tiny_hypot
         + "    task: {max_length: 16}\n"
     )
     images = load_hypothesis(tiny_hypothesis, "images").hypothesis.task
-    assert (images.type, images.model, images.dataset) == ("image-classification", "random:vit-tiny", "embedded:digits")
+    assert (images.type, images.model, images.dataset) == (
+        "image-classification",
+        "random:vit-tiny",
+        "embedded:digits",
+    )
     assert "max_length" not in images.model_fields_set
     base = load_hypothesis(tiny_hypothesis).hypothesis.task
     shorter = load_hypothesis(tiny_hypothesis, "shorter").hypothesis.task

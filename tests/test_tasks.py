@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ def test_rotten_tomatoes_is_embedded_balanced_and_deduplicated():
     assert data.label_names == ["rotten", "fresh"]
     texts = [t for split in data.splits.values() for t in split[0]]
     assert len(texts) == len(set(texts))
-    labels = [l for split in data.splits.values() for l in split[1]]
+    labels = [label for split in data.splits.values() for label in split[1]]
     assert 0.45 < sum(labels) / len(labels) < 0.55
     assert 0.55 < sizes["train"] / sum(sizes.values()) < 0.65
 
@@ -47,7 +48,7 @@ def test_csv_with_string_labels_and_custom_columns(tmp_path):
 def test_jsonl_and_a_clear_error_for_a_missing_column(tmp_path):
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps({"text": f"text {i}", "label": i % 3}) for i in range(90)))
     assert datasets.load_dataset("jsonl:d.jsonl", tmp_path).label_names == ["0", "1", "2"]
-    with pytest.raises(DataFileError, match="d.jsonl:1: sentence: no key 'sentence'"):
+    with pytest.raises(DataFileError, match=re.escape("d.jsonl:1: sentence: no key 'sentence'")):
         datasets.load_dataset("jsonl:d.jsonl", tmp_path, text_column="sentence")
 
 
@@ -73,12 +74,16 @@ def test_embedded_model_resolves_offline():
 
 
 def test_tokenised_once_then_read_from_the_cache(tmp_path, monkeypatch):
-    task = TaskSpec(model="random:bert-tiny", dataset="synthetic:polarity", train_examples=64, val_examples=32, test_examples=32)
+    task = TaskSpec(
+        model="random:bert-tiny", dataset="synthetic:polarity", train_examples=64, val_examples=32, test_examples=32
+    )
     first = prepare_task(task, tmp_path, tmp_path / "cache")
     assert first.sizes() == {"train": 64, "validation": 32, "test": 32}
     import orchestrator.tasks.types.sequence_classification as sequence_classification
 
-    monkeypatch.setattr(sequence_classification, "load_tokenizer", lambda ref: (_ for _ in ()).throw(AssertionError("tokenised twice")))
+    monkeypatch.setattr(
+        sequence_classification, "load_tokenizer", lambda ref: (_ for _ in ()).throw(AssertionError("tokenised twice"))
+    )
     second = prepare_task(task, tmp_path, tmp_path / "cache")
     assert (second.splits["train"].ids == first.splits["train"].ids).all()
     batch = next(second.splits["train"].batches(8, second.pad_id))
@@ -87,7 +92,10 @@ def test_tokenised_once_then_read_from_the_cache(tmp_path, monkeypatch):
 
 def _padded_tokens(split, order, batch_size: int) -> int:
     lengths = split.lengths[order]
-    return sum(int(lengths[i : i + batch_size].max()) * len(lengths[i : i + batch_size]) for i in range(0, len(lengths), batch_size))
+    return sum(
+        int(lengths[i : i + batch_size].max()) * len(lengths[i : i + batch_size])
+        for i in range(0, len(lengths), batch_size)
+    )
 
 
 def test_length_grouped_training_order_is_a_seeded_permutation_with_less_padding(tmp_path):
@@ -138,7 +146,9 @@ def _tiny_config(family: str):
         "bert": lambda: transformers.BertConfig(**_TINY),
         "roberta": lambda: transformers.RobertaConfig(**_TINY),
         "deberta-v2": lambda: transformers.DebertaV2Config(**_TINY),
-        "distilbert": lambda: transformers.DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, vocab_size=100),
+        "distilbert": lambda: transformers.DistilBertConfig(
+            dim=32, n_layers=2, n_heads=2, hidden_dim=64, vocab_size=100
+        ),
         "llama": lambda: transformers.LlamaConfig(**_TINY, num_key_value_heads=2, pad_token_id=0),
     }[family]()
 
@@ -210,8 +220,12 @@ def test_every_method_trains_the_randomly_initialised_head_and_no_other_base_wei
     model, random_init = _load_for_classification(saved_base_models[family])
     base_names = {name for name, _ in model.named_parameters()}
     ctx = BuildContext(
-        total_steps=10, steps_per_epoch=10, num_labels=2, target_modules=default_target_modules(model),
-        seed=0, head_modules=head_modules(model),
+        total_steps=10,
+        steps_per_epoch=10,
+        num_labels=2,
+        target_modules=default_target_modules(model),
+        seed=0,
+        head_modules=head_modules(model),
     )
     built = get_method(method_name)().build(model, ctx)
     trained = {_as_base_name(name) for name, param in built.named_parameters() if param.requires_grad}

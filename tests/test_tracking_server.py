@@ -157,13 +157,41 @@ def postgres_on_loopback() -> Iterator[Postgres]:
         if owner is not None:
             for path in (folder, folder / "pwfile"):
                 os.chown(path, owner.pw_uid, owner.pw_gid)
-        init = _run_as(owner, [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "scram-sha-256",
-                               f"--pwfile={folder / 'pwfile'}", "-E", "UTF8", "--no-instructions"])
+        init = _run_as(
+            owner,
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "-A",
+                "scram-sha-256",
+                f"--pwfile={folder / 'pwfile'}",
+                "-E",
+                "UTF8",
+                "--no-instructions",
+            ],
+        )
         (folder / "pwfile").unlink()
         assert init.returncode == 0, init.stdout + init.stderr
         port = _free_port()
-        start = _run_as(owner, [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(folder / "postgres.log"), "-w",
-                                "-t", "60", "-o", f"-h {LOOPBACK} -p {port} -k {folder}", "start"])
+        start = _run_as(
+            owner,
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(folder / "postgres.log"),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                f"-h {LOOPBACK} -p {port} -k {folder}",
+                "start",
+            ],
+        )
         assert start.returncode == 0, start.stdout + start.stderr + _tail(folder / "postgres.log")
         pid = int((data / "postmaster.pid").read_text().split()[0])
         try:
@@ -181,8 +209,14 @@ def _create_databases(postgres: Postgres, *names: str) -> None:
     import psycopg
 
     # autocommit: CREATE DATABASE refuses to run in a transaction
-    with psycopg.connect(host=LOOPBACK, port=postgres.port, user="postgres", password=postgres.password,
-                         dbname="postgres", autocommit=True) as connection:
+    with psycopg.connect(
+        host=LOOPBACK,
+        port=postgres.port,
+        user="postgres",
+        password=postgres.password,
+        dbname="postgres",
+        autocommit=True,
+    ) as connection:
         for name in names:
             connection.execute(f"CREATE DATABASE {name}")
 
@@ -211,10 +245,23 @@ def _request(url: str, header: str | None = None, body: dict | None = None) -> t
 
 def _server_command(port: int, artifacts: Path) -> list[str]:
     """The backend store comes from ``MLFLOW_BACKEND_STORE_URI``: its password stays out of ``ps``."""
-    return [sys.executable, "-m", "mlflow", "server",
-            "--serve-artifacts", "--artifacts-destination", str(artifacts),
-            "--host", LOOPBACK, "--port", str(port), "--workers", "2",
-            "--app-name", "basic-auth"]
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(artifacts),
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--workers",
+        "2",
+        "--app-name",
+        "basic-auth",
+    ]
 
 
 @contextlib.contextmanager
@@ -235,27 +282,41 @@ def tracking_server_on(postgres: Postgres) -> Iterator[TrackingServer]:
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
-        env.update({
-            "MLFLOW_BACKEND_STORE_URI": postgres.uri("mlflow"),
-            "MLFLOW_AUTH_CONFIG_PATH": str(folder / "basic_auth.ini"),
-            "MLFLOW_AUTH_ADMIN_PASSWORD": admin.password,  # creates the admin on first start
-            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
-            "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "MLFLOW_BACKEND_STORE_URI": postgres.uri("mlflow"),
+                "MLFLOW_AUTH_CONFIG_PATH": str(folder / "basic_auth.ini"),
+                "MLFLOW_AUTH_ADMIN_PASSWORD": admin.password,  # creates the admin on first start
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+                "MLFLOW_DISABLE_TELEMETRY": "true",
+                "DO_NOT_TRACK": "true",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         port = _free_port()
         artifacts = folder / "artifacts"
         log = folder / "server.log"
         with open(log, "w") as out:
-            server = subprocess.Popen(_server_command(port, artifacts), env=env, cwd=folder,
-                                      stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            server = subprocess.Popen(
+                _server_command(port, artifacts),
+                env=env,
+                cwd=folder,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         base = f"http://{LOOPBACK}:{port}"
         try:
             assert wait_until_up(base, server, SERVER_START_TIMEOUT_S), _tail(log)
-            status, body = _request(f"{base}/api/2.0/mlflow/users/create", admin.header(),
-                                    {"username": user.username, "password": user.password})
+            status, body = _request(
+                f"{base}/api/2.0/mlflow/users/create",
+                admin.header(),
+                {"username": user.username, "password": user.password},
+            )
             assert status == 200, (status, body, _tail(log))
-            yield TrackingServer(uri=base, port=port, pid=server.pid, user=user, admin=admin,
-                                 artifacts=artifacts, postgres=postgres)
+            yield TrackingServer(
+                uri=base, port=port, pid=server.pid, user=user, admin=admin, artifacts=artifacts, postgres=postgres
+            )
         finally:
             stop_server(server)
     finally:
@@ -278,18 +339,34 @@ def tracking_server() -> Iterator[TrackingServer]:
 def drivers(tracking_server, tmp_path_factory) -> tuple[Path, list[DriverResult]]:
     """Both hypotheses run at once, each an ``orchestrate run`` against the server."""
     folder = tmp_path_factory.mktemp("tracking-server-drivers")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           **tracking_server.user.environment()}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        **tracking_server.user.environment(),
+    }
     env.pop("RAY_ADDRESS", None)
     env.pop("MLFLOW_TRACKING_URI", None)
     processes = []
     for name in NAMES:
         spec = folder / f"{name}.yaml"
         spec.write_text(ONE_ARM.replace("name: tiny-test", f"name: {name}"))
-        command = [sys.executable, "-m", "orchestrator.cli", "run", str(spec), "--tracking-uri", tracking_server.uri,
-                   "--state-dir", str(folder / "state"), "--quiet"]
-        processes.append(subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True))
+        command = [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "run",
+            str(spec),
+            "--tracking-uri",
+            tracking_server.uri,
+            "--state-dir",
+            str(folder / "state"),
+            "--quiet",
+        ]
+        processes.append(
+            subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
     started = time.monotonic()
     results = []
     try:
@@ -397,8 +474,15 @@ def test_no_credential_in_any_param_tag_metric_or_artifact(tracking_server, driv
     found = []
     for name in NAMES:
         for run in _runs_of(tracking_server, name):
-            texts = [*run.data.params, *run.data.params.values(), *run.data.tags, *run.data.tags.values(),
-                     *run.data.metrics, run.info.run_name or "", run.info.user_id or ""]
+            texts = [
+                *run.data.params,
+                *run.data.params.values(),
+                *run.data.tags,
+                *run.data.tags.values(),
+                *run.data.metrics,
+                run.info.run_name or "",
+                run.info.user_id or "",
+            ]
             found += [(run.info.run_name, text) for text in texts if any(c in text for c in credentials)]
             downloaded = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / run.info.run_id)))
             for path in (p for p in downloaded.rglob("*") if p.is_file()):
@@ -429,8 +513,11 @@ def test_a_reader_judges_but_is_told_to_ask_for_edit_before_writing(tracking_ser
     from orchestrator.tracking import Tracker
 
     reader = Credentials(f"reader-{secrets.token_hex(4)}", secrets.token_urlsafe(18))
-    status, body = _request(f"{tracking_server.uri}/api/2.0/mlflow/users/create", tracking_server.admin.header(),
-                            {"username": reader.username, "password": reader.password})
+    status, body = _request(
+        f"{tracking_server.uri}/api/2.0/mlflow/users/create",
+        tracking_server.admin.header(),
+        {"username": reader.username, "password": reader.password},
+    )
     assert status == 200, body
     for name, value in reader.environment().items():
         monkeypatch.setenv(name, value)

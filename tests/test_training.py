@@ -15,13 +15,26 @@ from orchestrator.trial.training import TrialSetup, run_trial
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    task = TaskSpec(model="random:bert-tiny", dataset="synthetic:polarity", max_length=32, train_examples=128, val_examples=48, test_examples=48)
+    task = TaskSpec(
+        model="random:bert-tiny",
+        dataset="synthetic:polarity",
+        max_length=32,
+        train_examples=128,
+        val_examples=48,
+        test_examples=48,
+    )
     return prepare_task(task, Path("."), tmp_path_factory.mktemp("cache"))
 
 
 def setup(method="lora", fixed=None, **training) -> TrialSetup:
-    return TrialSetup(arm="a", method=method, model="random:bert-tiny", metric="accuracy",
-                      training=TrainingSpec(epochs=2, batch_size=32, **training), fixed={"r": 8} if fixed is None else fixed)
+    return TrialSetup(
+        arm="a",
+        method=method,
+        model="random:bert-tiny",
+        metric="accuracy",
+        training=TrainingSpec(epochs=2, batch_size=32, **training),
+        fixed={"r": 8} if fixed is None else fixed,
+    )
 
 
 def test_a_trial_reports_every_epoch_and_the_final_measurements(data, tmp_path):
@@ -32,7 +45,15 @@ def test_a_trial_reports_every_epoch_and_the_final_measurements(data, tmp_path):
     assert final["flops_ratio"] == 1.0  # LoRA r=8 on the reference modules is the reference
     assert final["trainable_params"] == 4 * 8 * (32 + 32)
     assert final["head_params"] == 32 * 2 + 2
-    for key in ("val_accuracy", "val_loss", "train_loss", "train_time_s", "peak_rss_mb", "adapter_flops_per_token", "total_rank"):
+    for key in (
+        "val_accuracy",
+        "val_loss",
+        "train_loss",
+        "train_time_s",
+        "peak_rss_mb",
+        "adapter_flops_per_token",
+        "total_rank",
+    ):
         assert math.isfinite(final[key]), key
 
 
@@ -49,7 +70,7 @@ def test_same_seed_same_result(data, tmp_path):
 
 
 def test_a_nan_loss_fails_the_trial_at_once_with_its_reason(data, tmp_path):
-    with pytest.raises(NonFiniteLossError, match="non-finite loss .* at step 3"):
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss .* at step 3"):
         run_trial(setup("failing", {"mode": "nan", "when": 3}), {}, 0, data, lambda m, a: None, tmp_path)
 
 
@@ -74,19 +95,23 @@ def test_a_trial_past_its_time_budget_fails_with_that_reason(data, tmp_path):
     from orchestrator.trial.faults import TrialTimeoutError
 
     slow = TrialSetup(**{**setup().__dict__, "timeout_s": 1e-6})
-    with pytest.raises(TrialTimeoutError, match="budget .* at step 1"):
+    with pytest.raises(TrialTimeoutError, match=r"budget .* at step 1"):
         run_trial(slow, {}, 0, data, lambda m, a: None, tmp_path)
 
 
 def test_a_trial_over_its_memory_limit_fails_with_that_reason(data, tmp_path):
     from orchestrator.trial.faults import MemoryLimitError
 
-    hog = TrialSetup(**{**setup("failing", {"r": 2, "mode": "memory", "when": 1, "hog_mb": 64}).__dict__, "memory_limit_mb": 1})
+    hog = TrialSetup(
+        **{**setup("failing", {"r": 2, "mode": "memory", "when": 1, "hog_mb": 64}).__dict__, "memory_limit_mb": 1}
+    )
     with pytest.raises(MemoryLimitError, match=r"peaked at \d+ MB, over its 1 MB limit .* at step 1"):
         run_trial(hog, {}, 0, data, lambda m, a: None, tmp_path)
 
 
-@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="peak RSS is reset through Linux's /proc/self/clear_refs")
+@pytest.mark.skipif(
+    not Path("/proc/self/clear_refs").exists(), reason="peak RSS is reset through Linux's /proc/self/clear_refs"
+)
 def test_a_trials_peak_memory_starts_from_what_the_process_holds_not_what_earlier_trials_freed():
     """Ray Tune runs each trial of a reused worker in a new thread; glibc keeps what a
     thread's arena freed. Without handing it back, every trial's peak started ~600 MB
@@ -120,8 +145,13 @@ held = rss_mb()
 reset_peak_memory("cpu")
 print(before, held, peak_memory_mb("cpu"))
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          cwd=Path(__file__).resolve().parent.parent)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     assert done.returncode == 0, done.stderr
     before, held, peak = map(float, done.stdout.split())
     assert held > before + 150, (before, held)  # the earlier trial's memory was still held...

@@ -31,7 +31,10 @@ def test_the_server_listens_on_loopback_only_with_one_worker():
 
 
 def test_the_url_opens_the_runs_table_of_the_experiment():
-    assert ui.experiment_url("http://127.0.0.1:5000", "7") == "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
+    assert (
+        ui.experiment_url("http://127.0.0.1:5000", "7")
+        == "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
+    )
     assert ui.experiment_url("http://127.0.0.1:5000", None) == "http://127.0.0.1:5000/#/experiments"
 
 

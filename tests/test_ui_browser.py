@@ -2,7 +2,8 @@
 
 The session's shared real run of a tiny hypothesis (conftest.py: Ray Tune, sqlite MLflow;
 arms small, large and flaky) is the store, `orchestrate ui` serves it on 127.0.0.1, and
-Chromium (driven by selenium + Debian's chromedriver) opens the printed URL: the runs tree must list every trial under its arm with hyperparameter and
+Chromium (driven by selenium + Debian's chromedriver) opens the printed URL: the runs
+tree must list every trial under its arm with hyperparameter and
 metric columns, and the compare view of two trials must put their parameters side by
 side. Screenshots go to $ORCHESTRATE_TEST_ARTIFACTS/ui (else the test's tmp folder).
 
@@ -27,9 +28,16 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--window-size=2200,1200",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=2200,1200",
 ]
 WAIT_S = 120  # page loads on a busy 2-core machine
 PLUS_ICON = "M7.25 7.25V4.5"  # the "+" (collapsed) icon of a parent run in the runs table
@@ -46,7 +54,10 @@ def browser(tmp_path_factory):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_path = shutil.which("chromedriver")
     if not chromium or not driver_path:
-        pytest.skip(f"needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver); found chromium={chromium}, chromedriver={driver_path}")
+        pytest.skip(
+            "needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver); "
+            f"found chromium={chromium}, chromedriver={driver_path}"
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"]:
@@ -132,7 +143,10 @@ def _wait(driver, condition, what: str, timeout: float = WAIT_S):
     try:
         return WebDriverWait(driver, timeout, 0.5).until(condition)
     except TimeoutException:
-        pytest.fail(f"timed out after {timeout:g} s waiting for {what}; page text:\n{driver.find_element('tag name', 'body').text[:2000]}")
+        pytest.fail(
+            f"timed out after {timeout:g} s waiting for {what}; page text:\n"
+            f"{driver.find_element('tag name', 'body').text[:2000]}"
+        )
 
 
 def _open_runs_tree(driver, url: str) -> None:
@@ -140,15 +154,26 @@ def _open_runs_tree(driver, url: str) -> None:
     from selenium.webdriver.common.by import By
 
     driver.get(url)
-    _wait(driver, lambda d: d.find_elements(By.PARTIAL_LINK_TEXT, "tiny-test ["), "the hypothesis run in the runs table")
+    _wait(
+        driver, lambda d: d.find_elements(By.PARTIAL_LINK_TEXT, "tiny-test ["), "the hypothesis run in the runs table"
+    )
     expander = 'button[data-component-id$="runnamecellrenderer.tsx_46"]'
     for _ in range(10):
-        collapsed = [b for b in driver.find_elements(By.CSS_SELECTOR, expander) if PLUS_ICON in (b.get_attribute("innerHTML") or "")]
+        collapsed = [
+            b
+            for b in driver.find_elements(By.CSS_SELECTOR, expander)
+            if PLUS_ICON in (b.get_attribute("innerHTML") or "")
+        ]
         if not collapsed:
             break
         before = len(driver.find_elements(By.CSS_SELECTOR, 'div[role="row"][row-index]'))
         collapsed[0].click()
-        _wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, 'div[role="row"][row-index]')) > before, "child runs after expanding a parent", 60)
+        _wait(
+            driver,
+            lambda d, before=before: len(d.find_elements(By.CSS_SELECTOR, 'div[role="row"][row-index]')) > before,
+            "child runs after expanding a parent",
+            60,
+        )
 
 
 def _show_columns(driver, names: list[str]) -> None:
@@ -158,17 +183,29 @@ def _show_columns(driver, names: list[str]) -> None:
 
     (button,) = [b for b in driver.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Columns"]
     button.click()
-    box = _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, 'input[placeholder="Search columns"]'), "the column search box")[0]
+    box = _wait(
+        driver,
+        lambda d: d.find_elements(By.CSS_SELECTOR, 'input[placeholder="Search columns"]'),
+        "the column search box",
+    )[0]
     for name in names:
         box.send_keys(Keys.CONTROL + "a", Keys.DELETE)
         box.send_keys(name)
         xpath = (
             '//div[@data-testid="column-selector-tree"]//div[contains(@class,"tree-treenode")]'
-            f'[.//span[contains(@class,"tree-title") and normalize-space(.)="{name}"]]//span[contains(@class,"tree-checkbox")]'
+            f'[.//span[contains(@class,"tree-title") and normalize-space(.)="{name}"]]'
+            '//span[contains(@class,"tree-checkbox")]'
         )
-        _wait(driver, lambda d: d.find_elements(By.XPATH, xpath), f"column {name!r} in the column menu", 30)[0].click()
+        _wait(
+            driver, lambda d, xpath=xpath: d.find_elements(By.XPATH, xpath), f"column {name!r} in the column menu", 30
+        )[0].click()
     box.send_keys(Keys.ESCAPE)
-    headers = lambda d: {(h.get_attribute("textContent") or "").strip() for h in d.find_elements(By.CSS_SELECTOR, ".ag-header-cell")}  # noqa: E731
+
+    def headers(d) -> set[str]:
+        return {
+            (h.get_attribute("textContent") or "").strip() for h in d.find_elements(By.CSS_SELECTOR, ".ag-header-cell")
+        }
+
     _wait(driver, lambda d: set(names) <= headers(d), f"columns {names} in the table", 30)
 
 
@@ -176,7 +213,10 @@ def _close_assistant(driver) -> None:
     """MLflow 3.17 may open its "MLflow Assistant" side panel over a third of the page."""
     from selenium.webdriver.common.by import By
 
-    xpath = '//*[normalize-space(text())="MLflow Assistant"]/ancestor::div[.//button[@aria-label="Close"]][1]//button[@aria-label="Close"]'
+    xpath = (
+        '//*[normalize-space(text())="MLflow Assistant"]'
+        '/ancestor::div[.//button[@aria-label="Close"]][1]//button[@aria-label="Close"]'
+    )
     for button in driver.find_elements(By.XPATH, xpath):
         if button.is_displayed():
             button.click()
@@ -187,7 +227,9 @@ def _widen_run_names(driver, pixels: int = 260) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
-    handles = driver.find_elements(By.CSS_SELECTOR, '.ag-header-cell[col-id="attributes.`Run Name`"] .ag-header-cell-resize')
+    handles = driver.find_elements(
+        By.CSS_SELECTOR, '.ag-header-cell[col-id="attributes.`Run Name`"] .ag-header-cell-resize'
+    )
     if handles:
         ActionChains(driver).click_and_hold(handles[0]).move_by_offset(pixels, 0).release().perform()
 
@@ -244,7 +286,10 @@ def test_trials_are_listed_under_their_arms_with_param_and_metric_columns(browse
         for metric in ("val_accuracy", "flops_ratio"):
             cell = row[f"metrics.`{metric}`"]
             if metric in trial.data.metrics:
-                assert float(cell) == pytest.approx(trial.data.metrics[metric], abs=1e-3), (trial.info.run_name, metric)
+                assert float(cell) == pytest.approx(trial.data.metrics[metric], abs=1e-3), (
+                    trial.info.run_name,
+                    metric,
+                )
             else:  # only the flaky arm's failed trials may lack it; their cell shows no number
                 assert arm == "flaky" and trial.info.status == "FAILED", (trial.info.run_name, metric)
                 assert not re.search(r"\d", cell), (trial.info.run_name, metric, cell)
@@ -267,12 +312,25 @@ def test_compare_view_puts_two_trials_parameters_side_by_side(browser, store, ui
         index = names.index(trial.info.run_name)
         box = browser.find_elements(By.CSS_SELECTOR, f'div[role="row"][row-index="{index}"] input[type="checkbox"]')[0]
         browser.execute_script("arguments[0].click()", box)
-    compare = _wait(browser, lambda d: [b for b in d.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Compare"], "the Compare button")
+    compare = _wait(
+        browser,
+        lambda d: [b for b in d.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Compare"],
+        "the Compare button",
+    )
     compare[0].click()
-    _wait(browser, lambda d: "compare-runs" in d.current_url and d.find_elements(By.CSS_SELECTOR, "table.mlflow-compare-run-table"), "the compare view")
+    _wait(
+        browser,
+        lambda d: (
+            "compare-runs" in d.current_url and d.find_elements(By.CSS_SELECTOR, "table.mlflow-compare-run-table")
+        ),
+        "the compare view",
+    )
 
     def section_rows(title: str) -> dict[str, list[str]]:
-        xpath = f'//div[contains(@class,"collapse-item")][.//div[contains(@class,"collapse-header") and normalize-space(.)="{title}"]]//table//tr'
+        xpath = (
+            '//div[contains(@class,"collapse-item")]'
+            f'[.//div[contains(@class,"collapse-header") and normalize-space(.)="{title}"]]//table//tr'
+        )
         out = {}
         for tr in browser.find_elements(By.XPATH, xpath):
             cells = [c.text.strip() for c in tr.find_elements(By.XPATH, "./th|./td")]  # label, then one per run
@@ -283,7 +341,9 @@ def test_compare_view_puts_two_trials_parameters_side_by_side(browser, store, ui
     details = _wait(browser, lambda d: section_rows("Run details"), "the run details table")
     params = _wait(browser, lambda d: section_rows("Parameters"), "the parameters table")
     # run names (Run details) and parameters in one picture
-    header = browser.find_elements(By.XPATH, '//div[contains(@class,"collapse-header") and normalize-space(.)="Run details"]')[0]
+    header = browser.find_elements(
+        By.XPATH, '//div[contains(@class,"collapse-header") and normalize-space(.)="Run details"]'
+    )[0]
     _close_assistant(browser)
     browser.execute_script("arguments[0].scrollIntoView({block: 'start'})", header)
     time.sleep(0.5)

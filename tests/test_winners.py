@@ -49,8 +49,17 @@ def arm_plan(tmp_path: Path):
 
 
 def trial(n: int, status: str = COMPLETED, error: str | None = None, **metrics: float) -> TrialRecord:
-    return TrialRecord(trial_id=f"t{n}", arm="arm", kind="trial", params={"lr": n / 1000}, status=status,
-                       metrics=metrics, error=error, mlflow_run_id=f"run{n}", feasible=status != INFEASIBLE)
+    return TrialRecord(
+        trial_id=f"t{n}",
+        arm="arm",
+        kind="trial",
+        params={"lr": n / 1000},
+        status=status,
+        metrics=metrics,
+        error=error,
+        mlflow_run_id=f"run{n}",
+        feasible=status != INFEASIBLE,
+    )
 
 
 def test_the_best_finished_trial_by_the_primary_objective_wins(arm_plan):
@@ -126,6 +135,7 @@ def test_all_failed_means_no_winner_and_names_the_commonest_cause(arm_plan):
 
 
 # -- through the tracker: what the arm's MLflow run is told ------------------------------
+
 
 class RecordingTracker:
     """Stands in for ``orchestrator.tracking.Tracker``: keeps what the winner logic tells it."""

@@ -87,7 +87,7 @@ def test_fractions_become_peft_step_counts_of_the_real_run():
     config = AdaLoRA.Config(tinit_frac=0.1, tfinal_frac=0.4, deltaT_frac=0.01)
     schedule = resolve_schedule(config, 200)
     assert (schedule.total_step, schedule.tinit, schedule.tfinal, schedule.deltaT) == (200, 20, 80, 2)
-    method, model = build(50, tinit_frac=0.1, tfinal_frac=0.4, deltaT_frac=0.1)
+    _method, model = build(50, tinit_frac=0.1, tfinal_frac=0.4, deltaT_frac=0.1)
     peft_config = model.peft_config["default"]
     assert (peft_config.total_step, peft_config.tinit, peft_config.tfinal, peft_config.deltaT) == (50, 5, 20, 5)
 
@@ -168,7 +168,7 @@ def test_every_schedule_in_the_space_masks_several_times_at_any_run_length(name,
     for param, choice in schedule_choices(name):
         choices.setdefault(param, []).append(choice)
     for combination in itertools.product(*choices.values()):
-        params = {**space_default_params(name), **dict(zip(choices, combination))}
+        params = {**space_default_params(name), **dict(zip(choices, combination, strict=True))}
         schedule = resolve_schedule(get_method(name).Config(**params), steps)
         assert len(schedule.mask_steps()) >= 3, (params, schedule)
 

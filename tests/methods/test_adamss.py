@@ -76,7 +76,7 @@ def test_trainable_params_match_the_formula_on_a_tiny_model():
 
 
 def test_exact_formula_when_some_cluster_is_smaller_than_r_i():
-    method, model = build(10, r=16, K=8, ri=3)
+    _method, model = build(10, r=16, K=8, ri=3)
     for layer in adamss_layers(model).values():
         sizes = [p.shape[0] for p in layer.adamss_B["default"]]
         ranks = [p.shape[0] for p in layer.adamss_A["default"]]
@@ -112,9 +112,16 @@ def test_trainable_params_tracked_over_time():
     counts = method.tracker.counts
     assert len(counts) == 40 and counts[0] == 384
     assert stats["trainable_params_peak"] == 384
-    assert stats["trainable_params_final"] == counts[-1] == sum(
-        p.numel() for layer in adamss_layers(model).values() for key in ("adamss_A", "adamss_B")
-        for p in getattr(layer, key)["default"] if p.requires_grad
+    assert (
+        stats["trainable_params_final"]
+        == counts[-1]
+        == sum(
+            p.numel()
+            for layer in adamss_layers(model).values()
+            for key in ("adamss_A", "adamss_B")
+            for p in getattr(layer, key)["default"]
+            if p.requires_grad
+        )
     )
     assert stats["trainable_params_mean"] == pytest.approx(sum(counts) / 40)
     assert stats["trainable_params_final"] < stats["trainable_params_mean"] < stats["trainable_params_peak"]
@@ -165,8 +172,10 @@ def test_search_space_and_hypothesis_are_valid():
     space = SpaceFile(**yaml.safe_load((ROOT / "search_spaces" / "adamss.yaml").read_text()))
     assert set(space.params) <= set(AdaMSS.Config.model_fields) | set(TRAINING_PARAMS)
     paper = load_hypothesis(ROOT / "hypotheses" / "adamss_asa.yaml", "paper").hypothesis
-    assert {"smoke", "paper"} <= set(paper.profiles)
-    assert "adamss.trainable_params in [42432, 42432]" in paper.expected
+    assert {"smoke", "paper", "paper-glue"} <= set(paper.profiles)
+    assert paper.task.type == "image-classification"  # the README's ViT-B/16 on CIFAR-10
+    glue = load_hypothesis(ROOT / "hypotheses" / "adamss_asa.yaml", "paper-glue").hypothesis
+    assert "adamss.trainable_params in [42432, 42432]" in glue.expected  # the peft example's RoBERTa on CoLA
 
 
 @pytest.mark.slow
@@ -175,13 +184,31 @@ def test_a_trial_through_the_engine_reports_asa_over_time(tmp_path):
     from orchestrator.tasks.prepare import prepare_task
     from orchestrator.trial.training import TrialSetup, run_trial
 
-    task = TaskSpec(model="random:bert-tiny", dataset="synthetic:polarity", max_length=32,
-                    train_examples=320, val_examples=32, test_examples=32)
+    task = TaskSpec(
+        model="random:bert-tiny",
+        dataset="synthetic:polarity",
+        max_length=32,
+        train_examples=320,
+        val_examples=32,
+        test_examples=32,
+    )
     data = prepare_task(task, Path("."), tmp_path / "cache")
-    fixed = {"r": 16, "K": 4, "use_asa": True, "asa_target_frac": 0.5, "final_warmup_frac": 0.8,
-             "mask_interval_frac": 0.1}
-    setup = TrialSetup(arm="a", method="adamss", model="random:bert-tiny", metric="accuracy",
-                       training=TrainingSpec(epochs=2, batch_size=32), fixed=fixed)
+    fixed = {
+        "r": 16,
+        "K": 4,
+        "use_asa": True,
+        "asa_target_frac": 0.5,
+        "final_warmup_frac": 0.8,
+        "mask_interval_frac": 0.1,
+    }
+    setup = TrialSetup(
+        arm="a",
+        method="adamss",
+        model="random:bert-tiny",
+        metric="accuracy",
+        training=TrainingSpec(epochs=2, batch_size=32),
+        fixed=fixed,
+    )
     final = run_trial(setup, {"lr": 1e-2}, 0, data, lambda metrics, artifacts: None, tmp_path)
     assert final["trainable_params"] == final["trainable_params_peak"] == M * (32 + 4 * 16)
     assert final["active_subspaces"] in (7, 8)  # target 8 of 16, or one below (peft's strict threshold)

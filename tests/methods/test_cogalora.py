@@ -7,14 +7,13 @@ from functools import partial
 import pytest
 import torch
 import torch.nn.functional as F
+from bert_tiny import base_model, build_method, make_batch
 
 from methods import get_method
 from methods._routing import RoutingSchedule, TokenMask, force_routing
 from methods.base import StepInfo
 from methods.cogalora import CoGaLoRALinear
 from orchestrator.measure.flops import count_flops
-
-from bert_tiny import base_model, build_method, make_batch
 
 torch.set_num_threads(1)
 HIDDEN, MODULES = 32, 4  # query and value in 2 blocks
@@ -68,7 +67,7 @@ def test_penalty_is_lambda_times_mean_gate_probability_and_lowers_it():
 def test_forced_off_gates_cost_exactly_the_routers():
     batch = make_batch()
     base = count_flops(base_model(), batch)
-    method, model = build()
+    _method, model = build()
     force_routing(model, activity=0.0)
     b, t = batch["input_ids"].shape
     router = 2 * b * t * HIDDEN + 2 * b * (HIDDEN * 4 + 4 * 1)
@@ -78,7 +77,7 @@ def test_forced_off_gates_cost_exactly_the_routers():
 def test_active_adapters_cost_lora_on_real_tokens_only():
     batch = make_batch()
     base = count_flops(base_model(), batch)
-    method, model = build(r=8)
+    _method, model = build(r=8)
     force_routing(model, activity=0.0)
     routers = count_flops(model, batch) - base
     force_routing(model, activity=1.0)
@@ -89,7 +88,7 @@ def test_active_adapters_cost_lora_on_real_tokens_only():
 def test_bucketed_inference_equals_dense_masked_reference(monkeypatch):
     batch = make_batch(lengths=(12, 3, 7, 12, 10, 5), seed=3)
     batch["labels"] = torch.tensor([0, 1, 0, 1, 0, 1])
-    method, model = build()
+    _method, model = build()
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("cogalora_B"):
@@ -101,7 +100,11 @@ def test_bucketed_inference_equals_dense_masked_reference(monkeypatch):
 
     def dense_forward(self, x):
         logit = self.cogalora_router(x.mean(1)).squeeze(-1)  # router run for its side effects only
-        on, _ = self.hard_decision(torch.sigmoid(logit) > 0.5, torch.zeros_like(logit, dtype=torch.long), torch.ones(x.shape[:2], dtype=torch.bool))
+        on, _ = self.hard_decision(
+            torch.sigmoid(logit) > 0.5,
+            torch.zeros_like(logit, dtype=torch.long),
+            torch.ones(x.shape[:2], dtype=torch.bool),
+        )
         return self.base_layer(x) + on.to(x.dtype)[:, None, None] * self._update(x)
 
     monkeypatch.setattr(CoGaLoRALinear, "forward", dense_forward)

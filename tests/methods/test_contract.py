@@ -42,10 +42,11 @@ from __future__ import annotations
 import copy
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
@@ -152,7 +153,8 @@ EVAL_KEYS = ("val_loss", "val_accuracy")  # what the evaluate() handed to extra_
 def autocast(precision: str):
     """The engine's own block (``orchestrator.trial.precision``): forced bf16 autocast on CPU,
     nothing for fp32, whatever this CPU would choose under ``auto``."""
-    from orchestrator.trial.precision import autocast as engine_autocast, resolve_precision
+    from orchestrator.trial.precision import autocast as engine_autocast
+    from orchestrator.trial.precision import resolve_precision
 
     return engine_autocast(resolve_precision(precision, "cpu"))
 
@@ -180,14 +182,21 @@ AMPLIFY = 8.0
 
 def assert_same_logits(actual: torch.Tensor, expected: torch.Tensor, precision: str, what: str) -> None:
     atol = TOLERANCE[precision] * float(expected.abs().max())
-    torch.testing.assert_close(actual.float(), expected.float(), atol=atol, rtol=0.0, msg=lambda m: f"{what} ({precision}): {m}")
+    torch.testing.assert_close(
+        actual.float(), expected.float(), atol=atol, rtol=0.0, msg=lambda m: f"{what} ({precision}): {m}"
+    )
 
 
 # -- data -------------------------------------------------------------------------------------
 def text_train_batch() -> dict[str, torch.Tensor]:
     """8 examples of 12 tokens, labels a function of the first token (learnable)."""
     ids = torch.randint(1000, 1100, (8, 12), generator=torch.Generator().manual_seed(10))
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids), "labels": ids[:, 0] % 2}
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "token_type_ids": torch.zeros_like(ids),
+        "labels": ids[:, 0] % 2,
+    }
 
 
 def text_eval_batch() -> dict[str, torch.Tensor]:
@@ -195,7 +204,12 @@ def text_eval_batch() -> dict[str, torch.Tensor]:
     ids = torch.randint(1000, 1100, (8, 12), generator=torch.Generator().manual_seed(11))
     lengths = torch.tensor([12, 5, 9, 12, 7, 11, 6, 10])
     mask = (torch.arange(12)[None, :] < lengths[:, None]).long()
-    return {"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids), "labels": ids[:, 0] % 2}
+    return {
+        "input_ids": ids * mask,
+        "attention_mask": mask,
+        "token_type_ids": torch.zeros_like(ids),
+        "labels": ids[:, 0] % 2,
+    }
 
 
 def image_batch(seed: int) -> dict[str, torch.Tensor]:
@@ -259,13 +273,31 @@ class TaskCase:
 
 
 TASKS = {
-    "text": TaskCase("sequence-classification", "random:bert-tiny", text_train_batch, text_eval_batch, unpadded_examples),
+    "text": TaskCase(
+        "sequence-classification", "random:bert-tiny", text_train_batch, text_eval_batch, unpadded_examples
+    ),
     # fp32 only: bf16 is a property of the method's layers, checked on text; images add the ViT's inputs
-    "image": TaskCase("image-classification", "random:vit-tiny", lambda: image_batch(10), lambda: image_batch(11), single_images, ("fp32",),
-                      dataset="embedded:digits"),
+    "image": TaskCase(
+        "image-classification",
+        "random:vit-tiny",
+        lambda: image_batch(10),
+        lambda: image_batch(11),
+        single_images,
+        ("fp32",),
+        dataset="embedded:digits",
+    ),
     # fp32 only, as images; a random LLaMA (hidden 32, 2 layers, the SmolLM2 tokenizer's vocab), no head
-    "lm": TaskCase("causal-lm", "random:llama-tiny", lambda: lm_batch(10), lambda: lm_batch(11, [12, 9, 10, 12, 11, 9, 12, 10]),
-                   unpadded_examples, ("fp32",), completion_loss, completion_accuracy, "synthetic:polarity-lm"),
+    "lm": TaskCase(
+        "causal-lm",
+        "random:llama-tiny",
+        lambda: lm_batch(10),
+        lambda: lm_batch(11, [12, 9, 10, 12, 11, 9, 12, 10]),
+        unpadded_examples,
+        ("fp32",),
+        completion_loss,
+        completion_accuracy,
+        "synthetic:polarity-lm",
+    ),
 }
 TEXT = TASKS["text"]
 
@@ -308,9 +340,15 @@ def context(model: nn.Module, task: TaskCase = TEXT) -> BuildContext:
     task_type = get_task_type(task.type)
     batches = [task.train_batch(), task.eval_batch()]
     return BuildContext(
-        total_steps=STEPS, steps_per_epoch=STEPS, num_labels=2, target_modules=task_type.default_target_modules(model),
-        seed=SEED, head_modules=task_type.head_modules(model), calibration_batches=lambda: iter(batches),
-        peft_task_type=task_type.peft_task_type, task_type=task_type.name,
+        total_steps=STEPS,
+        steps_per_epoch=STEPS,
+        num_labels=2,
+        target_modules=task_type.default_target_modules(model),
+        seed=SEED,
+        head_modules=task_type.head_modules(model),
+        calibration_batches=lambda: iter(batches),
+        peft_task_type=task_type.peft_task_type,
+        task_type=task_type.name,
     )
 
 
@@ -393,7 +431,9 @@ def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor], precision: str,
     return float(task.loss(logits(model, batch, precision), batch["labels"]))
 
 
-def train(method: Method, model: nn.Module, precision: str, lr: float, weight_decay: float, task: TaskCase = TEXT) -> list[float]:
+def train(
+    method: Method, model: nn.Module, precision: str, lr: float, weight_decay: float, task: TaskCase = TEXT
+) -> list[float]:
     """STEPS optimizer steps on one batch, hooks in ``methods.base``'s order, forward and
     loss under the precision's autocast, the rest outside it (``run_trial``'s loop; the
     learning rate is constant here)."""
@@ -430,7 +470,13 @@ def amplify(model: nn.Module, names: list[str]) -> None:
                 param.mul_(AMPLIFY)
 
 
-def effect_of(model: nn.Module, built: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], precision: str, with_adapter: torch.Tensor) -> float:
+def effect_of(
+    model: nn.Module,
+    built: dict[str, torch.Tensor],
+    batch: dict[str, torch.Tensor],
+    precision: str,
+    with_adapter: torch.Tensor,
+) -> float:
     """Largest logit change between the model and the same model with its adapter
     tensors back at their initial values (head as trained)."""
     now = snapshot(model, list(built))
@@ -459,7 +505,9 @@ def run_contract_trial(name: str, precision: str, task: TaskCase = TEXT) -> Tria
     losses = train(method, model, precision, training.get("lr", 1e-3), training.get("weight_decay", 0.0), task)
     after = batch_loss(model, task.train_batch(), precision, task)
     val = task.eval_batch()
-    reported = dict(method.after_evaluation(model, StepInfo(STEPS, STEPS, 0, STEPS), batch_loss(model, val, precision, task)))
+    reported = dict(
+        method.after_evaluation(model, StepInfo(STEPS, STEPS, 0, STEPS), batch_loss(model, val, precision, task))
+    )
     amplify(model, adapter_names)
     adapter_state = snapshot(model, list(trainable))
     logits_trained = logits(model, val, precision)
@@ -479,12 +527,28 @@ def run_contract_trial(name: str, precision: str, task: TaskCase = TEXT) -> Tria
 
     reported.update(method.extra_evaluations(model, evaluate))
     return Trial(
-        name=name, precision=precision, task=task, method=method, finalized=model, losses=losses,
-        eval_loss_before=before, eval_loss_after=after, reported=reported, stats_before_finalize=stats_before,
-        flops_base=flops_base, flops_trained=flops_trained, flops_finalized=count_flops_unpadded(model, flop_probe(task), flop_formulas),
-        logits_trained=logits_trained, logits_finalized=logits_finalized, adapter_effect=adapter_effect, base_names=base_names,
-        heads=ctx.head_modules, trainable_at_build=trainable, all_params_at_build=all_params,
-        adapter_state=adapter_state, adapted_modules=adapted_modules,
+        name=name,
+        precision=precision,
+        task=task,
+        method=method,
+        finalized=model,
+        losses=losses,
+        eval_loss_before=before,
+        eval_loss_after=after,
+        reported=reported,
+        stats_before_finalize=stats_before,
+        flops_base=flops_base,
+        flops_trained=flops_trained,
+        flops_finalized=count_flops_unpadded(model, flop_probe(task), flop_formulas),
+        logits_trained=logits_trained,
+        logits_finalized=logits_finalized,
+        adapter_effect=adapter_effect,
+        base_names=base_names,
+        heads=ctx.head_modules,
+        trainable_at_build=trainable,
+        all_params_at_build=all_params,
+        adapter_state=adapter_state,
+        adapted_modules=adapted_modules,
     )
 
 
@@ -547,8 +611,12 @@ class TestContract:
         expected_of = contract_of(trial.name).expected_metrics
         expected = expected_of(trial.method) if expected_of else declared
         assert expected <= declared
-        assert not expected - set(trial.reported), f"declared but not reported: {sorted(expected - set(trial.reported))}"
-        assert not set(trial.reported) - declared, f"reported but not declared: {sorted(set(trial.reported) - declared)}"
+        assert not expected - set(trial.reported), (
+            f"declared but not reported: {sorted(expected - set(trial.reported))}"
+        )
+        assert not set(trial.reported) - declared, (
+            f"reported but not declared: {sorted(set(trial.reported) - declared)}"
+        )
         bad = {k: v for k, v in trial.reported.items() if not math.isfinite(float(v))}
         assert not bad, f"non-finite metrics: {bad}"
 
@@ -561,7 +629,9 @@ class TestContract:
         if contract_of(trial.name).merge is Merge.NO_ADAPTER:
             assert sum(trial.trainable_at_build.values()) == trial.all_params_at_build
             return
-        base_trained = [n for n in trial.trainable_at_build if base_name(n) in trial.base_names and not is_head(n, trial.heads)]
+        base_trained = [
+            n for n in trial.trainable_at_build if base_name(n) in trial.base_names and not is_head(n, trial.heads)
+        ]
         assert not base_trained, f"base weights left trainable: {base_trained}"
         assert any(not is_head(n, trial.heads) for n in trial.trainable_at_build), "no adapter parameter trains"
 
@@ -571,7 +641,9 @@ class TestContract:
         built = {n: t for n, t in added.items() if n in trial.trainable_at_build}  # the adapter's parameters
         checked = []
         if "trainable_params_final" in stats:
-            assert stats["trainable_params_final"] == self._final_params(contract.final_params, trial, built), contract.final_params.value
+            assert stats["trainable_params_final"] == self._final_params(contract.final_params, trial, built), (
+                contract.final_params.value
+            )
             checked.append("trainable_params_final")
         if "adapter_params_stored" in stats:
             assert stats["adapter_params_stored"] == numel(built)
@@ -580,7 +652,9 @@ class TestContract:
             assert stats["router_params"] == numel({n: t for n, t in built.items() if "router" in n})
             checked.append("router_params")
         if "adapter_memory_mb" in stats:
-            assert stats["adapter_memory_mb"] * MB == pytest.approx(sum(t.numel() * t.element_size() for t in added.values()))
+            assert stats["adapter_memory_mb"] * MB == pytest.approx(
+                sum(t.numel() * t.element_size() for t in added.values())
+            )
             checked.append("adapter_memory_mb")
         if contract.params_from_rank is not None:
             widths = [d_in + d_out for _, d_in, d_out in trial.adapted_modules]
@@ -639,7 +713,9 @@ class TestContract:
             for name, layer in list(adapters(merged, MaskedLoraLinear)):
                 replace_module(merged, name, layer.merged())
         assert not added_tensors(merged, trial.base_names)
-        assert_same_logits(logits(merged, trial.task.eval_batch(), trial.precision), trial.logits_finalized, trial.precision, "merge")
+        assert_same_logits(
+            logits(merged, trial.task.eval_batch(), trial.precision), trial.logits_finalized, trial.precision, "merge"
+        )
         assert count_flops_unpadded(merged, flop_probe(trial.task), trial.method.flop_formulas()) == trial.flops_base
 
     def test_a_reloaded_adapter_gives_the_same_logits(self, trial: Trial):

@@ -22,7 +22,12 @@ torch.set_num_threads(1)
 def tiny_batch() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 5000, (3, 9), generator=g)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids), "labels": torch.tensor([0, 1, 1])}
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "token_type_ids": torch.zeros_like(ids),
+        "labels": torch.tensor([0, 1, 1]),
+    }
 
 
 def build(seed: int = 0, **params):
@@ -73,7 +78,7 @@ def test_nested_ranks_rank_b_uses_only_the_first_b_components():
 
 
 def test_a_training_step_at_rank_b_updates_only_the_first_b_components():
-    method, model = build(r_max=8)
+    _method, model = build(r_max=8)
     for layer in layers(model):
         with torch.no_grad():
             layer.lora_B.normal_()
@@ -130,7 +135,7 @@ def test_evaluate_at_ranks_renames_metrics_and_restores_the_rank():
 
 
 def test_scaling_is_alpha_over_the_sampled_rank():
-    method, model = build(r_max=8, lora_alpha=16)
+    _method, model = build(r_max=8, lora_alpha=16)
     layer = layers(model)[0]
     layer.rank = 4
     assert layer.train().scaling == pytest.approx(4.0)
@@ -148,7 +153,11 @@ def test_effective_counts_are_the_eval_rank_and_the_rows_given_a_gradient():
     assert stats["trainable_params_mean"] == pytest.approx(3 * per_rank)
     frozen, frozen_model = build(r_min=1, r_max=8, frozen=True)
     frozen.rank_samples = [3, 5, 1, 7]
-    assert frozen.stats(frozen_model)["trainable_params_mean"] == frozen.stats(frozen_model)["trainable_params_peak"] == per_rank
+    assert (
+        frozen.stats(frozen_model)["trainable_params_mean"]
+        == frozen.stats(frozen_model)["trainable_params_peak"]
+        == per_rank
+    )
 
 
 def test_config_checks_rank_bounds():
@@ -166,14 +175,36 @@ def test_the_engine_reports_every_eval_rank_after_training(tmp_path):
     from orchestrator.tasks.prepare import prepare_task
     from orchestrator.trial.training import TrialSetup, run_trial
 
-    data = prepare_task(TaskSpec(model="random:bert-tiny", dataset="synthetic:polarity", train_examples=64, val_examples=32, test_examples=32),
-                        tmp_path, tmp_path / "cache")
-    setup = TrialSetup(arm="d", method="dylora", model="random:bert-tiny", metric="accuracy", training=TrainingSpec(epochs=1, batch_size=16),
-                       fixed={"r_max": 4, "eval_ranks": [1, 2, 4, 8]})
+    data = prepare_task(
+        TaskSpec(
+            model="random:bert-tiny",
+            dataset="synthetic:polarity",
+            train_examples=64,
+            val_examples=32,
+            test_examples=32,
+        ),
+        tmp_path,
+        tmp_path / "cache",
+    )
+    setup = TrialSetup(
+        arm="d",
+        method="dylora",
+        model="random:bert-tiny",
+        metric="accuracy",
+        training=TrainingSpec(epochs=1, batch_size=16),
+        fixed={"r_max": 4, "eval_ranks": [1, 2, 4, 8]},
+    )
     final = run_trial(setup, {}, 0, data, lambda metrics, artifacts: None, tmp_path / "search")
     assert {"val_accuracy_r1", "val_accuracy_r2", "val_accuracy_r4", "val_loss_r4"} <= set(final)
     assert "val_accuracy_r8" not in final
     assert final["val_accuracy_r4"] == pytest.approx(final["val_accuracy"])
     assert final["val_loss_r4"] == pytest.approx(final["val_loss"])
-    confirm = run_trial(replace(setup, confirm=True, final_split="test"), {}, 1, data, lambda metrics, artifacts: None, tmp_path / "confirm")
+    confirm = run_trial(
+        replace(setup, confirm=True, final_split="test"),
+        {},
+        1,
+        data,
+        lambda metrics, artifacts: None,
+        tmp_path / "confirm",
+    )
     assert {"test_accuracy_r1", "test_accuracy_r2", "test_accuracy_r4"} <= set(confirm)

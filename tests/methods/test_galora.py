@@ -12,8 +12,8 @@ from pydantic import ValidationError
 from methods import get_method
 from methods.base import BuildContext, StepInfo
 from methods.galora import GaLoRALinear
-from orchestrator.spec.checks import load_space
 from orchestrator.measure.flops import count_flops
+from orchestrator.spec.checks import load_space
 from orchestrator.tasks.models import load_model, resolve_model
 
 torch.set_num_threads(1)
@@ -32,12 +32,17 @@ def build(**params):
 def make_batch(batch: int = 4, length: int = 10, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(1000, 5000, (batch, length), generator=gen)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids), "labels": torch.arange(batch) % 2}
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "token_type_ids": torch.zeros_like(ids),
+        "labels": torch.arange(batch) % 2,
+    }
 
 
 def set_gates(method, model, values):
     with torch.no_grad():
-        for layer, value in zip(method.layers(model).values(), values):
+        for layer, value in zip(method.layers(model).values(), values, strict=True):
             layer.galora_B.normal_()
             layer.galora_gate.fill_(value)
 
@@ -48,7 +53,10 @@ def test_pruning_removes_parameters_and_keeps_outputs_of_kept_modules():
     names = list(method.layers(model))
     batch = make_batch()
     seen = {}
-    hooks = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, (i[0], o))) for n in names]
+    hooks = [
+        model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, (i[0], o)))
+        for n in names
+    ]
     model.eval()
     with torch.no_grad():
         model(**batch)
@@ -61,7 +69,10 @@ def test_pruning_removes_parameters_and_keeps_outputs_of_kept_modules():
     kept = method.layers(model)
     assert list(kept) == [names[0], names[2]]
     assert all(layer.galora_gate is None for layer in kept.values())  # folded into B
-    assert type(model.get_submodule(names[1])) is torch.nn.Linear and type(model.get_submodule(names[3])) is torch.nn.Linear
+    assert (
+        type(model.get_submodule(names[1])) is torch.nn.Linear
+        and type(model.get_submodule(names[3])) is torch.nn.Linear
+    )
     removed = 2 * (8 * (HIDDEN + HIDDEN)) + 4  # two pruned adapters, and all four gates
     assert params_before - sum(p.numel() for p in model.parameters()) == removed
     with torch.no_grad():
@@ -79,7 +90,7 @@ def test_proximal_step_is_gradient_step_then_soft_threshold():
     start = [1.0, 0.015, -0.5, 0.3]
     grads = [0.1, 0.0, -0.2, 0.2]
     with torch.no_grad():
-        for layer, g0, grad in zip(layers, start, grads):
+        for layer, g0, grad in zip(layers, start, grads, strict=True):
             layer.galora_gate.fill_(g0)
             layer.gate_grad = torch.tensor(grad)
     method.after_optimizer_step(model, STEP)
@@ -95,7 +106,12 @@ def own_gate_gradients(method, model):
     grads, hooks = {}, []
 
     def record(layer, inputs, output, name):
-        update = layer.scale * torch.nn.functional.linear(torch.nn.functional.linear(inputs[0], layer.galora_A), layer.galora_B).detach()
+        update = (
+            layer.scale
+            * torch.nn.functional.linear(
+                torch.nn.functional.linear(inputs[0], layer.galora_A), layer.galora_B
+            ).detach()
+        )
         output.register_hook(lambda grad_out: grads.__setitem__(name, float((grad_out * update).sum())))
 
     for name, layer in method.layers(model).items():
@@ -126,7 +142,7 @@ def test_each_gate_step_uses_exactly_that_steps_gradient(max_grad_norm):
         optimizer.step()
         method.after_optimizer_step(model, StepInfo(step, 5, 0, 5))
         optimizer.zero_grad(set_to_none=True)
-        seen = [(b - float(g.detach())) / eta for b, g in zip(before, gates)]
+        seen = [(b - float(g.detach())) / eta for b, g in zip(before, gates, strict=True)]
         expected = [own[name] for name in method.layers(model)]  # 0 at step 0, where B = 0
         largest = max(largest, *map(abs, expected))
         assert seen == pytest.approx(expected, rel=1e-6, abs=1e-12), f"step {step}"
@@ -143,7 +159,9 @@ def test_gate_gradients_stay_out_of_the_optimizers_gradient_clipping():
     for step in range(2):
         model(**make_batch(seed=step)).loss.backward()
         assert all(layer.galora_gate.grad is None or float(layer.galora_gate.grad) == 0.0 for layer in layers)
-        assert all(layer.gate_grad is not None and float(layer.gate_grad) != 0.0 for layer in layers)  # kept for the gate step
+        assert all(
+            layer.gate_grad is not None and float(layer.gate_grad) != 0.0 for layer in layers
+        )  # kept for the gate step
         method.after_optimizer_step(model, StepInfo(step, 2, 0, 2))
 
 
@@ -221,7 +239,9 @@ def test_optimizer_groups_leave_gates_out_and_a_and_b_to_the_loss_l2():
     factor_decay = {d for n, d in in_groups.items() if n.endswith(("galora_A", "galora_B"))}
     assert factor_decay == {0.0}  # their L2 is in the loss, not a decoupled decay
     layers = method.layers(model).values()
-    expected = 0.3 * sum(float(layer.galora_A.detach().pow(2).sum() + layer.galora_B.detach().pow(2).sum()) for layer in layers)
+    expected = 0.3 * sum(
+        float(layer.galora_A.detach().pow(2).sum() + layer.galora_B.detach().pow(2).sum()) for layer in layers
+    )
     assert float(method.extra_loss(model, STEP).detach()) == pytest.approx(expected, rel=1e-6)
     assert in_groups["classifier.weight"] == 0.01 and in_groups["classifier.bias"] == 0.0
     assert sum(n.endswith(("galora_A", "galora_B")) for n in in_groups) == 8

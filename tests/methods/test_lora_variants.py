@@ -27,7 +27,11 @@ def make_batch(seed: int, labels: bool = True) -> dict[str, torch.Tensor]:
 def context(with_calibration: bool = True) -> BuildContext:
     batches = [make_batch(seed) for seed in range(3)]
     return BuildContext(
-        total_steps=4, steps_per_epoch=4, num_labels=2, target_modules=TARGETS, seed=0,
+        total_steps=4,
+        steps_per_epoch=4,
+        num_labels=2,
+        target_modules=TARGETS,
+        seed=0,
         calibration_batches=(lambda: iter(batches)) if with_calibration else None,
     )
 
@@ -79,7 +83,7 @@ def test_dora_adds_a_magnitude_vector_and_keeps_the_function_at_init():
     base = load_model(resolve_model("random:bert-tiny"), num_labels=2, seed=0)
     batch = make_batch(7)
     before = logits(base, batch)
-    method, model = build("dora", base=base, r=4)
+    _method, model = build("dora", base=base, r=4)
     assert adapter_params(model) == M * (4 * (D + D) + D)  # r (d_in + d_out) + d_out per module
     layer = model.base_model.model.bert.encoder.layer[0].attention.self.query
     torch.testing.assert_close(layer.lora_magnitude_vector["default"].weight, layer.base_layer.weight.norm(dim=1))
@@ -91,7 +95,7 @@ def test_pissa_moves_the_principal_part_into_the_adapter():
     original = base.bert.encoder.layer[0].attention.self.query.weight.detach().clone()
     batch = make_batch(7)
     before = logits(base, batch)
-    method, model = build("pissa", base=base, r=4, lora_alpha=4, niter=None)
+    _method, model = build("pissa", base=base, r=4, lora_alpha=4, niter=None)
     layer = model.base_model.model.bert.encoder.layer[0].attention.self.query
     delta = layer.lora_B["default"].weight @ layer.lora_A["default"].weight  # scale alpha / r = 1
     torch.testing.assert_close(layer.base_layer.weight + delta, original, atol=1e-5, rtol=1e-5)
@@ -137,11 +141,23 @@ def test_a_full_trial_through_the_engine(name, tmp_path):
     from orchestrator.tasks.prepare import prepare_task
     from orchestrator.trial.training import TrialSetup, run_trial
 
-    task = TaskSpec(model="random:bert-tiny", dataset="synthetic:polarity", max_length=32,
-                    train_examples=96, val_examples=32, test_examples=32)
+    task = TaskSpec(
+        model="random:bert-tiny",
+        dataset="synthetic:polarity",
+        max_length=32,
+        train_examples=96,
+        val_examples=32,
+        test_examples=32,
+    )
     data = prepare_task(task, Path("."), tmp_path / "cache")
-    setup = TrialSetup(arm="a", method=name, model="random:bert-tiny", metric="accuracy",
-                       training=TrainingSpec(epochs=2, batch_size=32), fixed={"r": 8})
+    setup = TrialSetup(
+        arm="a",
+        method=name,
+        model="random:bert-tiny",
+        metric="accuracy",
+        training=TrainingSpec(epochs=2, batch_size=32),
+        fixed={"r": 8},
+    )
     final = run_trial(setup, {"lr": 1e-2}, 0, data, lambda metrics, artifacts: None, tmp_path)
     assert final["total_rank"] == 8 * M and final["base_memory_mb"] > 0 and final["adapter_memory_mb"] > 0
     if name == "dora":  # the weight norm is recomputed every call: more than LoRA's FLOPs

@@ -24,11 +24,18 @@ def tiny_batch(seed: int = 0) -> dict[str, torch.Tensor]:
     ids = torch.randint(1000, 5000, (4, 10), generator=g)
     mask = torch.ones_like(ids)
     mask[0, 7:] = 0
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids), "labels": torch.tensor([0, 1, 1, 0])}
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "token_type_ids": torch.zeros_like(ids),
+        "labels": torch.tensor([0, 1, 1, 0]),
+    }
 
 
 def context(total_steps: int = 100) -> BuildContext:
-    return BuildContext(total_steps=total_steps, steps_per_epoch=10, num_labels=2, target_modules=["query", "value"], seed=0)
+    return BuildContext(
+        total_steps=total_steps, steps_per_epoch=10, num_labels=2, target_modules=["query", "value"], seed=0
+    )
 
 
 def lora_layers(model: nn.Module) -> list[MaskedLoraLinear]:
@@ -197,13 +204,31 @@ def test_the_engine_reports_active_rows_as_the_effective_count_before_any_growth
     from orchestrator.tasks.prepare import prepare_task
     from orchestrator.trial.training import TrialSetup, run_trial
 
-    data = prepare_task(TaskSpec(model="random:bert-tiny", dataset="synthetic:polarity", train_examples=64, val_examples=32, test_examples=32),
-                        tmp_path, tmp_path / "cache")
-    setup = TrialSetup(arm="p", method="plateau_lora", model="random:bert-tiny", metric="accuracy",
-                       training=TrainingSpec(epochs=1, batch_size=16), fixed={"r0": 2, "r_max": 8, "patience": 1})
+    data = prepare_task(
+        TaskSpec(
+            model="random:bert-tiny",
+            dataset="synthetic:polarity",
+            train_examples=64,
+            val_examples=32,
+            test_examples=32,
+        ),
+        tmp_path,
+        tmp_path / "cache",
+    )
+    setup = TrialSetup(
+        arm="p",
+        method="plateau_lora",
+        model="random:bert-tiny",
+        metric="accuracy",
+        training=TrainingSpec(epochs=1, batch_size=16),
+        fixed={"r0": 2, "r_max": 8, "patience": 1},
+    )
     final = run_trial(setup, {}, 0, data, lambda metrics, artifacts: None, tmp_path / "search")
-    per_rank = sum(module.in_features + module.out_features for name, module in tiny_model().named_modules()
-                   if isinstance(module, nn.Linear) and name.endswith(("query", "value")))
+    per_rank = sum(
+        module.in_features + module.out_features
+        for name, module in tiny_model().named_modules()
+        if isinstance(module, nn.Linear) and name.endswith(("query", "value"))
+    )
     assert final["growths"] == 0 and final["rank_final"] == 2
     for name in ("trainable_params_peak", "trainable_params_final", "trainable_params_mean"):
         assert final[name] == 2 * per_rank, name

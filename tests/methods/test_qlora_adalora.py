@@ -12,8 +12,8 @@ bnb = pytest.importorskip("bitsandbytes")
 
 from methods import BuildContext, StepInfo  # noqa: E402
 from methods.adalora import kept_ranks  # noqa: E402
-from methods.qlora_adalora import QloraAdaLoRA  # noqa: E402
 from methods.base import linear_shapes  # noqa: E402
+from methods.qlora_adalora import QloraAdaLoRA  # noqa: E402
 from orchestrator.measure.flops import count_flops  # noqa: E402
 from orchestrator.tasks.models import load_model, resolve_model  # noqa: E402
 
@@ -27,7 +27,9 @@ def built():
     torch.set_num_threads(1)
     float_model = load_model(resolve_model("random:bert-tiny"), num_labels=2, seed=0)
     head = {k: v.clone() for k, v in float_model.classifier.state_dict().items()}
-    method = QloraAdaLoRA(QloraAdaLoRA.Config(init_r=4, target_r=2, tinit_frac=0.125, tfinal_frac=0.25, deltaT_frac=0.01))
+    method = QloraAdaLoRA(
+        QloraAdaLoRA.Config(init_r=4, target_r=2, tinit_frac=0.125, tfinal_frac=0.25, deltaT_frac=0.01)
+    )
     ctx = BuildContext(total_steps=8, steps_per_epoch=8, num_labels=2, target_modules=TARGETS, seed=0)
     float_flops = count_flops(float_model, _batch(torch.Generator().manual_seed(3), labels=False))
     model = method.build(float_model, ctx)
@@ -111,9 +113,11 @@ def test_trains_again_after_a_no_grad_evaluation():
     """bitsandbytes 0.50 repacks 4-bit weights for an inference-only CPU kernel on the
     first no-grad eval call and never unpacks them: the next epoch's training then
     fails. The method switches that repack off; an epoch boundary must just work."""
-    
+
     torch.set_num_threads(1)
-    method = QloraAdaLoRA(QloraAdaLoRA.Config(init_r=4, target_r=2, tinit_frac=0.125, tfinal_frac=0.25, deltaT_frac=0.01))
+    method = QloraAdaLoRA(
+        QloraAdaLoRA.Config(init_r=4, target_r=2, tinit_frac=0.125, tfinal_frac=0.25, deltaT_frac=0.01)
+    )
     ctx = BuildContext(total_steps=8, steps_per_epoch=8, num_labels=2, target_modules=TARGETS, seed=0)
     model = method.build(load_model(resolve_model("random:bert-tiny"), num_labels=2, seed=0), ctx)
     generator = torch.Generator().manual_seed(0)
@@ -153,7 +157,7 @@ def test_search_space_and_hypothesis_are_valid():
     assert set(space.params) <= set(QloraAdaLoRA.Config.model_fields) | set(TRAINING_PARAMS)
     for profile in ("default", "smoke", "paper"):
         loaded = load_hypothesis(ROOT / "hypotheses" / "qlora_adalora.yaml", profile)
-        assert list(loaded.hypothesis.arms)[0] == "qlora_adalora"
+        assert next(iter(loaded.hypothesis.arms)) == "qlora_adalora"
 
 
 @pytest.mark.slow
@@ -166,12 +170,23 @@ def test_a_two_epoch_trial_through_the_engine(name, tmp_path):
     from orchestrator.tasks.prepare import prepare_task
     from orchestrator.trial.training import TrialSetup, run_trial
 
-    task = TaskSpec(model="random:bert-tiny", dataset="synthetic:polarity", max_length=32,
-                    train_examples=128, val_examples=32, test_examples=32)
+    task = TaskSpec(
+        model="random:bert-tiny",
+        dataset="synthetic:polarity",
+        max_length=32,
+        train_examples=128,
+        val_examples=32,
+        test_examples=32,
+    )
     data = prepare_task(task, Path("."), tmp_path / "cache")
-    setup = TrialSetup(arm="a", method=name, model="random:bert-tiny", metric="accuracy",
-                       training=TrainingSpec(epochs=2, batch_size=32),
-                       fixed={"init_r": 12, "target_r": 8, "tfinal_frac": 0.25})
+    setup = TrialSetup(
+        arm="a",
+        method=name,
+        model="random:bert-tiny",
+        metric="accuracy",
+        training=TrainingSpec(epochs=2, batch_size=32),
+        fixed={"init_r": 12, "target_r": 8, "tfinal_frac": 0.25},
+    )
     final = run_trial(setup, {"lr": 1e-2}, 0, data, lambda metrics, artifacts: None, tmp_path)
     assert final["epoch"] == 2 and final["total_rank"] == 8 * 4
     assert final["flops_ratio"] == pytest.approx(1.0)

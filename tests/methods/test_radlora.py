@@ -8,14 +8,13 @@ from functools import partial
 import pytest
 import torch
 import torch.nn.functional as F
+from bert_tiny import base_model, build_method, make_batch
 
 from methods import get_method
 from methods._routing import RoutingSchedule, TokenMask, force_routing, gumbel_softmax_st, nested_mask
 from methods.base import StepInfo
 from methods.radlora import BlockRouter, RadLoRALinear, hyper_param_count
 from orchestrator.measure.flops import count_flops
-
-from bert_tiny import base_model, build_method, make_batch
 
 torch.set_num_threads(1)
 HIDDEN, BLOCKS = 32, 2
@@ -90,7 +89,7 @@ def router_flops(batch, r_max=8, hidden=16, hyper_dim=0):
 def test_forced_off_gates_cost_exactly_the_router(generator):
     batch = make_batch()
     base = count_flops(base_model(), batch)
-    method, model = build(generator=generator)
+    _method, model = build(generator=generator)
     force_routing(model, activity=0.0)
     hyper_dim = 4 if generator == "hyper" else 0
     assert count_flops(model, batch) - base == router_flops(batch, hyper_dim=hyper_dim)
@@ -100,7 +99,7 @@ def test_forced_off_gates_cost_exactly_the_router(generator):
 def test_active_adapter_flops_scale_with_real_tokens_and_rank(generator):
     batch = make_batch()
     base = count_flops(base_model(), batch)
-    method, model = build(generator=generator)
+    _method, model = build(generator=generator)
     hyper_dim = 4 if generator == "hyper" else 0
     tokens, examples, modules = int(batch["attention_mask"].sum()), 4, 2 * BLOCKS
     for k in (1, 3, 8):
@@ -112,7 +111,11 @@ def test_active_adapter_flops_scale_with_real_tokens_and_rank(generator):
 
 def test_hyper_generator_parameter_count_matches_formula():
     method, model = build(generator="hyper", hyper_dim=3, r_max=5)
-    counted = sum(p.numel() for n, p in model.named_parameters() if n.endswith(("radlora_GA", "radlora_GB")) or ".radlora_router.code." in n)
+    counted = sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if n.endswith(("radlora_GA", "radlora_GB")) or ".radlora_router.code." in n
+    )
     expected = hyper_param_count([HIDDEN] * BLOCKS, [(HIDDEN, HIDDEN)] * (2 * BLOCKS), r_max=5, hyper_dim=3)
     assert counted == expected == BLOCKS * 3 * (HIDDEN + 1) + 2 * BLOCKS * 3 * 5 * (2 * HIDDEN)
     assert method.stats(model)["generator_params"] == expected
@@ -146,16 +149,19 @@ def test_bucketed_inference_equals_dense_masked_reference(generator, monkeypatch
         dense = model(**batch, output_hidden_states=True)
     assert torch.allclose(routed.logits, dense.logits, atol=1e-5)
     real = batch["attention_mask"].bool()
-    for h_routed, h_dense in zip(routed.hidden_states, dense.hidden_states):
+    for h_routed, h_dense in zip(routed.hidden_states, dense.hidden_states, strict=True):
         assert torch.allclose(h_routed[real], h_dense[real], atol=1e-4)
 
 
 def test_padding_does_not_change_routing_or_outputs():
-    method, model = build()
+    _method, model = build()
     randomize(model, scale=1.0)
     model.eval()
     short = make_batch(lengths=(6, 6))
-    padded = {k: torch.cat([v, torch.zeros(v.shape[0], 5, dtype=v.dtype)], 1) if v.dim() == 2 else v for k, v in short.items()}
+    padded = {
+        k: torch.cat([v, torch.zeros(v.shape[0], 5, dtype=v.dtype)], 1) if v.dim() == 2 else v
+        for k, v in short.items()
+    }
     with torch.no_grad():
         assert torch.allclose(model(**short).logits, model(**padded).logits, atol=1e-5)
 
@@ -211,7 +217,9 @@ def test_budget_target_descends_cubically_from_the_end_of_warmup():
 
 
 def test_budget_mode_track_lets_lambda_go_negative_below_target():
-    method, model = build(total_steps=20, target_rho=1.0, dual_lr=1.0, warmup_fraction=0.0, budget_anneal_until=0.0, budget_mode="track")
+    method, model = build(
+        total_steps=20, target_rho=1.0, dual_lr=1.0, warmup_fraction=0.0, budget_anneal_until=0.0, budget_mode="track"
+    )
     model.train()
     model(**make_batch())
     method.extra_loss(model, StepInfo(0, 20, 0, 20))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from torch import nn
@@ -21,7 +20,12 @@ QUANTILE_LIMIT = 16_777_216  # torch.quantile refuses inputs larger than this
 def tiny_batch() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 5000, (3, 9), generator=g)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids), "labels": torch.tensor([0, 1, 1])}
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "token_type_ids": torch.zeros_like(ids),
+        "labels": torch.tensor([0, 1, 1]),
+    }
 
 
 def tiny_model() -> nn.Module:
@@ -230,7 +234,7 @@ def test_cdist_flops_are_counted_on_both_kernels_paths():
     # 25 rows, and the direct one (aten._cdist_forward) otherwise.
     for rows, cols, expected in ((40, 30, 2 * 2 * 40 * 30 * (3 + 2)), (10, 20, 3 * 2 * 10 * 20 * 3)):
         x1, x2 = torch.randn(2, rows, 3), torch.randn(2, cols, 3)
-        assert count_call_flops(lambda: torch.cdist(x1, x2), formulas) == expected
+        assert count_call_flops(lambda x1=x1, x2=x2: torch.cdist(x1, x2), formulas) == expected
 
 
 @pytest.mark.slow

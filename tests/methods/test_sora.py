@@ -19,7 +19,12 @@ torch.set_num_threads(1)
 def tiny_batch() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 5000, (3, 9), generator=g)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids), "labels": torch.tensor([0, 1, 1])}
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "token_type_ids": torch.zeros_like(ids),
+        "labels": torch.tensor([0, 1, 1]),
+    }
 
 
 def build(**params):
@@ -43,7 +48,7 @@ def test_after_optimizer_step_thresholds_every_gate():
     method, model = build(xi=0.3, gate_init="randn")
     before = [layer.lora_gate.detach().clone() for layer in layers(model)]
     method.after_optimizer_step(model, StepInfo(0, 100, 0, 10))
-    for old, layer in zip(before, layers(model)):
+    for old, layer in zip(before, layers(model), strict=True):
         expected = torch.sign(old) * torch.clamp(old.abs() - 0.3, min=0)
         torch.testing.assert_close(layer.lora_gate.detach(), expected)
         assert torch.all(layer.lora_gate[old.abs() <= 0.3] == 0)
@@ -88,7 +93,7 @@ def test_finalize_drops_zero_ranks_folds_the_gate_and_keeps_outputs():
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)
     kept = [layer.rank for layer in layers(model)]
     assert kept == [6, 5, 4, 3]
-    for layer, r in zip(layers(model), kept):
+    for layer, r in zip(layers(model), kept, strict=True):
         assert layer.lora_gate is None
         assert layer.lora_A.shape == (r, layer.in_features) and layer.lora_B.shape == (layer.out_features, r)
     stats = method.stats(model)
