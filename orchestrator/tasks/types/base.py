@@ -76,6 +76,20 @@ class ModelRef:
         return self.path is None
 
 
+def dataset_identity(dataset: str, base_dir: Path) -> str:
+    """What a prepared task's cache key holds for ``task.dataset``: the reference, and for
+    a user's ``csv:``/``jsonl:`` file its resolved path and a sha256 of its bytes (an
+    edited file is prepared again)."""
+    import hashlib
+
+    if not dataset.startswith(("csv:", "jsonl:")):
+        return dataset
+    kind, raw = dataset.split(":", 1)
+    path = Path(raw) if Path(raw).is_absolute() else base_dir / raw
+    digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "missing"
+    return f"{kind}:{path.resolve()}:{digest}"
+
+
 def random_model_ref(ref: str, family: str) -> ModelRef | None:
     """``random:{family}-tiny`` (hidden 32, 2 layers) or ``random:{family}-h{H}-l{L}``."""
     match = re.fullmatch(rf"random:{family}-(?:tiny|h(?P<hidden>\d+)-l(?P<layers>\d+))", ref)

@@ -38,7 +38,6 @@ without padding, as for text.
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from orchestrator.tasks.types import register_task_type
-from orchestrator.tasks.types.base import FlopProbe, ModelRef, SplitOutcome, TaskType
+from orchestrator.tasks.types.base import FlopProbe, ModelRef, SplitOutcome, TaskType, dataset_identity
 from orchestrator.tasks.types.lm_models import is_known_lm_ref, load_lm, load_lm_tokenizer, resolve_lm
 from orchestrator.tasks.types.sequence_classification import batch_order
 
@@ -166,12 +165,7 @@ class CausalLM(TaskType):
 
     # -- data --------------------------------------------------------------------------------
     def cache_fields(self, task: TaskSpec, base_dir: Path) -> dict[str, Any]:
-        dataset = task.dataset
-        if dataset.startswith(("csv:", "jsonl:")):
-            kind, raw = dataset.split(":", 1)
-            path = Path(raw) if Path(raw).is_absolute() else base_dir / raw
-            digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "missing"
-            dataset = f"{kind}:{path.resolve()}:{digest}"
+        dataset = dataset_identity(task.dataset, base_dir)
         return {
             "v": CACHE_VERSION,
             "type": self.name,

@@ -11,7 +11,6 @@ FLOPs are counted per non-pad token.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from orchestrator.tasks.types import register_task_type
-from orchestrator.tasks.types.base import FlopProbe, ModelRef, SplitOutcome, TaskType
+from orchestrator.tasks.types.base import FlopProbe, ModelRef, SplitOutcome, TaskType, dataset_identity
 from orchestrator.tasks.types.text_models import is_known_model_ref, load_model, load_tokenizer, resolve_model
 
 if TYPE_CHECKING:
@@ -155,12 +154,7 @@ class SequenceClassification(TaskType):
 
     # -- data --------------------------------------------------------------------------------
     def cache_fields(self, task: TaskSpec, base_dir: Path) -> dict[str, Any]:
-        dataset = task.dataset
-        if dataset.startswith(("csv:", "jsonl:")):
-            kind, raw = dataset.split(":", 1)
-            path = Path(raw) if Path(raw).is_absolute() else base_dir / raw
-            digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "missing"
-            dataset = f"{kind}:{path.resolve()}:{digest}"
+        dataset = dataset_identity(task.dataset, base_dir)
         return {
             "v": CACHE_VERSION,
             "model": task.model,
