@@ -209,8 +209,12 @@ class Tracker:
 
     def _call(self, call: Callable[[], _T]) -> _T:
         """A ``self.client`` call, retried while sqlite is locked; a store that cannot
-        be used raises ``StoreError`` naming this store."""
-        return _retry(call, uri=self.uri)
+        be used raises ``StoreError`` naming this store. A stop request (Ctrl-C, SIGTERM)
+        waits for the call to end (``interrupts.deferred_stop``): never half a write."""
+        from orchestrator.execute.interrupts import deferred_stop  # stdlib only; no cycle
+
+        with deferred_stop():
+            return _retry(call, uri=self.uri)
 
     def experiment_by_name(self, name: str) -> Any | None:
         """The MLflow experiment named ``name`` (also a deleted one), or None."""

@@ -22,6 +22,9 @@ from typing import Any
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _ignored: set[int] = set()
+#: Depth of ``deferred_stop`` blocks on the main thread, and a stop requested inside one.
+_deferring = 0
+_requested = False
 
 
 @contextlib.contextmanager
@@ -48,5 +51,33 @@ def install() -> None:
             signal.signal(signum, signal.SIG_IGN if signum in _ignored else _handler)
 
 
+@contextlib.contextmanager
+def deferred_stop() -> Iterator[None]:
+    """A stop request that arrives inside the block is raised when the block ends.
+
+    For writes to the tracking store: a ``KeyboardInterrupt`` raised in the middle of an
+    MLflow write could leave its sqlite transaction, and the file's write lock, held by a
+    connection nobody uses again; the clean stop's own writes (closing the runs as KILLED)
+    then waited on that lock until they gave up, and the runs stayed RUNNING (seen once
+    in ``tests/test_resume.py`` on a loaded machine). A write lasts milliseconds, so the
+    stop waits that long. Only the main thread's blocks defer: signals reach only it."""
+    global _deferring, _requested
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+        if _deferring == 0 and _requested:
+            _requested = False
+            raise KeyboardInterrupt
+
+
 def _handler(signum: int, frame: Any) -> None:
+    global _requested
+    if _deferring:
+        _requested = True
+        return
     raise KeyboardInterrupt

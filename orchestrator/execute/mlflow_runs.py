@@ -10,11 +10,13 @@ Nothing else: the run state says which trials finished, and they are never run a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -182,20 +184,24 @@ def close_open_runs(tracker: Tracker, state: RunState, parent_id: str, status: s
     also a trial's run that the stop caught between its creation and its entry in the
     run state (found in MLflow as a child of its arm's run). A failure's ``reason``
     goes to the hypothesis run's ``orchestrate.error`` tag, where the UI shows it."""
-    try:
-        if reason:
-            tracker.set_tags(parent_id, {"orchestrate.error": reason})
-        for arm in state.arms().values():
-            close_stale(tracker, arm.trial_runs)
-            close_stale(tracker, arm.confirm_runs)
-            if arm.arm_run_id and state.experiment_id:
-                close_stale_children(tracker, state.experiment_id, arm.arm_run_id)
-            if arm.arm_run_id and tracker.run_status(arm.arm_run_id) == "RUNNING":
-                tracker.end_run(arm.arm_run_id, status)
-        if tracker.run_status(parent_id) == "RUNNING":
-            tracker.end_run(parent_id, status)
-    except Exception:  # never mask the original interruption
-        pass
+    steps: list[Callable[[], object]] = []
+    if reason:
+        steps.append(partial(tracker.set_tags, parent_id, {"orchestrate.error": reason}))
+    for arm in state.arms().values():
+        steps += [partial(close_stale, tracker, arm.trial_runs), partial(close_stale, tracker, arm.confirm_runs)]
+        if arm.arm_run_id and state.experiment_id:
+            steps.append(partial(close_stale_children, tracker, state.experiment_id, arm.arm_run_id))
+        if arm.arm_run_id:
+            steps.append(partial(_end_if_running, tracker, arm.arm_run_id, status))
+    steps.append(partial(_end_if_running, tracker, parent_id, status))
+    for step in steps:  # each on its own: one that fails leaves the others to do
+        with contextlib.suppress(Exception):  # never mask the original interruption
+            step()
+
+
+def _end_if_running(tracker: Tracker, run_id: str, status: str) -> None:
+    if tracker.run_status(run_id) == "RUNNING":
+        tracker.end_run(run_id, status)
 
 
 def _every_arm(values: Iterable[object]) -> str:
