@@ -57,12 +57,11 @@ def test_a_stop_inside_a_store_write_is_raised_when_the_write_ends(sigint_defaul
 
     done = []
     with catching_stop_requests():
-        with pytest.raises(KeyboardInterrupt):
-            with deferred_stop():
-                with deferred_stop():  # nested: raised at the outermost end only
-                    os.kill(os.getpid(), signum)
-                    done.append("inner")
-                done.append("outer")
+        with pytest.raises(KeyboardInterrupt), deferred_stop():
+            with deferred_stop():  # nested: raised at the outermost end only
+                os.kill(os.getpid(), signum)
+                done.append("inner")
+            done.append("outer")
         assert done == ["inner", "outer"]
         with deferred_stop():  # the request was used up
             done.append("next")
