@@ -61,6 +61,33 @@ def test_hub_dataset_offline_gives_one_clear_line(monkeypatch):
     assert "embedded:rotten-tomatoes" in message and "\n" not in message
 
 
+def test_image_and_lm_hub_ids_keep_their_owner_and_fail_offline_in_one_line(monkeypatch):
+    """Every type loads hub data through ``datasets.load_hub``; image and LM references are
+    NAME[:CONFIG], so an owner's dataset (uoft-cs/cifar100) is not read as dataset + config."""
+    from orchestrator.tasks.image_data import load_image_dataset
+    from orchestrator.tasks.lm_data import load_lm_dataset
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    import orchestrator.tasks.image_data as image_data
+    import orchestrator.tasks.lm_data as lm_data
+
+    asked = []
+
+    def spy(ref, name, config, offline):  # records the split of the reference, then loads for real
+        asked.append((name, config))
+        return datasets.load_hub(ref, name, config, offline)
+
+    monkeypatch.setattr(image_data, "load_hub", spy)
+    monkeypatch.setattr(lm_data, "load_hub", spy)
+    with pytest.raises(datasets.DatasetUnavailableError, match="embedded:digits") as info:
+        load_image_dataset("uoft-cs/cifar100", Path("."), "fine_label")
+    assert "\n" not in str(info.value)
+    with pytest.raises(datasets.DatasetUnavailableError, match="embedded:rotten-tomatoes-lm"):
+        load_lm_dataset("zwhe99/commonsense_170k:default", Path("."), "instruction", "answer")
+    assert asked == [("uoft-cs/cifar100", ""), ("zwhe99/commonsense_170k", "default")]
+
+
 def test_hub_model_offline_names_the_embedded_alternative(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelUnavailableError, match="embedded:minilm-l6"):

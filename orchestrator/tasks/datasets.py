@@ -31,6 +31,7 @@ import importlib.util
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SPLITS = ("train", "validation", "test")
 EMBEDDED_DATASETS = ("embedded:rotten-tomatoes",)
@@ -206,22 +207,26 @@ def synthetic_polarity(n: int = 1500, seed: int = 13) -> tuple[list[str], list[i
     return texts, labels
 
 
-def _hub_dataset(ref: str, text_column: str, label_column: str) -> TextDataset:
+def load_hub(ref: str, name: str, config: str | None, offline: str) -> Any:
+    """``datasets.load_dataset(name, config)`` for every task type's hub references, or
+    one ``DatasetUnavailableError`` line naming ``ref`` and what works ``offline``."""
     try:
         import datasets
     except ImportError:
         raise DatasetUnavailableError(
-            f"dataset {ref!r} needs the 'datasets' package (pip install datasets) and the hub; offline, use "
-            f"{', '.join(EMBEDDED_DATASETS)} or csv:PATH / jsonl:PATH"
+            f"dataset {ref!r} needs the 'datasets' package (pip install datasets) and the hub; offline, use {offline}"
         ) from None
-    name, _, config = ref.partition("/")
     try:
-        loaded = datasets.load_dataset(name, config or None)
+        return datasets.load_dataset(name, config or None)
     except Exception as exc:  # network, unknown id: one clear line, not a stack trace
         raise DatasetUnavailableError(
-            f"dataset {ref!r} cannot be loaded ({type(exc).__name__}); offline, use "
-            f"{', '.join(EMBEDDED_DATASETS)} or csv:PATH / jsonl:PATH"
+            f"dataset {ref!r} cannot be loaded ({type(exc).__name__}); offline, use {offline}"
         ) from None
+
+
+def _hub_dataset(ref: str, text_column: str, label_column: str) -> TextDataset:
+    name, _, config = ref.partition("/")  # text: glue/sst2 is the dataset glue, its config sst2
+    loaded = load_hub(ref, name, config, f"{', '.join(EMBEDDED_DATASETS)} or csv:PATH / jsonl:PATH")
     text_key = text_column if text_column in loaded["train"].column_names else "sentence"
     label_names = list(getattr(loaded["train"].features[label_column], "names", [])) or ["0", "1"]
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from orchestrator.tasks.datasets import SPLITS, DatasetUnavailableError, stable_bucket
+from orchestrator.tasks.datasets import SPLITS, DatasetUnavailableError, load_hub, stable_bucket
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -192,21 +192,11 @@ def load_image(source: ImageSource) -> Image.Image:
 
 
 def _hub_images(ref: str, label_column: str) -> ImageDataset:
-    try:
-        import datasets
-    except ImportError:
-        raise DatasetUnavailableError(
-            f"dataset {ref!r} needs the 'datasets' package (the hub extra) and the hub; offline, use "
-            "embedded:digits or imagefolder:PATH"
-        ) from None
-    name, _, config = ref.partition("/")
-    try:
-        loaded = datasets.load_dataset(name, config or None)
-    except Exception as exc:  # network, unknown id: one clear line, not a stack trace
-        raise DatasetUnavailableError(
-            f"dataset {ref!r} cannot be loaded ({type(exc).__name__}); "
-            "offline, use embedded:digits or imagefolder:PATH"
-        ) from None
+    # NAME[:CONFIG], as for causal LM: image datasets live under an owner (uoft-cs/cifar10)
+    name, _, config = ref.partition(":")
+    loaded = load_hub(ref, name, config, "embedded:digits or imagefolder:PATH")
+    import datasets  # installed: load_hub said what to install otherwise
+
     features = loaded["train"].features
     image_key = next((k for k, f in features.items() if isinstance(f, datasets.Image)), None)
     label_key = (

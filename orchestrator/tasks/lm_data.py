@@ -40,6 +40,7 @@ from orchestrator.tasks.datasets import (
     SPLITS,
     DatasetUnavailableError,
     LocalDataFile,
+    load_hub,
     local_data_file,
     stable_bucket,
 )
@@ -115,21 +116,8 @@ def load_lm_dataset(ref: str, base_dir: Path, prompt_column: str, completion_col
 
 
 def _hub_lm(ref: str, prompt_column: str, completion_column: str) -> LmDataset:
-    try:
-        import datasets
-    except ImportError:
-        raise DatasetUnavailableError(
-            f"dataset {ref!r} needs the 'datasets' package (pip install datasets) and the hub; offline, use "
-            f"{', '.join(EMBEDDED_LM_DATASETS)} or csv:PATH / jsonl:PATH"
-        ) from None
     name, _, config = ref.partition(":")
-    try:
-        loaded = datasets.load_dataset(name, config or None)
-    except Exception as exc:  # network, unknown id: one clear line, not a stack trace
-        raise DatasetUnavailableError(
-            f"dataset {ref!r} cannot be loaded ({type(exc).__name__}); offline, use "
-            f"{', '.join(EMBEDDED_LM_DATASETS)} or csv:PATH / jsonl:PATH"
-        ) from None
+    loaded = load_hub(ref, name, config, f"{', '.join(EMBEDDED_LM_DATASETS)} or csv:PATH / jsonl:PATH")
     for column in (prompt_column, completion_column):
         if column not in loaded["train"].column_names:
             raise DatasetUnavailableError(
