@@ -8,6 +8,10 @@ For each sampler, each history size N (completed trials) and each scenario:
 - ``multi``: two objectives (val_accuracy max, flops_ratio min) and one constraint
   (``flops_ratio <= 1``) set with ``trial.set_constraint`` before ``tell``, as
   ``HonestOptunaSearch`` does;
+- ``curves``: one objective, as ASHA leaves a 6-epoch search: every trial reported each
+  epoch it trained, half of the N finished trials were stopped after 1 or 2 epochs
+  (PRUNED), the pending ones are at epoch 1; the sampler is told the 6 epochs
+  (``SamplerPlan.epochs``), so ``botorch`` fits every epoch as low-fidelity evidence;
 
 a study is filled with N completed trials (random configurations of the shipped LoRA space,
 search_spaces/lora.yaml: r and lora_alpha categorical, lr log-float, lora_dropout stepped
@@ -48,7 +52,9 @@ sys.path.insert(0, str(ROOT))
 SCENARIOS = {
     "single": (["val_accuracy"], ["maximize"], False),
     "multi": (["val_accuracy", "flops_ratio"], ["maximize", "minimize"], True),
+    "curves": (["val_accuracy"], ["maximize"], False),
 }
+CURVE_EPOCHS = 6
 CONSTRAINT = "flops_ratio <= 1"
 TARGET_S = 1.0
 
@@ -78,15 +84,28 @@ def filled_study(scenario: str, completed: int, pending: int, seed: int):
     space = lora_space()
     study = optuna.create_study(directions=directions, sampler=optuna.samplers.RandomSampler(seed=seed))
     rng = np.random.default_rng(seed)
-    for _ in range(completed):
+    curves = scenario == "curves"
+    for i in range(completed):
         trial = study.ask()
         space(trial)
         accuracy, flops_ratio = toy_response(trial.params, rng)
         if constrained:
             trial.set_constraint(CONSTRAINT, flops_ratio - 1.0)
-        study.tell(trial, [accuracy, flops_ratio][: len(names)])
-    for _ in range(pending):  # running: parameters chosen, no value yet
-        space(study.ask())
+        if not curves:
+            study.tell(trial, [accuracy, flops_ratio][: len(names)])
+            continue
+        trained = CURVE_EPOCHS if i % 2 == 0 else 1 + i % 4 // 2  # half stopped after 1 or 2 epochs
+        for epoch in range(1, trained + 1):
+            trial.report(accuracy * (1 - 0.5**epoch), epoch)
+        if trained == CURVE_EPOCHS:
+            study.tell(trial, accuracy)
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    for _ in range(pending):  # running: parameters chosen, no value yet (with curves: one epoch)
+        trial = study.ask()
+        space(trial)
+        if curves:
+            trial.report(0.5 * toy_response(trial.params, rng)[0], 1)
     return study, space
 
 
@@ -123,7 +142,8 @@ def time_asks(
     study, space = filled_study(scenario, completed, pending, seed)
     # The planner's rule for a 40-trial search: 10 startup trials, so every N here is past them.
     base_name = "botorch-legacy" if sampler_name == "botorch-default" else sampler_name
-    plan = SamplerPlan(base_name, seed, default_startup_trials(base_name, 40), len(names))
+    epochs = CURVE_EPOCHS if scenario == "curves" else 1
+    plan = SamplerPlan(base_name, seed, default_startup_trials(base_name, 40), len(names), epochs=epochs)
     study.sampler = build_sampler(plan)
     if sampler_name == "botorch-default":  # before: optuna-integration's own candidates function and budget
         study.sampler._candidates_func = None
@@ -148,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         help="also: botorch-legacy, botorch-default (optuna-integration's candidates)",
     )
     parser.add_argument("--completed", default="10,40,100", help="history sizes (completed trials)")
-    parser.add_argument("--scenarios", default="single,multi")
+    parser.add_argument("--scenarios", default="single,multi,curves")
     parser.add_argument("--asks", type=int, default=5, help="timed asks per cell (tpe gets 4x as many)")
     parser.add_argument("--pending", type=int, default=3, help="trials left RUNNING (pending points) during every ask")
     parser.add_argument("--modes", default="shipped,blas1,default", help="thread modes: shipped, blas1, default")

@@ -226,7 +226,9 @@ def make_plan(loaded: LoadedSpec) -> Plan:
                 params=params,
                 fixed=dict(arm.fixed),
                 points_to_evaluate=[point] if point and searched else [],
-                sampler=SamplerPlan(sampler_name, h.search.seed, startup, len(h.search.objectives), grid),
+                sampler=SamplerPlan(
+                    sampler_name, h.search.seed, startup, len(h.search.objectives), grid, epochs=h.training.epochs
+                ),
                 objectives=dict(h.search.objectives),
                 constraints=constraints_for(name, method_cls.routed, h.search.constraints),
                 scheduler=h.search.scheduler,

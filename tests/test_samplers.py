@@ -11,6 +11,7 @@ import optuna
 import pytest
 import torch
 
+from orchestrator.search.botorch_sampler import MixedBoTorchSampler
 from orchestrator.search.registry import SAMPLERS
 from orchestrator.search.samplers import SamplerPlan, botorch_candidates, build_sampler, limited_threads
 from orchestrator.search.space import DefineByRun, ParamSpec
@@ -299,6 +300,138 @@ def test_botorch_drives_a_real_tune_search_with_two_trials_at_once(tmp_path, sha
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
     assert all(t.params["r"] in (2, 4, 8, 16) and 1e-4 <= t.params["lr"] <= 1e-2 for t in trials)
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 6
+
+
+# -- botorch with learning curves: early epochs and stopped trials as low-fidelity evidence ----------
+def _curve_study(epochs: int = 4) -> tuple[optuna.Study, MixedBoTorchSampler]:
+    """Six trials as ASHA leaves them: two complete, three stopped after one epoch, one
+    running at its second epoch. The curve rises to ``objective`` (value x (1 - 0.5^epoch))."""
+    sampler = MixedBoTorchSampler(n_startup_trials=4, seed=0, fidelity_steps=epochs)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    space = DefineByRun(SPACE, {})
+    for i, last in enumerate([epochs, 1, epochs, 1, 1, 2]):
+        trial = study.ask()
+        space(trial)
+        final = objective(trial.params)
+        for epoch in range(1, last + 1):
+            trial.report(final * (1 - 0.5**epoch) - 0.1 * (epochs - epoch), epoch)
+        if i == 5:
+            continue  # still running
+        if last == epochs:
+            study.tell(trial, final)
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    return study, sampler
+
+
+def test_learning_curves_become_rows_at_their_fidelity_with_a_complete_trial_ending_at_one():
+    from orchestrator.search.botorch_sampler import MixedSpace, TrainingData, learning_curve
+
+    study, _ = _curve_study(epochs=4)
+    complete, stopped, running = study.trials[0], study.trials[1], study.trials[5]
+    assert learning_curve(complete, 4) == [
+        (0.25, complete.intermediate_values[1]),
+        (0.5, complete.intermediate_values[2]),
+        (0.75, complete.intermediate_values[3]),
+        (1.0, complete.value),
+    ]
+    assert learning_curve(stopped, 4) == [(0.25, stopped.intermediate_values[1])]
+    # a long curve keeps at most MAX_FIDELITY_POINTS_PER_TRIAL epochs, the last among them
+    long = optuna.trial.create_trial(
+        params={}, distributions={}, value=1.0, intermediate_values={e: e / 100 for e in range(1, 101)}
+    )
+    kept = learning_curve(long, 100)
+    assert len(kept) == 4 and kept[0] == (0.01, 0.01) and kept[-1] == (1.0, 1.0)
+
+    trials = study.get_trials(deepcopy=False)
+    space = MixedSpace.of(trials[0].distributions)
+    data = TrainingData.of_curves(space, trials, study.direction, 4)
+    assert data is not None and data.fidelity
+    assert len(data.x) == 4 + 1 + 4 + 1 + 1 + 2  # every reported epoch, the running trial's too
+    assert data.trials == 5  # finished trials (complete or stopped) count towards the startup rule
+    assert data.baseline.shape == (6, len(space.columns) + 1) and bool((data.baseline[:, -1] == 1).all())
+    assert data.x[:, -1].tolist().count(1.0) == 2  # only the complete trials were seen at full fidelity
+    assert running.state == optuna.trial.TrialState.RUNNING
+    # no trial complete yet: nothing at full fidelity to anchor the model, so no model
+    assert TrainingData.of_curves(space, [t for t in trials if t.number in (1, 3)], study.direction, 4) is None
+
+
+def test_botorch_models_a_stopped_trial_by_its_early_epochs():
+    """Two trials stopped at the same epoch: the model predicts more at full training for
+    the one whose early value was higher, and the stopped trials let the model start
+    before ``n_startup_trials`` trials completed."""
+    import numpy as np
+
+    from orchestrator.search.botorch_sampler import MixedSpace, TrainingData, fit_model
+
+    study, sampler = _curve_study(epochs=4)
+    trials = study.get_trials(deepcopy=False)
+    space = MixedSpace.of(trials[0].distributions)
+    data = TrainingData.of_curves(space, trials, study.direction, 4)
+    model = fit_model(space, data)
+    stopped = [i for i, t in enumerate(trials) if t.state == optuna.trial.TrialState.PRUNED]
+    early = [trials[i].intermediate_values[1] for i in stopped]
+    with torch.no_grad():
+        predicted = model.posterior(data.baseline[stopped]).mean.squeeze(-1).numpy()
+    assert np.argmax(predicted) == np.argmax(early) and np.argmin(predicted) == np.argmin(early)
+    # 2 complete < 4 startup trials, yet 5 finished: the model suggests (not the random startup)
+    running = study.ask()
+    relative = sampler.infer_relative_search_space(study, running)
+    with limited_threads(1):
+        assert sampler.sample_relative(study, running, relative)
+    final_only = MixedBoTorchSampler(n_startup_trials=4, seed=0)
+    assert final_only.sample_relative(study, running, relative) == {}
+
+
+def test_the_plan_gives_botorch_the_training_epochs_as_its_fidelity(tmp_path):
+    from orchestrator.search.registry import SAMPLERS as TABLE
+
+    sampler = TABLE["botorch"].build(SamplerPlan("botorch", 0, 4, 1, epochs=6))
+    assert isinstance(sampler, MixedBoTorchSampler) and sampler._fidelity_steps == 6
+    assert MixedBoTorchSampler(fidelity_steps=1)._fidelity_steps is None  # one epoch: no curve to learn from
+
+
+@pytest.mark.slow
+def test_botorch_reads_the_epochs_of_trials_asha_stopped_in_a_real_tune_search(tmp_path, shared_ray):
+    """Ray Tune's ASHA + HonestOptunaSearch: stopped trials reach the study PRUNED with
+    their per-epoch reports (Ray's ``on_trial_result``), and the sampler fits on them."""
+    from optuna.trial import TrialState
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from orchestrator.execute.searcher import HonestOptunaSearch
+    from orchestrator.search.botorch_sampler import MixedSpace, TrainingData
+
+    def trainable(config):
+        import math
+
+        final = math.log10(config["lr"]) + 0.1 * math.log2(config["r"]) - config["dropout"]
+        for epoch in range(1, 4):
+            tune.report({"val_accuracy": final * (1 - 0.5**epoch), "epoch": epoch})
+
+    searcher = HonestOptunaSearch(
+        space=DefineByRun(SPACE, {}),
+        metric="val_accuracy",
+        mode="max",
+        epochs=3,
+        sampler=build_sampler(SamplerPlan("botorch", 0, 3, 1, epochs=3)),
+    )
+    asha = ASHAScheduler(
+        metric="val_accuracy", mode="max", time_attr="training_iteration", max_t=3, grace_period=1, reduction_factor=2
+    )
+    grid = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=asha, num_samples=8, max_concurrent_trials=1),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name="botorch-asha", verbose=0),
+    ).fit()
+    assert not grid.errors and len(grid) == 8
+    trials = searcher._ot_study.get_trials(deepcopy=False)
+    stopped = [t for t in trials if t.state == TrialState.PRUNED]
+    assert stopped and all(t.intermediate_values for t in stopped)
+    space = MixedSpace.of(next(t for t in trials if t.state == TrialState.COMPLETE).distributions)
+    data = TrainingData.of_curves(space, trials, searcher._ot_study.direction, 3)
+    assert data is not None and data.trials == 8
+    assert int((data.x[:, -1] < 1).sum()) >= len(stopped)  # the stopped trials' epochs are in the model
 
 
 def test_the_spec_accepts_exactly_the_samplers_and_schedulers_of_the_registry():

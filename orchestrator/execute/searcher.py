@@ -4,7 +4,11 @@ Two things Ray 2.60's ``OptunaSearch`` gets wrong for us (STACK-NOTES):
 
 - A trial stopped early by ASHA reaches Optuna as COMPLETE with its partial value,
   which teaches the sampler that promising-but-stopped configurations are bad ones.
-  Here a trial that did not finish its epochs is told as PRUNED.
+  Here a trial that did not finish its epochs is told as PRUNED, with its last result
+  reported as an intermediate value at its epoch: Ray passes the result that stopped
+  a trial only to ``on_trial_complete``, never to ``on_trial_result``, so a trial ASHA
+  stopped after one epoch would reach Optuna with no value at all (TPE ranks stopped
+  trials by their last intermediate value; ``botorch`` reads every epoch).
 - Constraints: Optuna 5 wants ``trial.set_constraint(key, value)`` (<= 0 feasible)
   before ``tell``; the deprecated ``constraints_func`` lambda also breaks Ray's
   pickling of the searcher at the first experiment checkpoint.
@@ -107,6 +111,7 @@ class HonestOptunaSearch(OptunaSearch):
         values = [metrics.get(m) for m in _as_list(self.metric)]
         numbers = [float(v) for v in values if is_finite_number(v)]
         if record.status == STOPPED:
+            self._report_last(ot_trial, metrics)
             self._study.tell(ot_trial, state=TrialState.PRUNED)
         elif metrics.get("infeasible_before_training") or len(numbers) < len(values):
             worst = [-1e9 if mode == "max" else 1e9 for mode in _as_list(self.mode)]
@@ -158,6 +163,7 @@ class HonestOptunaSearch(OptunaSearch):
             return None
         stopped_early = result is not None and not error and int(result.get("epoch", self._epochs)) < self._epochs
         if stopped_early:
+            self._report_last(ot_trial, result or {})
             self._study.tell(ot_trial, state=TrialState.PRUNED)
             self._completed_trials.add(trial_id)
             return None
@@ -166,6 +172,16 @@ class HonestOptunaSearch(OptunaSearch):
             self._completed_trials.add(trial_id)
             return None
         return super().on_trial_complete(trial_id, result, error)
+
+    def _report_last(self, ot_trial: optuna.Trial, result: dict) -> None:
+        """A stopped trial's last result as its intermediate value at its epoch, as Ray's
+        ``on_trial_result`` reports the others (one objective: Optuna keeps no
+        intermediate values for several)."""
+        if isinstance(self.metric, (list, tuple)) or not is_finite_number(result.get(self.metric)):
+            return
+        step = int(result.get("training_iteration", result.get("epoch", 0)))
+        if step > 0:  # never reported before: Ray withheld this result from on_trial_result
+            ot_trial.report(float(result[self.metric]), step)
 
 
 def _as_list(metric: Any) -> list[str]:

@@ -12,8 +12,12 @@ there: this is an Optuna sampler of its own, built from BoTorch's pieces.
   ``MAX_DISCRETE_VALUES`` values are discrete columns with those values; a categorical
   is a column of choice indices.
 - The model is ``MixedSingleTaskGP`` (a categorical, Hamming-distance kernel on the
-  categorical columns; ``SingleTaskGP`` where there are none), one output per objective
-  and per constraint, standardised.
+  categorical columns, summed with and multiplied by the kernel of the ordinal ones;
+  ``SingleTaskGP`` where there are none), one output per objective and per constraint,
+  standardised. One product kernel over all columns (Optuna ``GPSampler``'s shape) did
+  better on the single-objective benchmark (median 14 against 16.5 trials to 99%) and
+  worse on the two-objective constrained one (hypervolume after 30: 0.586 against 0.749)
+  and with 4 trials running at once (docs/samplers.md): not taken.
 - The acquisition is noise-aware: qLogNEI for one objective, qLogNEHVI for several;
   constraints from ``trial.set_constraint`` are outcome constraints (<= 0 feasible);
   trials still RUNNING are ``X_pending``, so concurrent suggestions spread.
@@ -27,6 +31,19 @@ there: this is an Optuna sampler of its own, built from BoTorch's pieces.
 Parameters that only some trials have (conditional ones, ``when:``) are left to the
 independent sampler (random), as Optuna's ``GPSampler`` does: the model is fitted on the
 parameters every finished trial has.
+
+**Learning curves as low-fidelity evidence** (``fidelity_steps``, one objective): every
+epoch a trial reported (``trial.intermediate_values``: Ray's ``OptunaSearch`` reports one
+per result) is an observation at fidelity ``s = epoch / fidelity_steps``, an extra input
+column of the GP, so trials that ASHA stopped after an epoch (PRUNED) and trials still
+running inform the model instead of being dropped. The acquisition is evaluated at
+``s = 1`` (``FixedFeatureAcquisitionFunction``): the model predicts what a full training
+reaches. Why an input column and not BoTorch's knowledge-gradient multi-fidelity
+acquisitions (qMFKG): those choose the fidelity to run, and here the scheduler (ASHA)
+does; a kernel that learns, per search, how much an early epoch says about the last one
+(its lengthscale on ``s``) is what remains useful. Constraints are modelled on each
+trial's last report. Several objectives: Optuna keeps no intermediate values for them,
+so only finished trials count (as without ``fidelity_steps``).
 """
 
 from __future__ import annotations
@@ -49,14 +66,27 @@ from optuna.trial import FrozenTrial, TrialState
 if TYPE_CHECKING:
     import torch
     from botorch.acquisition import AcquisitionFunction
+    from botorch.models import SingleTaskGP
     from botorch.models.model import Model
 
 #: Integers and stepped floats with more values than this are relaxed to continuous and
 #: snapped to the grid afterwards (BoTorch's own MAX_DISCRETE_VALUES for local search).
 MAX_DISCRETE_VALUES = 20
-#: Up to this many combinations of discrete values, every one is optimised (the
-#: benchmark's r x alpha space has 15); beyond, discrete local search.
-ENUMERATE_LIMIT = 64
+#: Up to this many combinations of discrete values, every one is scored (search_spaces/
+#: lora.yaml has 75: r x alpha x stepped dropout; the sampler benchmark's r x alpha 15) at
+#: up to RAW_SAMPLES_PER_COMBINATION Sobol points of the continuous columns, at most
+#: RAW_POINTS in all, and the best LBFGS_STARTS combinations are refined by L-BFGS;
+#: beyond, discrete local search (``optimize_acqf_mixed_alternating``).
+ENUMERATE_LIMIT = 256
+RAW_POINTS = 1024
+LBFGS_STARTS = 16
+#: The same with several objectives: one qLogNEHVI evaluation costs several of qLogNEI
+#: (a box decomposition of the Pareto front per pending point). At 40 trials, 3 pending,
+#: lora.yaml's 75 combinations, two objectives and a constraint, CPU per ask: 1,024 raw
+#: points and 16 L-BFGS runs 2.2 s (loaded machine); 256 and 4: 0.99 s (0.45 of it the
+#: acquisition); 128 and 4: 0.83 s (0.30) (benchmarks/suggest_latency.py, docs/samplers.md).
+RAW_POINTS_SEVERAL = 128
+LBFGS_STARTS_SEVERAL = 4
 #: The budget per suggestion: 50 L-BFGS steps bring the GP's marginal likelihood within
 #: 0.3% of convergence (docs/samplers.md); 64 Sobol MC samples; the rest keeps an ask at
 #: 40 trials under 1 s on 2 shared cores (benchmarks/suggest_latency.py).
@@ -64,8 +94,11 @@ FIT_MAXITER = 50
 MC_SAMPLES = 64
 RAW_SAMPLES_PER_COMBINATION = 16
 ACQF_MAXITER = 100
-#: Beyond ENUMERATE_LIMIT (e.g. search_spaces/lora.yaml: 75 combinations with the stepped
-#: dropout): 256 raw samples, 4 restarts and 8 alternating steps took 0.40 s CPU (one
+#: A trial's learning curve enters the model at this many epochs at most (its last always,
+#: the others spread geometrically): 40 trials x 100 epochs would be a GP of 4,000 points.
+MAX_FIDELITY_POINTS_PER_TRIAL = 4
+#: Beyond ENUMERATE_LIMIT: on search_spaces/lora.yaml's 75 combinations (when the limit
+#: was 64), 256 raw samples, 4 restarts and 8 alternating steps took 0.40 s CPU (one
 #: objective) and 0.98 s (two + a constraint) per ask at 40 trials; these 0.29 / 0.86 s.
 #: Most of the rest is BoTorch's start: an L-BFGS run on the continuous relaxation.
 MIXED_RAW_SAMPLES = 128
@@ -189,16 +222,26 @@ class MixedBoTorchSampler(BaseSampler):
         4
 
     Args:
-        n_startup_trials: trials sampled by ``independent_sampler`` before the model is used.
+        n_startup_trials: trials sampled by ``independent_sampler`` before the model is used
+            (finished trials: stopped ones count when ``fidelity_steps`` is set).
         seed: seeds the startup/independent sampler and every acquisition optimisation.
         independent_sampler: samples the startup trials and any parameter outside the
             relative search space (conditional ones); a seeded ``RandomSampler`` by default.
+        fidelity_steps: the number of epochs a full trial trains; set, every reported
+            epoch of every trial is an observation at fidelity ``epoch / fidelity_steps``
+            (one objective only; see the module docstring). None: final values only.
     """
 
     def __init__(
-        self, *, n_startup_trials: int = 10, seed: int | None = None, independent_sampler: BaseSampler | None = None
+        self,
+        *,
+        n_startup_trials: int = 10,
+        seed: int | None = None,
+        independent_sampler: BaseSampler | None = None,
+        fidelity_steps: int | None = None,
     ) -> None:
         self._n_startup_trials = n_startup_trials
+        self._fidelity_steps = fidelity_steps if fidelity_steps and fidelity_steps > 1 else None
         self._rng = np.random.RandomState(seed)
         self._independent_sampler = independent_sampler or RandomSampler(seed=seed)
         self._search_space = IntersectionSearchSpace()
@@ -215,21 +258,26 @@ class MixedBoTorchSampler(BaseSampler):
     ) -> dict[str, Any]:
         if not search_space:
             return {}
-        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-        completed = [t for t in trials if t.state == TrialState.COMPLETE and all(np.isfinite(t.values))]
-        if len(completed) < max(self._n_startup_trials, 2):
-            return {}
-        # Trials still running, with every parameter chosen: the points other workers train now.
-        running = [
+        trials = [
             t
-            for t in trials
-            if t.state == TrialState.RUNNING and t.number != trial.number and search_space.keys() <= t.params.keys()
+            for t in study.get_trials(
+                deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+            )
+            if t.number != trial.number and search_space.keys() <= t.params.keys()
         ]
+        # Trials still running, with every parameter chosen: the points other workers train now.
+        running = [t for t in trials if t.state == TrialState.RUNNING]
         space = MixedSpace.of(search_space)
-        observations = Observations.of(completed, study.directions)
         pending = space.encode([t.params for t in running]) if running else None
+        if self._fidelity_steps is not None and len(study.directions) == 1:
+            data = TrainingData.of_curves(space, trials, study.directions[0], self._fidelity_steps)
+        else:
+            completed = [t for t in trials if t.state == TrialState.COMPLETE and all(np.isfinite(t.values))]
+            data = TrainingData.of_final_values(space, completed, study.directions)
+        if data is None or data.trials < max(self._n_startup_trials, 2):
+            return {}
         seed = int(self._rng.randint(2**31 - 1))
-        return space.decode(suggest(space, space.encode([t.params for t in completed]), observations, pending, seed))
+        return space.decode(suggest(space, data, pending, seed))
 
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
@@ -268,32 +316,133 @@ class Observations:
         return cast(np.ndarray, (self.constraints <= 0).all(axis=1))
 
 
-def suggest(
-    space: MixedSpace, x: torch.Tensor, observed: Observations, pending: torch.Tensor | None, seed: int
-) -> torch.Tensor:
+@dataclass(frozen=True)
+class TrainingData:
+    """The model's data: finished trials' outcomes, or every epoch of every trial.
+
+    ``x`` holds the objectives' rows and ``constraint_x`` the constraints' (the same rows
+    for final values; with learning curves one row per reported epoch against one per
+    trial). With learning curves both end in a fidelity column, and ``baseline`` (the
+    trials' points, at full fidelity) is what the noisy acquisition integrates over."""
+
+    x: torch.Tensor
+    objectives: np.ndarray  # (len(x), n_objectives), every objective to be maximised
+    constraint_x: torch.Tensor
+    constraints: np.ndarray  # (len(constraint_x), n_constraints) <= 0 feasible; maybe 0 columns
+    baseline: torch.Tensor
+    trials: int  # how many trials the rows come from (the startup rule counts them)
+    fidelity: bool = False
+
+    @classmethod
+    def of_final_values(
+        cls, space: MixedSpace, completed: list[FrozenTrial], directions: Sequence[StudyDirection]
+    ) -> TrainingData | None:
+        if not completed:
+            return None
+        observed = Observations.of(completed, directions)
+        x = space.encode([t.params for t in completed])
+        return cls(x, observed.objectives, x, observed.constraints, x, len(completed))
+
+    @classmethod
+    def of_curves(
+        cls, space: MixedSpace, trials: list[FrozenTrial], direction: StudyDirection, fidelity_steps: int
+    ) -> TrainingData | None:
+        """Every reported epoch of complete, stopped and running trials (at most
+        ``MAX_FIDELITY_POINTS_PER_TRIAL`` per trial); a complete trial's value is its row at
+        full fidelity. None until a trial has completed: the model would extrapolate every
+        prediction at full fidelity from early epochs alone."""
+        sign = 1.0 if direction == StudyDirection.MAXIMIZE else -1.0
+        curves = [learning_curve(t, fidelity_steps) for t in trials]
+        if not any(t.state == TrialState.COMPLETE and curve for t, curve in zip(trials, curves, strict=True)):
+            return None
+        finished = [i for i, t in enumerate(trials) if t.state != TrialState.RUNNING and curves[i]]
+        observed = [i for i, curve in enumerate(curves) if curve]
+        points = space.encode([t.params for t in trials])
+        rows = [(i, s, sign * v) for i in observed for s, v in curves[i]]  # (trial, fidelity, value)
+        x = _with_fidelity(points[[i for i, _, _ in rows]], [s for _, s, _ in rows])
+        objectives = np.array([[v] for _, _, v in rows], dtype=float)
+        # constraints: one row per finished trial, at the fidelity of its last report
+        constrained = [i for i in finished if trials[i].constraints]
+        keys = sorted(set.intersection(*(set(trials[i].constraints) for i in constrained))) if constrained else []
+        constrained = constrained if keys else []
+        constraint_x = _with_fidelity(points[constrained], [curves[i][-1][0] for i in constrained])
+        constraints = np.array([[trials[i].constraints[k] for k in keys] for i in constrained], dtype=float)
+        constraints = constraints.reshape(len(constrained), len(keys))
+        baseline = _with_fidelity(points[observed], [1.0] * len(observed))
+        return cls(x, objectives, constraint_x, constraints, baseline, len(finished), fidelity=True)
+
+
+def _with_fidelity(points: torch.Tensor, fidelities: list[float]) -> torch.Tensor:
+    import torch
+
+    column = torch.tensor(fidelities, dtype=torch.float64).reshape(len(fidelities), 1)
+    return torch.cat([points, column], dim=1)  # points: (len(fidelities), columns)
+
+
+def learning_curve(trial: FrozenTrial, fidelity_steps: int) -> list[tuple[float, float]]:
+    """(fidelity, value) of a trial's reported epochs, at most ``MAX_FIDELITY_POINTS_PER_TRIAL``
+    of them, the last kept; a complete trial ends at fidelity 1 with its value."""
+    steps = sorted(step for step, value in trial.intermediate_values.items() if math.isfinite(value))
+    curve = [(min(step / fidelity_steps, 1.0), trial.intermediate_values[step]) for step in steps]
+    if trial.state == TrialState.COMPLETE:
+        if trial.values is None or not all(math.isfinite(v) for v in trial.values):
+            return []
+        curve = [(s, v) for s, v in curve if s < 1.0] + [(1.0, trial.values[0])]
+    if len(curve) > MAX_FIDELITY_POINTS_PER_TRIAL:
+        keep = np.unique(np.geomspace(1, len(curve), MAX_FIDELITY_POINTS_PER_TRIAL).round().astype(int) - 1)
+        curve = [curve[k] for k in keep]
+    return curve
+
+
+def suggest(space: MixedSpace, data: TrainingData, pending: torch.Tensor | None, seed: int) -> torch.Tensor:
     """The next point (one row in ``space``'s columns): fit, build the acquisition, optimise it."""
     import botorch.optim  # noqa: F401  (loads scipy's OpenBLAS, so threadpoolctl sees it)
     import torch
+    from botorch.acquisition.fixed_feature import FixedFeatureAcquisitionFunction
     from threadpoolctl import threadpool_limits
 
     # One BLAS thread: 2 OpenBLAS threads on a busy 2-core machine made each L-BFGS-B
     # step ~5 ms instead of ~0.03 ms (docs/samplers.md).
     with threadpool_limits(limits=1), torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = fit_model(space, x, observed)
-        acqf = acquisition(model, x, observed, pending)
-        return optimize(acqf, space, seed)
+        model = fit_model(space, data)
+        if not data.fidelity:
+            return optimize(acquisition(model, data, pending), space, seed, several=data.objectives.shape[1] > 1)
+        if pending is not None:
+            pending = torch.cat([pending, torch.ones(len(pending), 1, dtype=torch.float64)], dim=1)
+        full = len(space.columns)
+        at_full_fidelity = FixedFeatureAcquisitionFunction(
+            acquisition(model, data, pending), d=full + 1, columns=[full], values=[1.0]
+        )
+        return optimize(at_full_fidelity, space, seed, several=False)
 
 
-def fit_model(space: MixedSpace, x: torch.Tensor, observed: Observations) -> Model:
+def fit_model(space: MixedSpace, data: TrainingData) -> Model:
+    """One GP over objectives and constraints when they share their rows; with learning
+    curves, one for the objective's rows and one for the constraints' (a ``ModelListGP``)."""
+    from botorch.models import ModelListGP
+
+    categorical = list(space.dims("categorical"))
+    if data.x is data.constraint_x:
+        return _fitted_gp(data.x, np.concatenate([data.objectives, data.constraints], axis=1), categorical)
+    if data.constraints.shape[1] == 0:
+        return _fitted_gp(data.x, data.objectives, categorical)
+    return ModelListGP(
+        _fitted_gp(data.x, data.objectives, categorical), _fitted_gp(data.constraint_x, data.constraints, categorical)
+    )
+
+
+def _fitted_gp(x: torch.Tensor, outcomes: np.ndarray, categorical: list[int]) -> SingleTaskGP:
+    """``MixedSingleTaskGP`` where there are categorical columns, else ``SingleTaskGP``
+    (see the module docstring for the kernel tried instead)."""
     import torch
     from botorch.fit import fit_gpytorch_mll
     from botorch.models import MixedSingleTaskGP, SingleTaskGP
     from botorch.models.transforms.outcome import Standardize
     from gpytorch.mlls import ExactMarginalLogLikelihood
 
-    y = torch.tensor(np.concatenate([observed.objectives, observed.constraints], axis=1), dtype=torch.float64)
-    categorical = list(space.dims("categorical"))
+    y = torch.tensor(outcomes, dtype=torch.float64)
+    model: SingleTaskGP
     if categorical:
         model = MixedSingleTaskGP(x, y, cat_dims=categorical, outcome_transform=Standardize(m=y.size(-1)))
     else:
@@ -304,11 +453,9 @@ def fit_model(space: MixedSpace, x: torch.Tensor, observed: Observations) -> Mod
     return model
 
 
-def acquisition(
-    model: Model, x: torch.Tensor, observed: Observations, pending: torch.Tensor | None
-) -> AcquisitionFunction:
+def acquisition(model: Model, data: TrainingData, pending: torch.Tensor | None) -> AcquisitionFunction:
     """qLogNEI (one objective) or qLogNEHVI (several): both integrate over the noise at the
-    observed points instead of trusting the best observed value."""
+    observed points (``data.baseline``) instead of trusting the best observed value."""
     import torch
     from botorch.acquisition.logei import qLogNoisyExpectedImprovement
     from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
@@ -316,15 +463,15 @@ def acquisition(
     from botorch.acquisition.objective import GenericMCObjective
     from botorch.sampling import SobolQMCNormalSampler
 
-    n_objectives = observed.objectives.shape[1]
+    n_objectives = data.objectives.shape[1]
     constraints: list[Callable[[torch.Tensor], torch.Tensor]] | None = [
-        functools.partial(_outcome, index=n_objectives + i) for i in range(observed.constraints.shape[1])
+        functools.partial(_outcome, index=n_objectives + i) for i in range(data.constraints.shape[1])
     ] or None
     sampler = SobolQMCNormalSampler(torch.Size([MC_SAMPLES]))
     if n_objectives == 1:
         return qLogNoisyExpectedImprovement(
             model=model,
-            X_baseline=x,
+            X_baseline=data.baseline,
             sampler=sampler,
             X_pending=pending,
             prune_baseline=True,
@@ -333,8 +480,8 @@ def acquisition(
         )
     return qLogNoisyExpectedHypervolumeImprovement(
         model=model,
-        ref_point=reference_point(observed).tolist(),
-        X_baseline=x,
+        ref_point=reference_point(Observations(data.objectives, data.constraints)).tolist(),
+        X_baseline=data.baseline,
         prune_baseline=True,
         sampler=sampler,
         X_pending=pending,
@@ -357,12 +504,18 @@ def _outcome(samples: torch.Tensor, X: torch.Tensor | None = None, *, index: int
     return samples[..., index]
 
 
-def optimize(acqf: AcquisitionFunction, space: MixedSpace, seed: int) -> torch.Tensor:
+def optimize(acqf: AcquisitionFunction, space: MixedSpace, seed: int, *, several: bool) -> torch.Tensor:
     """Maximise the acquisition over ``space``, discrete columns kept discrete."""
     from botorch.optim.optimize_mixed import optimize_acqf_mixed_alternating
 
     if space.combinations() <= ENUMERATE_LIMIT:
-        return optimize_every_combination(acqf, space, seed)
+        return optimize_every_combination(
+            acqf,
+            space,
+            seed,
+            raw_points=RAW_POINTS_SEVERAL if several else RAW_POINTS,
+            starts=LBFGS_STARTS_SEVERAL if several else LBFGS_STARTS,
+        )
     candidate, _ = optimize_acqf_mixed_alternating(
         acqf,
         space.bounds(),
@@ -379,14 +532,20 @@ def optimize(acqf: AcquisitionFunction, space: MixedSpace, seed: int) -> torch.T
     return candidate[0]
 
 
-def optimize_every_combination(acqf: AcquisitionFunction, space: MixedSpace, seed: int) -> torch.Tensor:
-    """Every combination of discrete values, each with the continuous columns optimised.
+def optimize_every_combination(
+    acqf: AcquisitionFunction, space: MixedSpace, seed: int, *, raw_points: int, starts: int
+) -> torch.Tensor:
+    """Every combination of discrete values scored, the best ones with the continuous
+    columns optimised.
 
     What ``optimize_acqf_mixed`` does with one ``fixed_features`` per combination, but in
     one batch: that loops over the combinations, one ``optimize_acqf`` each (15
-    combinations took ~15x one continuous optimisation); here the best of
-    ``RAW_SAMPLES_PER_COMBINATION`` Sobol points per combination starts one L-BFGS run, all
-    runs optimised together with the discrete columns fixed per run."""
+    combinations took ~15x one continuous optimisation); here each combination is scored
+    at the same Sobol points of the continuous columns, and the best point of each of the
+    ``starts`` best combinations starts one L-BFGS run, all runs optimised together with
+    the discrete columns fixed per run (with at most ``starts`` combinations, every one is
+    refined). ``raw_points`` bounds the scored points (at most
+    ``RAW_SAMPLES_PER_COMBINATION`` per combination)."""
     import torch
     from botorch.generation.gen import gen_candidates_scipy
 
@@ -397,9 +556,10 @@ def optimize_every_combination(acqf: AcquisitionFunction, space: MixedSpace, see
     if not continuous:
         points = combos
     else:
+        per_combination = max(1, min(RAW_SAMPLES_PER_COMBINATION, raw_points // len(combos)))
         raw = (
             torch.quasirandom.SobolEngine(len(continuous), scramble=True, seed=seed)
-            .draw(RAW_SAMPLES_PER_COMBINATION)
+            .draw(per_combination)
             .to(torch.float64)
         )
         grid = torch.empty(len(combos), len(raw), len(space.columns), dtype=torch.float64)
@@ -407,14 +567,16 @@ def optimize_every_combination(acqf: AcquisitionFunction, space: MixedSpace, see
         grid[..., continuous] = raw[None, :, :]
         with torch.no_grad():
             values = _evaluate(acqf, grid.reshape(-1, 1, len(space.columns))).reshape(len(combos), len(raw))
-        starts = grid[torch.arange(len(combos)), values.argmax(dim=1)]  # the best raw point of each combination
+        best, at = values.max(dim=1)  # the best raw point of each combination
+        chosen = best.topk(min(starts, len(combos))).indices
+        start_points = grid[chosen, at[chosen]]
         bounds = space.bounds()
         points, _ = gen_candidates_scipy(
-            starts.unsqueeze(1),
+            start_points.unsqueeze(1),
             acqf,
             lower_bounds=bounds[0],
             upper_bounds=bounds[1],
-            fixed_features={i: starts[:, i] for i in discrete},
+            fixed_features={i: start_points[:, i] for i in discrete},
             options={"maxiter": ACQF_MAXITER},
         )
         points = points.squeeze(1)

@@ -62,7 +62,7 @@ def _optuna_sampler(class_name: str, **kwargs: Any) -> optuna.samplers.BaseSampl
 def _botorch(plan: SamplerPlan) -> optuna.samplers.BaseSampler:
     from orchestrator.search.botorch_sampler import MixedBoTorchSampler
 
-    return MixedBoTorchSampler(n_startup_trials=plan.startup_trials, seed=plan.seed)
+    return MixedBoTorchSampler(n_startup_trials=plan.startup_trials, seed=plan.seed, fidelity_steps=plan.epochs)
 
 
 def _botorch_legacy(plan: SamplerPlan) -> optuna.samplers.BaseSampler:

@@ -39,6 +39,9 @@ class SamplerPlan:
     startup_trials: int
     n_objectives: int
     grid: dict[str, list[Any]] | None = None
+    #: epochs of a full trial: ``botorch`` reads every trial's reported epochs as evidence at
+    #: fidelity epoch / epochs (``botorch_sampler``); 1 = final values only
+    epochs: int = 1
 
     def describe(self) -> str:
         extra = f", {self.startup_trials} random startup trials" if SAMPLERS[self.name].model_based else ""
