@@ -255,8 +255,9 @@ def test_two_nodes_joined_with_token_auth_and_logical_gpus(cluster_run):
 def test_trials_ran_on_both_nodes(cluster_run):
     _, after, runs, _, _ = cluster_run
     # Ray Tune runs each function trainable in an actor of class ImplicitFunc; the GCS
-    # remembers where every actor lived, dead ones included
-    trial_actors = [a for a in after["actors"] if a["cls"] == "ImplicitFunc"]
+    # remembers where every actor lived, dead ones included. Its name comes back bare or
+    # qualified ("wrap_function.<locals>.ImplicitFunc"; seen both with Ray 2.60).
+    trial_actors = [a for a in after["actors"] if a["cls"].rpartition(".")[2] == "ImplicitFunc"]
     per_node = {ip: sum(a["ip"] == ip for a in trial_actors) for ip in (HEAD_IP, WORKER_IP)}
     trial_runs = [r for r in runs if r.data.tags.get("orchestrate.level") == "trial"]
     print(f"trainable actors per node: {per_node}; trial runs in MLflow: {len(trial_runs)}")

@@ -383,6 +383,45 @@ def test_botorch_models_a_stopped_trial_by_its_early_epochs():
     assert final_only.sample_relative(study, running, relative) == {}
 
 
+@pytest.mark.parametrize("fidelity", [None, 4])
+def test_botorch_fits_the_constraints_of_a_trial_never_trained_but_not_its_placeholder_value(fidelity):
+    """A configuration infeasible before training is told -1e9 (Optuna needs a value) and
+    its constraint: the constraint is data, the -1e9 is not (it would flatten the model)."""
+    from orchestrator.execute.searcher import HonestOptunaSearch
+    from orchestrator.search.botorch_sampler import MixedSpace, TrainingData
+    from orchestrator.spec.constraints import parse_constraint
+
+    searcher = HonestOptunaSearch(
+        space=DefineByRun(SPACE, {}),
+        metric="val_accuracy",
+        mode="max",
+        epochs=4,
+        constraints=[parse_constraint("flops_ratio <= 0.5")],
+        sampler=MixedBoTorchSampler(n_startup_trials=3, seed=0, fidelity_steps=fidelity),
+    )
+    for i in range(6):
+        config = searcher.suggest(f"t{i}")
+        if i == 2:  # the method's analytic cost alone violates the constraint: never trained
+            searcher.on_trial_complete(f"t{i}", {"flops_ratio": 2.0, "epoch": 4, "infeasible_before_training": 1.0})
+            continue
+        result = {"val_accuracy": objective(config), "flops_ratio": 0.1, "epoch": 4, "training_iteration": 4}
+        searcher.on_trial_complete(f"t{i}", result)
+    study = searcher._ot_study
+    never = study.trials[2]
+    assert never.value == -1e9 and never.user_attrs["orchestrate.unknown_objectives"]
+    trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    space = MixedSpace.of(trials[0].distributions)
+    if fidelity:
+        data = TrainingData.of_curves(space, trials, study.direction, fidelity)
+    else:
+        data = TrainingData.of_final_values(space, trials, study.directions)
+    assert data is not None and len(data.objectives) == 5 and data.objectives.min() > -1e8
+    assert len(data.constraints) == 6 and data.constraints.max() == pytest.approx(1.5)
+    with limited_threads(1):
+        config = searcher.suggest("t6")  # past the startup trials: fitted on both
+    assert set(config) == set(SPACE)
+
+
 def test_the_plan_gives_botorch_the_training_epochs_as_its_fidelity(tmp_path):
     from orchestrator.search.registry import SAMPLERS as TABLE
 

@@ -69,6 +69,9 @@ if TYPE_CHECKING:
     from botorch.models import SingleTaskGP
     from botorch.models.model import Model
 
+#: A trial with this user attribute was told placeholder values (never trained, its
+#: objectives unknown: ``orchestrator.execute.searcher``); only its constraints are data.
+UNKNOWN_OBJECTIVES_ATTR = "orchestrate.unknown_objectives"
 #: Integers and stepped floats with more values than this are relaxed to continuous and
 #: snapped to the grid afterwards (BoTorch's own MAX_DISCRETE_VALUES for local search).
 MAX_DISCRETE_VALUES = 20
@@ -337,11 +340,17 @@ class TrainingData:
     def of_final_values(
         cls, space: MixedSpace, completed: list[FrozenTrial], directions: Sequence[StudyDirection]
     ) -> TrainingData | None:
-        if not completed:
+        known = [t for t in completed if not t.user_attrs.get(UNKNOWN_OBJECTIVES_ATTR)]
+        if not known:
             return None
-        observed = Observations.of(completed, directions)
-        x = space.encode([t.params for t in completed])
-        return cls(x, observed.objectives, x, observed.constraints, x, len(completed))
+        observed = Observations.of(known, directions)
+        x = space.encode([t.params for t in known])
+        if len(known) == len(completed) or observed.constraints.shape[1] == 0:
+            return cls(x, observed.objectives, x, observed.constraints, x, len(known))
+        # trials never trained: their constraints are data, their placeholder values are not
+        constraint_x = space.encode([t.params for t in completed])
+        constraints = Observations.of(completed, directions).constraints
+        return cls(x, observed.objectives, constraint_x, constraints, x, len(known))
 
     @classmethod
     def of_curves(
@@ -361,11 +370,19 @@ class TrainingData:
         rows = [(i, s, sign * v) for i in observed for s, v in curves[i]]  # (trial, fidelity, value)
         x = _with_fidelity(points[[i for i, _, _ in rows]], [s for _, s, _ in rows])
         objectives = np.array([[v] for _, _, v in rows], dtype=float)
-        # constraints: one row per finished trial, at the fidelity of its last report
-        constrained = [i for i in finished if trials[i].constraints]
+        # constraints: one row per finished trial (never-trained ones too), at the fidelity of its last report
+        constrained = [
+            i
+            for i, t in enumerate(trials)
+            if t.state != TrialState.RUNNING
+            and t.constraints
+            and (curves[i] or t.user_attrs.get(UNKNOWN_OBJECTIVES_ATTR))
+        ]
         keys = sorted(set.intersection(*(set(trials[i].constraints) for i in constrained))) if constrained else []
         constrained = constrained if keys else []
-        constraint_x = _with_fidelity(points[constrained], [curves[i][-1][0] for i in constrained])
+        constraint_x = _with_fidelity(
+            points[constrained], [curves[i][-1][0] if curves[i] else 1.0 for i in constrained]
+        )
         constraints = np.array([[trials[i].constraints[k] for k in keys] for i in constrained], dtype=float)
         constraints = constraints.reshape(len(constrained), len(keys))
         baseline = _with_fidelity(points[observed], [1.0] * len(observed))
@@ -381,7 +398,10 @@ def _with_fidelity(points: torch.Tensor, fidelities: list[float]) -> torch.Tenso
 
 def learning_curve(trial: FrozenTrial, fidelity_steps: int) -> list[tuple[float, float]]:
     """(fidelity, value) of a trial's reported epochs, at most ``MAX_FIDELITY_POINTS_PER_TRIAL``
-    of them, the last kept; a complete trial ends at fidelity 1 with its value."""
+    of them, the last kept; a complete trial ends at fidelity 1 with its value. A trial
+    never trained (its values placeholders) has none."""
+    if trial.user_attrs.get(UNKNOWN_OBJECTIVES_ATTR):
+        return []
     steps = sorted(step for step, value in trial.intermediate_values.items() if math.isfinite(value))
     curve = [(min(step / fidelity_steps, 1.0), trial.intermediate_values[step]) for step in steps]
     if trial.state == TrialState.COMPLETE:
