@@ -39,6 +39,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from sampler_bench import commit, keep_accuracy, label, panels_by_concurrency  # noqa: E402
+
 TABLE = HERE / "surrogate_table.csv"
 
 # The measured grid. The task: a randomly initialised 2-layer BERT (hidden 32) learning
@@ -88,18 +92,6 @@ def _epoch_number(column: str) -> int:
     return int(column.rpartition("_e")[2]) if column.startswith("val_accuracy_e") else 0
 
 
-def _keep_accuracy(curve: list[float], metrics: dict, artifacts: object) -> None:
-    """run_trial's report callback: each epoch's validation accuracy, in order."""
-    curve.append(metrics["val_accuracy"])
-
-
-def _commit() -> str:
-    import subprocess
-
-    found = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return found.stdout.strip() or "unknown"
-
-
 def collect(out: Path) -> None:
     import torch
 
@@ -114,7 +106,7 @@ def collect(out: Path) -> None:
         out.write_text(
             f"# command: {command}\n"
             f"# started: {datetime.datetime.now().isoformat(timespec='seconds')}\n"
-            f"# commit: {_commit()}\n"
+            f"# commit: {commit()}\n"
             f"# task: {TASK}, lora_dropout: {DROPOUT}, seed: {SEED}, 1 thread\n"
             f"# training: {TrainingSpec(**TRAINING).model_dump()}\n"
             "# each row is one real run of orchestrator.trial.training.run_trial (method lora); "
@@ -138,7 +130,7 @@ def collect(out: Path) -> None:
             started = time.perf_counter()
             params = {"r": r, "lora_alpha": alpha, "lr": lr, "lora_dropout": DROPOUT}
             curve: list[float] = []
-            final = run_trial(setup, params, SEED, data, functools.partial(_keep_accuracy, curve), Path(workdir))
+            final = run_trial(setup, params, SEED, data, functools.partial(keep_accuracy, curve), Path(workdir))
             seconds = time.perf_counter() - started
             with out.open("a") as handle:
                 handle.write(
@@ -302,37 +294,21 @@ def markdown_table(rows: list[dict], trials: int) -> str:
 
 def plot(results: dict, best: float, path: Path) -> None:
     """One panel per concurrency (sequential, then asynchronous)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels: dict[str, dict] = {}
-    for name, runs in results.items():
-        panels.setdefault(name.partition(" (")[2].rstrip(")") or "sequential", {})[name] = runs
-    fig, axes = plt.subplots(1, len(panels), figsize=(7.0 * len(panels), 4.5), dpi=110, squeeze=False)
-    for ax, (title, panel) in zip(axes[0], panels.items(), strict=True):
-        for name, runs in panel.items():
-            curves = np.maximum.accumulate(np.array([run["values"] for run in runs]), axis=1)
-            mean, sd = curves.mean(axis=0), curves.std(axis=0, ddof=1)
-            x = np.arange(1, curves.shape[1] + 1)
-            ax.plot(x, mean, label=f"{name.partition(' (')[0]} (n={len(runs)})")
-            ax.fill_between(x, mean - sd, mean + sd, alpha=0.12)
-        ax.axhline(best, color="black", lw=0.8, ls=":", label=f"best measured ({best:.3f})")
-        ax.axhline(0.99 * best, color="grey", lw=0.8, ls="--", label="99% of best")
-        ax.set_xlabel("finished trials")
-        ax.set_ylabel("best val_accuracy so far (mean ± sd over seeds)")
-        ax.set_title(f"{title}: surrogate of real LoRA trials (bert-tiny, synthetic:polarity)", fontsize=9)
-        ax.legend(fontsize=8, loc="lower right")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def label(name: str, concurrency: int) -> str:
-    return name if concurrency == 1 else f"{name} ({concurrency} async)"
+    with panels_by_concurrency(results, path) as axes:
+        for ax, title, panel in axes:
+            for name, runs in panel.items():
+                curves = np.maximum.accumulate(np.array([run["values"] for run in runs]), axis=1)
+                mean, sd = curves.mean(axis=0), curves.std(axis=0, ddof=1)
+                x = np.arange(1, curves.shape[1] + 1)
+                ax.plot(x, mean, label=f"{name.partition(' (')[0]} (n={len(runs)})")
+                ax.fill_between(x, mean - sd, mean + sd, alpha=0.12)
+            ax.axhline(best, color="black", lw=0.8, ls=":", label=f"best measured ({best:.3f})")
+            ax.axhline(0.99 * best, color="grey", lw=0.8, ls="--", label="99% of best")
+            ax.set_xlabel("finished trials")
+            ax.set_ylabel("best val_accuracy so far (mean ± sd over seeds)")
+            ax.set_title(f"{title}: surrogate of real LoRA trials (bert-tiny, synthetic:polarity)", fontsize=9)
+            ax.legend(fontsize=8, loc="lower right")
+            ax.grid(alpha=0.3)
 
 
 def run(

@@ -45,6 +45,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
+from sampler_bench import label, panels_by_concurrency  # noqa: E402
 from samplers import GRID_ALPHA, GRID_R, read_table, space_params  # noqa: E402
 
 #: ``python benchmarks/samplers.py collect --out benchmarks/surrogate_curves.csv``: the LoRA
@@ -55,7 +56,6 @@ from samplers import GRID_ALPHA, GRID_R, read_table, space_params  # noqa: E402
 TABLE = HERE / "surrogate_curves.csv"
 
 EPOCHS = 6
-FULL_FIDELITY_SAMPLERS = {"botorch": EPOCHS}  # plan epochs: the shipped sampler reads the curves
 
 
 class CurveSurrogate:
@@ -122,7 +122,8 @@ def make_sampler(name: str, seed: int, trials: int):
     from orchestrator.search.samplers import SamplerPlan, build_sampler, default_startup_trials
 
     base = "botorch" if name == "botorch-final" else name
-    plan = SamplerPlan(base, seed, default_startup_trials(base, trials), 1, epochs=FULL_FIDELITY_SAMPLERS.get(name, 1))
+    # the plan's epochs: the shipped botorch reads the learning curves, botorch-final does not
+    plan = SamplerPlan(base, seed, default_startup_trials(base, trials), 1, epochs=EPOCHS if name == "botorch" else 1)
     return build_sampler(plan)
 
 
@@ -166,10 +167,6 @@ def one_search(name: str, seed: int, budget: int, objective: CurveSurrogate, con
                 running.remove(item)
 
 
-def label(name: str, concurrency: int) -> str:
-    return name if concurrency == 1 else f"{name} ({concurrency} async)"
-
-
 def markdown_table(results: dict[str, list[Search]], best: float, budget: int) -> str:
     half = budget // 2
     lines = [
@@ -195,32 +192,20 @@ def markdown_table(results: dict[str, list[Search]], best: float, budget: int) -
 
 
 def plot(results: dict[str, list[Search]], best: float, budget: int, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels: dict[str, dict[str, list[Search]]] = {}
-    for name, runs in results.items():
-        panels.setdefault(name.partition(" (")[2].rstrip(")") or "sequential", {})[name] = runs
-    fig, axes = plt.subplots(1, len(panels), figsize=(7.0 * len(panels), 4.5), dpi=110, squeeze=False)
-    epochs = np.arange(EPOCHS, budget + 1)
-    for ax, (title, panel) in zip(axes[0], panels.items(), strict=True):
-        for name, runs in panel.items():
-            curves = np.array([[run.best_after(e) for e in epochs] for run in runs])
-            mean = np.nanmean(curves, axis=0)
-            ax.plot(epochs, mean, label=f"{name.partition(' (')[0]} (n={len(runs)})")
-        ax.axhline(best, color="black", lw=0.8, ls=":", label=f"best measured ({best:.3f})")
-        ax.axhline(0.99 * best, color="grey", lw=0.8, ls="--", label="99% of best")
-        ax.set_xlabel("epochs trained (cost)")
-        ax.set_ylabel("best completed val_accuracy (mean over seeds)")
-        ax.set_title(f"{title}, ASHA (grace 1, rf 2, 6 epochs): LoRA surrogate", fontsize=9)
-        ax.legend(fontsize=8, loc="lower right")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    with panels_by_concurrency(results, path) as axes:
+        epochs = np.arange(EPOCHS, budget + 1)
+        for ax, title, panel in axes:
+            for name, runs in panel.items():
+                curves = np.array([[run.best_after(e) for e in epochs] for run in runs])
+                mean = np.nanmean(curves, axis=0)
+                ax.plot(epochs, mean, label=f"{name.partition(' (')[0]} (n={len(runs)})")
+            ax.axhline(best, color="black", lw=0.8, ls=":", label=f"best measured ({best:.3f})")
+            ax.axhline(0.99 * best, color="grey", lw=0.8, ls="--", label="99% of best")
+            ax.set_xlabel("epochs trained (cost)")
+            ax.set_ylabel("best completed val_accuracy (mean over seeds)")
+            ax.set_title(f"{title}, ASHA (grace 1, rf 2, 6 epochs): LoRA surrogate", fontsize=9)
+            ax.legend(fontsize=8, loc="lower right")
+            ax.grid(alpha=0.3)
 
 
 def main(argv: list[str] | None = None) -> None:

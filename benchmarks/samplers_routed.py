@@ -55,6 +55,7 @@ import argparse
 import collections
 import csv
 import datetime
+import functools
 import itertools
 import math
 import os
@@ -71,6 +72,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from sampler_bench import commit, keep_accuracy, label, panels_by_concurrency  # noqa: E402
 
 from orchestrator.spec.constraints import parse_constraint  # noqa: E402
 
@@ -139,6 +143,7 @@ def collect(out: Path) -> None:
         out.write_text(
             f"# command: {command}\n"
             f"# started: {datetime.datetime.now().isoformat(timespec='seconds')}\n"
+            f"# commit: {commit()}\n"
             f"# task: {TASK}, fixed: {FIXED}, seed: {SEED}, 1 thread\n"
             f"# training: {TrainingSpec(**TRAINING).model_dump()}\n"
             "# each row is one real run of orchestrator.trial.training.run_trial (method radlora); "
@@ -162,7 +167,7 @@ def collect(out: Path) -> None:
             started = time.perf_counter()
             params = {"r_max": r_max, "lr": lr, "target_rho": rho, **FIXED}
             curve: list[float] = []
-            final = run_trial(setup, params, SEED, data, _accuracy_recorder(curve), Path(workdir))
+            final = run_trial(setup, params, SEED, data, functools.partial(keep_accuracy, curve), Path(workdir))
             seconds = time.perf_counter() - started
             with out.open("a") as handle:
                 handle.write(
@@ -174,15 +179,6 @@ def collect(out: Path) -> None:
                 f"val_accuracy {final['val_accuracy']:.4f}, flops_ratio {final['flops_ratio']:.4f} ({seconds:.0f} s)",
                 flush=True,
             )
-
-
-def _accuracy_recorder(curve: list[float]) -> Callable[[dict[str, Any], Path | None], None]:
-    """run_trial's ``report``: appends each epoch's val_accuracy to ``curve``."""
-
-    def report(metrics: dict[str, Any], _artifacts: Path | None) -> None:
-        curve.append(float(metrics["val_accuracy"]))
-
-    return report
 
 
 # --------------------------------------------------------------------------- objective
@@ -394,37 +390,21 @@ def markdown_table(rows: list[dict[str, Any]], checkpoints: list[int]) -> str:
     return "\n".join(lines)
 
 
-def label(name: str, concurrency: int) -> str:
-    return name if concurrency == 1 else f"{name} ({concurrency} async)"
-
-
 def plot(results: dict[str, list[Search]], best: float, trials: int, path: Path) -> None:
     """Mean normalised hypervolume vs finished trials; one panel per concurrency."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels: dict[str, dict[str, list[Search]]] = {}
-    for name, runs in results.items():
-        panels.setdefault(name.partition(" (")[2].rstrip(")") or "sequential", {})[name] = runs
-    fig, axes = plt.subplots(1, len(panels), figsize=(7.0 * len(panels), 4.5), dpi=110, squeeze=False)
-    x = np.arange(1, trials + 1)
-    for ax, (title, panel) in zip(axes[0], panels.items(), strict=True):
-        for name, runs in panel.items():
-            curves = np.array([[run.hypervolume_after(int(n)) / best for n in x] for run in runs])
-            mean, sd = curves.mean(axis=0), curves.std(axis=0, ddof=1)
-            ax.plot(x, mean, label=f"{name.partition(' (')[0]} (n={len(runs)})")
-            ax.fill_between(x, mean - sd, mean + sd, alpha=0.1)
-        ax.set_xlabel("finished trials")
-        ax.set_ylabel("feasible hypervolume / best reachable (mean ± sd over seeds)")
-        ax.set_title(f"{title}: RAD-LoRA surrogate, val_accuracy vs flops_ratio <= 0.25", fontsize=9)
-        ax.legend(fontsize=8, loc="lower right")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    with panels_by_concurrency(results, path) as axes:
+        x = np.arange(1, trials + 1)
+        for ax, title, panel in axes:
+            for name, runs in panel.items():
+                curves = np.array([[run.hypervolume_after(int(n)) / best for n in x] for run in runs])
+                mean, sd = curves.mean(axis=0), curves.std(axis=0, ddof=1)
+                ax.plot(x, mean, label=f"{name.partition(' (')[0]} (n={len(runs)})")
+                ax.fill_between(x, mean - sd, mean + sd, alpha=0.1)
+            ax.set_xlabel("finished trials")
+            ax.set_ylabel("feasible hypervolume / best reachable (mean ± sd over seeds)")
+            ax.set_title(f"{title}: RAD-LoRA surrogate, val_accuracy vs flops_ratio <= 0.25", fontsize=9)
+            ax.legend(fontsize=8, loc="lower right")
+            ax.grid(alpha=0.3)
 
 
 def run(

@@ -38,11 +38,6 @@ from orchestrator.search.samplers import limited_threads
 from orchestrator.spec.constraints import Constraint
 from orchestrator.trial.faults import ERROR_KEY
 
-#: The user attribute of a trial told the worst values because its objectives are unknown
-#: (never trained): ``botorch`` fits its constraints, not those values (a -1e9 among
-#: accuracies would flatten the standardised model).
-UNKNOWN_OBJECTIVES = UNKNOWN_OBJECTIVES_ATTR
-
 #: A constraint whose metric was never reported (a failed trial) counts as violated by this much.
 MISSING_METRIC_VIOLATION = 1e6
 
@@ -120,7 +115,7 @@ class HonestOptunaSearch(OptunaSearch):
             self._report_last(ot_trial, metrics)
             self._study.tell(ot_trial, state=TrialState.PRUNED)
         elif metrics.get("infeasible_before_training") or len(numbers) < len(values):
-            ot_trial.set_user_attr(UNKNOWN_OBJECTIVES, True)
+            ot_trial.set_user_attr(UNKNOWN_OBJECTIVES_ATTR, True)
             worst = [-1e9 if mode == "max" else 1e9 for mode in _as_list(self.mode)]
             self._study.tell(ot_trial, worst if len(worst) > 1 else worst[0])
         else:
@@ -165,7 +160,7 @@ class HonestOptunaSearch(OptunaSearch):
             # Never trained: its objectives are unknown. Optuna's constrained samplers
             # need values, so it gets the worst ones; the constraint says why, and the
             # user attribute tells model-based samplers not to fit those values.
-            ot_trial.set_user_attr(UNKNOWN_OBJECTIVES, True)
+            ot_trial.set_user_attr(UNKNOWN_OBJECTIVES_ATTR, True)
             worst = [-1e9 if mode == "max" else 1e9 for mode in _as_list(self.mode)]
             self._study.tell(ot_trial, worst if len(worst) > 1 else worst[0])
             self._completed_trials.add(trial_id)
