@@ -61,8 +61,12 @@ from orchestrator.execute.ray_session import prepare_ray_environment
 
 prepare_ray_environment()  # before ray is imported: its listeners on 127.0.0.1
 
-#: Largest study per sampler: GP and BoTorch refit an O(n^3) model per suggestion.
-SAMPLER_CAPS = {"tpe": 1000, "gp": 200, "botorch": 200}
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Largest study per sampler: Optuna's GP refits an O(n^3) model on every finished trial
+#: per suggestion (2.3 s per ask at 1,000 trials: benchmarks/suggest_latency.py); botorch
+#: fits a bounded subset (orchestrator/search/model_subset.py).
+SAMPLER_CAPS = {"tpe": 1000, "gp": 200, "botorch": 1000}
 FULL_GRID: dict[str, list[Any]] = {
     "concurrency": [2, 8, 16, 32, 64],
     "trials": [40, 200, 1000],
@@ -300,7 +304,8 @@ def run_driver(case: Case, folder: Path, epochs: int, tracking_uri: str | None =
     experiment = tracker.experiment_id(f"scale-{folder.name}")
     parent = tracker.start_run(experiment, "scale", {LEVEL: "hypothesis"})
     arm_run = tracker.start_run(experiment, "arm", {LEVEL: "arm", ARM: "a"}, parent)
-    sampler = SamplerPlan(case.sampler, 0, default_startup_trials(case.sampler, case.trials), 1)
+    # as the planner builds it: botorch reads every reported epoch (SamplerPlan.epochs)
+    sampler = SamplerPlan(case.sampler, 0, default_startup_trials(case.sampler, case.trials), 1, epochs=epochs)
     plan = ArmPlan(
         arm="a", method="lora", routed=False, space_file=None,
         params={name: ParamSpec(**spec) for name, spec in SPACE.items()}, fixed={}, points_to_evaluate=[],
@@ -394,8 +399,8 @@ def fit_growth(cost: str, samples: list[tuple[int, float]], bins: int = 20) -> F
     by = np.array([np.median(ys[g]) for g in groups if g.any()])
     best: tuple[float, Fit] | None = None
     for degree, model in enumerate(("constant", "linear", "quadratic")):
-        if len(bx) <= degree + 1:
-            break
+        if len(bx) < (1 if degree == 0 else degree + 2):
+            break  # a constant needs one bin (every suggestion at one n: all trials started at once)
         design = np.vander(bx, degree + 1, increasing=True)
         coefficients, *_ = np.linalg.lstsq(design, by, rcond=None)
         if degree and (coefficients[1:] < 0).any():
@@ -557,6 +562,28 @@ def growth_report(models: list[tuple[Case, CostModel]]) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def postgres_tracking_server() -> Iterator[str]:
+    """The PostgreSQL-backed ``mlflow server`` (basic auth, one user) that
+    tests/test_tracking_server.py starts, for the length of the run: its URI, with the
+    user's credentials in the environment as a researcher's driver would have them."""
+    import pytest
+
+    sys.path.append(str(ROOT / "tests"))  # last: tests/methods/ must not shadow the methods package
+    from test_tracking_server import postgres_on_loopback, tracking_server_on  # type: ignore[import-not-found]
+
+    try:
+        with (
+            postgres_on_loopback() as postgres,
+            tracking_server_on(postgres) as server,
+            mock.patch.dict(os.environ, server.user.environment()),
+        ):
+            print(f"tracking: {server.uri} (PostgreSQL on port {postgres.port})", file=sys.stderr)
+            yield server.uri
+    except pytest.skip.Exception as missing:  # what the test would skip for (no PostgreSQL binaries, ...)
+        raise SystemExit(f"--tracking-server: {missing}") from None
+
+
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
@@ -577,7 +604,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="auto",
         help="TUNE_MAX_PENDING_TRIALS_PG: auto (as orchestrate leaves it since 2026-11-30) or 1 (as it set it before)",
     )
-    parser.add_argument("--tracking-uri", help="an MLflow server to write to instead of a fresh sqlite file per row")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--tracking-uri", help="an MLflow server to write to instead of a fresh sqlite file per row")
+    where.add_argument(
+        "--tracking-server",
+        action="store_true",
+        help="start a group's server for the run (mlflow server with basic auth on a throwaway PostgreSQL, "
+        "both on 127.0.0.1: tests/test_tracking_server.py's) and write every row to it",
+    )
     parser.add_argument("--json", type=Path, help="also write rows, fits and skips here")
     return parser.parse_args(argv)
 
@@ -602,12 +636,15 @@ def main(argv: list[str] | None = None) -> None:
     chosen = {"concurrency": args.concurrency, "trials": args.trials, "samplers": args.samplers}
     grid.update({axis: values for axis, values in chosen.items() if values})
     cases, skipped = plan_cases(grid)
-    tracking = "server" if args.tracking_uri else "sqlite"
+    tracking = "server" if args.tracking_uri or args.tracking_server else "sqlite"
     cases = [Case(c.sampler, c.concurrency, c.trials, tracking, args.pending_pg) for c in cases]
     rows: list[Row] = []
     models: list[tuple[Case, CostModel]] = []
     try:
-        with simulated_cluster(max(c.concurrency for c in cases), args.single_node) as where:
+        with contextlib.ExitStack() as stack:
+            if args.tracking_server:
+                args.tracking_uri = stack.enter_context(postgres_tracking_server())
+            where = stack.enter_context(simulated_cluster(max(c.concurrency for c in cases), args.single_node))
             print(f"cluster: {where}", file=sys.stderr)
             measure(Case("tpe", 2, 4), args.epochs, args.offered_rate)  # warm the driver's imports; not reported
             for case in cases:

@@ -33,7 +33,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator.finite import is_finite_number
 from orchestrator.results import STOPPED, TrialRecord
-from orchestrator.search.botorch_sampler import UNKNOWN_OBJECTIVES_ATTR
+from orchestrator.search.model_subset import UNKNOWN_OBJECTIVES_ATTR
 from orchestrator.search.samplers import limited_threads
 from orchestrator.spec.constraints import Constraint
 from orchestrator.trial.faults import ERROR_KEY

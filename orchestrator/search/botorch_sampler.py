@@ -28,6 +28,13 @@ there: this is an Optuna sampler of its own, built from BoTorch's pieces.
   L-BFGS on the continuous columns). Integers are therefore never rounded after the fact,
   except those wider than ``MAX_DISCRETE_VALUES`` values (continuous relaxation).
 
+**Large studies** (``model_subset``): the GP sees at most ``MAX_MODEL_POINTS``
+observations (fewer with several objectives; the best trials for half of them and a
+random sample of the rest, drawn anew per suggestion) and the acquisition the latest
+``MAX_PENDING_POINTS`` running trials, so a suggestion costs about the same at 1,000
+trials and 31 running as at the bounds (without them: 9 s at 500 finished trials with 31
+running; docs/samplers.md, section 4).
+
 Parameters that only some trials have (conditional ones, ``when:``) are left to the
 independent sampler (random), as Optuna's ``GPSampler`` does: the model is fitted on the
 parameters every finished trial has.
@@ -63,15 +70,14 @@ from optuna.search_space import IntersectionSearchSpace
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from orchestrator.search.model_subset import UNKNOWN_OBJECTIVES_ATTR, model_trials, recent_pending
+
 if TYPE_CHECKING:
     import torch
     from botorch.acquisition import AcquisitionFunction
     from botorch.models import SingleTaskGP
     from botorch.models.model import Model
 
-#: A trial with this user attribute was told placeholder values (never trained, its
-#: objectives unknown: ``orchestrator.execute.searcher``); only its constraints are data.
-UNKNOWN_OBJECTIVES_ATTR = "orchestrate.unknown_objectives"
 #: Integers and stepped floats with more values than this are relaxed to continuous and
 #: snapped to the grid afterwards (BoTorch's own MAX_DISCRETE_VALUES for local search).
 MAX_DISCRETE_VALUES = 20
@@ -100,6 +106,22 @@ ACQF_MAXITER = 100
 #: A trial's learning curve enters the model at this many epochs at most (its last always,
 #: the others spread geometrically): 40 trials x 100 epochs would be a GP of 4,000 points.
 MAX_FIDELITY_POINTS_PER_TRIAL = 4
+#: A large study's GP sees at most this many observations (one per finished trial; with
+#: learning curves one per kept epoch), the best trials for half of them and a random
+#: sample of the rest, and the acquisition the latest MAX_PENDING_POINTS running trials
+#: (``model_subset``). Fewer with several objectives (one GP output per objective and
+#: constraint, qLogNEHVI's box decompositions). Chosen so that an ask stays under the
+#: 1.88 s that 32 slots of 60 s trials leave per trial, at any study size (2 cores, 31
+#: running; benchmarks/suggest_latency.py --completed 1000 --pending 31, docs/samplers.md
+#: section 4); without the bounds an ask took 2.4 s at 200 finished trials and 9.2 s at
+#: 500 (with curves: 9.3 s at 200; 192 observations instead of 128 cost 2.3 s CPU). The
+#: sampler benchmarks' searches stay below the bounds, except the ASHA one's last asks
+#: (133 of 725 asks cut, at most 161 observations): its mean best after 180 epochs was
+#: 0.7988 with the bound and 0.7979 without (docs/samplers.md, section 4).
+MAX_MODEL_POINTS = 128
+MAX_MODEL_POINTS_SEVERAL = 64
+MAX_MODEL_POINTS_WITH_CURVES = 128
+MAX_PENDING_POINTS = 16
 #: Beyond ENUMERATE_LIMIT: on search_spaces/lora.yaml's 75 combinations (when the limit
 #: was 64), 256 raw samples, 4 restarts and 8 alternating steps took 0.40 s CPU (one
 #: objective) and 0.98 s (two + a constraint) per ask at 40 trials; these 0.29 / 0.86 s.
@@ -268,14 +290,25 @@ class MixedBoTorchSampler(BaseSampler):
             )
             if t.number != trial.number and search_space.keys() <= t.params.keys()
         ]
-        # Trials still running, with every parameter chosen: the points other workers train now.
-        running = [t for t in trials if t.state == TrialState.RUNNING]
+        # Trials still running, with every parameter chosen: the points other workers train
+        # now (the latest MAX_PENDING_POINTS of them; model_subset says why).
+        running = recent_pending([t for t in trials if t.state == TrialState.RUNNING], MAX_PENDING_POINTS)
         space = MixedSpace.of(search_space)
         pending = space.encode([t.params for t in running]) if running else None
         if self._fidelity_steps is not None and len(study.directions) == 1:
-            data = TrainingData.of_curves(space, trials, study.directions[0], self._fidelity_steps)
+            steps = self._fidelity_steps
+            finished = [t for t in trials if t.state != TrialState.RUNNING]
+            limit = max(MAX_MODEL_POINTS_WITH_CURVES, self._n_startup_trials)
+            finished = model_trials(
+                finished, study.directions, limit, self._rng, lambda t: max(1, len(learning_curve(t, steps)))
+            )
+            in_study_order = sorted(finished + running, key=lambda t: t.number)
+            data = TrainingData.of_curves(space, in_study_order, study.directions[0], steps)
         else:
             completed = [t for t in trials if t.state == TrialState.COMPLETE and all(np.isfinite(t.values))]
+            several = len(study.directions) > 1
+            limit = max(MAX_MODEL_POINTS_SEVERAL if several else MAX_MODEL_POINTS, self._n_startup_trials)
+            completed = model_trials(completed, study.directions, limit, self._rng)
             data = TrainingData.of_final_values(space, completed, study.directions)
         if data is None or data.trials < max(self._n_startup_trials, 2):
             return {}
