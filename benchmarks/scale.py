@@ -473,19 +473,22 @@ def simulated_cluster(slots: int, single_node: bool) -> Iterator[str]:
 
     nodes = 1 if single_node else max(2, math.ceil(slots / SLOTS_PER_NODE))
     per_node = math.ceil(slots / nodes)
-    with tempfile.TemporaryDirectory(prefix="scale-ray-", dir="/tmp") as temp, _environment_without_secrets():
-        if single_node:
-            ray.init(address="local", num_cpus=slots, num_gpus=slots, include_dashboard=False, log_to_driver=False,
-                     _node_ip_address="127.0.0.1", _temp_dir=temp)  # fmt: skip
-            cluster = None
-        else:
-            node: dict[str, Any] = {"num_cpus": per_node, "num_gpus": per_node, "node_ip_address": "127.0.0.1"}
-            head = {**node, "include_dashboard": False, "temp_dir": temp}
-            cluster = Cluster(initialize_head=True, head_node_args=head)
-            for _ in range(nodes - 1):
-                cluster.add_node(**node)
-            ray.init(address=cluster.address, log_to_driver=False)
-            cluster.wait_for_nodes()
+    with tempfile.TemporaryDirectory(prefix="scale-ray-", dir="/tmp") as temp:
+        # Ray's processes start without secret-looking variables; the driver keeps its own
+        # (the tracking server's credentials) for the rows
+        with _environment_without_secrets():
+            if single_node:
+                ray.init(address="local", num_cpus=slots, num_gpus=slots, include_dashboard=False, log_to_driver=False,
+                         _node_ip_address="127.0.0.1", _temp_dir=temp)  # fmt: skip
+                cluster = None
+            else:
+                node: dict[str, Any] = {"num_cpus": per_node, "num_gpus": per_node, "node_ip_address": "127.0.0.1"}
+                head = {**node, "include_dashboard": False, "temp_dir": temp}
+                cluster = Cluster(initialize_head=True, head_node_args=head)
+                for _ in range(nodes - 1):
+                    cluster.add_node(**node)
+                ray.init(address=cluster.address, log_to_driver=False)
+                cluster.wait_for_nodes()
         try:
             yield f"{nodes} Ray node(s) on 127.0.0.1, {per_node} logical CPUs + GPUs each"
         finally:
@@ -569,7 +572,9 @@ def postgres_tracking_server() -> Iterator[str]:
     user's credentials in the environment as a researcher's driver would have them."""
     import pytest
 
-    sys.path.append(str(ROOT / "tests"))  # last: tests/methods/ must not shadow the methods package
+    import methods  # noqa: F401  (imported first: tests/methods/ on the path would shadow it)
+
+    sys.path.append(str(ROOT / "tests"))
     from test_tracking_server import postgres_on_loopback, tracking_server_on  # type: ignore[import-not-found]
 
     try:

@@ -35,9 +35,9 @@ there: this is an Optuna sampler of its own, built from BoTorch's pieces.
 **Large studies** (``model_subset``): the GP sees at most ``MAX_MODEL_POINTS``
 observations (fewer with several objectives; the best trials for half of them and a
 random sample of the rest, drawn anew per suggestion) and the acquisition the latest
-``MAX_PENDING_POINTS`` running trials, so a suggestion costs about the same at 1,000
-trials and 31 running as at the bounds (without them: 9 s at 500 finished trials with 31
-running; docs/samplers.md, section 4).
+``MAX_PENDING_POINTS`` running trials: alone, an ask with 31 running took 1.0-1.8 s from
+200 to 1,000 finished trials (without the bounds: 2.4 s at 200, 9 s at 500; docs/samplers.md,
+section 4). Inside the scale benchmark's driver it still grew (docs/scale.md): not solved.
 
 Parameters that only some trials have (conditional ones, ``when:``) are left to the
 independent sampler (random), as Optuna's ``GPSampler`` does: the model is fitted on the
@@ -114,14 +114,14 @@ MAX_FIDELITY_POINTS_PER_TRIAL = 4
 #: learning curves one per kept epoch), the best trials for half of them and a random
 #: sample of the rest, and the acquisition the latest MAX_PENDING_POINTS running trials
 #: (``model_subset``). Fewer with several objectives (one GP output per objective and
-#: constraint, qLogNEHVI's box decompositions). Chosen so that an ask stays under the
-#: 1.88 s that 32 slots of 60 s trials leave per trial, at any study size (2 cores, 31
-#: running; benchmarks/suggest_latency.py --completed 1000 --pending 31, docs/samplers.md
-#: section 4); without the bounds an ask took 2.4 s at 200 finished trials and 9.2 s at
+#: constraint, qLogNEHVI's box decompositions). Chosen so that an ask, alone, stays under
+#: the 1.88 s that 32 slots of 60 s trials leave per trial up to 1,000 finished trials (2
+#: cores, 31 running; benchmarks/suggest_latency.py --completed 1000 --pending 31,
+#: docs/samplers.md section 4); without the bounds an ask took 2.4 s at 200 finished trials and 9.2 s at
 #: 500 (with curves: 9.3 s at 200; 192 observations instead of 128 cost 2.3 s CPU). The
 #: sampler benchmarks' searches stay below the bounds, except the ASHA one's last asks
-#: (133 of 725 asks cut, at most 161 observations): its mean best after 180 epochs was
-#: 0.7988 with the bound and 0.7979 without (docs/samplers.md, section 4).
+#: (135 of 763 asks cut, at most 163 observations): its mean best after 180 epochs was
+#: 0.8026 with the bound and 0.8050 without (sd 0.015-0.019; docs/samplers.md, section 1).
 MAX_MODEL_POINTS = 128
 MAX_MODEL_POINTS_SEVERAL = 64
 MAX_MODEL_POINTS_WITH_CURVES = 128

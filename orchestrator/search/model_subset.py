@@ -4,15 +4,15 @@ An exact GP costs O(n^3) to fit and O(n^2) per acquisition evaluation, and qLogN
 qLogNEHVI evaluate the candidate jointly with every pending point: with 31 trials running
 and 200 finished, ``botorch`` took 0.70 s per suggestion (p50), growing 10 ms per finished
 trial (docs/scale.md), so at 32 slots it fell behind 60 s trials from n = 199. Two bounds
-keep a suggestion's cost flat in the study's size:
+keep a suggestion's cost from growing with the study's size as the GP's would:
 
 - ``model_trials``: beyond ``limit`` observations (one per finished trial; with learning
   curves one per reported epoch kept), the best trials up to half of them (feasible
   before infeasible; with several objectives the fewest trials dominating it) and a
-  random sample of the rest. The best ones are where the acquisition decides between neighbours; the
-  random rest keeps the model's picture of the whole space (a subset that is only the best
-  would make the GP believe the whole space is good). A new sample per suggestion (seeded
-  by the sampler), so over many suggestions every trial is seen.
+  random sample of the rest. The best ones are where the acquisition decides between
+  neighbours; the random rest keeps the model's picture of the whole space (a subset of
+  only the best would make the GP believe the whole space is good). A new sample per
+  suggestion (seeded by the sampler), so over many suggestions every trial is seen.
 - ``recent_pending``: the ``limit`` most recently started running trials. A pending point
   only matters where it is near the next candidate, and the newest ones were suggested by
   the model closest to the current one, i.e. the points this suggestion would repeat.
