@@ -107,7 +107,8 @@ class Probe:
 
     suggest: list[tuple[int, int, float]] = field(default_factory=list)  # (finished, pending, s)
     tell: list[tuple[int, float]] = field(default_factory=list)
-    writes: list[tuple[int, float]] = field(default_factory=list)  # one per Tracker call
+    writes: list[tuple[int, float]] = field(default_factory=list)  # one per Tracker write, as its caller waits
+    requests: list[tuple[int, float]] = field(default_factory=list)  # one per store request, on any thread
     saves: list[tuple[int, float]] = field(default_factory=list)  # (records in the state, s)
     completions: list[float] = field(default_factory=list)  # perf_counter at each trial's end
     searcher_other_s: float = 0.0  # on_trial_result and experiment checkpoints (ArmSearcher.save)
@@ -138,6 +139,8 @@ class Row:
     tell_p95_ms: float
     write_p95_ms: float
     writes_per_trial: float
+    request_p50_ms: float
+    request_p95_ms: float
     save_ms_per_trial: float
     state_kb: float
     driver_peak_rss_mb: float
@@ -219,6 +222,12 @@ def _records_in(state: Any) -> int:
     return sum(len(kind) for arm in state.content.arms.values() for kind in arm.records.values())
 
 
+#: The ``Tracker`` methods the recorder writes with (each timed as its caller waits for it).
+TRACKER_WRITES = (
+    "start_run", "log_params", "log_metrics", "log_batch", "set_tags", "end_run", "log_text", "log_artifacts",
+)  # fmt: skip
+
+
 @contextlib.contextmanager
 def instrumented(probe: Probe) -> Iterator[None]:
     """The driver's methods, timed into ``probe`` for the block."""
@@ -253,10 +262,9 @@ def instrumented(probe: Probe) -> Iterator[None]:
         _wrap(RunState, "save", lambda state, s, _: probe.saves.append((_records_in(state), s))),
         _wrap(RecorderCallback, "on_trial_complete", completed),
         *(_wrap(RecorderCallback, name, callback) for name in ("on_trial_start", "on_trial_result", "on_trial_error")),
-        *(
-            _wrap(Tracker, name, lambda _, s, __: probe.writes.append((probe.finished, s)))
-            for name in ("start_run", "log_params", "log_metrics", "set_tags", "end_run", "log_text", "log_artifacts")
-        ),
+        *(_wrap(Tracker, name, lambda _, s, __: probe.writes.append((probe.finished, s))) for name in TRACKER_WRITES),
+        # each request to the store, also those made on the write lanes of a server (orchestrator/write_lanes.py)
+        _wrap(Tracker, "_call", lambda _, s, __: probe.requests.append((probe.finished, s))),
     ]
     with contextlib.ExitStack() as stack:
         for patch in patches:
@@ -377,6 +385,8 @@ def summarise(case: Case, probe: Probe, wall: float, state_bytes: int, rss_mb: f
         tell_p95_ms=_percentile([s for _, s in probe.tell], 95) * 1e3,
         write_p95_ms=_percentile([s for _, s in probe.writes], 95) * 1e3,
         writes_per_trial=len(probe.writes) / case.trials,
+        request_p50_ms=_percentile([s for _, s in probe.requests], 50) * 1e3,
+        request_p95_ms=_percentile([s for _, s in probe.requests], 95) * 1e3,
         save_ms_per_trial=sum(s for _, s in probe.saves) / case.trials * 1e3,
         state_kb=state_bytes / 1024,
         driver_peak_rss_mb=rss_mb,
@@ -520,6 +530,7 @@ def plan_cases(grid: dict[str, list[Any]]) -> tuple[list[Case], list[Skipped]]:
 COLUMNS = (
     "sampler", "conc.", "trials", "tracking", "pending PGs", "wall s", "trials/s", "steady trials/s",
     "suggest p50 / p95 ms", "pending p50 / max", "tell p95 ms", "MLflow write p95 ms", "writes / trial",
+    "store request p50 / p95 ms",
     "state save ms / trial", "state KB", "driver peak RSS MB", "driver share of wall",
 )  # fmt: skip
 
@@ -532,7 +543,8 @@ def table(rows: list[Row], skipped: list[Skipped]) -> str:
             f"{r.trials_per_s:.2f}",
             f"{r.steady_trials_per_s:.2f}", f"{r.suggest_p50_ms:.1f} / {r.suggest_p95_ms:.1f}",
             f"{r.pending_p50:.0f} / {r.pending_max}", f"{r.tell_p95_ms:.1f}", f"{r.write_p95_ms:.1f}",
-            f"{r.writes_per_trial:.1f}", f"{r.save_ms_per_trial:.1f}", f"{r.state_kb:.0f}",
+            f"{r.writes_per_trial:.1f}", f"{r.request_p50_ms:.1f} / {r.request_p95_ms:.1f}",
+            f"{r.save_ms_per_trial:.1f}", f"{r.state_kb:.0f}",
             f"{r.driver_peak_rss_mb:.0f}", f"{r.driver_share:.0%}",
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
@@ -566,10 +578,11 @@ def growth_report(models: list[tuple[Case, CostModel]]) -> str:
 
 
 @contextlib.contextmanager
-def postgres_tracking_server() -> Iterator[str]:
+def postgres_tracking_server(auth_cache_ttl_s: int = 0) -> Iterator[str]:
     """The PostgreSQL-backed ``mlflow server`` (basic auth, one user) that
     tests/test_tracking_server.py starts, for the length of the run: its URI, with the
-    user's credentials in the environment as a researcher's driver would have them."""
+    user's credentials in the environment as a researcher's driver would have them.
+    ``auth_cache_ttl_s``: the server's credential cache (MLflow's default 0: off)."""
     import pytest
 
     import methods  # noqa: F401  (imported first: tests/methods/ on the path would shadow it)
@@ -580,7 +593,7 @@ def postgres_tracking_server() -> Iterator[str]:
     try:
         with (
             postgres_on_loopback() as postgres,
-            tracking_server_on(postgres) as server,
+            tracking_server_on(postgres, auth_cache_ttl_s) as server,
             mock.patch.dict(os.environ, server.user.environment()),
         ):
             print(f"tracking: {server.uri} (PostgreSQL on port {postgres.port})", file=sys.stderr)
@@ -617,8 +630,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="start a group's server for the run (mlflow server with basic auth on a throwaway PostgreSQL, "
         "both on 127.0.0.1: tests/test_tracking_server.py's) and write every row to it",
     )
+    parser.add_argument(
+        "--auth-cache-ttl",
+        type=int,
+        default=0,
+        help="with --tracking-server: its auth_cache_ttl_seconds (MLflow's default 0 checks the password hash on"
+        " every request; docs/scale.md)",
+    )
+    parser.add_argument(
+        "--write-lanes",
+        type=int,
+        help="ORCHESTRATE_WRITE_LANES for the run: threads writing to a server (0: synchronously, as before"
+        " 2026-11-30's evening); unset: the tool's default (orchestrator/tracking.py)",
+    )
     parser.add_argument("--json", type=Path, help="also write rows, fits and skips here")
     return parser.parse_args(argv)
+
+
+def tracking_label(args: argparse.Namespace) -> str:
+    """The tracking column: sqlite, or the server with its write lanes and auth cache."""
+    from orchestrator.tracking import write_lanes
+
+    if not (args.tracking_uri or args.tracking_server):
+        return "sqlite"
+    lanes = write_lanes(args.tracking_uri or "http://server")
+    cache = f", auth cache {args.auth_cache_ttl} s" if args.tracking_server and args.auth_cache_ttl else ""
+    return f"server, {lanes} lanes{cache}"
 
 
 def _best_models(models: list[tuple[Case, CostModel]], case: Case, probe: Probe) -> list[tuple[Case, CostModel]]:
@@ -641,14 +678,18 @@ def main(argv: list[str] | None = None) -> None:
     chosen = {"concurrency": args.concurrency, "trials": args.trials, "samplers": args.samplers}
     grid.update({axis: values for axis, values in chosen.items() if values})
     cases, skipped = plan_cases(grid)
-    tracking = "server" if args.tracking_uri or args.tracking_server else "sqlite"
+    if args.write_lanes is not None:
+        from orchestrator.tracking import WRITE_LANES_VARIABLE
+
+        os.environ[WRITE_LANES_VARIABLE] = str(args.write_lanes)
+    tracking = tracking_label(args)
     cases = [Case(c.sampler, c.concurrency, c.trials, tracking, args.pending_pg) for c in cases]
     rows: list[Row] = []
     models: list[tuple[Case, CostModel]] = []
     try:
         with contextlib.ExitStack() as stack:
             if args.tracking_server:
-                args.tracking_uri = stack.enter_context(postgres_tracking_server())
+                args.tracking_uri = stack.enter_context(postgres_tracking_server(args.auth_cache_ttl))
             where = stack.enter_context(simulated_cluster(max(c.concurrency for c in cases), args.single_node))
             print(f"cluster: {where}", file=sys.stderr)
             measure(Case("tpe", 2, 4), args.epochs, args.offered_rate)  # warm the driver's imports; not reported

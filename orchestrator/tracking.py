@@ -13,6 +13,13 @@ A store that cannot be used (a damaged sqlite file, a read-only one, a full disk
 ``StoreError``: one line naming the store and what to do, exit 2. A damaged store is
 found when the ``Tracker`` is made, before anything starts; a store that refuses a
 write fails that write.
+
+Writes in the background: inside ``Tracker.writes_in_background()`` (the search and
+confirm loops, where Ray Tune's event loop makes the writes), a tracking server's writes
+are queued on ``WriteLanes`` (``SERVER_WRITE_LANES`` threads, in order per run) and every
+read first waits for them; the block waits for the last write before it ends, also when
+it ends by an interrupt. A sqlite store is written synchronously (~9 ms a write, one
+writer at a time). ``ORCHESTRATE_WRITE_LANES`` sets the number of lanes (0: synchronous).
 """
 
 from __future__ import annotations
@@ -25,12 +32,13 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from orchestrator.errors import StoreError
+from orchestrator.errors import InputError, StoreError
+from orchestrator.write_lanes import WriteLanes
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _T = TypeVar("_T")
@@ -43,6 +51,28 @@ REFINES = "orchestrate.refines"  # the hypothesis name a hypothesis run refines
 def tracking_uri(explicit: str | None = None) -> str:
     """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ./mlflow.db (sqlite)."""
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+#: Threads writing to a tracking server during a search (docs/scale.md, "Tracking server").
+SERVER_WRITE_LANES = 4
+WRITE_LANES_VARIABLE = "ORCHESTRATE_WRITE_LANES"
+
+
+def write_lanes(uri: str) -> int:
+    """How many threads write to ``uri`` in the background: ``ORCHESTRATE_WRITE_LANES``
+    when set; else none for a local store (sqlite or a folder: a write costs milliseconds
+    and sqlite takes one writer at a time), ``SERVER_WRITE_LANES`` for a server."""
+    value = os.environ.get(WRITE_LANES_VARIABLE, "").strip()
+    if value:
+        try:
+            return max(0, int(value))
+        except ValueError:
+            raise InputError(
+                f"{WRITE_LANES_VARIABLE}={value!r} in the environment is not a number of threads"
+                " (0: write synchronously)"
+            ) from None
+    local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
+    return 0 if local else SERVER_WRITE_LANES
 
 
 #: Environment variables whose values must never reach MLflow (defence in depth: nothing
@@ -202,10 +232,16 @@ class Tracker:
         # logs, then raises, what StoreError says
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         logging.getLogger("alembic").setLevel(logging.WARNING)
+        # MLflow prints two "View run ... at" lines on stdout when a run on a server ends, and
+        # reads the run back to print them: a request more per trial, and lines across the
+        # progress display (the run's URL is in the summary and `orchestrate ui`)
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.uri = tracking_uri(uri)
         with _first_connection_lock(self.uri):
             # connects, creates/migrates the tables: a damaged sqlite file fails here
             self.client = _retry(lambda: MlflowClient(tracking_uri=self.uri), uri=self.uri)
+        self.write_lanes = write_lanes(self.uri)  # read now: a bad value stops the run before it starts
+        self._lanes: WriteLanes | None = None
 
     def _call(self, call: Callable[[], _T]) -> _T:
         """A ``self.client`` call, retried while sqlite is locked; a store that cannot
@@ -216,13 +252,57 @@ class Tracker:
         with deferred_stop():
             return _retry(call, uri=self.uri)
 
+    def _read(self, call: Callable[[], _T]) -> _T:
+        """A call that must see every write made before it: queued writes land first."""
+        self.flush()
+        return self._call(call)
+
+    def _write(self, run_id: str, call: Callable[[], object]) -> None:
+        """A write that returns nothing: queued behind the run's earlier writes inside
+        ``writes_in_background``, made now outside it."""
+        if self._lanes is None:
+            self._call(call)
+        else:
+            self._lanes.submit(run_id, lambda: self._call(call))
+
+    def flush(self) -> None:
+        """Wait for the writes queued so far (none outside ``writes_in_background``); a
+        failed one raises here."""
+        if self._lanes is not None:
+            from orchestrator.execute.interrupts import deferred_stop
+
+            with deferred_stop():  # a stop request waits: the queued writes are the run's record
+                self._lanes.flush()
+
+    @contextlib.contextmanager
+    def writes_in_background(self) -> Iterator[None]:
+        """Inside the block, writes to a tracking server are queued (module docstring);
+        the block ends when the last has been made, also on an interrupt or an error."""
+        if not self.write_lanes or self._lanes is not None:  # local store, or already inside such a block
+            yield
+            return
+        from orchestrator.execute.interrupts import deferred_stop
+
+        self._lanes = WriteLanes(self.write_lanes, name="mlflow-writes")
+        try:
+            yield
+        except BaseException:
+            with deferred_stop():
+                self._lanes.close(raise_failure=False)  # the exception on its way is the one to report
+            raise
+        else:
+            with deferred_stop():
+                self._lanes.close()
+        finally:
+            self._lanes = None
+
     def experiment_by_name(self, name: str) -> Any | None:
         """The MLflow experiment named ``name`` (also a deleted one), or None."""
-        return self._call(lambda: self.client.get_experiment_by_name(name))
+        return self._read(lambda: self.client.get_experiment_by_name(name))
 
     def experiments(self) -> list[Any]:
         """Every active (not deleted) experiment of the store: one per hypothesis, and Default."""
-        return list(self._call(lambda: self.client.search_experiments(max_results=50000)))
+        return list(self._read(lambda: self.client.search_experiments(max_results=50000)))
 
     def experiment_id(self, name: str) -> str:
         """The experiment's id, creating it once (a race with another driver is fine)."""
@@ -261,17 +341,17 @@ class Tracker:
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         items = _param_items(params)
         for start in range(0, len(items), 100):  # partial binds this chunk now; a lambda would read `start` late
-            self._call(functools.partial(self.client.log_batch, run_id, params=items[start : start + 100]))
+            self._write(run_id, functools.partial(self.client.log_batch, run_id, params=items[start : start + 100]))
 
     def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int | None = None) -> None:
         items = _metric_items(metrics, step)
         for start in range(0, len(items), 1000):
-            self._call(functools.partial(self.client.log_batch, run_id, metrics=items[start : start + 1000]))
+            self._write(run_id, functools.partial(self.client.log_batch, run_id, metrics=items[start : start + 1000]))
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         items = _tag_items(tags)
         for start in range(0, len(items), 100):
-            self._call(functools.partial(self.client.log_batch, run_id, tags=items[start : start + 100]))
+            self._write(run_id, functools.partial(self.client.log_batch, run_id, tags=items[start : start + 100]))
 
     def log_batch(
         self,
@@ -295,35 +375,39 @@ class Tracker:
             self.set_tags(run_id, tags or {})
             return
         if metric_items or param_items or tag_items:
-            self._call(
+            self._write(
+                run_id,
                 functools.partial(
                     self.client.log_batch, run_id, metrics=metric_items, params=param_items, tags=tag_items
-                )
+                ),
             )
 
     def delete_tag(self, run_id: str, key: str) -> None:
         """Remove a tag that no longer holds (absent: nothing to do)."""
         if key in self.get_run(run_id).data.tags:
-            self._call(lambda: self.client.delete_tag(run_id, key))
+            self._write(run_id, lambda: self.client.delete_tag(run_id, key))
 
     def log_artifacts(self, run_id: str, folder: Path, artifact_path: str | None = None) -> None:
-        """Files are copied as they are (not redacted): only method artifacts go here."""
+        """Files are copied as they are (not redacted): only method artifacts go here.
+        Always now, never queued: ``folder`` may be a download that is gone once the
+        caller returns (a checkpoint in remote storage)."""
         if folder.exists() and any(folder.iterdir()):
             self._call(lambda: self.client.log_artifacts(run_id, str(folder), artifact_path))
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         text = redact(text)
-        self._call(lambda: self.client.log_text(run_id, text, artifact_file))
+        self._write(run_id, lambda: self.client.log_text(run_id, text, artifact_file))
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
-        self._call(lambda: self.client.set_terminated(run_id, status=status))
+        self._write(run_id, lambda: self.client.set_terminated(run_id, status=status))
 
     def reopen_run(self, run_id: str) -> None:
         """A run a resumed driver goes on with: RUNNING again."""
-        self._call(lambda: self.client.update_run(run_id, status="RUNNING"))
+        self._write(run_id, lambda: self.client.update_run(run_id, status="RUNNING"))
 
     def run_status(self, run_id: str) -> str | None:
         """The run's status; None when the store has no such run."""
+        self.flush()
         try:
             return self.client.get_run(run_id).info.status
         except Exception as exc:
@@ -334,28 +418,28 @@ class Tracker:
 
     def search_runs(self, experiment_ids: list[str], filter_string: str = "", max_results: int = 5000) -> list[Any]:
         return list(
-            self._call(
+            self._read(
                 lambda: self.client.search_runs(experiment_ids, filter_string=filter_string, max_results=max_results)
             )
         )
 
     def get_run(self, run_id: str) -> Any:
-        return self._call(lambda: self.client.get_run(run_id))
+        return self._read(lambda: self.client.get_run(run_id))
 
     def metric_history(self, run_id: str, key: str) -> dict[int, float]:
         """Every value one run logged for ``key``, by step (a trial's step is its epoch);
         the last value where a step was logged twice."""
-        return {m.step: m.value for m in self._call(lambda: self.client.get_metric_history(run_id, key))}
+        return {m.step: m.value for m in self._read(lambda: self.client.get_metric_history(run_id, key))}
 
     def list_artifacts(self, run_id: str, folder: str | None = None) -> list[Any]:
         """The entries (``FileInfo``: ``path``, ``is_dir``) of one folder of a run's
         artifacts; the top folder when ``folder`` is None."""
-        return list(self._call(lambda: self.client.list_artifacts(run_id, folder)))
+        return list(self._read(lambda: self.client.list_artifacts(run_id, folder)))
 
     def download_artifact(self, run_id: str, path: str, folder: Path) -> Path:
         """A run's artifact (file or folder) copied into ``folder``; its local path."""
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        return Path(self._call(lambda: self.client.download_artifacts(run_id, path, str(folder))))
+        return Path(self._read(lambda: self.client.download_artifacts(run_id, path, str(folder))))
 
     def read_text(self, run_id: str, path: str) -> str | None:
         """The text of one artifact of a run, or None when the run has no such file."""

@@ -13,6 +13,7 @@ in ``by_arm``; the confirmation runs need neither (a grid over arm x seed).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -120,8 +121,12 @@ def _fit(
         for recorder in recorders:
             recorder.state.set_callback_key(recorder.arm, callback.key, confirm_round)
         tuner = build(callback)
+    trackers = {id(recorder.tracker): recorder.tracker for recorder in recorders}.values()
     try:
-        tuner.fit()
+        with contextlib.ExitStack() as background:
+            for tracker in trackers:  # a server's writes off Tune's event loop (orchestrator.tracking)
+                background.enter_context(tracker.writes_in_background())
+            tuner.fit()
     finally:
         callback.release()
     return [record for recorder in recorders for record in recorder.all_records()]
