@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import optuna
 import pytest
@@ -11,8 +13,11 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from orchestrator.search import botorch_sampler
 from orchestrator.search.botorch_sampler import MixedBoTorchSampler
-from orchestrator.search.model_subset import UNKNOWN_OBJECTIVES_ATTR, model_trials, recent_pending
+from orchestrator.search.model_subset import UNKNOWN_OBJECTIVES_ATTR, likely_best, model_trials, recent_pending
 from orchestrator.search.samplers import limited_threads
+
+if TYPE_CHECKING:
+    import torch
 
 MAX = [StudyDirection.MAXIMIZE]
 DIST: dict[str, BaseDistribution] = {"x": FloatDistribution(0.0, 1.0)}
@@ -113,16 +118,84 @@ def test_recent_pending_keeps_the_latest_started() -> None:
     assert recent_pending(running[:3], 4) == running[:3]
 
 
+class _KnownPosterior:
+    """A model whose posterior at any ``len(means)`` points is independent N(mean, 1) per
+    output (columns: objective, then constraints)."""
+
+    def __init__(self, means: list[list[float]]) -> None:
+        import torch
+
+        self.means = torch.tensor(means, dtype=torch.float64)
+
+    def posterior(self, X: object) -> object:
+        import torch
+        from botorch.posteriors import GPyTorchPosterior
+        from gpytorch.distributions import MultitaskMultivariateNormal, MultivariateNormal
+
+        n, outputs = self.means.shape
+        if outputs == 1:
+            return GPyTorchPosterior(MultivariateNormal(self.means[:, 0], torch.eye(n, dtype=torch.float64)))
+        covariance = torch.eye(n * outputs, dtype=torch.float64)
+        return GPyTorchPosterior(MultitaskMultivariateNormal(self.means, covariance))
+
+
+def _first_output(samples: torch.Tensor, X: torch.Tensor | None = None) -> torch.Tensor:
+    return samples[..., 0]
+
+
+def _second_output(samples: torch.Tensor) -> torch.Tensor:
+    return samples[..., 1]
+
+
+def _likely_best_rows(means: list[list[float]], limit: int, constrained: bool = False) -> list[int]:
+    import torch
+    from botorch.acquisition.objective import GenericMCObjective
+
+    points = torch.arange(len(means), dtype=torch.float64).reshape(-1, 1)  # row i holds i
+    objective = GenericMCObjective(_first_output)
+    constraints = [_second_output] if constrained else None
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        kept = likely_best(_KnownPosterior(means), points, objective, constraints, limit)  # type: ignore[arg-type]
+    return [int(x) for x in kept[:, 0]]
+
+
+def test_likely_best_keeps_the_points_most_often_best_in_their_order() -> None:
+    # P(best) 0.55 / 0.30 / 0.15 for rows 3 / 4 / 1; rows 0 and 2 (12 sd below) never.
+    # (BoTorch's prune_inferior_points with max_frac=2/5 returns rows 1 and 2 here.)
+    means = [[-10.0], [2.0], [-10.0], [3.0], [2.5]]
+    assert _likely_best_rows(means, 2) == [3, 4]
+    assert _likely_best_rows(means, 10) == [1, 3, 4]  # under the limit: every point ever best
+
+
+def test_likely_best_ranks_infeasible_points_last() -> None:
+    # row 0 has the best objective but violates its constraint (mean 10 > 0) in every sample
+    means = [[9.0, 10.0], [3.0, -10.0], [2.0, -10.0], [-10.0, -10.0]]
+    assert _likely_best_rows(means, 1, constrained=True) == [1]
+    assert _likely_best_rows(means, 10, constrained=True) == [1, 2]
+    # none feasible: the closest to feasible
+    assert _likely_best_rows([[9.0, 10.0], [0.0, 5.0], [1.0, 20.0]], 1, constrained=True) == [1]
+
+
 @pytest.mark.parametrize("fidelity", [None, 3])
 def test_the_sampler_fits_at_most_its_bound(monkeypatch: pytest.MonkeyPatch, fidelity: int | None) -> None:
     """A real study past the bounds: the GP is fitted on MAX_MODEL_POINTS observations and
-    the acquisition sees MAX_PENDING_POINTS running
-    trials (spied on, then run for real)."""
+    the acquisition sees MAX_PENDING_POINTS running trials and MAX_BASELINE_POINTS
+    observed points (spied on, then run for real)."""
     monkeypatch.setattr(botorch_sampler, "MAX_MODEL_POINTS", 12)
     monkeypatch.setattr(botorch_sampler, "MAX_MODEL_POINTS_WITH_CURVES", 12)
     monkeypatch.setattr(botorch_sampler, "MAX_PENDING_POINTS", 2)
+    monkeypatch.setattr(botorch_sampler, "MAX_BASELINE_POINTS", 3)
     seen: list[tuple[int, int]] = []
     real_suggest = botorch_sampler.suggest
+    baselines: list[tuple[int, int]] = []
+
+    def spy_baseline(model, points, objective, constraints, limit):
+        kept = likely_best(model, points, objective, constraints, limit)
+        baselines.append((len(points), len(kept)))
+        return kept
+
+    monkeypatch.setattr(botorch_sampler, "likely_best", spy_baseline)
 
     def spy(space, data, pending, seed):
         seen.append((data.trials, 0 if pending is None else len(pending)))
@@ -147,4 +220,5 @@ def test_the_sampler_fits_at_most_its_bound(monkeypatch: pytest.MonkeyPatch, fid
     # 25 finished; 12 observations: 12 trials, or with curves 6 (epoch 1 and the final value each)
     assert seen and max(trials for trials, _ in seen) == (6 if fidelity else 12)
     assert max(pending for _, pending in seen) == 2
+    assert len(baselines) == len(seen) and max(kept for _, kept in baselines) <= 3 < max(n for n, _ in baselines)
     assert study.trials[-1].params  # the suggestions were made

@@ -6,6 +6,7 @@ import itertools
 import math
 import pickle
 import warnings
+from typing import Any
 
 import optuna
 import pytest
@@ -256,6 +257,39 @@ def test_botorch_spreads_a_suggestion_away_from_a_running_trial():
 
     assert distance(first, alone) < 0.05  # without a pending point the same model suggests the same place
     assert distance(first, spread) > 0.1  # with it, somewhere else
+
+
+def test_botorch_counts_running_trials_toward_its_random_start(monkeypatch):
+    """With trials at once the random start is still n_startup_trials trials (running ones
+    count), once 2 have finished."""
+    import orchestrator.search.botorch_sampler as botorch_sampler
+
+    model_asks = []
+    fitted = botorch_sampler.suggest
+
+    def counted(*args: Any) -> Any:
+        model_asks.append(args)
+        return fitted(*args)
+
+    monkeypatch.setattr(botorch_sampler, "suggest", counted)
+    study = optuna.create_study(direction="maximize", sampler=build_sampler(SamplerPlan("botorch", 0, 4, 1)))
+    space = DefineByRun(SPACE, {})
+
+    def ask() -> optuna.Trial:
+        trial = study.ask()
+        space(trial)
+        return trial
+
+    def tell(trial: optuna.Trial) -> None:
+        study.tell(trial, objective(trial.params))
+
+    first, second, _ = ask(), ask(), ask()
+    tell(first)
+    ask()  # 1 finished, 2 running: too few results for a model
+    assert not model_asks
+    tell(second)
+    ask()  # 2 finished + 2 running = the 4-trial start (finished ones alone: 2 of 4)
+    assert len(model_asks) == 1
 
 
 def test_botorch_pickles_with_a_trial_running_and_goes_on_sampling():

@@ -25,6 +25,16 @@ there: this is an Optuna sampler of its own, built from BoTorch's pieces.
 - The acquisition is noise-aware: qLogNEI for one objective, qLogNEHVI for several;
   constraints from ``trial.set_constraint`` are outcome constraints (<= 0 feasible);
   trials still RUNNING are ``X_pending``, so concurrent suggestions spread.
+- The random start is ``n_startup_trials`` trials *started*, running ones included (the
+  model also needs 2 finished ones). Counting finished trials only, 4 trials at once made
+  13 random trials of a 10-trial start (the model waited for 10 results while 3 more were
+  asked at random). Trials to 99% with 4 at once: 17.5 (seeds 0-9; held-out 10-19: 19)
+  against 20 (21.5) before; one at a time unchanged, 14 (16). The running trials as
+  fantasies instead of ``X_pending`` (Kriging believer, constant liar max/min: 19, 20.5,
+  23 on seeds 0-9), only the latest one (21), 256 MC samples (18) or none at all (25,
+  counting finished trials) did worse. Two objectives + a constraint, 4 at once:
+  hypervolume after 30 0.668 against 0.607; under ASHA, 4 at once, mean best after 180
+  epochs 0.7982 against 0.7976 (docs/samplers.md).
 - The acquisition is optimised over the discrete columns as discrete: with at most
   ``ENUMERATE_LIMIT`` combinations of discrete values every combination is optimised
   (the continuous columns by L-BFGS, all combinations in one batch); with more,
@@ -34,10 +44,13 @@ there: this is an Optuna sampler of its own, built from BoTorch's pieces.
 
 **Large studies** (``model_subset``): the GP sees at most ``MAX_MODEL_POINTS``
 observations (fewer with several objectives; the best trials for half of them and a
-random sample of the rest, drawn anew per suggestion) and the acquisition the latest
-``MAX_PENDING_POINTS`` running trials: alone, an ask with 31 running took 1.0-1.8 s from
+random sample of the rest, drawn anew per suggestion), the acquisition the latest
+``MAX_PENDING_POINTS`` running trials and, as its baseline, the ``MAX_BASELINE_POINTS``
+observed points most likely the best: alone, an ask with 31 running took 1.0-1.8 s from
 200 to 1,000 finished trials (without the bounds: 2.4 s at 200, 9 s at 500; docs/samplers.md,
-section 4). Inside the scale benchmark's driver it still grew (docs/scale.md): not solved.
+section 4). Inside the scale benchmark's driver (32 slots, 300 trials) it grew to 2.6 s
+p50 until the baseline was bounded too (BoTorch's pruning kept ~46 of its ~60 points
+there), 1.75 s after, flat from 50 finished trials.
 
 Parameters that only some trials have (conditional ones, ``when:``) are left to the
 independent sampler (random), as Optuna's ``GPSampler`` does: the model is fitted on the
@@ -74,7 +87,7 @@ from optuna.search_space import IntersectionSearchSpace
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from orchestrator.search.model_subset import UNKNOWN_OBJECTIVES_ATTR, model_trials, recent_pending
+from orchestrator.search.model_subset import UNKNOWN_OBJECTIVES_ATTR, likely_best, model_trials, recent_pending
 
 if TYPE_CHECKING:
     import torch
@@ -126,6 +139,16 @@ MAX_MODEL_POINTS = 128
 MAX_MODEL_POINTS_SEVERAL = 64
 MAX_MODEL_POINTS_WITH_CURVES = 128
 MAX_PENDING_POINTS = 16
+#: qLogNEI's baseline: the observed points most often the best under the posterior, at
+#: most this many (``model_subset.likely_best``); the pending points join them. Scoring
+#: the acquisition at the raw points costs about linearly in baseline + pending: in the
+#: scale benchmark's study at 200 finished trials, 31 running, 1.97 s CPU with BoTorch's
+#: pruning (45 kept + 16 pending), 0.77 s with 16 + 16 (replayed on a loaded machine).
+#: The ASHA benchmark's searches pass it in 573 of 673 asks (up to 71 kept): mean best
+#: after 180 epochs 0.7982 (sd 0.0204) against 0.8026 (0.0188) unbounded, after 90 0.7895
+#: against 0.7753, same seeds 0-9, paired differences -0.040 to +0.047; ask p95 1.57 s
+#: against 3.11 s (benchmarks/samplers_fidelity.py --samplers botorch --reps 10 --concurrency 1).
+MAX_BASELINE_POINTS = 16
 #: Beyond ENUMERATE_LIMIT: on search_spaces/lora.yaml's 75 combinations (when the limit
 #: was 64), 256 raw samples, 4 restarts and 8 alternating steps took 0.40 s CPU (one
 #: objective) and 0.98 s (two + a constraint) per ask at 40 trials; these 0.29 / 0.86 s.
@@ -252,7 +275,8 @@ class MixedBoTorchSampler(BaseSampler):
 
     Args:
         n_startup_trials: trials sampled by ``independent_sampler`` before the model is used
-            (finished trials: stopped ones count when ``fidelity_steps`` is set).
+            (started trials, running ones included; the model also waits for 2 finished ones,
+            stopped ones counting when ``fidelity_steps`` is set).
         seed: seeds the startup/independent sampler and every acquisition optimisation.
         independent_sampler: samples the startup trials and any parameter outside the
             relative search space (conditional ones); a seeded ``RandomSampler`` by default.
@@ -314,7 +338,10 @@ class MixedBoTorchSampler(BaseSampler):
             limit = max(MAX_MODEL_POINTS_SEVERAL if several else MAX_MODEL_POINTS, self._n_startup_trials)
             completed = model_trials(completed, study.directions, limit, self._rng)
             data = TrainingData.of_final_values(space, completed, study.directions)
-        if data is None or data.trials < max(self._n_startup_trials, 2):
+        # The random start counts the trials running now (module docstring): with c at once,
+        # counting finished trials only would make it n_startup_trials + c - 1 random trials.
+        running_now = sum(t.state == TrialState.RUNNING for t in trials)
+        if data is None or data.trials < 2 or data.trials + running_now < self._n_startup_trials:
             return {}
         seed = int(self._rng.randint(2**31 - 1))
         return space.decode(suggest(space, data, pending, seed))
@@ -610,7 +637,8 @@ def _optuna_lengthscale_prior_class() -> type:
 
 def acquisition(model: Model, data: TrainingData, pending: torch.Tensor | None) -> AcquisitionFunction:
     """qLogNEI (one objective) or qLogNEHVI (several): both integrate over the noise at the
-    observed points (``data.baseline``) instead of trusting the best observed value."""
+    observed points (``data.baseline``; qLogNEI's the ``MAX_BASELINE_POINTS`` most likely
+    best, qLogNEHVI's pruned by BoTorch) instead of trusting the best observed value."""
     import torch
     from botorch.acquisition.logei import qLogNoisyExpectedImprovement
     from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
@@ -624,13 +652,14 @@ def acquisition(model: Model, data: TrainingData, pending: torch.Tensor | None) 
     ] or None
     sampler = SobolQMCNormalSampler(torch.Size([MC_SAMPLES]))
     if n_objectives == 1:
+        objective = GenericMCObjective(functools.partial(_outcome, index=0))
         return qLogNoisyExpectedImprovement(
             model=model,
-            X_baseline=data.baseline,
+            X_baseline=likely_best(model, data.baseline, objective, constraints, MAX_BASELINE_POINTS),
             sampler=sampler,
             X_pending=pending,
-            prune_baseline=True,
-            objective=GenericMCObjective(functools.partial(_outcome, index=0)),
+            prune_baseline=False,  # likely_best has pruned it
+            objective=objective,
             constraints=constraints,
         )
     return qLogNoisyExpectedHypervolumeImprovement(
