@@ -477,6 +477,7 @@ def simulated_cluster(slots: int, single_node: bool) -> Iterator[str]:
     """``slots`` logical CPUs and GPUs on 127.0.0.1: several raylets of at most
     ``SLOTS_PER_NODE`` each (``Cluster``), or one ``ray.init`` with ``single_node``."""
     import ray
+    from ray._common.utils import get_default_ray_temp_dir
     from ray.cluster_utils import Cluster
 
     from orchestrator.execute.ray_session import _environment_without_secrets
@@ -492,6 +493,10 @@ def simulated_cluster(slots: int, single_node: bool) -> Iterator[str]:
                          _node_ip_address="127.0.0.1", _temp_dir=temp)  # fmt: skip
                 cluster = None
             else:
+                # Cluster writes its address to <RAY_TMPDIR or /tmp>/ray/ray_current_cluster
+                # whatever temp_dir says, and does not create that folder: on a machine where
+                # Ray never ran, it fails (ray 2.x's cluster_utils; ray.init creates it)
+                os.makedirs(get_default_ray_temp_dir(), exist_ok=True)
                 node: dict[str, Any] = {"num_cpus": per_node, "num_gpus": per_node, "node_ip_address": "127.0.0.1"}
                 head = {**node, "include_dashboard": False, "temp_dir": temp}
                 cluster = Cluster(initialize_head=True, head_node_args=head)

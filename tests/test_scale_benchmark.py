@@ -6,6 +6,7 @@ report, not this test's to judge."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,10 +19,14 @@ QUICK_TIMEOUT_S = 1200  # a ceiling against a hang on a loaded machine, not a me
 
 
 def test_quick_mode_prints_its_table_and_fits(tmp_path: Path) -> None:
+    """Also on a machine where Ray never ran: Ray's default temp folder (RAY_TMPDIR here)
+    does not exist yet, which is what a fresh CI machine or laptop has."""
     out = tmp_path / "scale.json"
+    never_ran = tmp_path / "no-ray-yet"
     done = subprocess.run(
         [sys.executable, "benchmarks/scale.py", "--quick", "--json", str(out)],
         cwd=ROOT,
+        env={**os.environ, "RAY_TMPDIR": str(never_ran)},
         capture_output=True,
         text=True,
         timeout=QUICK_TIMEOUT_S,
