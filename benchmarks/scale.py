@@ -113,6 +113,9 @@ class Probe:
     completions: list[float] = field(default_factory=list)  # perf_counter at each trial's end
     searcher_other_s: float = 0.0  # on_trial_result and experiment checkpoints (ArmSearcher.save)
     callback_s: float = 0.0  # the recorder callback, MLflow writes and state saves included
+    in_callback: int = 0  # > 0 while the recorder callback runs (Tune calls it on the driver's thread)
+    nested_s: float = 0.0  # MLflow writes and state saves made inside the callback
+    outside_s: float = 0.0  # ... and outside it: the arm's runs and state around the Tune run
     started: int = 0
 
     @property
@@ -222,6 +225,30 @@ def _records_in(state: Any) -> int:
     return sum(len(kind) for arm in state.content.arms.values() for kind in arm.records.values())
 
 
+#: The ``RecorderCallback`` methods Tune calls (each an event on Tune's loop).
+RECORDER_EVENTS = ("on_trial_start", "on_trial_result", "on_trial_complete", "on_trial_error", "on_trial_recover")
+
+
+def _wrap_callback(owner: Any, name: str, probe: Probe) -> Any:
+    """Patch a recorder event so that its time, and which writes and saves happen inside
+    it, reach ``probe`` (also when it raises); a completion's time stamp too."""
+    original = getattr(owner, name)
+
+    @functools.wraps(original)
+    def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        probe.in_callback += 1
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            probe.in_callback -= 1
+            probe.callback_s += time.perf_counter() - started
+            if name == "on_trial_complete":
+                probe.completions.append(time.perf_counter())
+
+    return mock.patch.object(owner, name, timed)
+
+
 #: The ``Tracker`` methods the recorder writes with (each timed as its caller waits for it).
 TRACKER_WRITES = (
     "start_run", "log_params", "log_metrics", "log_batch", "set_tags", "end_run", "log_text", "log_artifacts",
@@ -247,22 +274,28 @@ def instrumented(probe: Probe) -> Iterator[None]:
     def other(_: Any, seconds: float, __: Any) -> None:
         probe.searcher_other_s += seconds
 
-    def callback(_: Any, seconds: float, __: Any) -> None:
-        probe.callback_s += seconds
+    def in_or_outside_callback(seconds: float) -> None:
+        if probe.in_callback:
+            probe.nested_s += seconds
+        else:
+            probe.outside_s += seconds
 
-    def completed(_: Any, seconds: float, __: Any) -> None:
-        probe.callback_s += seconds
-        probe.completions.append(time.perf_counter())
+    def saved(state: Any, seconds: float, _: Any) -> None:
+        probe.saves.append((_records_in(state), seconds))
+        in_or_outside_callback(seconds)
+
+    def wrote(_: Any, seconds: float, __: Any) -> None:
+        probe.writes.append((probe.finished, seconds))
+        in_or_outside_callback(seconds)
 
     patches = [
         _wrap(HonestOptunaSearch, "suggest", suggested),
         _wrap(HonestOptunaSearch, "on_trial_complete", told),
         _wrap(HonestOptunaSearch, "on_trial_result", other),
         _wrap(ArmSearcher, "save", other),
-        _wrap(RunState, "save", lambda state, s, _: probe.saves.append((_records_in(state), s))),
-        _wrap(RecorderCallback, "on_trial_complete", completed),
-        *(_wrap(RecorderCallback, name, callback) for name in ("on_trial_start", "on_trial_result", "on_trial_error")),
-        *(_wrap(Tracker, name, lambda _, s, __: probe.writes.append((probe.finished, s))) for name in TRACKER_WRITES),
+        _wrap(RunState, "save", saved),
+        *(_wrap_callback(RecorderCallback, name, probe) for name in RECORDER_EVENTS),
+        *(_wrap(Tracker, name, wrote) for name in TRACKER_WRITES),
         # each request to the store, also those made on the write lanes of a server (orchestrator/write_lanes.py)
         _wrap(Tracker, "_call", lambda _, s, __: probe.requests.append((probe.finished, s))),
     ]
@@ -433,6 +466,7 @@ class CostModel:
     fits: dict[str, Fit]
     calls_per_trial: dict[str, float]
     other_s: float
+    outside_s: float = 0.0  # writes and saves outside the callback in the whole row (not per trial)
 
     def parts(self, n: float) -> dict[str, float]:
         parts = {cost: fit.at(n) * self.calls_per_trial[cost] for cost, fit in self.fits.items()}
@@ -452,7 +486,6 @@ class CostModel:
 
 def cost_model(case: Case, probe: Probe) -> CostModel:
     trials = case.trials
-    writes_s, saves_s = sum(s for _, s in probe.writes), sum(s for _, s in probe.saves)
     fits = {
         "suggest": fit_growth("suggest", [(n, s) for n, _, s in probe.suggest]),
         "tell": fit_growth("tell", probe.tell),
@@ -465,8 +498,10 @@ def cost_model(case: Case, probe: Probe) -> CostModel:
         "mlflow write": len(probe.writes) / trials,
         "state save": len(probe.saves) / trials,
     }
-    other = (probe.callback_s - writes_s - saves_s + probe.searcher_other_s) / trials
-    return CostModel(case.sampler, fits, calls, max(other, 0.0))
+    # the callback's own time: its writes and saves are in their fits; those made outside
+    # it (the arm's runs, the state around the Tune run) are not the callback's to subtract
+    other = (probe.callback_s - probe.nested_s + probe.searcher_other_s) / trials
+    return CostModel(case.sampler, fits, calls, other, probe.outside_s)
 
 
 # -- the cluster and the grid ------------------------------------------------------------
@@ -568,6 +603,8 @@ def growth_report(models: list[tuple[Case, CostModel]]) -> str:
         for cost, fit in model.fits.items():
             lines.append(f"| {where} | {cost} | {model.calls_per_trial[cost]:.1f} | {fit.model}: {fit.describe()} |")
         lines.append(f"| {where} | other (constant) | 1 | {model.other_s * 1e3:.3g} ms |")
+        outside = f"{model.outside_s:.2f} s in the row (the arm's runs and state around the Tune run)"
+        lines.append(f"| {where} | writes and saves outside the callback | | {outside} |")
     lines += ["", "| sampler | concurrency | budget s / trial | falls behind at n = | largest cost there |"]
     lines += ["|---|---|---|---|---|"]
     for case, model in models:
